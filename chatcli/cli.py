@@ -1,0 +1,426 @@
+"""The command line: parse, build the context, call the engine, map errors to exit codes.
+
+Kept thin and cheap to import: aiohttp, Rich's Markdown and the engine load inside the commands
+that need them, so ``chatcli --version`` and ``--help`` start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from chatcli import __version__
+from chatcli.context import AppContext
+from chatcli.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    ChatcliError,
+    ConfigError,
+    UsageError,
+)
+
+app = typer.Typer(
+    name="chatcli",
+    help="Chat with language models from the shell: one-shot questions, pipes and more.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# -- the error boundary -----------------------------------------------------------------------
+
+
+def _say(ctx: AppContext, message: str) -> None:
+    from chatcli.render import sanitize
+
+    ctx.stderr.write(f"chatcli: {sanitize(message)}\n")
+    ctx.stderr.flush()
+
+
+@contextmanager
+def _boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
+    """Turn chatcli's errors into one line on stderr and the right exit code."""
+    try:
+        yield
+    except ChatcliError as exc:
+        if verbose or ctx.debug:
+            traceback.print_exception(exc, file=ctx.stderr)
+        _say(ctx, str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        _say(ctx, "interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # The reader went away (`chatcli ask ... | head`): stop quietly, as other tools do.
+        _silence_stdout()
+        raise typer.Exit(EXIT_OK) from None
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _setup_logging(ctx: AppContext, verbose: bool) -> None:
+    from chatcli.render import sanitize
+
+    class _Formatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return sanitize(super().format(record))
+
+    handler = logging.StreamHandler(ctx.stderr)
+    level = logging.DEBUG if verbose or ctx.debug else logging.WARNING
+    prefix = "chatcli: %(name)s: " if level == logging.DEBUG else "chatcli: warning: "
+    handler.setFormatter(_Formatter(prefix + "%(message)s"))
+    root = logging.getLogger("chatcli")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# -- shared option types ------------------------------------------------------------------------
+
+ProviderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-p",
+        "--provider",
+        metavar="NAME",
+        help="Provider name (see `chatcli providers`).",
+        show_default=False,
+    ),
+]
+ModelOpt = Annotated[
+    str | None, typer.Option("-m", "--model", metavar="NAME", help="Model name.", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"chatcli {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
+) -> None:
+    """Chat with language models from the shell: one-shot questions, pipes and more."""
+
+
+# -- ask ----------------------------------------------------------------------------------------
+
+
+def parse_option_value(value: str) -> Any:
+    """``-o KEY VALUE``: JSON literals (numbers, true/false/null, lists, objects), else text."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def compose_message(prompt: str, piped: str | None) -> str:
+    """The user message: piped text, a blank line, then the prompt (either may be absent)."""
+    piped = piped if piped and piped.strip() else None
+    if piped is None:
+        if not prompt.strip():
+            raise UsageError(
+                "no prompt: give one as an argument or pipe text in (chatcli ask --help)"
+            )
+        return prompt
+    if not prompt.strip():
+        return piped
+    return f"{piped.rstrip(chr(10) + chr(13))}\n\n{prompt}"
+
+
+def read_piped_stdin(ctx: AppContext) -> str | None:
+    """stdin's whole text when it is a pipe or file; ``None`` for a terminal or no stdin."""
+    if ctx.stdin is None or ctx.stdin_isatty:
+        return None
+    buffer = getattr(ctx.stdin, "buffer", None)
+    try:
+        if buffer is not None:
+            data: bytes = buffer.read()
+            return data.decode("utf-8", errors="replace")
+        return ctx.stdin.read()
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:
+    name = flag or ctx.settings.provider
+    if not name:
+        raise ConfigError(
+            "no provider chosen: pass -p NAME (see `chatcli providers`), or set CHATCLI_PROVIDER "
+            "or `provider` in config.toml (see `chatcli paths`)"
+        )
+    return name
+
+
+@app.command()
+def ask(
+    prompt: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="PROMPT", help="The question. Piped stdin is read too and goes before it."
+        ),
+    ] = None,
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    system: Annotated[
+        str | None, typer.Option("--system", metavar="TEXT", help="System prompt.", show_default=False)
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--temperature", metavar="X", min=0.0, max=2.0, help="Sampling temperature (0-2)."
+        ),
+    ] = None,
+    option: Annotated[
+        list[tuple] | None,  # type: ignore[type-arg]  # KEY VALUE pairs: see build_command()
+        typer.Option(
+            "-o",
+            "--option",
+            metavar="KEY VALUE",
+            help="Provider option, repeatable (-o max_tokens 200). JSON values are decoded.",
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            "--base-url", metavar="URL", help="The provider's root URL (an API's /v1 root)."
+        ),
+    ] = None,
+    proxy: Annotated[
+        str | None,
+        typer.Option(
+            "--proxy",
+            metavar="URL",
+            help="Proxy URL: http:// or socks5:// (default: the *_PROXY variables).",
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            min=0.001,
+            help="Seconds to connect, and of silence while reading.",
+        ),
+    ] = None,
+    no_stream: Annotated[
+        bool, typer.Option("--no-stream", help="Ask for the whole answer at once.")
+    ] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="Plain text, even on a terminal.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Render Markdown, even into a pipe.")
+    ] = False,
+    json_out: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON object at the end: text, provider, model."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Log details to stderr; tracebacks on errors.")
+    ] = False,
+) -> None:
+    """Ask one question and stream the answer to stdout."""
+    import asyncio
+
+    ctx = AppContext.from_process()
+    _setup_logging(ctx, verbose)
+    with _boundary(ctx, verbose=verbose):
+        message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
+        from chatcli.engine import Turn, TurnRequest, run_turn
+        from chatcli.providers import Registry
+        from chatcli.render import choose
+
+        settings = ctx.settings
+        registry = Registry.from_config(settings.providers)
+        name = resolve_provider_name(ctx, provider)
+        provider_cls = registry.get(name)
+        # The top-level default model belongs to the default provider.
+        default_model = settings.model if provider_cls.name in (settings.provider, None) else None
+        if settings.provider is None:
+            default_model = settings.model
+        messages: list[Any] = []
+        system_prompt = system if system is not None else settings.system
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": message})
+        options = {key: parse_option_value(value) for key, value in option or []}
+        request = TurnRequest(
+            provider=provider_cls.name,
+            messages=messages,
+            model=model or default_model,
+            temperature=temperature if temperature is not None else settings.temperature,
+            options=options,
+            stream=not no_stream,
+            proxy=proxy or settings.proxy,
+            base_url=base_url,
+            timeout=timeout if timeout is not None else settings.timeout,
+        )
+        renderer = choose(
+            ctx.stdout, is_terminal=ctx.stdout_isatty, raw=raw, markdown=markdown, json=json_out
+        )
+        turn = Turn(provider=provider_cls.name)
+        asyncio.run(run_turn(request, registry, renderer, turn=turn))
+        if json_out:
+            result = {"text": turn.text, "provider": turn.provider, "model": turn.model}
+            ctx.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+            ctx.stdout.flush()
+
+
+# -- providers, models, paths -------------------------------------------------------------------
+
+
+def _auth_label(facts: dict[str, Any]) -> str:
+    key_env = facts.get("key_env")
+    if key_env:
+        state = "set" if facts.get("key_set") else "not set"
+        need = "" if facts.get("needs_auth") else ", optional"
+        return f"{key_env} ({state}{need})"
+    return "needed" if facts.get("needs_auth") else "-"
+
+
+@app.command()
+def providers(json_out: JsonOpt = False) -> None:
+    """List providers and what each can do."""
+    ctx = AppContext.from_process()
+    with _boundary(ctx):
+        from chatcli.providers import Registry
+
+        settings = ctx.settings
+        registry = Registry.from_config(settings.providers)
+        rows = [cls.describe() for cls in registry]
+        for row in rows:
+            row["default"] = row["name"] == (settings.provider or "").lower()
+        if json_out:
+            ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return
+        from rich.table import Table
+
+        from chatcli.render import make_console
+
+        def flag(value: Any) -> str:
+            return "yes" if value else "-"
+
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        for title in ("name", "kind", "url", "stream", "system", "history", "auth", "working"):
+            table.add_column(title.upper(), overflow="fold")
+        for row in rows:
+            table.add_row(
+                row["name"] + (" *" if row["default"] else ""),
+                row["kind"],
+                row["url"],
+                flag(row["supports_stream"]),
+                flag(row["supports_system_message"]),
+                flag(row["supports_message_history"]),
+                _auth_label(row),
+                flag(row["working"]),
+            )
+        console = make_console(ctx.stdout)
+        if not ctx.stdout_isatty:
+            console.width = 160
+        console.print(table)
+        if any(row["default"] for row in rows):
+            console.print("* the default provider")
+
+
+@app.command()
+def models(
+    provider: ProviderOpt = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", metavar="URL", help="The provider's root URL.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the models a provider offers (asks the service where it can)."""
+    import asyncio
+
+    ctx = AppContext.from_process()
+    with _boundary(ctx):
+        from chatcli.providers import Registry
+
+        settings = ctx.settings
+        cls = Registry.from_config(settings.providers).get(resolve_provider_name(ctx, provider))
+        lister: Callable[..., Any] | None = getattr(cls, "list_models", None)
+        if lister is not None:
+            found: list[str] = asyncio.run(
+                lister(base_url=base_url, proxy=settings.proxy, timeout=settings.timeout)
+            )
+        else:
+            found = list(getattr(cls, "models", ()) or ([cls.default_model] if cls.default_model else []))
+        if json_out:
+            data = {"provider": cls.name, "default": cls.default_model or None, "models": found}
+            ctx.stdout.write(json.dumps(data, indent=2) + "\n")
+            return
+        if not found:
+            _say(ctx, f"{cls.name} lists no models")
+            return
+        for name in found:
+            suffix = "  (default)" if name == cls.default_model and ctx.stdout_isatty else ""
+            ctx.stdout.write(f"{name}{suffix}\n")
+
+
+@app.command()
+def paths(json_out: JsonOpt = False) -> None:
+    """Show where chatcli keeps its config, data, cache and state."""
+    ctx = AppContext.from_process()
+    where = ctx.paths.as_dict()
+    if json_out:
+        ctx.stdout.write(json.dumps(where, indent=2) + "\n")
+        return
+    width = max(len(key) for key in where)
+    for key, value in where.items():
+        ctx.stdout.write(f"{key:<{width}}  {value}\n")
+
+
+#: Options that take two values each time they are given (``-o KEY VALUE``).
+_PAIR_OPTIONS: dict[str, tuple[str, ...]] = {"ask": ("option",)}
+
+
+def build_command() -> Any:
+    """The click command tree of :data:`app`, with the pair options made to take two values.
+
+    Typer cannot declare a repeatable option of pairs (``list[tuple[str, str]]``); it is declared
+    as a list of tuples and given ``nargs=2`` here, which is what click does natively.
+    """
+    command = typer.main.get_command(app)
+    for name, params in _PAIR_OPTIONS.items():
+        for param in command.commands[name].params:  # type: ignore[attr-defined]
+            if param.name in params:
+                param.nargs = 2
+    return command
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The ``chatcli`` entry point."""
+    try:
+        build_command()(args=argv, prog_name="chatcli")
+    except SystemExit as exc:
+        raise SystemExit(exc.code if exc.code is not None else EXIT_OK) from None
+    raise SystemExit(EXIT_OK)
+
+
+__all__ = ["EXIT_USAGE", "app", "main"]

@@ -1,0 +1,183 @@
+"""Where chatcli keeps things, and the settings it runs with.
+
+Settings come from, lowest first: built-in defaults < ``config.toml`` < environment < flags. The
+first three are merged here into :class:`Settings`; flags are applied by the command that takes
+them. Nothing here runs at import time.
+
+``config.toml`` (in the config dir; see ``chatcli paths``)::
+
+    provider = "ollama"          # the default provider (CHATCLI_PROVIDER overrides)
+    model = "llama3.2"           # the default model (CHATCLI_MODEL overrides)
+    system = "Be brief."         # a default system prompt
+    temperature = 0.7
+    timeout = 60                 # seconds to connect and of silence while reading
+    proxy = "socks5://127.0.0.1:1080"
+
+    [providers.mybox]            # a new OpenAI-compatible provider
+    type = "openai"
+    base_url = "http://host:8000/v1"
+    api_key_env = "MYBOX_KEY"    # the variable holding its key (keys never live in this file)
+    model = "qwen2.5"
+
+    [providers.ollama]           # settings for a built-in provider
+    model = "llama3.2"
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from chatcli.errors import ConfigError
+
+APP_NAME: Final = "chatcli"
+
+_TYPE_WORDS: Final[dict[type, str]] = {
+    str: "a string",
+    int: "a number",
+    dict: "a table",
+}
+
+#: Keys allowed at the top of config.toml, with the type each must have.
+_TOP_KEYS: Final[dict[str, tuple[type, ...]]] = {
+    "provider": (str,),
+    "model": (str,),
+    "system": (str,),
+    "temperature": (int, float),
+    "timeout": (int, float),
+    "proxy": (str,),
+    "providers": (dict,),
+}
+#: Keys allowed in a ``[providers.NAME]`` table.
+_PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
+    "type": (str,),
+    "base_url": (str,),
+    "api_key_env": (str,),
+    "model": (str,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """chatcli's directories. ``CHATCLI_HOME`` puts all four under one directory."""
+
+    config_dir: Path
+    data_dir: Path
+    cache_dir: Path
+    state_dir: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.config_dir / "config.toml"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Paths:
+        home = env.get("CHATCLI_HOME")
+        if home:
+            root = Path(home).expanduser()
+            return cls(root / "config", root / "data", root / "cache", root / "state")
+        import platformdirs
+
+        return cls(
+            Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)),
+            Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)),
+            Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False)),
+            Path(platformdirs.user_state_dir(APP_NAME, appauthor=False)),
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "config": str(self.config_dir),
+            "config_file": str(self.config_file),
+            "data": str(self.data_dir),
+            "cache": str(self.cache_dir),
+            "state": str(self.state_dir),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Defaults, config file and environment merged. ``None`` means "not set"."""
+
+    provider: str | None = None
+    model: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    timeout: float | None = None
+    proxy: str | None = None
+    #: ``[providers.NAME]`` tables, validated.
+    providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Where the file settings came from (for messages), if a file was read.
+    source: Path | None = None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The parsed config file, ``{}`` when it does not exist. Errors name the file and line."""
+    import tomllib
+
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    _validate(data, path)
+    return data
+
+
+def _validate(data: Mapping[str, Any], path: Path) -> None:
+    for key, value in data.items():
+        if key not in _TOP_KEYS:
+            known = ", ".join(sorted(_TOP_KEYS))
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {known})")
+        _check_type(value, _TOP_KEYS[key], f"{path}: {key}")
+    for name, table in data.get("providers", {}).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: providers.{name} must be a table")
+        for key, value in table.items():
+            if key not in _PROVIDER_KEYS:
+                known = ", ".join(sorted(_PROVIDER_KEYS))
+                raise ConfigError(
+                    f"{path}: unknown setting providers.{name}.{key} (known: {known})"
+                )
+            _check_type(value, _PROVIDER_KEYS[key], f"{path}: providers.{name}.{key}")
+
+
+def _check_type(value: Any, types: tuple[type, ...], where: str) -> None:
+    # bool is an int subclass; a boolean is never a valid number here.
+    if isinstance(value, bool) or not isinstance(value, types):
+        wanted = _TYPE_WORDS[types[0]]
+        raise ConfigError(f"{where} must be {wanted}, not {value!r}")
+
+
+def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
+    """Defaults < ``config.toml`` < ``CHATCLI_PROVIDER``/``CHATCLI_MODEL``."""
+    data = read_config_file(paths.config_file)
+    temperature = data.get("temperature")
+    timeout = data.get("timeout")
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"{paths.config_file}: timeout must be a positive number of seconds")
+    return Settings(
+        provider=env.get("CHATCLI_PROVIDER") or data.get("provider"),
+        model=env.get("CHATCLI_MODEL") or data.get("model"),
+        system=data.get("system"),
+        temperature=float(temperature) if temperature is not None else None,
+        timeout=float(timeout) if timeout is not None else None,
+        proxy=data.get("proxy"),
+        providers=data.get("providers", {}),
+        source=paths.config_file if data else None,
+    )
+
+
+def environment() -> dict[str, str]:
+    """A snapshot of the process environment (the context keeps it; tests pass their own)."""
+    return dict(os.environ)

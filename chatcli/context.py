@@ -1,0 +1,59 @@
+"""The one context object a command runs with: streams, terminal facts, environment, paths.
+
+``main()`` builds it from the real process with :meth:`AppContext.from_process`; tests build their
+own. Nothing below the CLI reads ``sys.stdout`` or ``os.environ`` for these facts.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO
+
+from chatcli.config import Paths, Settings, environment, load_settings
+
+
+def _isatty(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+@dataclass(slots=True)
+class AppContext:
+    stdin: IO[str] | None
+    stdout: IO[str]
+    stderr: IO[str]
+    stdin_isatty: bool
+    stdout_isatty: bool
+    stderr_isatty: bool
+    env: Mapping[str, str]
+    paths: Paths
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_process(cls) -> AppContext:
+        env = environment()
+        return cls(
+            stdin=sys.stdin,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+            stdin_isatty=sys.stdin is None or _isatty(sys.stdin),
+            stdout_isatty=_isatty(sys.stdout),
+            stderr_isatty=_isatty(sys.stderr),
+            env=env,
+            paths=Paths.from_env(env),
+        )
+
+    @property
+    def settings(self) -> Settings:
+        """Config file and environment, read on first use (errors are :class:`ConfigError`)."""
+        if self._settings is None:
+            self._settings = load_settings(self.paths, self.env)
+        return self._settings
+
+    @property
+    def debug(self) -> bool:
+        return self.env.get("CHATCLI_DEBUG", "") not in ("", "0")

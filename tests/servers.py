@@ -1,0 +1,352 @@
+"""Local servers for tests: a fake OpenAI-compatible service and forward proxies.
+
+Each runs on its own event loop in a background thread, bound to the loopback address, so the
+same fake serves in-process async tests and real ``chatcli`` subprocesses alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ServerThread:
+    """Run an asyncio server factory on a private loop in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self) -> int:
+        raise NotImplementedError
+
+    async def _stop(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class AppServer(ServerThread):
+    """An aiohttp application on 127.0.0.1 (reached as ``localhost``)."""
+
+    def __init__(self, app: web.Application) -> None:
+        super().__init__()
+        self.app = app
+        self._runner: web.AppRunner | None = None
+
+    async def _start(self) -> int:
+        self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        return int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+# -- the fake OpenAI-compatible service -----------------------------------------------------------
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+def sse(payload: Any) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return f"data: {data}\n\n".encode()
+
+
+def delta_chunk(text: str | None = None, finish: str | None = None, model: str = "m") -> dict[str, Any]:
+    delta: dict[str, Any] = {} if text is None else {"content": text}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+@dataclass
+class FakeOpenAI:
+    """A strict stand-in for an OpenAI-compatible API.
+
+    It records every request and answers by the settings below (change them between requests):
+    a streamed answer made of ``pieces``, or a whole one; or a scripted failure.
+    """
+
+    pieces: list[str] = field(default_factory=lambda: ["Hello", ", ", "world", "!"])
+    models: list[str] = field(default_factory=lambda: ["fake-large", "fake-small"])
+    #: "ok" or a failure: "status" (status/body/content_type), "cut" (no [DONE], clean end),
+    #: "drop" (connection reset mid-stream), "stall" (stop sending after the first piece),
+    #: "error_event", "bad_json", "ignore_stream" (whole JSON even when streaming was asked)
+    mode: str = "ok"
+    status: int = 500
+    body: str = ""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Seconds between streamed pieces.
+    delay: float = 0.0
+    requests: list[Recorded] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    stall_seconds: float = 30.0
+
+    @staticmethod
+    def _check(request: web.Request, body: Any) -> list[str]:
+        """What is wrong with a chat request, as the real API would judge it."""
+        problems = []
+        if not request.headers.get("Content-Type", "").startswith("application/json"):
+            problems.append(f"content-type {request.headers.get('Content-Type')!r}")
+        if not isinstance(body, dict):
+            return [*problems, f"body is not an object: {body!r}"]
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            problems.append(f"model missing or empty: {body.get('model')!r}")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            problems.append(f"messages missing or empty: {messages!r}")
+        else:
+            for message in messages:
+                if not isinstance(message, dict) or set(message) != {"role", "content"}:
+                    problems.append(f"malformed message {message!r}")
+                elif message["role"] not in ("system", "user", "assistant"):
+                    problems.append(f"unknown role {message['role']!r}")
+                elif not isinstance(message["content"], str):
+                    problems.append(f"content is not text: {message!r}")
+        if not isinstance(body.get("stream"), bool):
+            problems.append(f"stream is not a boolean: {body.get('stream')!r}")
+        temperature = body.get("temperature")
+        if temperature is not None and not isinstance(temperature, int | float):
+            problems.append(f"temperature is not a number: {temperature!r}")
+        return problems
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    def serve(self) -> AppServer:
+        return AppServer(self.app())
+
+    async def _record(self, request: web.Request) -> Any:
+        raw = await request.read()
+        body: Any = None
+        if raw:
+            body = json.loads(raw)
+        self.requests.append(
+            Recorded(request.method, request.path_qs, dict(request.headers), body)
+        )
+        return body
+
+    def _failure(self) -> web.Response | None:
+        if self.mode == "status":
+            return web.Response(
+                status=self.status,
+                body=self.body.encode(),
+                content_type=self.content_type.split(";")[0],
+                headers=self.headers,
+            )
+        return None
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        failure = self._failure()
+        if failure is not None:
+            return failure
+        return web.json_response(
+            {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        problems = self._check(request, body)
+        if problems:
+            # Strictness: a malformed request fails the test (see conftest) and gets a 400.
+            self.violations.extend(problems)
+            return web.json_response({"error": {"message": "; ".join(problems)}}, status=400)
+        failure = self._failure()
+        if failure is not None:
+            return failure
+        model = body["model"]
+        if not body["stream"] or self.mode == "ignore_stream":
+            return web.json_response(
+                {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(self.pieces)},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(delta_chunk(model=model) | {"choices": [
+            {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
+        ]}))
+        for index, piece in enumerate(self.pieces):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            await response.write(sse(delta_chunk(piece, model=model)))
+            if index == 0 and self.mode == "stall":
+                await asyncio.sleep(self.stall_seconds)
+            if index == 1 and self.mode == "drop":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if index == 1 and self.mode == "error_event":
+                await response.write(sse({"error": {"message": "model overloaded"}}))
+                return response
+            if index == 1 and self.mode == "bad_json":
+                await response.write(b'data: {"choices": [ nope\n\n')
+                return response
+        if self.mode == "cut":
+            return response  # ends cleanly, without finish_reason or [DONE]
+        await response.write(sse(delta_chunk(finish="stop", model=model)))
+        await response.write(sse("[DONE]"))
+        return response
+
+
+# -- proxies ------------------------------------------------------------------------------------
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+class ForwardProxy(ServerThread):
+    """An HTTP forward proxy: absolute-form requests and CONNECT. Records what it was asked."""
+
+    def __init__(self, *, require_auth: str | None = None) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        self.auth_headers: list[str | None] = []
+        self.require_auth = require_auth
+        self._server: asyncio.Server | None = None
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = lines[0].split(" ", 2)
+        headers = [line for line in lines[1:] if line]
+        auth = next(
+            (h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("proxy-authorization:")),
+            None,
+        )
+        self.seen.append(f"{method} {target}")
+        self.auth_headers.append(auth)
+        if self.require_auth is not None and auth != self.require_auth:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        if method == "CONNECT":
+            host, port = target.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await writer.drain()
+        else:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(target)
+            up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            kept = [h for h in headers if not h.lower().startswith("proxy-")]
+            up_writer.write(
+                (f"{method} {path} {version}\r\n" + "\r\n".join(kept) + "\r\n\r\n").encode("latin-1")
+            )
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+class Socks5Proxy(ServerThread):
+    """A minimal SOCKS5 proxy (no authentication, CONNECT only). Records the targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        self._server: asyncio.Server | None = None
+
+    async def _start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        version, count = await reader.readexactly(2)
+        assert version == 5
+        await reader.readexactly(count)
+        writer.write(b"\x05\x00")  # no authentication
+        _, command, _, kind = await reader.readexactly(4)
+        assert command == 1  # CONNECT
+        if kind == 1:
+            host = ".".join(str(b) for b in await reader.readexactly(4))
+        elif kind == 3:
+            (length,) = await reader.readexactly(1)
+            host = (await reader.readexactly(length)).decode()
+        else:
+            raise AssertionError("IPv6 not supported by this test proxy")
+        (port,) = struct.unpack("!H", await reader.readexactly(2))
+        self.seen.append(f"{host}:{port}")
+        target = "127.0.0.1" if host == "localhost" else host
+        up_reader, up_writer = await asyncio.open_connection(target, port)
+        writer.write(b"\x05\x00\x00\x01" + bytes(4) + b"\x00\x00")
+        await writer.drain()
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))

@@ -1,0 +1,271 @@
+"""The provider core, the error tree, configuration and the pieces of the CLI that are pure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from chatcli.cli import compose_message, parse_option_value
+from chatcli.config import Paths, load_settings
+from chatcli.errors import (
+    ConfigError,
+    ModelNotSupportedError,
+    ProviderError,
+    ResponseStatusError,
+    UsageError,
+    redact_url,
+)
+from chatcli.providers import (
+    AsyncGeneratorProvider,
+    AsyncProvider,
+    ProviderModelMixin,
+    Registry,
+    format_prompt,
+    get_provider,
+)
+from chatcli.providers.http import (
+    describe_error_body,
+    parse_retry_after,
+    resolve_proxy,
+)
+from chatcli.render import sanitize
+
+# -- format_prompt and the model mixin ------------------------------------------------------------
+
+
+def test_format_prompt_with_one_message_returns_its_content_unchanged() -> None:
+    assert format_prompt([{"role": "user", "content": "  Hi\nthere "}]) == "  Hi\nthere "
+
+
+def test_format_prompt_flattens_a_conversation_exactly() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief"},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "2+2?"},
+    ]
+    assert format_prompt(messages) == (  # type: ignore[arg-type]
+        "System: Be brief\nUser: Hi\nAssistant: Hello\nUser: 2+2?\nAssistant:"
+    )
+
+
+class Modelled(ProviderModelMixin, AsyncGeneratorProvider):
+    name = "modelled"
+    default_model = "gpt-4o"
+    models: ClassVar = ["gpt-4", "gpt-4o", "gpt-4o-mini"]
+    model_aliases: ClassVar = {"four": "gpt-4"}
+
+
+def test_get_model_default_alias_and_known() -> None:
+    assert Modelled.get_model("") == "gpt-4o"
+    assert Modelled.get_model(None) == "gpt-4o"
+    assert Modelled.get_model("four") == "gpt-4"
+    assert Modelled.get_model("gpt-4o-mini") == "gpt-4o-mini"
+
+
+def test_get_model_unknown_names_the_provider() -> None:
+    with pytest.raises(ModelNotSupportedError) as info:
+        Modelled.get_model("llama")
+    assert str(info.value).startswith("modelled: model 'llama' is not supported")
+
+
+def test_both_provider_kinds_stream_through_one_interface() -> None:
+    import asyncio
+
+    class Whole(AsyncProvider):
+        name = "whole"
+
+        @classmethod
+        async def create_async(cls, model: str, messages: Any, proxy: Any = None, **kw: Any) -> str:
+            return f"{model}:{messages[-1]['content']}:{proxy}:{kw.get('flag')}"
+
+    class Pieces(AsyncGeneratorProvider):
+        name = "pieces"
+
+        @classmethod
+        async def create_async_generator(  # type: ignore[override]
+            cls, model: str, messages: Any, proxy: Any = None, **kw: Any
+        ) -> Any:
+            for part in ("a", "b"):
+                yield part
+
+    async def collect(provider: Any) -> list[str]:
+        msgs = [{"role": "user", "content": "q"}]
+        return [p async for p in provider.stream("m", msgs, proxy="px", flag=1)]
+
+    assert asyncio.run(collect(Whole)) == ["m:q:px:1"]
+    assert asyncio.run(collect(Pieces)) == ["a", "b"]
+    assert not Whole.supports_stream and Pieces.supports_stream
+
+
+# -- registry -------------------------------------------------------------------------------------
+
+
+def test_registry_has_every_preset() -> None:
+    names = set(Registry.builtin().names())
+    assert {
+        "openai", "ollama", "lmstudio", "llamacpp", "vllm", "openrouter", "groq", "deepseek",
+        "mistral", "together",
+    } <= names  # fmt: skip
+    assert get_provider("OpenAI").key_env == "OPENAI_API_KEY"  # type: ignore[attr-defined]
+
+
+def test_registry_unknown_name_lists_known_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        Registry.builtin().get("nope")
+    assert "unknown provider 'nope'" in str(info.value) and "ollama" in str(info.value)
+
+
+def test_registry_from_config_defines_and_overrides() -> None:
+    registry = Registry.from_config(
+        {
+            "mybox": {"type": "openai", "base_url": "http://box:8000/v1/", "api_key_env": "BOX_KEY", "model": "qwen"},
+            "ollama": {"model": "llama3.2"},
+        }
+    )
+    box: Any = registry.get("mybox")
+    assert box.api_root() == "http://box:8000/v1"
+    assert box.key_env == "BOX_KEY" and box.key_required and box.default_model == "qwen"
+    assert registry.get("ollama").default_model == "llama3.2"
+    assert Registry.builtin().get("ollama").default_model == ""
+    with pytest.raises(ConfigError, match="needs base_url"):
+        Registry.from_config({"other": {"type": "openai"}})
+    with pytest.raises(ConfigError, match="unknown type"):
+        Registry.from_config({"other": {"type": "grpc", "base_url": "x"}})
+
+
+def test_openai_base_url_variable_moves_only_openai(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://gateway/v1")
+    assert get_provider("openai").api_root() == "http://gateway/v1"  # type: ignore[attr-defined]
+    assert get_provider("openai").api_root("http://flag/v1") == "http://flag/v1"  # type: ignore[attr-defined]
+    assert get_provider("groq").api_root() == "https://api.groq.com/openai/v1"  # type: ignore[attr-defined]
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+def test_errors_are_one_line_and_name_the_provider() -> None:
+    error = ProviderError("boom\n  on two lines", provider="ollama")
+    assert str(error) == "ollama: boom on two lines"
+    assert ResponseStatusError("x", status=503).retryable
+    assert not ResponseStatusError("x", status=400).retryable
+    assert UsageError("x").exit_code == 2 and ConfigError("x").exit_code == 2
+    assert ProviderError("x").exit_code == 1
+
+
+def test_redact_url_hides_passwords_only() -> None:
+    assert redact_url("http://user:s3cret@proxy:8080/x") == "http://user:***@proxy:8080/x"
+    assert redact_url("socks5://proxy:1080") == "socks5://proxy:1080"
+
+
+def test_error_bodies_are_described_in_one_line() -> None:
+    assert describe_error_body('{"error": {"message": "bad key", "type": "x"}}', "") == "bad key"
+    assert describe_error_body('{"error": "model not found"}', "") == "model not found"
+    assert describe_error_body('{"detail": "nope"}', "") == "nope"
+    html = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+    assert describe_error_body(html, "text/html") == "an HTML page titled '502 Bad Gateway', not the API"
+    assert describe_error_body("", "text/plain") == "an empty body"
+    assert "\n" not in describe_error_body("line1\nline2", "text/plain")
+
+
+def test_retry_after_seconds_dates_and_cap() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("100000") == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+# -- proxies from the environment -----------------------------------------------------------------
+
+
+def test_resolve_proxy_precedence_and_no_proxy() -> None:
+    env = {"HTTPS_PROXY": "http://p:1", "ALL_PROXY": "socks5://s:2", "NO_PROXY": "internal.corp,.lan,box:9"}
+    assert resolve_proxy("https://api.openai.com/v1", None, env) == "http://p:1"
+    assert resolve_proxy("http://host/v1", None, env) == "socks5://s:2"
+    assert resolve_proxy("https://api.internal.corp/v1", None, env) is None
+    assert resolve_proxy("http://x.lan/v1", None, env) is None
+    assert resolve_proxy("http://box:9/v1", None, env) is None
+    assert resolve_proxy("http://box:8/v1", None, env) == "socks5://s:2"
+    assert resolve_proxy("https://api.openai.com", "http://flag:3", env) == "http://flag:3"
+    assert resolve_proxy("https://a", None, {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:1"}) == "http://lower:1"
+    assert resolve_proxy("https://a", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}) is None
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def test_paths_under_chatcli_home(tmp_path: Path) -> None:
+    paths = Paths.from_env({"CHATCLI_HOME": str(tmp_path)})
+    assert paths.config_file == tmp_path / "config" / "config.toml"
+    assert paths.data_dir == tmp_path / "data"
+    assert {paths.cache_dir.parent, paths.state_dir.parent} == {tmp_path}
+
+
+def test_settings_precedence(tmp_path: Path) -> None:
+    paths = Paths.from_env({"CHATCLI_HOME": str(tmp_path)})
+    paths.config_dir.mkdir(parents=True)
+    paths.config_file.write_text('provider = "ollama"\nmodel = "a"\ntimeout = 5\ntemperature = 1\n')
+    settings = load_settings(paths, {})
+    assert (settings.provider, settings.model, settings.timeout, settings.temperature) == (
+        "ollama", "a", 5.0, 1.0,
+    )  # fmt: skip
+    settings = load_settings(paths, {"CHATCLI_PROVIDER": "vllm", "CHATCLI_MODEL": "b"})
+    assert (settings.provider, settings.model) == ("vllm", "b")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('provider = "ollama"\nmodel = \n', "line 2"),
+        ("timeout = -1\n", "positive"),
+        ('timeout = "soon"\n', "timeout must be a number"),
+        ("colour = 1\n", "unknown setting 'colour'"),
+        ("[providers.x]\nbase = 1\n", "providers.x.base"),
+        ("temperature = true\n", "temperature must be a number"),
+    ],
+)
+def test_bad_config_names_the_file_and_the_problem(tmp_path: Path, text: str, fragment: str) -> None:
+    paths = Paths.from_env({"CHATCLI_HOME": str(tmp_path)})
+    paths.config_dir.mkdir(parents=True)
+    paths.config_file.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(paths, {})
+    assert str(paths.config_file) in str(info.value)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# -- pure CLI helpers -----------------------------------------------------------------------------
+
+
+def test_compose_message_orders_stdin_then_blank_line_then_prompt() -> None:
+    assert compose_message("write a commit message", "diff --git a b\n+x\n") == (
+        "diff --git a b\n+x\n\nwrite a commit message"
+    )
+    assert compose_message("", "just the file\n") == "just the file\n"
+    assert compose_message("only prompt", None) == "only prompt"
+    assert compose_message("only prompt", "  \n") == "only prompt"
+    with pytest.raises(UsageError):
+        compose_message("", None)
+    with pytest.raises(UsageError):
+        compose_message(" ", "\n")
+
+
+def test_option_values_decode_json_literals() -> None:
+    assert parse_option_value("200") == 200
+    assert parse_option_value("0.5") == 0.5
+    assert parse_option_value("true") is True
+    assert parse_option_value('["\\n"]') == ["\n"]
+    assert parse_option_value("hello world") == "hello world"
+
+
+def test_sanitize_makes_every_control_character_visible() -> None:
+    dangerous = "\x1b]52;c;ZXZpbA==\x07\x1b[2J\r\x08\x7f\x9b31m\x90"
+    shown = sanitize(f"ok\t{dangerous}\nend")
+    assert shown.startswith("ok\t") and shown.endswith("\nend")
+    for char in "\x1b\x07\r\x08\x7f\x9b\x90":
+        assert char not in shown
+    assert "␛]52;c;ZXZpbA==" in shown and "\\x9b" in shown
