@@ -7,7 +7,8 @@ The library works without the command line::
 
     async def main() -> None:
         ollama = get_provider("ollama")
-        async for text in ollama.create_async_generator("llama3.2", [{"role": "user", "content": "Hi"}]):
+        messages = [{"role": "user", "content": "Hi"}]
+        async for text in ollama.create_async_generator("llama3.2", messages):
             print(text, end="")
 
     asyncio.run(main())

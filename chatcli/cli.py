@@ -106,7 +106,8 @@ ProviderOpt = Annotated[
     ),
 ]
 ModelOpt = Annotated[
-    str | None, typer.Option("-m", "--model", metavar="NAME", help="Model name.", show_default=False)
+    str | None,
+    typer.Option("-m", "--model", metavar="NAME", help="Model name.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -189,7 +190,8 @@ def ask(
     provider: ProviderOpt = None,
     model: ModelOpt = None,
     system: Annotated[
-        str | None, typer.Option("--system", metavar="TEXT", help="System prompt.", show_default=False)
+        str | None,
+        typer.Option("--system", metavar="TEXT", help="System prompt.", show_default=False),
     ] = None,
     temperature: Annotated[
         float | None,
@@ -370,7 +372,9 @@ def models(
                 lister(base_url=base_url, proxy=settings.proxy, timeout=settings.timeout)
             )
         else:
-            found = list(getattr(cls, "models", ()) or ([cls.default_model] if cls.default_model else []))
+            found = list(
+                getattr(cls, "models", ()) or ([cls.default_model] if cls.default_model else [])
+            )
         if json_out:
             data = {"provider": cls.name, "default": cls.default_model or None, "models": found}
             ctx.stdout.write(json.dumps(data, indent=2) + "\n")

@@ -87,7 +87,9 @@ async def run_turn(
         if pick is not None:
             model = await pick(model, proxy=request.proxy, **kwargs)
         turn.model = model
-        log.debug("turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages))
+        log.debug(
+            "turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages)
+        )
         stream = provider.stream(model, request.messages, proxy=request.proxy, **kwargs)
         try:
             async for piece in stream:

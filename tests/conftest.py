@@ -60,7 +60,7 @@ def fake() -> Iterator[FakeOpenAI]:
     service = FakeOpenAI()
     server = AppServer(service.app())
     server.start()
-    service.base_url = f"{server.url}/v1"  # type: ignore[attr-defined]
+    service.base_url = f"{server.url}/v1"
     try:
         yield service
     finally:

@@ -93,7 +93,9 @@ def sse(payload: Any) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
-def delta_chunk(text: str | None = None, finish: str | None = None, model: str = "m") -> dict[str, Any]:
+def delta_chunk(
+    text: str | None = None, finish: str | None = None, model: str = "m"
+) -> dict[str, Any]:
     delta: dict[str, Any] = {} if text is None else {"content": text}
     return {
         "id": "chatcmpl-1",
@@ -126,6 +128,8 @@ class FakeOpenAI:
     requests: list[Recorded] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     stall_seconds: float = 30.0
+    #: The API root once served (``http://localhost:PORT/v1``).
+    base_url: str = ""
 
     @staticmethod
     def _check(request: web.Request, body: Any) -> list[str]:
@@ -156,7 +160,7 @@ class FakeOpenAI:
         return problems
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         return app
@@ -169,9 +173,7 @@ class FakeOpenAI:
         body: Any = None
         if raw:
             body = json.loads(raw)
-        self.requests.append(
-            Recorded(request.method, request.path_qs, dict(request.headers), body)
-        )
+        self.requests.append(Recorded(request.method, request.path_qs, dict(request.headers), body))
         return body
 
     def _failure(self) -> web.Response | None:
@@ -221,9 +223,12 @@ class FakeOpenAI:
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(sse(delta_chunk(model=model) | {"choices": [
-            {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}
-        ]}))
+        await response.write(
+            sse(
+                delta_chunk(model=model)
+                | {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+            )
+        )
         for index, piece in enumerate(self.pieces):
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -285,7 +290,11 @@ class ForwardProxy(ServerThread):
         method, target, version = lines[0].split(" ", 2)
         headers = [line for line in lines[1:] if line]
         auth = next(
-            (h.split(":", 1)[1].strip() for h in headers if h.lower().startswith("proxy-authorization:")),
+            (
+                h.split(":", 1)[1].strip()
+                for h in headers
+                if h.lower().startswith("proxy-authorization:")
+            ),
             None,
         )
         self.seen.append(f"{method} {target}")
@@ -308,7 +317,9 @@ class ForwardProxy(ServerThread):
             path = parts.path + (f"?{parts.query}" if parts.query else "")
             kept = [h for h in headers if not h.lower().startswith("proxy-")]
             up_writer.write(
-                (f"{method} {path} {version}\r\n" + "\r\n".join(kept) + "\r\n\r\n").encode("latin-1")
+                (f"{method} {path} {version}\r\n" + "\r\n".join(kept) + "\r\n\r\n").encode(
+                    "latin-1"
+                )
             )
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 

@@ -121,7 +121,12 @@ def test_registry_unknown_name_lists_known_ones() -> None:
 def test_registry_from_config_defines_and_overrides() -> None:
     registry = Registry.from_config(
         {
-            "mybox": {"type": "openai", "base_url": "http://box:8000/v1/", "api_key_env": "BOX_KEY", "model": "qwen"},
+            "mybox": {
+                "type": "openai",
+                "base_url": "http://box:8000/v1/",
+                "api_key_env": "BOX_KEY",
+                "model": "qwen",
+            },
             "ollama": {"model": "llama3.2"},
         }
     )
@@ -165,7 +170,10 @@ def test_error_bodies_are_described_in_one_line() -> None:
     assert describe_error_body('{"error": "model not found"}', "") == "model not found"
     assert describe_error_body('{"detail": "nope"}', "") == "nope"
     html = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
-    assert describe_error_body(html, "text/html") == "an HTML page titled '502 Bad Gateway', not the API"
+    assert (
+        describe_error_body(html, "text/html")
+        == "an HTML page titled '502 Bad Gateway', not the API"
+    )
     assert describe_error_body("", "text/plain") == "an empty body"
     assert "\n" not in describe_error_body("line1\nline2", "text/plain")
 
@@ -182,7 +190,11 @@ def test_retry_after_seconds_dates_and_cap() -> None:
 
 
 def test_resolve_proxy_precedence_and_no_proxy() -> None:
-    env = {"HTTPS_PROXY": "http://p:1", "ALL_PROXY": "socks5://s:2", "NO_PROXY": "internal.corp,.lan,box:9"}
+    env = {
+        "HTTPS_PROXY": "http://p:1",
+        "ALL_PROXY": "socks5://s:2",
+        "NO_PROXY": "internal.corp,.lan,box:9",
+    }
     assert resolve_proxy("https://api.openai.com/v1", None, env) == "http://p:1"
     assert resolve_proxy("http://host/v1", None, env) == "socks5://s:2"
     assert resolve_proxy("https://api.internal.corp/v1", None, env) is None
@@ -190,7 +202,12 @@ def test_resolve_proxy_precedence_and_no_proxy() -> None:
     assert resolve_proxy("http://box:9/v1", None, env) is None
     assert resolve_proxy("http://box:8/v1", None, env) == "socks5://s:2"
     assert resolve_proxy("https://api.openai.com", "http://flag:3", env) == "http://flag:3"
-    assert resolve_proxy("https://a", None, {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:1"}) == "http://lower:1"
+    assert (
+        resolve_proxy(
+            "https://a", None, {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:1"}
+        )
+        == "http://lower:1"
+    )
     assert resolve_proxy("https://a", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}) is None
 
 
@@ -227,7 +244,9 @@ def test_settings_precedence(tmp_path: Path) -> None:
         ("temperature = true\n", "temperature must be a number"),
     ],
 )
-def test_bad_config_names_the_file_and_the_problem(tmp_path: Path, text: str, fragment: str) -> None:
+def test_bad_config_names_the_file_and_the_problem(
+    tmp_path: Path, text: str, fragment: str
+) -> None:
     paths = Paths.from_env({"CHATCLI_HOME": str(tmp_path)})
     paths.config_dir.mkdir(parents=True)
     paths.config_file.write_text(text)

@@ -9,7 +9,7 @@ from chatcli.providers.sse import SSEDecoder, SSEEvent, decode_all
 
 STREAM = (
     b": keep-alive comment\r\n"
-    b"data: {\"a\": 1}\r\n\r\n"
+    b'data: {"a": 1}\r\n\r\n'
     b"event: note\n"
     b"id: 7\n"
     b"retry: 3000\n"

@@ -74,11 +74,11 @@ class Registry:
                 continue  # settings for a built-in web provider, read where it is used
             elif kind is None:
                 raise ConfigError(
-                    f"providers.{name}: unknown provider; add type = \"openai\" to define it"
+                    f'providers.{name}: unknown provider; add type = "openai" to define it'
                 )
             else:
                 raise ConfigError(
-                    f"providers.{name}: unknown type {kind!r} (only \"openai\" can be defined)"
+                    f'providers.{name}: unknown type {kind!r} (only "openai" can be defined)'
                 )
         return registry
 

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -250,7 +250,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds asked by a ``Retry-After`` header (number or HTTP date), capped; ``None`` if absent."""
+    """Seconds asked by ``Retry-After`` (a number or an HTTP date), capped; ``None`` if absent."""
     if not value:
         return None
     value = value.strip()
@@ -308,10 +308,26 @@ def is_cloudflare_page(body: str) -> bool:
     return any(marker in body for marker in CLOUDFLARE_MARKERS)
 
 
+def redact_secrets(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
 async def check_status(
-    response: aiohttp.ClientResponse, provider: str, *, auth_hint: str = ""
+    response: aiohttp.ClientResponse,
+    provider: str,
+    *,
+    auth_hint: str = "",
+    secrets: Iterable[str | None] = (),
 ) -> None:
-    """Raise the fitting :class:`ResponseStatusError` if ``response`` is an HTTP error."""
+    """Raise the fitting :class:`ResponseStatusError` if ``response`` is an HTTP error.
+
+    ``secrets`` (the key that was sent, say) are blanked out of the server's text, since some
+    services echo the credential back in their error message.
+    """
     if response.status < 400:
         return
     url = redact_url(str(response.url))
@@ -319,7 +335,7 @@ async def check_status(
         raw = await response.content.read(_ERROR_BODY_LIMIT)
     except (aiohttp.ClientError, TimeoutError):
         raw = b""
-    body = raw.decode("utf-8", errors="replace")
+    body = redact_secrets(raw.decode("utf-8", errors="replace"), secrets)
     content_type = response.headers.get("Content-Type", "")
     status = response.status
     reason = f"HTTP {status}" + (f" {response.reason}" if response.reason else "")

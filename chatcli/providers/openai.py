@@ -70,7 +70,9 @@ PRESETS: Final[tuple[Preset, ...]] = (
         description="OpenAI API",
     ),
     Preset("ollama", "http://localhost:11434/v1", "OLLAMA_API_KEY", False, description="Ollama"),
-    Preset("lmstudio", "http://localhost:1234/v1", "LMSTUDIO_API_KEY", False, description="LM Studio"),
+    Preset(
+        "lmstudio", "http://localhost:1234/v1", "LMSTUDIO_API_KEY", False, description="LM Studio"
+    ),
     Preset(
         "llamacpp", "http://localhost:8080/v1", "LLAMACPP_API_KEY", False,
         description="llama.cpp server",
@@ -115,7 +117,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
 
     @classmethod
     def api_root(cls, base_url: str | None = None) -> str:
-        """``base_url`` if given, else the service's variable (``OPENAI_BASE_URL``), else built in."""
+        """``base_url``, else the service's variable (``OPENAI_BASE_URL``), else the row's URL."""
         root = base_url or (os.environ.get(cls.base_url_env) if cls.base_url_env else None)
         return (root or cls.url).rstrip("/")
 
@@ -177,7 +179,9 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 http.open_session(base_url=url, proxy=proxy, timeout=timeout) as session,
                 session.get(url, headers=headers) as response,
             ):
-                await http.check_status(response, cls.name, auth_hint=cls._auth_hint())
+                await http.check_status(
+                    response, cls.name, auth_hint=cls._auth_hint(), secrets=[cls.api_key(api_key)]
+                )
                 data = await http.read_json(response, cls.name)
         items = data.get("data") if isinstance(data, dict) else data
         if not isinstance(items, list):
@@ -235,7 +239,9 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 http.open_session(base_url=url, proxy=proxy, timeout=timeout) as session,
                 session.post(url, json=body, headers=headers) as response,
             ):
-                await http.check_status(response, cls.name, auth_hint=cls._auth_hint())
+                await http.check_status(
+                    response, cls.name, auth_hint=cls._auth_hint(), secrets=[cls.api_key(api_key)]
+                )
                 content_type = response.headers.get("Content-Type", "")
                 if stream and "text/event-stream" in content_type:
                     async for piece in cls._read_stream(response):
@@ -291,7 +297,9 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 provider=cls.name,
             )
         if finish_reason == "length":
-            log.warning("%s: the answer was cut at the token limit (finish_reason=length)", cls.name)
+            log.warning(
+                "%s: the answer was cut at the token limit (finish_reason=length)", cls.name
+            )
 
     @classmethod
     def _whole_reply_text(cls, data: Any, url: str) -> str:
@@ -330,9 +338,7 @@ def make_provider(preset: Preset) -> type[OpenAICompatible]:
     return type(class_name or "Custom", (OpenAICompatible,), attrs)
 
 
-def preset_from_config(
-    name: str, table: Mapping[str, Any], base: Preset | None = None
-) -> Preset:
+def preset_from_config(name: str, table: Mapping[str, Any], base: Preset | None = None) -> Preset:
     """A table row from ``[providers.NAME]`` in config.toml, over a built-in row if one exists."""
     base_url = table.get("base_url") or (base.base_url if base else None)
     if not base_url:

@@ -1,0 +1,17 @@
+# The dev loop. Run inside a virtual environment with `pip install -e '.[test]'` done.
+.PHONY: test lint format bench
+
+test:
+	python -m pytest -q
+
+lint:
+	ruff check .
+	ruff format --check .
+	mypy
+
+format:
+	ruff format .
+	ruff check --fix .
+
+bench:
+	python bench/startup.py

@@ -1,0 +1,56 @@
+"""Start-up time of chatcli's cheap commands beside a bare Python start.
+
+    python bench/startup.py [-n RUNS]
+
+Runs each command RUNS times (after one warm-up) and prints the median and minimum wall time.
+Only the standard library is used; run it inside the environment where chatcli is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHATCLI = str(Path(sys.executable).with_name("chatcli"))
+
+COMMANDS = {
+    "python -c pass": [sys.executable, "-c", "pass"],
+    "chatcli --version": [CHATCLI, "--version"],
+    "chatcli --help": [CHATCLI, "--help"],
+    "chatcli paths": [CHATCLI, "paths"],
+}
+
+
+def time_command(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:
+    subprocess.run(argv, capture_output=True, env=env, check=True)  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, capture_output=True, env=env, check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--runs", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as home:
+        env = dict(os.environ, CHATCLI_HOME=home)
+        base = None
+        print(f"{'command':<20} {'median':>9} {'min':>9} {'vs python':>10}")
+        for label, argv in COMMANDS.items():
+            times = time_command(argv, args.runs, env)
+            median = statistics.median(times)
+            base = base or median
+            print(f"{label:<20} {median * 1000:>7.0f}ms {min(times) * 1000:>7.0f}ms {median / base:>9.1f}x")
+
+
+if __name__ == "__main__":
+    main()

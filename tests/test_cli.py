@@ -1,0 +1,363 @@
+"""The real ``chatcli`` binary in subprocesses: pipes, streams, exit codes, isolation."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CHATCLI, Isolated, run
+from tests.servers import FakeOpenAI, ForwardProxy, Socks5Proxy
+
+
+def ask(fake: FakeOpenAI, *args: str) -> list[str]:
+    return ["ask", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, *args]
+
+
+def user_message(fake: FakeOpenAI) -> str:
+    content: str = fake.requests[-1].body["messages"][-1]["content"]
+    return content
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
+    assert lines[0].startswith("chatcli: ")
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# -- stdin and the prompt -------------------------------------------------------------------------
+
+
+def test_piped_stdin_then_blank_line_then_prompt(fake: FakeOpenAI, isolated: Isolated) -> None:
+    diff = "diff --git a/x b/x\n+new line\n"
+    result = run([*ask(fake), "write", "a commit message"], isolated, input=diff)
+    assert result.returncode == 0, result.stderr
+    assert user_message(fake) == "diff --git a/x b/x\n+new line\n\nwrite a commit message"
+    assert result.stdout == "Hello, world!\n"
+    assert result.stderr == ""
+
+
+def test_piped_stdin_alone_is_the_message(fake: FakeOpenAI, isolated: Isolated) -> None:
+    question = "What is a monad?\nAnswer in one line.\n"
+    result = run(ask(fake), isolated, input=question)
+    assert result.returncode == 0, result.stderr
+    assert user_message(fake) == question
+
+
+def test_large_stdin_is_sent_whole(fake: FakeOpenAI, isolated: Isolated) -> None:
+    text = "".join(f"line {i} ünïcode\n" for i in range(50_000))
+    result = run([*ask(fake), "summarise"], isolated, input=text)
+    assert result.returncode == 0, result.stderr
+    assert user_message(fake) == text.rstrip("\n") + "\n\nsummarise"
+
+
+def test_no_stdin_and_no_prompt_is_a_usage_error(isolated: Isolated) -> None:
+    result = run(["ask", "-p", "ollama"], isolated, input="")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert_one_line_error(result.stderr, "no prompt")
+
+
+def test_terminal_stdin_and_no_prompt_does_not_wait(isolated: Isolated) -> None:
+    # stdin is a real pseudo-terminal: chatcli must not sit reading it.
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [str(CHATCLI), "ask", "-p", "ollama"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            env=isolated.env,
+            timeout=20,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "no prompt")
+
+
+# -- output streams, exit codes, formats ----------------------------------------------------------
+
+
+def test_stdout_carries_only_the_answer_and_errors_go_to_stderr(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    ok = run([*ask(fake), "hi"], isolated)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "Hello, world!\n", "")
+    fake.mode, fake.status, fake.body = "status", 500, '{"error": {"message": "kaboom"}}'
+    failed = run([*ask(fake), "hi"], isolated)
+    assert failed.returncode == 1
+    assert failed.stdout == ""
+    assert_one_line_error(failed.stderr, "ollama", "HTTP 500", "kaboom")
+
+
+def test_cut_stream_keeps_the_partial_answer_and_exits_1(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    fake.mode = "cut"
+    result = run([*ask(fake), "hi"], isolated)
+    assert result.returncode == 1
+    assert result.stdout == "Hello, world!\n"
+    assert_one_line_error(result.stderr, "ollama", "incomplete")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["ask", "-p", "nope", "hi"], "unknown provider 'nope'"),
+        (["ask", "hi"], "no provider chosen"),
+        (["ask", "-p", "ollama", "--temperature", "5", "hi"], "temperature"),
+        (["ask", "-p", "ollama", "-o", "max_tokens"], "requires 2 arguments"),
+    ],
+)
+def test_usage_and_config_errors_exit_2(isolated: Isolated, args: list[str], fragment: str) -> None:
+    result = run(args, isolated)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_broken_config_names_file_and_line(isolated: Isolated) -> None:
+    path = isolated.write_config('provider = "ollama"\nmodel = = "x"\n')
+    result = run(["ask", "hi"], isolated)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, str(path), "line 2")
+
+
+def test_json_output(fake: FakeOpenAI, isolated: Isolated) -> None:
+    result = run([*ask(fake), "--json", "hi"], isolated)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "text": "Hello, world!",
+        "provider": "ollama",
+        "model": "m",
+    }
+    assert result.stdout.count("\n") == 1
+
+
+def test_raw_into_a_pipe_has_no_escape_codes(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.pieces = ["# Title\n\n", "Some **bold** text and `code`.\n"]
+    for flags in (["--raw"], []):
+        result = run([*ask(fake), *flags, "hi"], isolated)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "# Title\n\nSome **bold** text and `code`.\n"
+        assert "\x1b" not in result.stdout
+
+
+def test_markdown_flag_renders_even_into_a_pipe(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.pieces = ["# Title\n\n", "Some **bold** text.\n"]
+    result = run([*ask(fake), "--markdown", "hi"], isolated)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" in result.stdout
+    assert "**bold**" not in result.stdout and "bold" in result.stdout
+
+
+def test_options_system_and_temperature_reach_the_request(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    result = run(
+        [*ask(fake), "--system", "Be brief", "--temperature", "0.2", "-o", "max_tokens", "64",
+         "-o", "stop", '["\\n"]', "-o", "user", "alice", "--no-stream", "hi"],
+        isolated,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = fake.requests[-1].body
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief"},
+        {"role": "user", "content": "hi"},
+    ]
+    assert body["temperature"] == 0.2 and body["stream"] is False
+    assert (body["max_tokens"], body["stop"], body["user"]) == (64, ["\n"], "alice")
+    assert result.stdout == "Hello, world!\n"
+
+
+def test_version_and_module_entry_point(isolated: Isolated) -> None:
+    from chatcli import __version__
+
+    assert run(["--version"], isolated).stdout == f"chatcli {__version__}\n"
+    module = subprocess.run(
+        [sys.executable, "-m", "chatcli", "--version"], capture_output=True, text=True,
+        env=isolated.env, timeout=30,
+    )  # fmt: skip
+    assert module.stdout == f"chatcli {__version__}\n"
+
+
+# -- configuration and isolation ------------------------------------------------------------------
+
+
+def test_config_in_chatcli_home_defines_the_default_provider(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    isolated.write_config(
+        'provider = "mybox"\nsystem = "From config"\n\n'
+        f'[providers.mybox]\ntype = "openai"\nbase_url = "{fake.base_url}"\n'
+        'api_key_env = "MYBOX_KEY"\nmodel = "box-model"\n'
+    )
+    result = run(["ask", "hi"], isolated, env={"MYBOX_KEY": "box-secret"})
+    assert result.returncode == 0, result.stderr
+    request = fake.requests[-1]
+    assert request.headers["Authorization"] == "Bearer box-secret"
+    assert request.body["model"] == "box-model"
+    assert request.body["messages"][0] == {"role": "system", "content": "From config"}
+    # Nothing was written outside CHATCLI_HOME.
+    assert list(isolated.home.iterdir()) == []
+
+
+def test_env_provider_and_model_override_config(fake: FakeOpenAI, isolated: Isolated) -> None:
+    isolated.write_config('provider = "openai"\nmodel = "from-config"\n')
+    result = run(
+        ["ask", "--base-url", fake.base_url, "hi"],
+        isolated,
+        env={"CHATCLI_PROVIDER": "lmstudio", "CHATCLI_MODEL": "from-env"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert fake.requests[-1].body["model"] == "from-env"
+
+
+def test_paths_follow_chatcli_home(isolated: Isolated) -> None:
+    result = run(["paths", "--json"], isolated)
+    where = json.loads(result.stdout)
+    for key in ("config", "data", "cache", "state"):
+        assert Path(where[key]).is_relative_to(isolated.chatcli_home), where
+
+
+def test_providers_table_and_json(isolated: Isolated) -> None:
+    listed = json.loads(
+        run(["providers", "--json"], isolated, env={"GROQ_API_KEY": "gsk-x"}).stdout
+    )
+    by_name = {row["name"]: row for row in listed}
+    assert by_name["groq"]["key_set"] is True and by_name["openai"]["key_set"] is False
+    assert by_name["ollama"]["url"] == "http://localhost:11434/v1"
+    assert all(row["supports_stream"] for row in listed)
+    assert "gsk-x" not in json.dumps(listed)
+    table = run(["providers"], isolated).stdout
+    assert "openrouter" in table and "OPENAI_API_KEY (not set)" in table
+
+
+def test_models_lists_the_server_models(fake: FakeOpenAI, isolated: Isolated) -> None:
+    result = run(["models", "-p", "ollama", "--base-url", fake.base_url], isolated)
+    assert (result.returncode, result.stdout) == (0, "fake-large\nfake-small\n")
+
+
+# -- errors, verbosity and secrets ----------------------------------------------------------------
+
+
+def test_connection_refused_says_which_url(isolated: Isolated) -> None:
+    result = run(
+        ["ask", "-p", "ollama", "-m", "m", "--base-url", "http://localhost:9/v1", "hi"], isolated
+    )
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "ollama", "http://localhost:9/v1", "connection refused")
+
+
+def test_missing_key_says_which_variable(isolated: Isolated) -> None:
+    result = run(["ask", "-p", "openrouter", "hi"], isolated)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "openrouter", "OPENROUTER_API_KEY")
+
+
+def test_keys_never_reach_output_even_verbose_or_echoed(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    canary = "sk-CANARY-5f1d2e3c4b5a"
+    fake.mode, fake.status = "status", 401
+    fake.body = json.dumps({"error": {"message": f"Incorrect API key provided: {canary}"}})
+    env = {"OPENAI_API_KEY": canary}
+    result = run(
+        ["ask", "-p", "openai", "-v", "--base-url", fake.base_url, "hi"], isolated, env=env
+    )
+    assert result.returncode == 1
+    assert fake.requests[-1].headers["Authorization"] == f"Bearer {canary}"
+    assert canary not in result.stdout + result.stderr
+    assert "Traceback" in result.stderr  # -v shows it
+    assert "not authorised" in result.stderr and "OPENAI_API_KEY" in result.stderr
+
+
+def test_debug_variable_shows_tracebacks(isolated: Isolated) -> None:
+    result = run(["ask", "-p", "ollama", "-m", "m", "--base-url", "http://localhost:9/v1", "hi"],
+                 isolated, env={"CHATCLI_DEBUG": "1"})  # fmt: skip
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+# -- proxies --------------------------------------------------------------------------------------
+
+
+def test_proxy_flag_sends_the_request_through_the_proxy(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    with ForwardProxy(require_auth="Basic dXNlcjpwQHNz") as proxy:
+        proxy_url = f"http://user:p%40ss@localhost:{proxy.port}"
+        result = run([*ask(fake), "--proxy", proxy_url, "-v", "hi"], isolated)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello, world!\n"
+    assert proxy.seen == [f"POST {fake.base_url}/chat/completions"]
+    assert proxy.auth_headers == ["Basic dXNlcjpwQHNz"]  # user:p@ss
+    assert "p%40ss" not in result.stderr and "p@ss" not in result.stderr
+    assert "user:***@" in result.stderr  # -v names the proxy, without its password
+
+
+def test_proxy_from_environment_and_no_proxy(fake: FakeOpenAI, isolated: Isolated) -> None:
+    with ForwardProxy() as proxy:
+        through = run([*ask(fake), "hi"], isolated, env={"HTTP_PROXY": proxy.url})
+        bypass = run(
+            [*ask(fake), "hi"], isolated, env={"HTTP_PROXY": proxy.url, "NO_PROXY": "localhost"}
+        )
+    assert through.returncode == 0 and bypass.returncode == 0, through.stderr + bypass.stderr
+    assert len(proxy.seen) == 1 and len(fake.requests) == 2
+
+
+def test_socks5_proxy(fake: FakeOpenAI, isolated: Isolated) -> None:
+    with Socks5Proxy() as proxy:
+        result = run([*ask(fake), "--proxy", f"socks5://localhost:{proxy.port}", "hi"], isolated)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello, world!\n"
+    port = fake.base_url.rsplit(":", 1)[1].split("/")[0]
+    assert proxy.seen == [f"localhost:{port}"]  # the name went to the proxy (no local DNS)
+
+
+def test_unreachable_proxy_is_a_clear_error(fake: FakeOpenAI, isolated: Isolated) -> None:
+    result = run([*ask(fake), "--proxy", "http://localhost:9", "hi"], isolated)
+    assert result.returncode == 1
+    assert_one_line_error(result.stderr, "ollama", "proxy")
+
+
+def test_unsupported_proxy_scheme(fake: FakeOpenAI, isolated: Isolated) -> None:
+    result = run([*ask(fake), "--proxy", "ftp://user:secret@host:21", "hi"], isolated)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "unsupported proxy scheme 'ftp'")
+    assert "secret" not in result.stderr
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_mid_stream_keeps_the_partial_answer_and_exits_130(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    fake.mode, fake.stall_seconds = "stall", 20.0
+    process = subprocess.Popen(
+        [str(CHATCLI), *ask(fake), "hi"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=isolated.env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    first = os.read(process.stdout.fileno(), 100)  # blocks until the first piece is shown
+    assert first == b"Hello"
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    rest, stderr = process.communicate(timeout=15)
+    assert process.returncode == 130
+    assert first + rest == b"Hello\n"
+    assert stderr.decode() == "chatcli: interrupted\n"
