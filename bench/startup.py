@@ -49,7 +49,8 @@ def main() -> None:
             times = time_command(argv, args.runs, env)
             median = statistics.median(times)
             base = base or median
-            print(f"{label:<20} {median * 1000:>7.0f}ms {min(times) * 1000:>7.0f}ms {median / base:>9.1f}x")
+            row = f"{median * 1e3:>7.0f}ms {min(times) * 1e3:>7.0f}ms {median / base:>9.1f}x"
+            print(f"{label:<20} {row}")
 
 
 if __name__ == "__main__":

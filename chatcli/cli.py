@@ -20,6 +20,7 @@ import typer
 from chatcli import __version__
 from chatcli.context import AppContext
 from chatcli.errors import (
+    EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -66,6 +67,14 @@ def _boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
         # The reader went away (`chatcli ask ... | head`): stop quietly, as other tools do.
         _silence_stdout()
         raise typer.Exit(EXIT_OK) from None
+    except Exception as exc:
+        # A bug, not a condition we know: still one line, with the way to see more.
+        if verbose or ctx.debug:
+            traceback.print_exception(exc, file=ctx.stderr)
+            _say(ctx, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            _say(ctx, f"internal error: {type(exc).__name__}: {exc} (run with -v for details)")
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _silence_stdout() -> None:
@@ -262,9 +271,8 @@ def ask(
         name = resolve_provider_name(ctx, provider)
         provider_cls = registry.get(name)
         # The top-level default model belongs to the default provider.
-        default_model = settings.model if provider_cls.name in (settings.provider, None) else None
-        if settings.provider is None:
-            default_model = settings.model
+        default_provider = (settings.provider or "").strip().lower()
+        default_model = settings.model if default_provider in ("", provider_cls.name) else None
         messages: list[Any] = []
         system_prompt = system if system is not None else settings.system
         if system_prompt:

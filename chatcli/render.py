@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Final, Protocol
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.live import Live
+    from rich.markdown import Markdown
 
 
 def _visible_table() -> dict[int, str]:
@@ -107,7 +108,7 @@ class MarkdownRenderer:
         self._live: Live | None = None
         self._text: list[str] = []
 
-    def _markdown(self) -> object:
+    def _markdown(self) -> Markdown:
         from rich.markdown import Markdown
 
         # hyperlinks=False: a link shows its real target instead of a hidden OSC 8 link.
@@ -130,11 +131,11 @@ class MarkdownRenderer:
             return
         self._text.append(text)
         if self._live is not None:
-            self._live.update(self._markdown())  # type: ignore[arg-type]
+            self._live.update(self._markdown())
 
     def finish(self, *, interrupted: bool = False) -> None:
         if self._live is not None:
-            self._live.update(self._markdown(), refresh=True)  # type: ignore[arg-type]
+            self._live.update(self._markdown(), refresh=True)
             self._live.stop()
             self._live = None
         elif self._text:

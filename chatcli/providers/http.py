@@ -142,8 +142,9 @@ def open_session(
     ``proxy`` is the user's explicit choice (flag or config); without it the environment decides.
     """
     limits = Timeouts.from_option(timeout)
+    # ``connect`` covers name resolution and the proxy as well as the socket connect.
     client_timeout = aiohttp.ClientTimeout(
-        total=None, connect=None, sock_connect=limits.connect, sock_read=limits.read
+        total=None, connect=limits.connect, sock_connect=limits.connect, sock_read=limits.read
     )
     proxy_url = resolve_proxy(base_url, proxy)
     connector: aiohttp.BaseConnector | None = None
@@ -331,10 +332,15 @@ async def check_status(
     if response.status < 400:
         return
     url = redact_url(str(response.url))
+    raw = bytearray()
     try:
-        raw = await response.content.read(_ERROR_BODY_LIMIT)
+        while len(raw) < _ERROR_BODY_LIMIT:
+            chunk = await response.content.read(_ERROR_BODY_LIMIT - len(raw))
+            if not chunk:
+                break
+            raw += chunk
     except (aiohttp.ClientError, TimeoutError):
-        raw = b""
+        pass  # explain what did arrive
     body = redact_secrets(raw.decode("utf-8", errors="replace"), secrets)
     content_type = response.headers.get("Content-Type", "")
     status = response.status

@@ -242,12 +242,11 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 await http.check_status(
                     response, cls.name, auth_hint=cls._auth_hint(), secrets=[cls.api_key(api_key)]
                 )
-                content_type = response.headers.get("Content-Type", "")
-                if stream and "text/event-stream" in content_type:
+                # Servers do not always honour ``stream``: read what was sent, not what was asked.
+                if "text/event-stream" in response.headers.get("Content-Type", ""):
                     async for piece in cls._read_stream(response):
                         yield piece
                 else:
-                    # Asked for a whole reply, or a server that ignores ``stream``.
                     data = await http.read_json(response, cls.name)
                     text = cls._whole_reply_text(data, url)
                     if text:
