@@ -26,7 +26,10 @@ from chatcli.errors import (
     EXIT_USAGE,
     ChatcliError,
     ConfigError,
+    ProviderError,
     UsageError,
+    check_url,
+    redact_credentials,
 )
 
 app = typer.Typer(
@@ -44,10 +47,15 @@ app = typer.Typer(
 
 
 def _say(ctx: AppContext, message: str) -> None:
+    """One line on stderr: made safe for a terminal, with any credentials in URLs blanked."""
     from chatcli.render import sanitize
 
-    ctx.stderr.write(f"chatcli: {sanitize(message)}\n")
+    ctx.stderr.write(f"chatcli: {sanitize(redact_credentials(message))}\n")
     ctx.stderr.flush()
+
+
+def _traceback(ctx: AppContext, exc: BaseException) -> None:
+    ctx.stderr.write(redact_credentials("".join(traceback.format_exception(exc))))
 
 
 @contextmanager
@@ -57,7 +65,7 @@ def _boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
         yield
     except ChatcliError as exc:
         if verbose or ctx.debug:
-            traceback.print_exception(exc, file=ctx.stderr)
+            _traceback(ctx, exc)
         _say(ctx, str(exc))
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
@@ -70,7 +78,7 @@ def _boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
     except Exception as exc:
         # A bug, not a condition we know: still one line, with the way to see more.
         if verbose or ctx.debug:
-            traceback.print_exception(exc, file=ctx.stderr)
+            _traceback(ctx, exc)
             _say(ctx, f"internal error: {type(exc).__name__}: {exc}")
         else:
             _say(ctx, f"internal error: {type(exc).__name__}: {exc} (run with -v for details)")
@@ -90,7 +98,7 @@ def _setup_logging(ctx: AppContext, verbose: bool) -> None:
 
     class _Formatter(logging.Formatter):
         def format(self, record: logging.LogRecord) -> str:
-            return sanitize(super().format(record))
+            return sanitize(redact_credentials(super().format(record)))
 
     handler = logging.StreamHandler(ctx.stderr)
     level = logging.DEBUG if verbose or ctx.debug else logging.WARNING
@@ -170,12 +178,43 @@ def read_piped_stdin(ctx: AppContext) -> str | None:
         return None
     buffer = getattr(ctx.stdin, "buffer", None)
     try:
-        if buffer is not None:
-            data: bytes = buffer.read()
-            return data.decode("utf-8", errors="replace")
-        return ctx.stdin.read()
+        if buffer is None:
+            return ctx.stdin.read()
+        data: bytes = buffer.read()
     except (OSError, ValueError):
         return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        _say(ctx, "warning: stdin is not valid UTF-8; undecodable bytes were replaced with U+FFFD")
+        return text
+
+
+#: ``-o`` keys that have an option of their own (or none at all).
+RESERVED_OPTIONS: dict[str, str] = {
+    "model": "use -m/--model",
+    "messages": "the conversation is built by chatcli",
+    "stream": "use --no-stream",
+    "proxy": "use --proxy",
+    "timeout": "use --timeout",
+    "base_url": "use --base-url",
+    "temperature": "use --temperature",
+    "api_key": "set the provider's key variable",
+    "context": "reserved",
+}
+
+
+def parse_options(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """``-o KEY VALUE`` pairs as provider keyword arguments; reserved keys are refused."""
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in RESERVED_OPTIONS:
+            raise UsageError(f"-o {key}: not a provider option ({RESERVED_OPTIONS[key]})")
+        if not key.isidentifier():
+            raise UsageError(f"-o {key!r}: option names are words like max_tokens or top_p")
+        options[key] = parse_option_value(value)
+    return options
 
 
 def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:
@@ -266,6 +305,8 @@ def ask(
         from chatcli.providers import Registry
         from chatcli.render import choose
 
+        if base_url:
+            check_url(base_url, what="--base-url", error=UsageError)
         settings = ctx.settings
         registry = Registry.from_config(settings.providers)
         name = resolve_provider_name(ctx, provider)
@@ -278,15 +319,14 @@ def ask(
         if system_prompt:
             messages.append({"role": "system", "content": system_prompt})
         messages.append({"role": "user", "content": message})
-        options = {key: parse_option_value(value) for key, value in option or []}
         request = TurnRequest(
             provider=provider_cls.name,
             messages=messages,
             model=model or default_model,
             temperature=temperature if temperature is not None else settings.temperature,
-            options=options,
+            options=parse_options(option or []),
             stream=not no_stream,
-            proxy=proxy or settings.proxy,
+            proxy=choose_proxy(ctx, proxy, provider_cls.root_url(base_url)),
             base_url=base_url,
             timeout=timeout if timeout is not None else settings.timeout,
         )
@@ -294,11 +334,47 @@ def ask(
             ctx.stdout, is_terminal=ctx.stdout_isatty, raw=raw, markdown=markdown, json=json_out
         )
         turn = Turn(provider=provider_cls.name)
-        asyncio.run(run_turn(request, registry, renderer, turn=turn))
+        try:
+            asyncio.run(run_turn(request, registry, renderer, turn=turn))
+        except (ProviderError, KeyboardInterrupt):
+            if json_out and turn.pieces:
+                _print_json(ctx, turn)  # scripts get the partial answer too, marked
+            raise
         if json_out:
-            result = {"text": turn.text, "provider": turn.provider, "model": turn.model}
-            ctx.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
-            ctx.stdout.flush()
+            _print_json(ctx, turn)
+
+
+def _print_json(ctx: AppContext, turn: Any) -> None:
+    result = {
+        "text": turn.text,
+        "provider": turn.provider,
+        "model": turn.model,
+        "status": turn.status,
+    }
+    if turn.error:
+        result["error"] = redact_credentials(turn.error)
+    ctx.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
+    ctx.stdout.flush()
+
+
+def choose_proxy(ctx: AppContext, flag: str | None, target: str) -> str | None:
+    """The ``--proxy`` flag; else the configured proxy unless ``NO_PROXY`` exempts ``target``.
+
+    ``None`` leaves the choice to the HTTP layer, which reads the ``*_PROXY`` variables.
+    """
+    from chatcli.providers.proxy import resolve_proxy
+
+    if flag:
+        return check_url(flag, what="--proxy", schemes=PROXY_SCHEMES, error=UsageError)
+    configured = ctx.settings.proxy
+    if not configured:
+        return None
+    check_url(configured, what=f"{ctx.paths.config_file}: proxy", schemes=PROXY_SCHEMES,
+              error=ConfigError)  # fmt: skip
+    return resolve_proxy(target, None, ctx.env, configured=configured)
+
+
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 
 
 # -- providers, models, paths -------------------------------------------------------------------
@@ -372,12 +448,15 @@ def models(
     with _boundary(ctx):
         from chatcli.providers import Registry
 
+        if base_url:
+            check_url(base_url, what="--base-url", error=UsageError)
         settings = ctx.settings
         cls = Registry.from_config(settings.providers).get(resolve_provider_name(ctx, provider))
         lister: Callable[..., Any] | None = getattr(cls, "list_models", None)
         if lister is not None:
+            proxy = choose_proxy(ctx, None, cls.root_url(base_url))
             found: list[str] = asyncio.run(
-                lister(base_url=base_url, proxy=settings.proxy, timeout=settings.timeout)
+                lister(base_url=base_url, proxy=proxy, timeout=settings.timeout)
             )
         else:
             found = list(

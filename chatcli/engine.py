@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from chatcli.errors import ProtocolError, ProviderError, StreamInterruptedError
 from chatcli.providers import Registry
-from chatcli.providers.base import Message
+from chatcli.providers.base import CORE_KWARGS, Message
 from chatcli.render import Renderer
 
 log = logging.getLogger("chatcli.engine")
@@ -74,7 +74,8 @@ async def run_turn(
     provider = registry.get(request.provider)
     turn = turn or Turn(provider=provider.name)
     turn.provider = provider.name
-    kwargs: dict[str, Any] = dict(request.options)
+    # Options never override what the request fixes (the CLI refuses such keys up front).
+    kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k not in CORE_KWARGS}
     kwargs.update(stream=request.stream, timeout=request.timeout)
     if request.base_url:
         kwargs["base_url"] = request.base_url
@@ -82,10 +83,9 @@ async def run_turn(
         kwargs["temperature"] = request.temperature
     renderer.start()
     try:
-        model = provider.resolve_model(request.model)
-        pick = getattr(provider, "pick_model", None)
-        if pick is not None:
-            model = await pick(model, proxy=request.proxy, **kwargs)
+        model = await provider.pick_model(
+            request.model, proxy=request.proxy, base_url=request.base_url, timeout=request.timeout
+        )
         turn.model = model
         log.debug(
             "turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages)

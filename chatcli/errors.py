@@ -26,6 +26,7 @@ They never contain secrets: callers pass URLs through :func:`redact_url` first.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,6 +37,9 @@ EXIT_INTERRUPTED: Final = 130
 
 #: Longest piece of server text quoted in an error message.
 QUOTE_LIMIT: Final = 200
+
+#: ``scheme://user:password@`` anywhere in a text (libraries quote proxy URLs in their errors).
+_CREDENTIALS: Final = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@'\"]*:)[^\s/@'\"]*@")
 
 
 class ChatcliError(Exception):
@@ -172,3 +176,30 @@ def redact_url(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = parts.username or ""
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` replaced by ``***``.
+
+    Applied to everything chatcli writes to stderr, since libraries quote URLs in their errors.
+    """
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def check_url(
+    url: str, *, what: str, schemes: tuple[str, ...] = ("http", "https"), error: type[ChatcliError]
+) -> str:
+    """``url`` if it has one of ``schemes`` and a host; else ``error`` saying what is wrong."""
+    shown = redact_credentials(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise error(f"{what}: invalid URL {shown!r} ({exc})") from None
+    if parts.scheme.lower() not in schemes or not host:
+        kinds = "/".join(schemes)
+        raise error(
+            f"{what}: expected a {kinds} URL such as {schemes[0]}://HOST:PORT, got {shown!r}"
+        )
+    return url

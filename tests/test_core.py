@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from chatcli.cli import compose_message, parse_option_value
+from chatcli.cli import compose_message, parse_option_value, parse_options
 from chatcli.config import Paths, load_settings
 from chatcli.errors import (
     ConfigError,
@@ -15,6 +15,8 @@ from chatcli.errors import (
     ProviderError,
     ResponseStatusError,
     UsageError,
+    check_url,
+    redact_credentials,
     redact_url,
 )
 from chatcli.providers import (
@@ -25,11 +27,8 @@ from chatcli.providers import (
     format_prompt,
     get_provider,
 )
-from chatcli.providers.http import (
-    describe_error_body,
-    parse_retry_after,
-    resolve_proxy,
-)
+from chatcli.providers.http import describe_error_body, parse_retry_after
+from chatcli.providers.proxy import resolve_proxy
 from chatcli.render import sanitize
 
 # -- format_prompt and the model mixin ------------------------------------------------------------
@@ -131,7 +130,7 @@ def test_registry_from_config_defines_and_overrides() -> None:
         }
     )
     box: Any = registry.get("mybox")
-    assert box.api_root() == "http://box:8000/v1"
+    assert box.root_url() == "http://box:8000/v1"
     assert box.key_env == "BOX_KEY" and box.key_required and box.default_model == "qwen"
     assert registry.get("ollama").default_model == "llama3.2"
     assert Registry.builtin().get("ollama").default_model == ""
@@ -139,13 +138,18 @@ def test_registry_from_config_defines_and_overrides() -> None:
         Registry.from_config({"other": {"type": "openai"}})
     with pytest.raises(ConfigError, match="unknown type"):
         Registry.from_config({"other": {"type": "grpc", "base_url": "x"}})
+    with pytest.raises(ConfigError, match=r"providers\.bad\.base_url"):
+        Registry.from_config({"bad": {"type": "openai", "base_url": "localhost:8000/v1"}})
+    # Names are case-insensitive, as typed after -p.
+    mixed = Registry.from_config({"MyBox": {"type": "openai", "base_url": "http://b/v1"}})
+    assert mixed.get("MyBox").name == "mybox" and mixed.get("mybox").name == "mybox"
 
 
 def test_openai_base_url_variable_moves_only_openai(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_BASE_URL", "http://gateway/v1")
-    assert get_provider("openai").api_root() == "http://gateway/v1"  # type: ignore[attr-defined]
-    assert get_provider("openai").api_root("http://flag/v1") == "http://flag/v1"  # type: ignore[attr-defined]
-    assert get_provider("groq").api_root() == "https://api.groq.com/openai/v1"  # type: ignore[attr-defined]
+    assert get_provider("openai").root_url() == "http://gateway/v1"  # type: ignore[attr-defined]
+    assert get_provider("openai").root_url("http://flag/v1") == "http://flag/v1"  # type: ignore[attr-defined]
+    assert get_provider("groq").root_url() == "https://api.groq.com/openai/v1"  # type: ignore[attr-defined]
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -163,6 +167,28 @@ def test_errors_are_one_line_and_name_the_provider() -> None:
 def test_redact_url_hides_passwords_only() -> None:
     assert redact_url("http://user:s3cret@proxy:8080/x") == "http://user:***@proxy:8080/x"
     assert redact_url("socks5://proxy:1080") == "socks5://proxy:1080"
+
+
+def test_redact_credentials_in_free_text() -> None:
+    text = "407, message='Proxy Authentication Required', url='http://user:S3CRET@localhost:5'"
+    assert redact_credentials(text) == text.replace("S3CRET", "***")
+    assert redact_credentials("socks5://u:p@h:1, http://h/x") == "socks5://u:***@h:1, http://h/x"
+
+
+@pytest.mark.parametrize(
+    "url", ["localhost:11434/v1", "http://[bad/v1", "ftp://host/", "http://", "http://h:99999/"]
+)
+def test_check_url_refuses_what_is_not_an_http_url(url: str) -> None:
+    with pytest.raises(UsageError) as info:
+        check_url(url, what="--base-url", error=UsageError)
+    assert str(info.value).startswith("--base-url: ")
+
+
+def test_check_url_accepts_proxy_schemes() -> None:
+    schemes = ("http", "socks5")
+    assert check_url("socks5://h:1", what="--proxy", schemes=schemes, error=UsageError)
+    with pytest.raises(UsageError):
+        check_url("socks5://", what="--proxy", schemes=schemes, error=UsageError)
 
 
 def test_error_bodies_are_described_in_one_line() -> None:
@@ -209,6 +235,33 @@ def test_resolve_proxy_precedence_and_no_proxy() -> None:
         == "http://lower:1"
     )
     assert resolve_proxy("https://a", None, {"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*"}) is None
+
+
+def test_no_proxy_ports_addresses_and_ranges() -> None:
+    def direct(url: str, no_proxy: str) -> bool:
+        return resolve_proxy(url, None, {"ALL_PROXY": "http://p:1", "NO_PROXY": no_proxy}) is None
+
+    # An entry's port is compared with the scheme's default port when the URL gives none.
+    assert direct("https://example.com/v1", "example.com:443")
+    assert not direct("https://example.com/v1", "example.com:8443")
+    assert direct("http://example.com/v1", "example.com:80")
+    # IP addresses, IPv6 bare or bracketed, and CIDR ranges.
+    assert direct("http://127.0.0.1:11434/v1", "127.0.0.0/8")
+    assert not direct("http://10.1.2.3/v1", "127.0.0.0/8")
+    assert direct("http://[::1]:8080/v1", "::1")
+    assert direct("http://[::1]:8080/v1", "[::1]:8080")
+    assert not direct("http://[::1]:8080/v1", "[::1]:9090")
+    assert direct("http://[fd00::5]/v1", "fd00::/8")
+    assert not direct("http://127.0.0.1/v1", "localhost")  # no name resolution on either side
+
+
+def test_configured_proxy_obeys_no_proxy_but_the_flag_does_not() -> None:
+    env = {"NO_PROXY": "localhost"}
+    assert resolve_proxy("http://localhost:11434/v1", None, env, configured="http://c:1") is None
+    assert resolve_proxy("https://api.openai.com/v1", None, env, configured="http://c:1") == (
+        "http://c:1"
+    )
+    assert resolve_proxy("http://localhost:11434/v1", "http://flag:1", env) == "http://flag:1"
 
 
 # -- configuration --------------------------------------------------------------------------------
@@ -271,6 +324,15 @@ def test_compose_message_orders_stdin_then_blank_line_then_prompt() -> None:
         compose_message("", None)
     with pytest.raises(UsageError):
         compose_message(" ", "\n")
+
+
+def test_reserved_option_keys_are_refused() -> None:
+    assert parse_options([("max_tokens", "5"), ("top_p", "0.9")]) == {"max_tokens": 5, "top_p": 0.9}
+    for key, hint in [("model", "-m/--model"), ("stream", "--no-stream"), ("proxy", "--proxy")]:
+        with pytest.raises(UsageError, match=hint):
+            parse_options([(key, "x")])
+    with pytest.raises(UsageError):
+        parse_options([("max-tokens", "5")])
 
 
 def test_option_values_decode_json_literals() -> None:

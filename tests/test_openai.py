@@ -116,7 +116,8 @@ def test_list_models(fake: FakeOpenAI, isolated: Isolated) -> None:
          "application/json", AuthenticationError, "Incorrect API key provided"),
         (429, '{"error": {"message": "Rate limit reached"}}', "application/json", RateLimitError,
          "Rate limit reached"),
-        (500, '{"error": "model crashed"}', "application/json", ResponseStatusError, "HTTP 500"),
+        (500, '{"error": "model crashed"}', "application/json", ResponseStatusError,
+         "HTTP 500 Internal Server Error from http://localhost:"),
         (502, "<html><title>502 Bad Gateway</title></html>", "text/html", ResponseStatusError,
          "HTML page titled '502 Bad Gateway'"),
         (404, '{"error": {"message": "model \'x\' not found"}}', "application/json",
@@ -138,6 +139,9 @@ def test_http_errors_become_one_clear_error(
         collect("ollama", "m", base_url=fake.base_url)
     message = str(info.value)
     assert message.startswith("ollama: ") and fragment in message and "\n" not in message
+    # The service's own explanation is always quoted.
+    explanation = {500: "model crashed", 502: "502 Bad Gateway", 404: "not found"}.get(status)
+    assert explanation is None or explanation in message
     if status == 429:
         assert info.value.retry_after == 3.0
 

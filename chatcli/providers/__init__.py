@@ -62,7 +62,8 @@ class Registry:
 
         registry = cls.builtin()
         presets = {p.name: p for p in PRESETS}
-        for name, table in providers.items():
+        for raw_name, table in providers.items():
+            name = raw_name.strip().lower()  # names are matched case-insensitively
             kind = table.get("type")
             if name in presets and kind in (None, "openai"):
                 registry._entries[name] = make_provider(

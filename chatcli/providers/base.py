@@ -98,6 +98,23 @@ class BaseProvider:
         return model or cls.default_model
 
     @classmethod
+    async def pick_model(
+        cls,
+        model: str | None,
+        *,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """The model to use, where finding it may need the service (an API that lists models)."""
+        return cls.resolve_model(model)
+
+    @classmethod
+    def root_url(cls, base_url: str | None = None) -> str:
+        """Where requests go: ``base_url`` when given, else the provider's own URL."""
+        return (base_url or cls.url).rstrip("/")
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         """Plain facts about the provider, for ``chatcli providers --json``."""
         return {
@@ -184,5 +201,17 @@ class ProviderModelMixin:
         return cls.get_model(model)
 
 
-#: Keyword arguments the engine always passes; protocols must not forward them as body fields.
-CORE_KWARGS: Final = frozenset({"base_url", "timeout", "stream", "context", "api_key"})
+#: Keyword arguments with a fixed meaning for every provider; never service options.
+CORE_KWARGS: Final = frozenset(
+    {
+        "model",
+        "messages",
+        "proxy",
+        "base_url",
+        "timeout",
+        "stream",
+        "temperature",
+        "context",
+        "api_key",
+    }
+)

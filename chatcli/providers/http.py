@@ -18,7 +18,6 @@ import contextlib
 import email.utils
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
@@ -39,8 +38,10 @@ from chatcli.errors import (
     ResponseStatusError,
     StreamInterruptedError,
     quote,
+    redact_credentials,
     redact_url,
 )
+from chatcli.providers.proxy import resolve_proxy
 from chatcli.providers.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger("chatcli.http")
@@ -87,46 +88,6 @@ class Timeouts:
         if timeout is None:
             return cls()
         return cls(connect=timeout, read=timeout)
-
-
-def resolve_proxy(
-    url: str, explicit: str | None = None, env: Mapping[str, str] | None = None
-) -> str | None:
-    """The proxy to use for ``url``: ``explicit`` first, else the standard variables.
-
-    ``HTTPS_PROXY``/``HTTP_PROXY`` by the URL's scheme, then ``ALL_PROXY``; ``NO_PROXY`` (a comma
-    list of host suffixes, ``host:port`` entries or ``*``) bypasses them. Lower-case names win.
-    """
-    if explicit:
-        return explicit
-    env = os.environ if env is None else env
-
-    def get(name: str) -> str:
-        return env.get(name.lower()) or env.get(name.upper()) or ""
-
-    parts = urlsplit(url)
-    proxy = get(f"{parts.scheme}_proxy") or get("all_proxy")
-    if not proxy:
-        return None
-    if _bypassed(parts.hostname or "", parts.port, get("no_proxy")):
-        return None
-    return proxy
-
-
-def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
-    host = host.lower()
-    for entry in (e.strip().lower() for e in no_proxy.split(",")):
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        name, _, entry_port = entry.partition(":")
-        if entry_port and port is not None and entry_port != str(port):
-            continue
-        name = name.lstrip(".")
-        if host == name or host.endswith("." + name):
-            return True
-    return False
 
 
 def open_session(
@@ -221,6 +182,12 @@ def http_errors(provider: str, url: str) -> Iterator[None]:
             f"cannot connect to {shown} ({_reason(exc)}); is the server running there?",
             provider=provider,
         ) from exc
+    except aiohttp.ClientHttpProxyError as exc:
+        hint = "; check the proxy's user and password" if exc.status == 407 else ""
+        raise ProviderConnectionError(
+            f"the proxy refused the request to {shown} (HTTP {exc.status} {exc.message}){hint}",
+            provider=provider,
+        ) from exc
     except aiohttp.InvalidURL as exc:
         raise ConfigError(f"{provider}: invalid URL {shown}") from exc
     except aiohttp.ClientError as exc:
@@ -246,7 +213,7 @@ def _reason(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(os_error, OSError) and os_error.strerror:
         return os_error.strerror.lower()
-    text = str(exc).strip()
+    text = redact_credentials(str(exc).strip())
     return quote(text, 120) if text else type(exc).__name__
 
 

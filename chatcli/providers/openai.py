@@ -19,6 +19,7 @@ Protocol notes:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from chatcli.errors import (
     ProtocolError,
     ProviderError,
     StreamInterruptedError,
+    check_url,
     quote,
     redact_url,
 )
@@ -116,7 +118,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
     # -- configuration ----------------------------------------------------------------------
 
     @classmethod
-    def api_root(cls, base_url: str | None = None) -> str:
+    def root_url(cls, base_url: str | None = None) -> str:  # the API root, for this family
         """``base_url``, else the service's variable (``OPENAI_BASE_URL``), else the row's URL."""
         root = base_url or (os.environ.get(cls.base_url_env) if cls.base_url_env else None)
         return (root or cls.url).rstrip("/")
@@ -129,14 +131,13 @@ class OpenAICompatible(AsyncGeneratorProvider):
         return (os.environ.get(cls.key_env) or None) if cls.key_env else None
 
     @classmethod
-    def _headers(cls, api_key: str | None) -> dict[str, str]:
+    def _headers(cls, key: str | None) -> dict[str, str]:
         from chatcli import __version__
 
         headers = {
             "Accept": "application/json, text/event-stream",
             "User-Agent": f"chatcli/{__version__}",
         }
-        key = cls.api_key(api_key)
         if key:
             headers["Authorization"] = f"Bearer {key}"
         elif cls.key_required:
@@ -146,13 +147,43 @@ class OpenAICompatible(AsyncGeneratorProvider):
         return headers
 
     @classmethod
+    @contextlib.asynccontextmanager
+    async def _call(
+        cls,
+        method: str,
+        path: str,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        proxy: str | None,
+        timeout: float | None,
+        body: Any = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request to the API, its HTTP errors raised; failures while reading it mapped."""
+        from chatcli.providers import http
+
+        url = f"{cls.root_url(base_url)}/{path}"
+        key = cls.api_key(api_key)
+        headers = cls._headers(key)
+        log.debug("%s %s", method, redact_url(url))
+        with http.http_errors(cls.name, url):
+            async with (
+                http.open_session(base_url=url, proxy=proxy, timeout=timeout) as session,
+                session.request(method, url, json=body, headers=headers) as response,
+            ):
+                await http.check_status(
+                    response, cls.name, auth_hint=cls._auth_hint(), secrets=[key]
+                )
+                yield response
+
+    @classmethod
     def _auth_hint(cls) -> str:
         return f"check {cls.key_env}" if cls.key_env else ""
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
         facts = super().describe()
-        facts["url"] = cls.api_root()
+        facts["url"] = cls.root_url()
         facts["key_env"] = cls.key_env
         facts["key_set"] = bool(cls.api_key())
         facts["description"] = cls.description
@@ -172,32 +203,34 @@ class OpenAICompatible(AsyncGeneratorProvider):
         """The model ids the service offers (``GET /models``)."""
         from chatcli.providers import http
 
-        url = f"{cls.api_root(base_url)}/models"
-        headers = cls._headers(api_key)
-        with http.http_errors(cls.name, url):
-            async with (
-                http.open_session(base_url=url, proxy=proxy, timeout=timeout) as session,
-                session.get(url, headers=headers) as response,
-            ):
-                await http.check_status(
-                    response, cls.name, auth_hint=cls._auth_hint(), secrets=[cls.api_key(api_key)]
-                )
-                data = await http.read_json(response, cls.name)
+        async with cls._call(
+            "GET", "models", base_url=base_url, api_key=api_key, proxy=proxy, timeout=timeout
+        ) as response:
+            data = await http.read_json(response, cls.name)
         items = data.get("data") if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise ProtocolError(
-                f"unexpected model list from {url}: {quote(json.dumps(data))}", provider=cls.name
+                f"unexpected model list: {quote(json.dumps(data))}", provider=cls.name
             )
         ids = [item["id"] for item in items if isinstance(item, dict) and "id" in item]
         return sorted(str(i) for i in ids)
 
     @classmethod
-    async def pick_model(cls, model: str | None, **kwargs: Any) -> str:
+    async def pick_model(
+        cls,
+        model: str | None,
+        *,
+        proxy: str | None = None,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        api_key: str | None = None,
+    ) -> str:
         """``model``, else the configured default, else the first model the server lists."""
         if model or cls.default_model:
             return model or cls.default_model
-        wanted = {k: kwargs[k] for k in ("base_url", "api_key", "proxy", "timeout") if k in kwargs}
-        models = await cls.list_models(**wanted)
+        models = await cls.list_models(
+            base_url=base_url, api_key=api_key, proxy=proxy, timeout=timeout
+        )
         if not models:
             raise ConfigError(
                 f"{cls.name}: no model given and the server lists none; pass -m MODEL"
@@ -227,30 +260,28 @@ class OpenAICompatible(AsyncGeneratorProvider):
         model = await cls.pick_model(
             model, base_url=base_url, api_key=api_key, proxy=proxy, timeout=timeout
         )
-        url = f"{cls.api_root(base_url)}/chat/completions"
-        headers = cls._headers(api_key)
         body: dict[str, Any] = {"model": model, "messages": list(messages), "stream": stream}
         if temperature is not None:
             body["temperature"] = temperature
         body.update({k: v for k, v in options.items() if k not in CORE_KWARGS})
-        log.debug("POST %s model=%s stream=%s", redact_url(url), model, stream)
-        with http.http_errors(cls.name, url):
-            async with (
-                http.open_session(base_url=url, proxy=proxy, timeout=timeout) as session,
-                session.post(url, json=body, headers=headers) as response,
-            ):
-                await http.check_status(
-                    response, cls.name, auth_hint=cls._auth_hint(), secrets=[cls.api_key(api_key)]
-                )
-                # Servers do not always honour ``stream``: read what was sent, not what was asked.
-                if "text/event-stream" in response.headers.get("Content-Type", ""):
-                    async for piece in cls._read_stream(response):
-                        yield piece
-                else:
-                    data = await http.read_json(response, cls.name)
-                    text = cls._whole_reply_text(data, url)
-                    if text:
-                        yield text
+        async with cls._call(
+            "POST",
+            "chat/completions",
+            base_url=base_url,
+            api_key=api_key,
+            proxy=proxy,
+            timeout=timeout,
+            body=body,
+        ) as response:
+            # Servers do not always honour ``stream``: read what was sent, not what was asked.
+            if "text/event-stream" in response.headers.get("Content-Type", ""):
+                async for piece in cls._read_stream(response):
+                    yield piece
+            else:
+                data = await http.read_json(response, cls.name)
+                text = cls._whole_reply_text(data)
+                if text:
+                    yield text
 
     @classmethod
     async def _read_stream(cls, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
@@ -301,13 +332,13 @@ class OpenAICompatible(AsyncGeneratorProvider):
             )
 
     @classmethod
-    def _whole_reply_text(cls, data: Any, url: str) -> str:
+    def _whole_reply_text(cls, data: Any) -> str:
         try:
             message = data["choices"][0]["message"]
             content = message.get("content")
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ProtocolError(
-                f"unexpected reply from {redact_url(url)}: {quote(json.dumps(data))}",
+                f"unexpected reply: {quote(json.dumps(data))}",
                 provider=cls.name,
             ) from None
         if content is None:
@@ -342,6 +373,7 @@ def preset_from_config(name: str, table: Mapping[str, Any], base: Preset | None 
     base_url = table.get("base_url") or (base.base_url if base else None)
     if not base_url:
         raise ConfigError(f"providers.{name}: an OpenAI-compatible provider needs base_url")
+    check_url(base_url, what=f"providers.{name}.base_url", error=ConfigError)
     key_env = table.get("api_key_env") or (base.key_env if base else None)
     return Preset(
         name=name,
