@@ -93,21 +93,52 @@ def _silence_stdout() -> None:
         pass
 
 
-def _setup_logging(ctx: AppContext, verbose: bool) -> None:
-    from chatcli.render import sanitize
+class _StderrHandler(logging.Handler):
+    """Log lines on stderr, safe for a terminal; held back while a live display owns it.
 
-    class _Formatter(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return sanitize(redact_credentials(super().format(record)))
+    A line written under Rich's live region moves the cursor behind its back, and the next
+    redraw then leaves a stale copy of the answer on screen.
+    """
 
-    handler = logging.StreamHandler(ctx.stderr)
-    level = logging.DEBUG if verbose or ctx.debug else logging.WARNING
-    prefix = "chatcli: %(name)s: " if level == logging.DEBUG else "chatcli: warning: "
-    handler.setFormatter(_Formatter(prefix + "%(message)s"))
+    def __init__(self, ctx: AppContext, *, debug: bool) -> None:
+        super().__init__(logging.DEBUG if debug else logging.WARNING)
+        prefix = "chatcli: %(name)s: " if debug else "chatcli: warning: "
+        self.setFormatter(logging.Formatter(prefix + "%(message)s"))
+        self._stream = ctx.stderr
+        self._held: list[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from chatcli.render import sanitize
+
+        line = sanitize(redact_credentials(self.format(record))) + "\n"
+        if self._held is not None:
+            self._held.append(line)
+        else:
+            self._stream.write(line)
+            self._stream.flush()
+
+    @contextmanager
+    def held(self, hold: bool) -> Iterator[None]:
+        """Keep lines back inside the block when ``hold``; write them all when it ends."""
+        if not hold:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            lines, self._held = self._held, None
+            self._stream.write("".join(lines))
+            self._stream.flush()
+
+
+def _setup_logging(ctx: AppContext, verbose: bool) -> _StderrHandler:
+    handler = _StderrHandler(ctx, debug=verbose or ctx.debug)
     root = logging.getLogger("chatcli")
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(handler.level)
     root.propagate = False
+    return handler
 
 
 # -- shared option types ------------------------------------------------------------------------
@@ -298,7 +329,7 @@ def ask(
     import asyncio
 
     ctx = AppContext.from_process()
-    _setup_logging(ctx, verbose)
+    log_handler = _setup_logging(ctx, verbose)
     with _boundary(ctx, verbose=verbose):
         message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
         from chatcli.engine import Turn, TurnRequest, run_turn
@@ -335,7 +366,8 @@ def ask(
         )
         turn = Turn(provider=provider_cls.name)
         try:
-            asyncio.run(run_turn(request, registry, renderer, turn=turn))
+            with log_handler.held(renderer.live):
+                asyncio.run(run_turn(request, registry, renderer, turn=turn))
         except (ProviderError, KeyboardInterrupt):
             if json_out and turn.pieces:
                 _print_json(ctx, turn)  # scripts get the partial answer too, marked

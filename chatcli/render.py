@@ -15,7 +15,7 @@ character with no state, so an escape sequence split across two stream pieces is
 
 from __future__ import annotations
 
-from typing import IO, TYPE_CHECKING, Final, Protocol
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -45,6 +45,9 @@ def sanitize(text: str) -> str:
 class Renderer(Protocol):
     """What the engine needs from an output."""
 
+    #: Redraws a region of the terminal while streaming (nothing else may write there then).
+    live: bool
+
     def start(self) -> None:
         """Called once before the first piece."""
 
@@ -58,6 +61,8 @@ class Renderer(Protocol):
 class NullRenderer:
     """Shows nothing (``--json`` prints the whole result at the end)."""
 
+    live = False
+
     def start(self) -> None:
         pass
 
@@ -70,6 +75,8 @@ class NullRenderer:
 
 class PlainRenderer:
     """Writes pieces as they come. ``safe``: sanitize for a terminal; else write them verbatim."""
+
+    live = False
 
     def __init__(self, stream: IO[str], *, safe: bool) -> None:
         self._stream = stream
@@ -104,9 +111,10 @@ class MarkdownRenderer:
 
     def __init__(self, console: Console, *, live: bool) -> None:
         self._console = console
-        self._live_wanted = live
+        self.live = live
         self._live: Live | None = None
         self._text: list[str] = []
+        self._echo = _TerminalEcho(console.file)
 
     def _markdown(self) -> Markdown:
         from rich.markdown import Markdown
@@ -115,7 +123,7 @@ class MarkdownRenderer:
         return Markdown(sanitize("".join(self._text)), hyperlinks=False)
 
     def start(self) -> None:
-        if self._live_wanted:
+        if self.live:
             from rich.live import Live
 
             self._live = Live(
@@ -124,6 +132,7 @@ class MarkdownRenderer:
                 vertical_overflow="visible",
                 auto_refresh=True,
             )
+            self._echo.off()
             self._live.start()
 
     def feed(self, text: str) -> None:
@@ -138,8 +147,46 @@ class MarkdownRenderer:
             self._live.update(self._markdown(), refresh=True)
             self._live.stop()
             self._live = None
+            self._echo.restore()
         elif self._text:
             self._console.print(self._markdown())
+
+
+class _TerminalEcho:
+    """Turns the terminal's echo off while a live region is drawn, and back on after.
+
+    Keys typed during an answer, and the ``^C`` a terminal echoes for Ctrl-C, would otherwise
+    land inside the region and shift the cursor under Rich, which then leaves stale lines.
+    """
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+        self._saved: list[Any] | None = None
+
+    def off(self) -> None:
+        try:
+            import termios
+
+            fd = self._stream.fileno()  # type: ignore[attr-defined]
+            saved = termios.tcgetattr(fd)
+            quiet = list(saved)
+            quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
+            termios.tcsetattr(fd, termios.TCSANOW, quiet)
+            self._saved = saved
+        except (ImportError, AttributeError, ValueError, OSError):
+            self._saved = None  # not a terminal (or not a POSIX one): nothing to do
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        try:
+            import termios
+
+            fd = self._stream.fileno()  # type: ignore[attr-defined]
+            termios.tcsetattr(fd, termios.TCSANOW, self._saved)
+        except (ImportError, AttributeError, ValueError, OSError):
+            pass
+        self._saved = None
 
 
 def make_console(stream: IO[str], *, force_terminal: bool | None = None) -> Console:

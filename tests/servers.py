@@ -125,6 +125,8 @@ class FakeOpenAI:
     headers: dict[str, str] = field(default_factory=dict)
     #: Seconds between streamed pieces.
     delay: float = 0.0
+    #: The finish_reason of the last chunk ("stop"; "length" when cut at max_tokens).
+    finish_reason: str = "stop"
     requests: list[Recorded] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     stall_seconds: float = 30.0
@@ -247,7 +249,7 @@ class FakeOpenAI:
                 return response
         if self.mode == "cut":
             return response  # ends cleanly, without finish_reason or [DONE]
-        await response.write(sse(delta_chunk(finish="stop", model=model)))
+        await response.write(sse(delta_chunk(finish=self.finish_reason, model=model)))
         await response.write(sse("[DONE]"))
         return response
 

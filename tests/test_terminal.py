@@ -24,7 +24,10 @@ HOSTILE = [
 
 
 def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 30) -> tuple[int, bytes]:
-    """Run chatcli with stdin, stdout and stderr on one 80x24 pseudo-terminal."""
+    """Run chatcli with stdin, stdout and stderr on one 80x24 pseudo-terminal.
+
+    Also checks that chatcli leaves the terminal's echo as it found it.
+    """
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec chatcli on the terminal
         os.execve(str(CHATCLI), [str(CHATCLI), *args], env)
@@ -43,7 +46,9 @@ def run_in_terminal(args: list[str], env: dict[str, str], timeout: float = 30) -
             break
         output += data
     _, status = os.waitpid(pid, 0)
+    lflag = termios.tcgetattr(fd)[3]
     os.close(fd)
+    assert lflag & termios.ECHO and lflag & termios.ECHOCTL, "terminal echo left off"
     return os.waitstatus_to_exitcode(status), bytes(output)
 
 
@@ -77,3 +82,19 @@ def test_raw_on_a_terminal_is_plain_and_sanitized(fake: FakeOpenAI, isolated: Is
     assert b"**bold**" in out
     assert b"\x1b" not in out and b"\xc2\x9b" not in out
     assert "␛[2J".encode() in out
+
+
+def test_a_warning_during_a_live_answer_waits_until_the_answer_is_drawn(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    # A line written under the live region would leave a stale copy of the answer on screen.
+    fake.pieces = [f"word{i} " for i in range(60)]
+    fake.delay, fake.finish_reason = 0.01, "length"
+    code, out = run_in_terminal(
+        ["ask", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, "hi"],
+        {**isolated.env, "TERM": "xterm-256color"},
+    )
+    text = out.decode()
+    assert code == 0, text
+    warning = text.index("chatcli: warning: ollama: the answer was cut at the token limit")
+    assert text.rindex("word59") < warning
