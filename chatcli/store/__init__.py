@@ -1,0 +1,45 @@
+"""Everything chatcli keeps on disk, usable from Python without the CLI.
+
+    >>> from chatcli.store import Stores
+    >>> stores = Stores.default()          # CHATCLI_HOME or the platform's data dir
+    >>> stores.cookies.for_domain("chat-gpt.org")
+
+Files live under the data directory with owner-only permissions (see :mod:`chatcli.store.files`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chatcli.config import Paths
+from chatcli.store.cookies import Cookie, CookieStore
+from chatcli.store.state import StateStore
+
+__all__ = ["Cookie", "CookieStore", "StateStore", "Stores"]
+
+
+@dataclass(slots=True)
+class Stores:
+    """The stores under one data directory."""
+
+    data_dir: Path
+    cookies: CookieStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cookies = CookieStore(self.data_dir / "cookies.json")
+
+    def state(self, provider: str) -> StateStore:
+        safe = re.sub(r"[^a-z0-9_.-]", "_", provider.lower())
+        return StateStore(self.data_dir / "providers" / f"{safe}.json")
+
+    @classmethod
+    def at(cls, paths: Paths) -> Stores:
+        return cls(paths.data_dir)
+
+    @classmethod
+    def default(cls) -> Stores:
+        """The stores the environment points at (``CHATCLI_HOME`` or platform dirs)."""
+        return cls.at(Paths.from_env(os.environ))

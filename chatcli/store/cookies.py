@@ -1,0 +1,232 @@
+"""Cookies per domain, kept in one private JSON file (``DATA/cookies.json``, 0600).
+
+Cookies are credentials: values are never printed (``chatcli cookies list`` masks them) and
+the file is written atomically with owner-only permissions. Expired cookies are never handed
+out. Two import formats are read: the Netscape ``cookies.txt`` that browser extensions
+export, and a JSON list of ``{domain, name, value, ...}`` objects (``expirationDate`` or
+``expires`` in Unix seconds, as extensions write them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from chatcli.errors import UsageError
+from chatcli.store.files import quarantine, read_json, write_json
+
+log = logging.getLogger("chatcli.store")
+
+FORMAT_VERSION: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Cookie:
+    """One cookie. ``domain`` has no leading dot; ``expires`` is Unix seconds or ``None``."""
+
+    domain: str
+    name: str
+    value: str
+    path: str = "/"
+    expires: float | None = None
+    secure: bool = False
+    http_only: bool = False
+    #: Also sent to subdomains of ``domain`` (a leading dot or the Netscape TRUE flag).
+    include_subdomains: bool = True
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.expires is not None and self.expires <= (time.time() if now is None else now)
+
+    def matches(self, domain: str) -> bool:
+        """Whether this cookie belongs to requests for ``domain``."""
+        domain = normalise_domain(domain)
+        if domain == self.domain:
+            return True
+        return self.include_subdomains and domain.endswith("." + self.domain)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.domain, self.path, self.name)
+
+
+def normalise_domain(domain: str) -> str:
+    return domain.strip().lstrip(".").lower()
+
+
+def mask(value: str) -> str:
+    """A value shown only by its length: enough to tell cookies apart, nothing to steal."""
+    if not value:
+        return "<empty>"
+    return f"<{len(value)} char{'s' if len(value) != 1 else ''}>"
+
+
+class CookieStore:
+    """The cookie file. Every change is written at once; nothing is cached between calls."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def all(self) -> list[Cookie]:
+        data = read_json(self.path, what="the cookie file")
+        if data is None:
+            return []
+        try:
+            return [Cookie(**row) for row in data["cookies"]]
+        except (KeyError, TypeError) as exc:
+            aside = quarantine(self.path)
+            log.warning("cookie file %s was unreadable (%s); moved to %s", self.path, exc, aside)
+            return []
+
+    def for_domain(self, domain: str, *, now: float | None = None) -> dict[str, str]:
+        """Name -> value of the unexpired cookies for ``domain`` (more specific ones win)."""
+        found = [c for c in self.all() if c.matches(domain) and not c.expired(now)]
+        found.sort(key=lambda c: len(c.domain))  # a subdomain's cookie overrides its parent's
+        return {c.name: c.value for c in found}
+
+    def save(self, cookies: Iterable[Cookie]) -> int:
+        """Add or replace (by domain, path and name); returns how many were given."""
+        new = list(cookies)
+        if not new:
+            return 0
+        merged = {c.key: c for c in self.all()}
+        for cookie in new:
+            merged[cookie.key] = cookie
+        self._write(merged.values())
+        return len(new)
+
+    def clear(self, domain: str | None = None) -> int:
+        """Remove every cookie, or those of ``domain`` and its subdomains; returns the count."""
+        current = self.all()
+        if domain is None:
+            kept: list[Cookie] = []
+        else:
+            target = normalise_domain(domain)
+            kept = [
+                c for c in current if not (c.domain == target or c.domain.endswith("." + target))
+            ]
+        if len(kept) != len(current):
+            self._write(kept)
+        return len(current) - len(kept)
+
+    def _write(self, cookies: Iterable[Cookie]) -> None:
+        now = time.time()
+        kept = sorted((c for c in cookies if not c.expired(now)), key=lambda c: c.key)
+        rows = [asdict(c) for c in kept]
+        write_json(self.path, {"version": FORMAT_VERSION, "cookies": rows})
+
+
+# -- import formats -------------------------------------------------------------------------------
+
+
+def parse_cookie_file(path: Path) -> list[Cookie]:
+    """Cookies from a Netscape ``cookies.txt`` or a JSON export. Errors are one line (exit 2)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
+        return parse_json_cookies(text, source=str(path))
+    return parse_netscape_cookies(text, source=str(path))
+
+
+def parse_netscape_cookies(text: str, *, source: str = "cookies.txt") -> list[Cookie]:
+    """The Netscape format: ``domain  flag  path  secure  expires  name  value``, tab-separated."""
+    cookies: list[Cookie] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        http_only = False
+        if line.startswith("#HttpOnly_"):
+            line = line[len("#HttpOnly_") :]
+            http_only = True
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) == 6:
+            fields.append("")  # an empty value, its tab trimmed by some exporters
+        if len(fields) != 7:
+            raise UsageError(
+                f"{source} line {number}: expected 7 tab-separated fields "
+                "(domain, subdomains, path, secure, expires, name, value)"
+            )
+        domain, subdomains, cookie_path, secure, expires, name, value = fields
+        try:
+            expiry = float(expires)
+        except ValueError:
+            raise UsageError(f"{source} line {number}: expiry {expires!r} is no number") from None
+        cookies.append(
+            Cookie(
+                domain=normalise_domain(domain),
+                name=name,
+                value=value,
+                path=cookie_path or "/",
+                expires=expiry if expiry > 0 else None,  # 0 marks a session cookie
+                secure=secure.upper() == "TRUE",
+                http_only=http_only,
+                include_subdomains=subdomains.upper() == "TRUE" or domain.startswith("."),
+            )
+        )
+    return cookies
+
+
+def parse_json_cookies(text: str, *, source: str = "cookies.json") -> list[Cookie]:
+    """A JSON list of cookie objects (or ``{"cookies": [...]}``)."""
+    try:
+        data: Any = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{source}: not valid JSON ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("cookies"), list):
+        data = data["cookies"]
+    if not isinstance(data, list):
+        raise UsageError(f"{source}: expected a list of cookie objects")
+    cookies: list[Cookie] = []
+    for index, item in enumerate(data):
+        where = f"{source} item {index}"
+        if not isinstance(item, dict):
+            raise UsageError(f"{where}: expected an object with domain, name and value")
+        missing = [key for key in ("domain", "name", "value") if not isinstance(item.get(key), str)]
+        if missing:
+            raise UsageError(f"{where}: missing or non-text {', '.join(missing)}")
+        raw_expiry: Any = item.get("expirationDate", item.get("expires"))
+        session = bool(item.get("session")) or raw_expiry in (None, "", 0, -1)
+        try:
+            expiry = None if session else float(raw_expiry)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where}: expiry {raw_expiry!r} is not a number") from None
+        domain = item["domain"]
+        host_only = item.get("hostOnly")
+        cookies.append(
+            Cookie(
+                domain=normalise_domain(domain),
+                name=item["name"],
+                value=item["value"],
+                path=str(item.get("path") or "/"),
+                expires=expiry,
+                secure=bool(item.get("secure", False)),
+                http_only=bool(item.get("httpOnly", item.get("http_only", False))),
+                include_subdomains=not host_only if host_only is not None else True,
+            )
+        )
+    return cookies
+
+
+def import_cookies(
+    store: CookieStore, path: Path, *, domain: str | None = None
+) -> tuple[list[Cookie], int]:
+    """Save the unexpired cookies of ``path`` (only ``domain``'s and its subdomains', if given).
+
+    Returns the cookies saved and how many were skipped as already expired.
+    """
+    cookies = parse_cookie_file(path)
+    if domain is not None:
+        target = normalise_domain(domain)
+        cookies = [c for c in cookies if c.domain == target or c.domain.endswith("." + target)]
+    fresh = [c for c in cookies if not c.expired()]
+    store.save(fresh)
+    return fresh, len(cookies) - len(fresh)
