@@ -232,7 +232,8 @@ RESERVED_OPTIONS: dict[str, str] = {
     "base_url": "use --base-url",
     "temperature": "use --temperature",
     "api_key": "set the provider's key variable",
-    "context": "reserved",
+    "store": "reserved",
+    "cookies": "use chatcli cookies import",
 }
 
 
@@ -335,6 +336,7 @@ def ask(
         from chatcli.engine import Turn, TurnRequest, run_turn
         from chatcli.providers import Registry
         from chatcli.render import choose
+        from chatcli.store import Stores
 
         if base_url:
             check_url(base_url, what="--base-url", error=UsageError)
@@ -360,6 +362,7 @@ def ask(
             proxy=choose_proxy(ctx, proxy, provider_cls.root_url(base_url)),
             base_url=base_url,
             timeout=timeout if timeout is not None else settings.timeout,
+            store=Stores.at(ctx.paths),
         )
         renderer = choose(
             ctx.stdout, is_terminal=ctx.stdout_isatty, raw=raw, markdown=markdown, json=json_out
@@ -418,6 +421,9 @@ def _auth_label(facts: dict[str, Any]) -> str:
         state = "set" if facts.get("key_set") else "not set"
         need = "" if facts.get("needs_auth") else ", optional"
         return f"{key_env} ({state}{need})"
+    if "cookies_stored" in facts:
+        count = facts["cookies_stored"]
+        return f"cookies ({count or 'none'} stored)"
     return "needed" if facts.get("needs_auth") else "-"
 
 
@@ -427,12 +433,20 @@ def providers(json_out: JsonOpt = False) -> None:
     ctx = AppContext.from_process()
     with _boundary(ctx):
         from chatcli.providers import Registry
+        from chatcli.store import Stores
 
         settings = ctx.settings
         registry = Registry.from_config(settings.providers)
-        rows = [cls.describe() for cls in registry]
-        for row in rows:
+        cookies = Stores.at(ctx.paths).cookies
+        rows = []
+        for cls in registry:
+            row = cls.describe()
             row["default"] = row["name"] == (settings.provider or "").lower()
+            domain = getattr(cls, "cookie_domain", "")
+            if domain and cls.needs_auth:
+                row["cookie_domain"] = domain
+                row["cookies_stored"] = len(cookies.for_domain(domain))
+            rows.append(row)
         if json_out:
             ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
@@ -444,7 +458,18 @@ def providers(json_out: JsonOpt = False) -> None:
             return "yes" if value else "-"
 
         table = Table(box=None, pad_edge=False, show_edge=False)
-        for title in ("name", "kind", "url", "stream", "system", "history", "auth", "working"):
+        columns = (
+            "name",
+            "kind",
+            "url",
+            "stream",
+            "system",
+            "history",
+            "gpt-3.5",
+            "auth",
+            "working",
+        )
+        for title in columns:
             table.add_column(title.upper(), overflow="fold")
         for row in rows:
             table.add_row(
@@ -454,6 +479,7 @@ def providers(json_out: JsonOpt = False) -> None:
                 flag(row["supports_stream"]),
                 flag(row["supports_system_message"]),
                 flag(row["supports_message_history"]),
+                flag(row["supports_gpt_35_turbo"]),
                 _auth_label(row),
                 flag(row["working"]),
             )
@@ -517,6 +543,102 @@ def paths(json_out: JsonOpt = False) -> None:
     width = max(len(key) for key in where)
     for key, value in where.items():
         ctx.stdout.write(f"{key:<{width}}  {value}\n")
+
+
+# -- cookies ------------------------------------------------------------------------------------
+
+cookies_app = typer.Typer(
+    help="Manage the cookies web providers use (values are never shown).",
+    no_args_is_help=True,
+)
+app.add_typer(cookies_app, name="cookies")
+
+
+@cookies_app.command("import")
+def cookies_import(
+    file: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="A cookies.txt (Netscape format) or JSON export from a browser extension.",
+        ),
+    ],
+    domain: Annotated[
+        str | None,
+        typer.Option("--domain", metavar="DOMAIN", help="Keep only this domain's cookies."),
+    ] = None,
+) -> None:
+    """Import cookies from a browser export."""
+    from pathlib import Path
+
+    from chatcli.store import Stores
+    from chatcli.store.cookies import import_cookies
+
+    ctx = AppContext.from_process()
+    with _boundary(ctx):
+        store = Stores.at(ctx.paths).cookies
+        imported, expired = import_cookies(store, Path(file).expanduser(), domain=domain)
+        skipped = f" ({expired} already expired, skipped)" if expired else ""
+        if not imported:
+            where = f" for {domain}" if domain else ""
+            raise UsageError(f"no usable cookies{where} in {file}{skipped}")
+        domains = sorted({c.domain for c in imported})
+        _say(ctx, f"imported {len(imported)} cookie(s) for {', '.join(domains)}{skipped}")
+
+
+@cookies_app.command("list")
+def cookies_list(json_out: JsonOpt = False) -> None:
+    """Show stored cookies: domain, name and expiry, values masked."""
+    import time
+
+    from chatcli.store import Stores
+    from chatcli.store.cookies import mask
+
+    ctx = AppContext.from_process()
+    with _boundary(ctx):
+        cookies = Stores.at(ctx.paths).cookies.all()
+        now = time.time()
+        rows = [
+            {
+                "domain": c.domain,
+                "name": c.name,
+                "value": mask(c.value),
+                "expires": c.expires,
+                "expired": c.expired(now),
+            }
+            for c in cookies
+        ]
+        if json_out:
+            ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return
+        if not rows:
+            _say(ctx, "no cookies stored (chatcli cookies import FILE)")
+            return
+        for cookie in cookies:
+            if cookie.expires is None:
+                when = "session"
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(cookie.expires))
+                when = f"expired {stamp}" if cookie.expired(now) else f"until {stamp}"
+            line = f"{cookie.domain}\t{cookie.name}\t{mask(cookie.value)}\t{when}\n"
+            ctx.stdout.write(line)
+
+
+@cookies_app.command("clear")
+def cookies_clear(
+    domain: Annotated[
+        str | None,
+        typer.Argument(metavar="[DOMAIN]", help="Only this domain (and its subdomains)."),
+    ] = None,
+) -> None:
+    """Delete stored cookies: all of them, or one domain's."""
+    from chatcli.store import Stores
+
+    ctx = AppContext.from_process()
+    with _boundary(ctx):
+        removed = Stores.at(ctx.paths).cookies.clear(domain)
+        where = f" for {domain}" if domain else ""
+        _say(ctx, f"removed {removed} cookie(s){where}")
 
 
 #: Options that take two values each time they are given (``-o KEY VALUE``).

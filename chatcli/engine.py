@@ -38,6 +38,8 @@ class TurnRequest:
     proxy: str | None = None
     base_url: str | None = None
     timeout: float | None = None
+    #: Where web providers keep cookies and tokens (``None``: the default location).
+    store: Any = None
 
 
 @dataclass(kw_only=True, slots=True)
@@ -81,6 +83,8 @@ async def run_turn(
         kwargs["base_url"] = request.base_url
     if request.temperature is not None:
         kwargs["temperature"] = request.temperature
+    if request.store is not None:
+        kwargs["store"] = request.store
     renderer.start()
     try:
         model = await provider.pick_model(

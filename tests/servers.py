@@ -316,8 +316,11 @@ class ForwardProxy(ServerThread):
 
             parts = urlsplit(target)
             up_reader, up_writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
-            path = parts.path + (f"?{parts.query}" if parts.query else "")
-            kept = [h for h in headers if not h.lower().startswith("proxy-")]
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            # One request per connection ("Connection: close"), so each request of a client
+            # that keeps connections alive comes back here to be seen.
+            hop = ("proxy-", "connection:", "keep-alive:")
+            kept = [h for h in headers if not h.lower().startswith(hop)] + ["Connection: close"]
             up_writer.write(
                 (f"{method} {path} {version}\r\n" + "\r\n".join(kept) + "\r\n\r\n").encode(
                     "latin-1"

@@ -241,7 +241,10 @@ def test_providers_table_and_json(isolated: Isolated) -> None:
     by_name = {row["name"]: row for row in listed}
     assert by_name["groq"]["key_set"] is True and by_name["openai"]["key_set"] is False
     assert by_name["ollama"]["url"] == "http://localhost:11434/v1"
-    assert all(row["supports_stream"] for row in listed)
+    assert all(row["supports_stream"] for row in listed if row["kind"] == "openai-compatible")
+    assert by_name["aichat"]["supports_stream"] is False and by_name["aichat"]["needs_auth"]
+    assert by_name["aichat"]["cookies_stored"] == 0
+    assert by_name["chatgptt"]["default_model"] == "gpt-4o"
     assert "gsk-x" not in json.dumps(listed)
     table = run(["providers"], isolated).stdout
     assert "openrouter" in table and "OPENAI_API_KEY (not set)" in table

@@ -38,7 +38,13 @@ __all__ = [
 ]
 
 #: Providers with a class of their own: name -> "module:Class", imported on first use.
-_CLASSES: dict[str, str] = {}
+_CLASSES: dict[str, str] = {
+    "gptalk": "chatcli.providers.gptalk:GPTalk",
+    "chatgptt": "chatcli.providers.chatgptt:ChatGptt",
+    "opchatgpts": "chatcli.providers.opchatgpts:Opchatgpts",
+    "fakegpt": "chatcli.providers.fakegpt:FakeGpt",
+    "aichat": "chatcli.providers.aichat:Aichat",
+}
 
 
 class Registry:

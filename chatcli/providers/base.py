@@ -17,13 +17,13 @@ the OpenAI protocol, sent to the service as extra body fields):
 ``timeout``    seconds for connecting and for silence while reading (no total limit)
 ``stream``     ``False`` asks for one whole reply where the protocol has a choice
 ``temperature``  sampling temperature, where the protocol has one
-``context``    a :class:`ProviderContext` (cookie store, provider state); optional
+``store``      a :class:`chatcli.store.Stores` for cookies and provider state (web providers;
+               default: the stores ``CHATCLI_HOME`` or the platform's data dir point at)
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal, TypedDict
 
 from chatcli.errors import ModelNotSupportedError
@@ -52,16 +52,6 @@ def format_prompt(messages: Messages) -> str:
         return messages[0]["content"]
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n".join(lines) + "\nAssistant:"
-
-
-@dataclass(slots=True)
-class ProviderContext:
-    """What a provider may use beyond its arguments: where state lives. Built by the caller."""
-
-    #: Directory for this provider's persisted state (tokens, cookies); ``None`` keeps nothing.
-    state_dir: Any = None
-    #: Extra, provider-specific objects later features add (cookie store, ...).
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class BaseProvider:
@@ -211,7 +201,8 @@ CORE_KWARGS: Final = frozenset(
         "timeout",
         "stream",
         "temperature",
-        "context",
+        "store",
+        "cookies",
         "api_key",
     }
 )

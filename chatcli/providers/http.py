@@ -130,6 +130,8 @@ def open_session(
         headers=dict(headers or {}),
         cookies=dict(cookies or {}),
         proxy=session_proxy,
+        # unsafe=True keeps cookies of sites reached by IP address (a mirror, a test fake).
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
         trust_env=False,  # the environment was read above, with SOCKS and NO_PROXY handled
     )
 

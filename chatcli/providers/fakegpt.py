@@ -1,0 +1,204 @@
+"""FakeGpt (chat-shared2.zhile.io): a shared-account ChatGPT web clone, streaming cumulative text.
+
+Login picks a shared account from ``/api/loads``, posts it to ``/auth/login`` (which sets a
+session cookie, maybe through a redirect) and reads an access token from
+``/api/auth/session``. The chat streams ChatGPT-web events whose parts carry the whole answer so
+far; only the assistant's ``next`` events count. Token and cookies persist across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import string
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Final
+
+from chatcli.errors import (
+    AuthenticationError,
+    ProtocolError,
+    ProviderError,
+    StreamInterruptedError,
+    quote,
+)
+from chatcli.providers.base import AsyncGeneratorProvider, Messages, format_prompt
+from chatcli.providers.web import WebProvider
+from chatcli.store import Stores
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger("chatcli.fakegpt")
+
+#: The model the site's backend is always asked for, whatever the caller chose.
+SITE_MODEL: Final = "text-davinci-002-render-sha"
+_PASSWORD_ALPHABET: Final = string.ascii_lowercase + string.digits
+
+
+class FakeGpt(WebProvider, AsyncGeneratorProvider):
+    """chat-shared2.zhile.io: streaming, cumulative text; history in the flattened prompt."""
+
+    name = "fakegpt"
+    url = "https://chat-shared2.zhile.io"
+    cookie_domain = "chat-shared2.zhile.io"
+    supports_stream = True
+    supports_gpt_35_turbo = True
+    default_model = SITE_MODEL
+
+    @classmethod
+    async def create_async_generator(
+        cls,
+        model: str,
+        messages: Messages,
+        proxy: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        store: Stores | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
+        from chatcli.providers import http
+
+        root = cls.site_root(base_url)
+        headers = {
+            "accept-language": "en-US",
+            "user-agent": http.CHROME_USER_AGENT,
+            "referer": f"{root}/?v=2",
+            **http.CHROME_CLIENT_HINTS,
+        }
+        stores = cls.stores(store)
+        state = stores.state(cls.name)
+        body = {
+            "action": "next",
+            "messages": [
+                {
+                    "id": str(uuid.uuid4()),
+                    "author": {"role": "user"},
+                    "content": {"content_type": "text", "parts": [format_prompt(messages)]},
+                    "metadata": {},
+                }
+            ],
+            "parent_message_id": str(uuid.uuid4()),
+            "model": SITE_MODEL,
+            "plugin_ids": [],
+            "timezone_offset_min": -120,
+            "suggestions": [],
+            "history_and_training_disabled": True,
+            "arkose_token": "",
+            "force_paragen": False,
+        }
+        async with cls.browser_session(
+            root=root, store=stores, proxy=proxy, timeout=timeout, headers=headers
+        ) as session:
+            token = state.load().get("access_token")
+            if not isinstance(token, str) or not token:
+                token = await cls._login(session, root)
+                state.save({"access_token": token})
+            for attempt in (1, 2):
+                try:
+                    async for piece in cls._converse(session, root, token, body):
+                        yield piece
+                    return
+                except AuthenticationError:
+                    # Refused before any text: drop token and cookies, log in once, retry once.
+                    state.clear()
+                    if attempt == 2:
+                        raise
+                    log.debug("fakegpt: access token refused, logging in again")
+                    session.cookie_jar.clear()
+                    stores.cookies.clear(cls.cookie_domain)
+                    token = await cls._login(session, root)
+                    state.save({"access_token": token})
+
+    @classmethod
+    async def _login(cls, session: aiohttp.ClientSession, root: str) -> str:
+        from chatcli.providers import http
+
+        url = f"{root}/api/loads"
+        with http.http_errors(cls.name, url):
+            async with session.get(url, params={"t": str(int(time.time()))}) as response:
+                await http.check_status(response, cls.name)
+                data = await http.read_json(response, cls.name)
+        loads = data.get("loads") if isinstance(data, dict) else None
+        if not isinstance(loads, list):
+            raise ProtocolError(
+                f"unexpected account list: {quote(json.dumps(data))}", provider=cls.name
+            )
+        accounts = [a["token_id"] for a in loads if isinstance(a, dict) and a.get("token_id")]
+        if not accounts:
+            raise ProviderError("no shared accounts available; try again later", provider=cls.name)
+        form = {
+            "token_key": str(random.choice(accounts)),
+            "session_password": "".join(random.choices(_PASSWORD_ALPHABET, k=10)),
+        }
+        url = f"{root}/auth/login"
+        with http.http_errors(cls.name, url):
+            async with session.post(url, data=form) as response:  # follows its redirect
+                await http.check_status(response, cls.name)
+                await response.read()
+        url = f"{root}/api/auth/session"
+        with http.http_errors(cls.name, url):
+            async with session.get(url) as response:
+                await http.check_status(response, cls.name)
+                data = await http.read_json(response, cls.name)
+        token = data.get("accessToken") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("login gave no access token", provider=cls.name)
+        log.debug("fakegpt: logged in with a shared account")
+        return token
+
+    @classmethod
+    async def _converse(
+        cls, session: aiohttp.ClientSession, root: str, token: str, body: dict[str, Any]
+    ) -> AsyncIterator[str]:
+        from chatcli.providers import http
+
+        url = f"{root}/api/conversation"
+        headers = {"x-authorization": f"Bearer {token}", "accept": "text/event-stream"}
+        shown = ""
+        done = False
+        with http.http_errors(cls.name, url):
+            async with session.post(url, json=body, headers=headers) as response:
+                await http.check_status(response, cls.name, secrets=[token])
+                async for event in http.iter_sse(response):
+                    data = event.data.strip()
+                    # The original compared the line with its newline attached and never
+                    # matched; the decoder gives the bare value.
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    text = cls._assistant_text(data)
+                    if text is None or not text.startswith(shown):
+                        continue
+                    new = text[len(shown) :]
+                    if new:
+                        shown = text
+                        yield new
+        if not done:
+            raise StreamInterruptedError(
+                "the stream ended before [DONE]; the answer is incomplete", provider=cls.name
+            )
+        if not shown:
+            raise ProtocolError("No valid response", provider=cls.name)
+
+    @classmethod
+    def _assistant_text(cls, data: str) -> str | None:
+        """The cumulative text of an assistant ``next`` event; ``None`` for any other event."""
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise ProtocolError(
+                f"unexpected stream line: {quote(data)}", provider=cls.name
+            ) from None
+        message = event.get("message") if isinstance(event, dict) else None
+        if not isinstance(message, dict):
+            return None
+        metadata = message.get("metadata") or {}
+        author = message.get("author") or {}
+        if metadata.get("message_type") != "next" or author.get("role") != "assistant":
+            return None
+        parts = (message.get("content") or {}).get("parts") or []
+        return parts[0] if parts and isinstance(parts[0], str) else None

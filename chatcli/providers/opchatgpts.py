@@ -1,0 +1,101 @@
+"""Opchatgpts (opchatgpts.net): a WordPress "AI Engine" chat streaming deltas over SSE.
+
+The whole message list goes as given; the model is ignored. Events are
+``{"type": "live", "data": DELTA}`` until ``{"type": "end", ...}``; ``{"type": "error"}``
+carries the site's reason.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from chatcli.errors import ProtocolError, ProviderError, StreamInterruptedError, quote
+from chatcli.providers.base import AsyncGeneratorProvider, Messages
+from chatcli.providers.web import WebProvider
+from chatcli.store import Stores
+
+_ID_ALPHABET: Final = string.ascii_lowercase + string.digits
+
+
+class Opchatgpts(WebProvider, AsyncGeneratorProvider):
+    """opchatgpts.net: streaming deltas; the message list (system included) goes as given."""
+
+    name = "opchatgpts"
+    url = "https://opchatgpts.net"
+    cookie_domain = "opchatgpts.net"
+    supports_stream = True
+    supports_message_history = True
+    supports_gpt_35_turbo = True
+
+    @classmethod
+    async def create_async_generator(
+        cls,
+        model: str,
+        messages: Messages,
+        proxy: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float | None = None,
+        store: Stores | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
+        from chatcli.providers import http
+
+        root = cls.site_root(base_url)
+        headers = {
+            "user-agent": http.CHROME_USER_AGENT,
+            "accept": "*/*",
+            "origin": root,
+            "referer": f"{root}/chatgpt-free-use/",
+        }
+        body = {
+            "botId": "default",
+            "chatId": "".join(random.choices(_ID_ALPHABET, k=10)),
+            "contextId": 28,
+            "customId": None,
+            "messages": list(messages),
+            "newMessage": messages[-1]["content"],
+            "session": "N/A",
+            "stream": True,
+        }
+        url = f"{root}/wp-json/mwai-ui/v1/chats/submit"
+        ended = False
+        async with cls.browser_session(
+            root=root, store=cls.stores(store), proxy=proxy, timeout=timeout, headers=headers
+        ) as session:
+            with http.http_errors(cls.name, url):
+                async with session.post(url, json=body) as response:
+                    await http.check_status(response, cls.name)
+                    async for event in http.iter_sse(response):
+                        kind, data = cls._event(event.data)
+                        if kind == "live":
+                            if data:
+                                yield data
+                        elif kind == "end":
+                            ended = True
+                            break
+                        elif kind == "error":
+                            raise ProviderError(
+                                f"the site reported: {quote(data or 'an error')}",
+                                provider=cls.name,
+                            )
+        if not ended:
+            raise StreamInterruptedError(
+                "the stream ended before its end event; the answer is incomplete",
+                provider=cls.name,
+            )
+
+    @classmethod
+    def _event(cls, line: str) -> tuple[str, str]:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            event = None
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise ProtocolError(f"unexpected stream line: {quote(line)}", provider=cls.name)
+        data = event.get("data")
+        return event["type"], data if isinstance(data, str) else ("" if data is None else str(data))

@@ -1,0 +1,129 @@
+"""What the web providers share: their site root, browser-like sessions, cookies and state.
+
+A web provider talks to a chat website rather than an API. Every URL it uses derives from one
+root (its built-in site, or ``base_url``), so a mirror, a proxy or a test fake can stand in.
+Cookies are kept per *canonical* domain (``cookie_domain``): the cookies of chat-gpt.org are
+sent to whatever root Aichat is pointed at, and cookies the site sets are saved back under
+that domain for the next process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from http.cookies import Morsel
+from typing import TYPE_CHECKING, ClassVar
+from urllib.parse import urlsplit
+
+from chatcli.providers.base import BaseProvider
+from chatcli.store import Cookie, Stores
+
+if TYPE_CHECKING:
+    import aiohttp
+
+log = logging.getLogger("chatcli.web")
+
+
+class WebProvider(BaseProvider):
+    """Base of the providers that drive a chat website."""
+
+    kind = "web"
+    #: The domain whose cookies this provider uses and saves, whatever root it talks to.
+    cookie_domain: ClassVar[str] = ""
+
+    @classmethod
+    def site_root(cls, base_url: str | None = None) -> str:
+        """``base_url``, else the scheme and host of :attr:`url` (no trailing slash)."""
+        if base_url:
+            return base_url.rstrip("/")
+        parts = urlsplit(cls.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @classmethod
+    def root_url(cls, base_url: str | None = None) -> str:
+        return cls.site_root(base_url)
+
+    @staticmethod
+    def stores(store: Stores | None) -> Stores:
+        """The stores given by the caller, else the ones the environment points at."""
+        return store if store is not None else Stores.default()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def browser_session(
+        cls,
+        *,
+        root: str,
+        store: Stores,
+        proxy: str | None,
+        timeout: float | None,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[aiohttp.ClientSession]:
+        """A session that starts with the stored cookies (or ``cookies``) and saves new ones.
+
+        Cookies the site sets are saved even when the request then fails: a login that
+        succeeded is not thrown away because the answer after it did not come.
+        """
+        from yarl import URL
+
+        from chatcli.providers import http
+
+        start = dict(cookies) if cookies is not None else cls.stored_cookies(store)
+        async with http.open_session(
+            base_url=root, proxy=proxy, timeout=timeout, headers=headers
+        ) as session:
+            # Bound to the root's host, so a cookie the site sets replaces the same name.
+            session.cookie_jar.update_cookies(start, response_url=URL(root))
+            try:
+                yield session
+            finally:
+                cls.save_cookies(store, session.cookie_jar, unchanged=start)
+
+    @classmethod
+    def stored_cookies(cls, store: Stores) -> dict[str, str]:
+        return store.cookies.for_domain(cls.cookie_domain) if cls.cookie_domain else {}
+
+    @classmethod
+    def save_cookies(
+        cls, store: Stores, jar: aiohttp.abc.AbstractCookieJar, *, unchanged: Mapping[str, str]
+    ) -> None:
+        if not cls.cookie_domain:
+            return
+        now = time.time()
+        fresh = [
+            _cookie_from_morsel(cls.cookie_domain, morsel, now)
+            for morsel in jar
+            if unchanged.get(morsel.key) != morsel.value
+        ]
+        if fresh:
+            store.cookies.save(fresh)
+            log.debug("%s: saved %d cookie(s) for %s", cls.name, len(fresh), cls.cookie_domain)
+
+
+def _cookie_from_morsel(domain: str, morsel: Morsel[str], now: float) -> Cookie:
+    expires: float | None = None
+    max_age = morsel["max-age"]
+    if max_age:
+        try:
+            expires = now + int(max_age)
+        except ValueError:
+            expires = None
+    elif morsel["expires"]:
+        import email.utils
+
+        try:
+            expires = email.utils.parsedate_to_datetime(morsel["expires"]).timestamp()
+        except (TypeError, ValueError):
+            expires = None
+    return Cookie(
+        domain=domain,
+        name=morsel.key,
+        value=morsel.value,
+        path=morsel["path"] or "/",
+        expires=expires,
+        secure=bool(morsel["secure"]),
+        http_only=bool(morsel["httponly"]),
+    )
