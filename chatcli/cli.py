@@ -25,7 +25,6 @@ from chatcli.errors import (
     EXIT_OK,
     EXIT_USAGE,
     ChatcliError,
-    ConfigError,
     ProviderError,
     UsageError,
     check_url,
@@ -158,6 +157,23 @@ ModelOpt = Annotated[
     typer.Option("-m", "--model", metavar="NAME", help="Model name.", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+SessionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-S",
+        "--session",
+        metavar="NAME",
+        help="Continue the session with this name or id (prefix), or start one so named.",
+        show_default=False,
+    ),
+]
+ContinueOpt = Annotated[
+    bool, typer.Option("-c", "--continue", help="Continue the most recent session.")
+]
+NoSaveOpt = Annotated[bool, typer.Option("--no-save", help="Do not save this conversation.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("-v", "--verbose", help="Log details to stderr; tracebacks on errors.")
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -249,16 +265,6 @@ def parse_options(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     return options
 
 
-def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:
-    name = flag or ctx.settings.provider
-    if not name:
-        raise ConfigError(
-            "no provider chosen: pass -p NAME (see `chatcli providers`), or set CHATCLI_PROVIDER "
-            "or `provider` in config.toml (see `chatcli paths`)"
-        )
-    return name
-
-
 @app.command()
 def ask(
     prompt: Annotated[
@@ -322,9 +328,10 @@ def ask(
         bool,
         typer.Option("--json", help="Print one JSON object at the end: text, provider, model."),
     ] = False,
-    verbose: Annotated[
-        bool, typer.Option("-v", "--verbose", help="Log details to stderr; tracebacks on errors.")
-    ] = False,
+    session: SessionOpt = None,
+    continue_last: ContinueOpt = False,
+    no_save: NoSaveOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
     import asyncio
@@ -333,83 +340,55 @@ def ask(
     log_handler = _setup_logging(ctx, verbose)
     with _boundary(ctx, verbose=verbose):
         message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
-        from chatcli.engine import Turn, TurnRequest, run_turn
-        from chatcli.providers import Registry
+        from chatcli.chat import ChatOptions, open_conversation
+        from chatcli.engine import Turn
         from chatcli.render import choose
-        from chatcli.store import Stores
 
-        if base_url:
-            check_url(base_url, what="--base-url", error=UsageError)
-        settings = ctx.settings
-        registry = Registry.from_config(settings.providers)
-        name = resolve_provider_name(ctx, provider)
-        provider_cls = registry.get(name)
-        # The top-level default model belongs to the default provider.
-        default_provider = (settings.provider or "").strip().lower()
-        default_model = settings.model if default_provider in ("", provider_cls.name) else None
-        messages: list[Any] = []
-        system_prompt = system if system is not None else settings.system
-        if system_prompt:
-            messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": message})
-        request = TurnRequest(
-            provider=provider_cls.name,
-            messages=messages,
-            model=model or default_model,
-            temperature=temperature if temperature is not None else settings.temperature,
-            options=parse_options(option or []),
-            stream=not no_stream,
-            proxy=choose_proxy(ctx, proxy, provider_cls.root_url(base_url)),
-            base_url=base_url,
-            timeout=timeout if timeout is not None else settings.timeout,
-            store=Stores.at(ctx.paths),
+        conversation = open_conversation(
+            ctx,
+            ChatOptions(
+                provider=provider,
+                model=model,
+                system=system,
+                temperature=temperature,
+                options=parse_options(option or []),
+                stream=not no_stream,
+                proxy=proxy,
+                base_url=base_url,
+                timeout=timeout,
+                session=session,
+                continue_last=continue_last,
+                save=not no_save,
+            ),
         )
         renderer = choose(
             ctx.stdout, is_terminal=ctx.stdout_isatty, raw=raw, markdown=markdown, json=json_out
         )
-        turn = Turn(provider=provider_cls.name)
+        turn = Turn(provider=conversation.provider)
         try:
             with log_handler.held(renderer.live):
-                asyncio.run(run_turn(request, registry, renderer, turn=turn))
+                asyncio.run(conversation.send(message, renderer, turn=turn))
         except (ProviderError, KeyboardInterrupt):
             if json_out and turn.pieces:
-                _print_json(ctx, turn)  # scripts get the partial answer too, marked
+                _print_json(ctx, turn, conversation)  # scripts get the partial answer too
             raise
         if json_out:
-            _print_json(ctx, turn)
+            _print_json(ctx, turn, conversation)
 
 
-def _print_json(ctx: AppContext, turn: Any) -> None:
+def _print_json(ctx: AppContext, turn: Any, conversation: Any) -> None:
+    session = conversation.session if conversation.save else None
     result = {
         "text": turn.text,
         "provider": turn.provider,
         "model": turn.model,
         "status": turn.status,
+        "session": session.id if session is not None else None,
     }
     if turn.error:
         result["error"] = redact_credentials(turn.error)
     ctx.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")
     ctx.stdout.flush()
-
-
-def choose_proxy(ctx: AppContext, flag: str | None, target: str) -> str | None:
-    """The ``--proxy`` flag; else the configured proxy unless ``NO_PROXY`` exempts ``target``.
-
-    ``None`` leaves the choice to the HTTP layer, which reads the ``*_PROXY`` variables.
-    """
-    from chatcli.providers.proxy import resolve_proxy
-
-    if flag:
-        return check_url(flag, what="--proxy", schemes=PROXY_SCHEMES, error=UsageError)
-    configured = ctx.settings.proxy
-    if not configured:
-        return None
-    check_url(configured, what=f"{ctx.paths.config_file}: proxy", schemes=PROXY_SCHEMES,
-              error=ConfigError)  # fmt: skip
-    return resolve_proxy(target, None, ctx.env, configured=configured)
-
-
-PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 
 
 # -- providers, models, paths -------------------------------------------------------------------
@@ -508,6 +487,8 @@ def models(
 
         if base_url:
             check_url(base_url, what="--base-url", error=UsageError)
+        from chatcli.chat import choose_proxy, resolve_provider_name
+
         settings = ctx.settings
         cls = Registry.from_config(settings.providers).get(resolve_provider_name(ctx, provider))
         lister: Callable[..., Any] | None = getattr(cls, "list_models", None)

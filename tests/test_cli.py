@@ -139,12 +139,17 @@ def test_broken_config_names_file_and_line(isolated: Isolated) -> None:
 def test_json_output(fake: FakeOpenAI, isolated: Isolated) -> None:
     result = run([*ask(fake), "--json", "hi"], isolated)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {
+    data = json.loads(result.stdout)
+    session = data.pop("session")
+    assert data == {
         "text": "Hello, world!",
         "provider": "ollama",
         "model": "m",
         "status": "complete",
     }
+    assert isinstance(session, str) and len(session) == 12
+    unsaved = json.loads(run([*ask(fake), "--json", "--no-save", "hi"], isolated).stdout)
+    assert unsaved["session"] is None
     assert result.stdout.count("\n") == 1
 
 
@@ -437,3 +442,116 @@ def test_ctrl_c_mid_stream_keeps_the_partial_answer_and_exits_130(
     assert process.returncode == 130
     assert first + rest == b"Hello\n"
     assert stderr.decode() == "chatcli: interrupted\n"
+
+
+# -- sessions through ask -------------------------------------------------------------------------
+
+
+def stored(isolated: Isolated) -> list[tuple[str, str, str]]:
+    """(session id, role, content) of every stored message, oldest first."""
+    import sqlite3
+
+    db = sqlite3.connect(isolated.chatcli_home / "data" / "sessions.db")
+    rows = db.execute(
+        "SELECT session_id, role, content, status FROM messages ORDER BY id"
+    ).fetchall()
+    db.close()
+    return rows
+
+
+def test_ask_saves_by_default_and_continue_sends_the_history(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    first = run([*ask(fake), "--system", "Be brief", "What is 2+2?"], isolated)
+    assert (first.returncode, first.stdout, first.stderr) == (0, "Hello, world!\n", "")
+    fake.pieces = ["Six", "."]
+    second = run([*ask(fake), "-c", "And 3+3?"], isolated)
+    assert second.returncode == 0, second.stderr
+    assert fake.requests[-1].body["messages"] == [
+        {"role": "system", "content": "Be brief"},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "Hello, world!"},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    rows = stored(isolated)
+    assert len({row[0] for row in rows}) == 1
+    assert [(r[1], r[2], r[3]) for r in rows] == [
+        ("user", "What is 2+2?", "complete"),
+        ("assistant", "Hello, world!", "complete"),
+        ("user", "And 3+3?", "complete"),
+        ("assistant", "Six.", "complete"),
+    ]
+
+
+def test_continue_reuses_the_sessions_provider_and_model(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    assert run([*ask(fake), "-m", "special-model", "hi"], isolated).returncode == 0
+    # No -p or -m: the session's own provider and model answer again.
+    result = run(["ask", "-c", "--base-url", fake.base_url, "again"], isolated)
+    assert result.returncode == 0, result.stderr
+    assert fake.requests[-1].body["model"] == "special-model"
+
+
+def test_named_sessions_are_created_then_continued(fake: FakeOpenAI, isolated: Isolated) -> None:
+    assert run([*ask(fake), "-S", "work", "first at work"], isolated).returncode == 0
+    assert run([*ask(fake), "unrelated"], isolated).returncode == 0
+    assert run([*ask(fake), "-S", "work", "second at work"], isolated).returncode == 0
+    assert [m["content"] for m in fake.requests[-1].body["messages"]] == [
+        "first at work",
+        "Hello, world!",
+        "second at work",
+    ]
+    assert len({row[0] for row in stored(isolated)}) == 2
+
+
+def test_no_save_writes_nothing_but_can_read_a_session(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    assert run([*ask(fake), "--no-save", "hi"], isolated).returncode == 0
+    assert not (isolated.chatcli_home / "data" / "sessions.db").exists() or stored(isolated) == []
+    assert run([*ask(fake), "-S", "kept", "hello"], isolated).returncode == 0
+    before = stored(isolated)
+    assert run([*ask(fake), "-S", "kept", "--no-save", "more"], isolated).returncode == 0
+    assert [m["content"] for m in fake.requests[-1].body["messages"]][:2] == [
+        "hello",
+        "Hello, world!",
+    ]
+    assert stored(isolated) == before
+
+
+def test_continue_and_session_together_is_a_usage_error(isolated: Isolated) -> None:
+    result = run(["ask", "-p", "ollama", "-c", "-S", "x", "hi"], isolated)
+    assert result.returncode == 2 and "either -c/--continue or -S/--session" in result.stderr
+
+
+def test_failed_and_interrupted_answers_are_kept(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.mode = "cut"
+    assert run([*ask(fake), "-S", "s", "first"], isolated).returncode == 1
+    fake.mode, fake.status, fake.body = "status", 500, '{"error": "down"}'
+    assert run([*ask(fake), "-S", "s", "second"], isolated).returncode == 1
+    assert [(r[1], r[2], r[3]) for r in stored(isolated)] == [
+        ("user", "first", "complete"),
+        ("assistant", "Hello, world!", "interrupted"),
+        ("user", "second", "complete"),  # the question stays even though no answer came
+    ]
+
+
+def test_ctrl_c_keeps_the_partial_answer_in_the_session(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    fake.mode, fake.stall_seconds = "stall", 20.0
+    process = subprocess.Popen(
+        [str(CHATCLI), *ask(fake), "-S", "cut", "hi"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=isolated.env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert os.read(process.stdout.fileno(), 100) == b"Hello"
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=15)
+    assert process.returncode == 130
+    assert [(r[1], r[2], r[3]) for r in stored(isolated)] == [
+        ("user", "hi", "complete"),
+        ("assistant", "Hello", "interrupted"),
+    ]

@@ -16,9 +16,18 @@ from pathlib import Path
 
 from chatcli.config import Paths
 from chatcli.store.cookies import Cookie, CookieStore
+from chatcli.store.sessions import Session, SessionStore, StoredMessage
 from chatcli.store.state import StateStore
 
-__all__ = ["Cookie", "CookieStore", "StateStore", "Stores"]
+__all__ = [
+    "Cookie",
+    "CookieStore",
+    "Session",
+    "SessionStore",
+    "StateStore",
+    "StoredMessage",
+    "Stores",
+]
 
 
 @dataclass(slots=True)
@@ -27,9 +36,12 @@ class Stores:
 
     data_dir: Path
     cookies: CookieStore = field(init=False)
+    sessions: SessionStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.cookies = CookieStore(self.data_dir / "cookies.json")
+        # Opened (and migrated) only when first used.
+        self.sessions = SessionStore(self.data_dir / "sessions.db")
 
     def state(self, provider: str) -> StateStore:
         safe = re.sub(r"[^a-z0-9_.-]", "_", provider.lower())

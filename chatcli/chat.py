@@ -1,0 +1,131 @@
+"""From command-line choices to a ready :class:`~chatcli.engine.Conversation` (``ask``, ``repl``).
+
+Precedence, for each setting: the flag, then the continued session (its provider, model and
+system prompt), then config and environment, then built-in defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatcli.context import AppContext
+from chatcli.engine import Conversation, TurnRequest
+from chatcli.errors import ConfigError, UsageError, check_url
+from chatcli.providers import Registry
+from chatcli.providers.proxy import resolve_proxy
+from chatcli.store import Session, Stores
+
+log = logging.getLogger("chatcli.chat")
+
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
+
+
+@dataclass(kw_only=True)
+class ChatOptions:
+    """What the user chose on the command line (``None``: not given)."""
+
+    provider: str | None = None
+    model: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    stream: bool = True
+    proxy: str | None = None
+    base_url: str | None = None
+    timeout: float | None = None
+    session: str | None = None
+    continue_last: bool = False
+    save: bool = True
+
+
+def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
+    """A conversation set up as ``chosen`` asks, continuing a session when one was named."""
+    if chosen.session is not None and chosen.continue_last:
+        raise UsageError("use either -c/--continue or -S/--session, not both")
+    if chosen.base_url:
+        check_url(chosen.base_url, what="--base-url", error=UsageError)
+    settings = ctx.settings
+    registry = Registry.from_config(settings.providers)
+    stores = Stores.at(ctx.paths)
+    sessions = stores.sessions
+
+    session: Session | None = None
+    new_name: str | None = None
+    if chosen.continue_last:
+        session = sessions.latest()
+        if session is None:
+            log.warning("no session to continue yet; starting a new one")
+    elif chosen.session is not None:
+        session = sessions.find_or_none(chosen.session)
+        if session is None:
+            new_name = chosen.session.strip()
+            if not new_name:
+                raise UsageError("-S needs a session name")
+
+    provider_name = chosen.provider
+    if provider_name is None and session is not None and session.provider in registry:
+        provider_name = session.provider
+    provider_name = resolve_provider_name(ctx, provider_name)
+    provider_cls = registry.get(provider_name)
+
+    model = chosen.model
+    if model is None and session is not None and session.provider == provider_cls.name:
+        model = session.model
+    if model is None:
+        # The top-level default model belongs to the default provider.
+        default_provider = (settings.provider or "").strip().lower()
+        if default_provider in ("", provider_cls.name):
+            model = settings.model
+
+    defaults = TurnRequest(
+        provider=provider_cls.name,
+        messages=[],
+        model=model,
+        temperature=chosen.temperature if chosen.temperature is not None else settings.temperature,
+        options=dict(chosen.options),
+        stream=chosen.stream,
+        proxy=choose_proxy(ctx, chosen.proxy, provider_cls.root_url(chosen.base_url)),
+        base_url=chosen.base_url,
+        timeout=chosen.timeout if chosen.timeout is not None else settings.timeout,
+        store=stores,
+    )
+    conversation = Conversation(
+        registry,
+        defaults,
+        store=sessions,
+        save=chosen.save,
+        session=session,  # a continued session brings its own system prompt...
+        system=chosen.system if chosen.system is not None else settings.system,
+        name=new_name,
+    )
+    if session is not None and chosen.system is not None:
+        conversation.set_system(chosen.system)  # ...unless --system replaces it
+    return conversation
+
+
+def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:
+    name = flag or ctx.settings.provider
+    if not name:
+        raise ConfigError(
+            "no provider chosen: pass -p NAME (see `chatcli providers`), or set CHATCLI_PROVIDER "
+            "or `provider` in config.toml (see `chatcli paths`)"
+        )
+    return name
+
+
+def choose_proxy(ctx: AppContext, flag: str | None, target: str) -> str | None:
+    """The ``--proxy`` flag; else the configured proxy unless ``NO_PROXY`` exempts ``target``.
+
+    ``None`` leaves the choice to the HTTP layer, which reads the ``*_PROXY`` variables.
+    """
+    if flag:
+        return check_url(flag, what="--proxy", schemes=PROXY_SCHEMES, error=UsageError)
+    configured = ctx.settings.proxy
+    if not configured:
+        return None
+    check_url(
+        configured, what=f"{ctx.paths.config_file}: proxy", schemes=PROXY_SCHEMES, error=ConfigError
+    )
+    return resolve_proxy(target, None, ctx.env, configured=configured)

@@ -1,0 +1,190 @@
+"""The session database: migrations, concurrency, interrupted answers, refusal, modes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from chatcli.errors import StorageError, UsageError
+from chatcli.store.sessions import SCHEMA_VERSION, SessionStore, make_title
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SessionStore:
+    return SessionStore(tmp_path / "data" / "sessions.db")
+
+
+def test_migrates_an_empty_file_and_a_missing_one(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (empty, tmp_path / "new" / "sessions.db"):
+        store = SessionStore(path)
+        session = store.create()
+        assert store.get(session.id).id == session.id
+        store.close()
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()
+
+
+def test_a_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE future (x)")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError) as info:
+        SessionStore(path).recent()
+    assert "newer chatcli" in str(info.value) and str(path) in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_a_damaged_database_is_a_clear_error_and_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    path.write_bytes(b"this is not a database at all" * 100)
+    before = path.read_bytes()
+    with pytest.raises(StorageError) as info:
+        SessionStore(path).recent()
+    assert "damaged" in str(info.value) and "left untouched" in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_file_modes_under_a_permissive_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        store = SessionStore(tmp_path / "data" / "sessions.db")
+        session = store.create()
+        store.add_message(session.id, "user", "hello")
+    finally:
+        os.umask(old)
+    for path in tmp_path.joinpath("data").iterdir():  # sessions.db, -wal, -shm
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(tmp_path.joinpath("data").stat().st_mode) == 0o700
+
+
+def test_messages_keep_everything_and_interrupted_answers_are_marked(store: SessionStore) -> None:
+    session = store.create(system="Be brief", provider="ollama", model="m")
+    store.add_message(session.id, "user", "What is a monad?\nExplain.")
+    store.add_message(
+        session.id, "assistant", "A monad is", provider="ollama", model="m", status="interrupted",
+        duration=1.5, error="interrupted",
+    )  # fmt: skip
+    user, answer = store.messages(session.id)
+    assert (user.role, user.content, user.status) == (
+        "user",
+        "What is a monad?\nExplain.",
+        "complete",
+    )
+    assert (answer.status, answer.duration, answer.provider, answer.model) == (
+        "interrupted", 1.5, "ollama", "m",
+    )  # fmt: skip
+    assert answer.created_at >= user.created_at > 0
+    refreshed = store.get(session.id)
+    assert refreshed.title == "What is a monad?" and refreshed.message_count == 2
+    assert refreshed.system == "Be brief"
+
+
+def test_find_by_name_id_and_unique_prefix(store: SessionStore) -> None:
+    named = store.create(name="work")
+    other = store.create()
+    assert store.find("work").id == named.id
+    assert store.find(other.id).id == other.id
+    assert store.find(other.id[:6]).id == other.id
+    with pytest.raises(UsageError, match="no session"):
+        store.find("nothing-like-it")
+    with pytest.raises(UsageError, match="no session"):
+        store.find(other.id[:2])  # too short to be a prefix
+    with pytest.raises(UsageError, match="already named"):
+        store.create(name="work")
+    store.rename(other.id, "play")
+    assert store.find("play").id == other.id
+    with pytest.raises(UsageError, match="already named"):
+        store.rename(other.id, "work")
+
+
+def test_ambiguous_prefix_is_an_error(store: SessionStore) -> None:
+    sessions = [store.create() for _ in range(40)]
+    first = sessions[0].id[:4]
+    matches = [s for s in sessions if s.id.startswith(first)]
+    if len(matches) == 1:
+        assert store.find(first).id == sessions[0].id
+    db = store.db
+    db.execute("UPDATE sessions SET id = 'abcd1111aaaa' WHERE id = ?", (sessions[1].id,))
+    db.execute("UPDATE sessions SET id = 'abcd2222bbbb' WHERE id = ?", (sessions[2].id,))
+    with pytest.raises(UsageError, match="matches several sessions"):
+        store.find("abcd")
+    assert store.find("abcd1").id == "abcd1111aaaa"
+
+
+def test_recent_latest_delete_and_search(store: SessionStore) -> None:
+    first = store.create()
+    store.add_message(first.id, "user", "tell me about SQLite WAL mode")
+    second = store.create()
+    store.add_message(second.id, "user", "and python?")
+    store.add_message(second.id, "assistant", "Python is a language.\nIt has sqlite3 built in.")
+    assert [s.id for s in store.recent()] == [second.id, first.id]
+    assert store.latest().id == second.id  # type: ignore[union-attr]
+    hits = store.search("SQLITE")
+    assert [(h.session.id, h.line) for h in hits] == [
+        (second.id, "It has sqlite3 built in."),
+        (first.id, "tell me about SQLite WAL mode"),
+    ]
+    assert store.delete([first.id]) == 1
+    assert [s.id for s in store.recent()] == [second.id]
+    assert store.search("WAL") == []  # messages went with their session
+
+
+def test_titles() -> None:
+    assert make_title("\n\n  Hello   there\nsecond line") == "Hello there"
+    long = make_title("word " * 40)
+    assert len(long) == 60 and long.endswith("…")
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from chatcli.store.sessions import SessionStore
+
+    path, session_id, tag, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    store = SessionStore(Path(path))
+    for i in range(count):
+        store.add_message(session_id, "user", f"{tag} question {i}")
+        store.add_message(session_id, "assistant", f"{tag} answer {i}", provider="p", model="m")
+    print("done", flush=True)
+    """
+)
+
+
+def test_two_processes_writing_one_session_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    session = SessionStore(path).create()
+    turns = 150
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), session.id, tag, str(turns)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("A", "B")
+    ]
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0 and out.strip() == "done", err
+    messages = SessionStore(path).messages(session.id)
+    assert len(messages) == 2 * 2 * turns
+    for tag in ("A", "B"):
+        mine = [m.content for m in messages if m.content.startswith(tag)]
+        expected = [f"{tag} {kind} {i}" for i in range(turns) for kind in ("question", "answer")]
+        assert mine == expected  # every turn, in order
