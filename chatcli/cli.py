@@ -410,6 +410,7 @@ def _auth_label(facts: dict[str, Any]) -> str:
 def providers(json_out: JsonOpt = False) -> None:
     """List providers and what each can do."""
     ctx = AppContext.from_process()
+    _setup_logging(ctx, False)
     with _boundary(ctx):
         from chatcli.providers import Registry
         from chatcli.store import Stores
@@ -482,6 +483,7 @@ def models(
     import asyncio
 
     ctx = AppContext.from_process()
+    _setup_logging(ctx, False)
     with _boundary(ctx):
         from chatcli.providers import Registry
 
@@ -517,6 +519,7 @@ def models(
 def paths(json_out: JsonOpt = False) -> None:
     """Show where chatcli keeps its config, data, cache and state."""
     ctx = AppContext.from_process()
+    _setup_logging(ctx, False)
     where = ctx.paths.as_dict()
     if json_out:
         ctx.stdout.write(json.dumps(where, indent=2) + "\n")
@@ -556,6 +559,7 @@ def cookies_import(
     from chatcli.store.cookies import import_cookies
 
     ctx = AppContext.from_process()
+    _setup_logging(ctx, False)
     with _boundary(ctx):
         store = Stores.at(ctx.paths).cookies
         imported, expired = import_cookies(store, Path(file).expanduser(), domain=domain)
@@ -576,6 +580,7 @@ def cookies_list(json_out: JsonOpt = False) -> None:
     from chatcli.store.cookies import mask
 
     ctx = AppContext.from_process()
+    _setup_logging(ctx, False)
     with _boundary(ctx):
         cookies = Stores.at(ctx.paths).cookies.all()
         now = time.time()
@@ -616,6 +621,7 @@ def cookies_clear(
     from chatcli.store import Stores
 
     ctx = AppContext.from_process()
+    _setup_logging(ctx, False)
     with _boundary(ctx):
         removed = Stores.at(ctx.paths).cookies.clear(domain)
         where = f" for {domain}" if domain else ""

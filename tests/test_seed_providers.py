@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from chatcli.providers.fakegpt import FakeGpt
 from chatcli.providers.gptalk import GPTalk
 from chatcli.providers.opchatgpts import Opchatgpts
 from chatcli.store import Cookie, Stores
-from tests.conftest import Isolated, run
+from tests.conftest import CHATCLI, Isolated, run
 from tests.fakes.aichat import FakeAichat
 from tests.fakes.chatgptt import FakeChatGptt
 from tests.fakes.fakegpt import FakeFakeGpt
@@ -161,7 +162,7 @@ def test_system_message_reaches_each_protocol(served: tuple[str, Any], isolated:
 # -- the real binary ------------------------------------------------------------------------------
 
 
-def test_binary_answers_and_a_second_run_sends_history_it_is_given(
+def test_binary_answers_with_the_system_prompt_carried_by_each_protocol(
     served: tuple[str, Any], isolated: Isolated
 ) -> None:
     name, fake = served
@@ -246,7 +247,8 @@ def test_failure_modes_end_in_one_line_and_exit_1(
     assert_one_line_error(result.stderr, f"{name}: ", fragment)
     if partial:
         # Text shown before the failure stays; it is a prefix of the answer.
-        assert expected_answer(fake).startswith(result.stdout.rstrip("\n"))
+        shown = result.stdout.rstrip("\n")
+        assert shown and expected_answer(fake).startswith(shown), result.stdout
     else:
         assert result.stdout == ""
 
@@ -415,3 +417,47 @@ def test_files_written_for_web_providers_are_private(isolated: Isolated) -> None
     for directory in [data, data / "providers"]:
         assert oct(directory.stat().st_mode & 0o777) == "0o700", directory
     assert not any(p.name.endswith(".tmp") for p in Path(data).rglob("*"))
+
+
+def test_gptalk_processes_running_together_never_overspend_a_token(isolated: Isolated) -> None:
+    fake = FakeGPTalk()
+    with fake.serve():
+        assert run([*ask("gptalk", fake), "hi"], isolated).returncode == 0
+        processes = [
+            subprocess.Popen(
+                [str(CHATCLI), *ask("gptalk", fake), f"hi {i}"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=isolated.env,
+            )
+            for i in range(6)
+        ]
+        for process in processes:
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err
+    # 7 chats: 5 on the first token, 2 on the second. The fake flags a sixth use as a violation.
+    assert fake.logins == 2
+    assert fake.rejections == []
+
+
+def test_fakegpt_event_shapes_that_are_not_messages_are_ignored() -> None:
+    odd = [
+        '{"message": {"author": "assistant", "content": {"parts": ["x"]}}}',
+        '{"message": {"author": {"role": "assistant"}, "metadata": {"message_type": "next"},'
+        ' "content": "hi"}}',
+        '{"message": {"author": {"role": "assistant"}, "metadata": {"message_type": "next"},'
+        ' "content": {"parts": [3]}}}',
+        '{"message": null}',
+        "[1, 2]",
+    ]
+    for line in odd:
+        assert FakeGpt._assistant_text(line) is None, line
+
+
+def test_an_empty_conversation_is_refused(isolated: Isolated) -> None:
+    from chatcli.errors import UsageError
+
+    for provider in CLASSES.values():
+        with pytest.raises(UsageError, match="no messages to send"):
+            collect(provider, [], base_url="http://localhost:9", store=Stores(isolated.root / "d"))

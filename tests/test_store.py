@@ -239,3 +239,81 @@ def test_cookie_import_errors_are_one_line_exit_2(isolated: Isolated) -> None:
     broken = run(["cookies", "import", str(bad)], isolated)
     assert broken.returncode == 2 and "line 1" in broken.stderr
     assert len(broken.stderr.splitlines()) == 1
+
+
+def test_a_malformed_row_costs_only_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stores = Stores(tmp_path)
+    good = {"domain": "a.org", "name": "ok", "value": "v", "expires": FUTURE}
+    rows = [
+        good,
+        {"domain": "a.org", "name": "bad", "value": "v", "expires": "tomorrow"},
+        {"domain": 5, "name": "n", "value": "v"},
+        {"domain": "a.org", "name": "extra", "value": "v", "hostOnly": True},
+        "not a row",
+    ]
+    stores.cookies.path.write_text(json.dumps({"version": 1, "cookies": rows}))
+    assert stores.cookies.for_domain("a.org") == {"ok": "v", "extra": "v"}
+    assert caplog.text.count("skipped malformed entry") == 3
+    assert stores.cookies.path.exists()  # not moved aside for a few bad rows
+
+
+def test_deleted_cookies_leave_the_store(tmp_path: Path) -> None:
+    import aiohttp
+    from yarl import URL
+
+    from chatcli.providers.chatgptt import ChatGptt
+
+    stores = Stores(tmp_path)
+    stores.cookies.save([Cookie("chatgptt.me", "keep", "1"), Cookie("chatgptt.me", "gone", "2")])
+    start = stores.cookies.for_domain("chatgptt.me")
+
+    async def session() -> None:
+        jar = aiohttp.CookieJar(unsafe=True)
+        jar.update_cookies(start, response_url=URL("http://localhost:1"))
+        # The site answered: Set-Cookie gone=; Max-Age=0 and a new one.
+        jar.update_cookies({"gone": ""}, response_url=URL("http://localhost:1"))
+        jar.clear(lambda morsel: morsel.key == "gone")
+        jar.update_cookies({"fresh": "3"}, response_url=URL("http://localhost:1"))
+        ChatGptt.save_cookies(stores, jar, unchanged=start)
+
+    import asyncio
+
+    asyncio.run(session())
+    assert stores.cookies.for_domain("chatgptt.me") == {"keep": "1", "fresh": "3"}
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from chatcli.store import Cookie, Stores
+
+stores = Stores(Path(sys.argv[1]))
+for i in range(100):
+    stores.cookies.save([Cookie(f"{sys.argv[2]}.org", f"n{i}", "v")])
+"""
+
+
+def test_two_processes_saving_cookies_lose_nothing(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    processes = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tag], stderr=subprocess.PIPE)
+        for tag in ("a", "b")
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    cookies = Stores(tmp_path).cookies.all()
+    assert len(cookies) == 200
+
+
+def test_two_quarantines_in_one_second_keep_both(tmp_path: Path) -> None:
+    stores = Stores(tmp_path)
+    for content in ("first-broken", "second-broken"):
+        stores.cookies.path.write_text(content)
+        assert stores.cookies.all() == []
+    kept = sorted(p.read_text() for p in tmp_path.glob("cookies.json.corrupt-*"))
+    assert kept == ["first-broken", "second-broken"]

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from chatcli.errors import MissingAuthError, ProtocolError, ProviderError, quote
-from chatcli.providers.base import AsyncProvider, Messages, format_prompt
+from chatcli.providers.base import AsyncProvider, Messages, check_messages, format_prompt
 from chatcli.providers.web import WebProvider
 from chatcli.store import Stores
 
@@ -42,6 +42,7 @@ class Aichat(WebProvider, AsyncProvider):
     ) -> str:
         from chatcli.providers import http
 
+        check_messages(messages, cls.name)
         stores = cls.stores(store)
         jar = dict(cookies) if cookies else cls.stored_cookies(stores)
         if not jar:

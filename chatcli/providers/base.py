@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, Literal, TypedDict
 
-from chatcli.errors import ModelNotSupportedError
+from chatcli.errors import ModelNotSupportedError, UsageError
 
 Role = Literal["system", "user", "assistant"]
 
@@ -40,6 +40,12 @@ class Message(TypedDict):
 
 #: A conversation: oldest message first.
 Messages = Sequence[Message]
+
+
+def check_messages(messages: Messages, provider: str) -> None:
+    """Refuse an empty conversation: there is nothing to ask."""
+    if not messages:
+        raise UsageError(f"{provider}: no messages to send")
 
 
 def format_prompt(messages: Messages) -> str:

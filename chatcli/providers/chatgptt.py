@@ -17,6 +17,7 @@ from chatcli.providers.base import (
     AsyncGeneratorProvider,
     Messages,
     ProviderModelMixin,
+    check_messages,
     format_prompt,
 )
 from chatcli.providers.web import WebProvider
@@ -52,6 +53,7 @@ class ChatGptt(WebProvider, ProviderModelMixin, AsyncGeneratorProvider):
     ) -> AsyncIterator[str]:
         from chatcli.providers import http
 
+        check_messages(messages, cls.name)
         cls.get_model(model)  # an unknown model is an error even though it is not sent
         root = cls.site_root(base_url)
         headers = {

@@ -24,7 +24,7 @@ from chatcli.errors import (
     StreamInterruptedError,
     quote,
 )
-from chatcli.providers.base import AsyncGeneratorProvider, Messages, format_prompt
+from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages, format_prompt
 from chatcli.providers.web import WebProvider
 from chatcli.store import Stores
 
@@ -62,6 +62,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
     ) -> AsyncIterator[str]:
         from chatcli.providers import http
 
+        check_messages(messages, cls.name)
         root = cls.site_root(base_url)
         headers = {
             "accept-language": "en-US",
@@ -93,10 +94,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
         async with cls.browser_session(
             root=root, store=stores, proxy=proxy, timeout=timeout, headers=headers
         ) as session:
-            token = state.load().get("access_token")
-            if not isinstance(token, str) or not token:
-                token = await cls._login(session, root)
-                state.save({"access_token": token})
+            token = await cls._access_token(session, root, stores)
             for attempt in (1, 2):
                 try:
                     async for piece in cls._converse(session, root, token, body):
@@ -104,14 +102,36 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
                     return
                 except AuthenticationError:
                     # Refused before any text: drop token and cookies, log in once, retry once.
-                    state.clear()
                     if attempt == 2:
+                        with state.locked():
+                            if state.load().get("access_token") == token:
+                                state.clear()
                         raise
                     log.debug("fakegpt: access token refused, logging in again")
-                    session.cookie_jar.clear()
-                    stores.cookies.clear(cls.cookie_domain)
-                    token = await cls._login(session, root)
-                    state.save({"access_token": token})
+                    token = await cls._access_token(session, root, stores, refused=token)
+
+    @classmethod
+    async def _access_token(
+        cls,
+        session: aiohttp.ClientSession,
+        root: str,
+        stores: Stores,
+        *,
+        refused: str | None = None,
+    ) -> str:
+        """The stored token, or a fresh login's; under the state lock, so processes started
+        together (or retrying together) log in once between them."""
+        state = stores.state(cls.name)
+        with state.locked():
+            token = state.load().get("access_token")
+            if isinstance(token, str) and token and token != refused:
+                return token
+            if refused is not None:
+                session.cookie_jar.clear()  # the refused login's cookies go with its token
+                stores.cookies.clear(cls.cookie_domain)
+            token = await cls._login(session, root)
+            state.save({"access_token": token})
+            return token
 
     @classmethod
     async def _login(cls, session: aiohttp.ClientSession, root: str) -> str:
@@ -196,9 +216,13 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
         message = event.get("message") if isinstance(event, dict) else None
         if not isinstance(message, dict):
             return None
-        metadata = message.get("metadata") or {}
-        author = message.get("author") or {}
+        metadata, author, content = (
+            part if isinstance(part := message.get(key), dict) else {}
+            for key in ("metadata", "author", "content")
+        )
         if metadata.get("message_type") != "next" or author.get("role") != "assistant":
             return None
-        parts = (message.get("content") or {}).get("parts") or []
-        return parts[0] if parts and isinstance(parts[0], str) else None
+        parts = content.get("parts")
+        if not isinstance(parts, list) or not parts or not isinstance(parts[0], str):
+            return None
+        return parts[0]

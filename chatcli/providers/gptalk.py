@@ -21,9 +21,9 @@ from chatcli.errors import (
     StreamInterruptedError,
     quote,
 )
-from chatcli.providers.base import AsyncGeneratorProvider, Messages, format_prompt
+from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages, format_prompt
 from chatcli.providers.web import WebProvider
-from chatcli.store import Stores
+from chatcli.store import StateStore, Stores
 
 if TYPE_CHECKING:
     import aiohttp
@@ -58,6 +58,7 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
     ) -> AsyncIterator[str]:
         from chatcli.providers import http
 
+        check_messages(messages, cls.name)
         root = cls.site_root(base_url)
         stores = cls.stores(store)
         state = stores.state(cls.name)
@@ -91,29 +92,40 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
         async with cls.browser_session(
             root=root, store=stores, proxy=proxy, timeout=timeout, headers=headers
         ) as session:
-            saved = state.load()
-            token = cls._usable_token(saved)
-            if token is None:
-                saved = await cls._login(session, root)
-                state.save(saved)
-            stream_token: str | None = None
+            token = await cls._reserve_use(session, root, state)
             for attempt in (1, 2):
                 try:
-                    stream_token = await cls._request_stream(session, root, saved["token"], body)
+                    stream_token = await cls._request_stream(session, root, token, body)
                     break
                 except AuthenticationError:
                     # A 401 means the site forgot the token: log in once more and retry once.
-                    state.clear()
+                    with state.locked():
+                        if state.load().get("token") == token:
+                            state.clear()
                     if attempt == 2:
                         raise
                     log.debug("gptalk: token refused, logging in again")
-                    saved = await cls._login(session, root)
-                    state.save(saved)
-            saved["uses"] = int(saved.get("uses", 0)) + 1
-            state.save(saved)
-            assert stream_token is not None
+                    token = await cls._reserve_use(session, root, state)
             async for piece in cls._read_stream(session, root, stream_token):
                 yield piece
+
+    @classmethod
+    async def _reserve_use(
+        cls, session: aiohttp.ClientSession, root: str, state: StateStore
+    ) -> str:
+        """A token with a use left, that use counted before it is spent.
+
+        Counting under the state lock, before the request, keeps processes running at the
+        same time from spending a sixth use between them; logging in happens under the same
+        lock, so they do not each log in either.
+        """
+        with state.locked():
+            saved = state.load()
+            if cls._usable_token(saved) is None:
+                saved = await cls._login(session, root)
+            saved["uses"] = int(saved.get("uses", 0)) + 1
+            state.save(saved)
+            return str(saved["token"])
 
     @staticmethod
     def _usable_token(saved: dict[str, Any]) -> str | None:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from chatcli.errors import ProtocolError, ProviderError, StreamInterruptedError, quote
-from chatcli.providers.base import AsyncGeneratorProvider, Messages
+from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages
 from chatcli.providers.web import WebProvider
 from chatcli.store import Stores
 
@@ -45,6 +45,7 @@ class Opchatgpts(WebProvider, AsyncGeneratorProvider):
     ) -> AsyncIterator[str]:
         from chatcli.providers import http
 
+        check_messages(messages, cls.name)
         root = cls.site_root(base_url)
         headers = {
             "user-agent": http.CHROME_USER_AGENT,

@@ -37,7 +37,7 @@ from chatcli.errors import (
     quote,
     redact_url,
 )
-from chatcli.providers.base import CORE_KWARGS, AsyncGeneratorProvider, Messages
+from chatcli.providers.base import CORE_KWARGS, AsyncGeneratorProvider, Messages, check_messages
 
 if TYPE_CHECKING:
     import aiohttp
@@ -257,6 +257,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
         """Yield the answer's text as the service sends it."""
         from chatcli.providers import http
 
+        check_messages(messages, cls.name)
         model = await cls.pick_model(
             model, base_url=base_url, api_key=api_key, proxy=proxy, timeout=timeout
         )

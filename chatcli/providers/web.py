@@ -101,6 +101,11 @@ class WebProvider(BaseProvider):
         if fresh:
             store.cookies.save(fresh)
             log.debug("%s: saved %d cookie(s) for %s", cls.name, len(fresh), cls.cookie_domain)
+        # A cookie the site deleted (Max-Age=0, a past Expires) left the jar: forget it too.
+        gone = set(unchanged) - {morsel.key for morsel in jar}
+        if gone:
+            store.cookies.remove(cls.cookie_domain, gone)
+            log.debug("%s: the site removed %d cookie(s)", cls.name, len(gone))
 
 
 def _cookie_from_morsel(domain: str, morsel: Morsel[str], now: float) -> Cookie:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from chatcli.errors import UsageError
-from chatcli.store.files import quarantine, read_json, write_json
+from chatcli.store.files import locked, quarantine, read_json, write_json
 
 log = logging.getLogger("chatcli.store")
 
@@ -75,12 +75,20 @@ class CookieStore:
         data = read_json(self.path, what="the cookie file")
         if data is None:
             return []
-        try:
-            return [Cookie(**row) for row in data["cookies"]]
-        except (KeyError, TypeError) as exc:
+        rows = data.get("cookies") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
             aside = quarantine(self.path)
-            log.warning("cookie file %s was unreadable (%s); moved to %s", self.path, exc, aside)
+            log.warning("the cookie file %s had no cookie list; moved it to %s", self.path, aside)
             return []
+        cookies = []
+        for index, row in enumerate(rows):
+            cookie = _row_to_cookie(row)
+            if cookie is None:
+                # One bad row costs that row only, not every cookie in the file.
+                log.warning("skipped malformed entry %d in the cookie file %s", index, self.path)
+            else:
+                cookies.append(cookie)
+        return cookies
 
     def for_domain(self, domain: str, *, now: float | None = None) -> dict[str, str]:
         """Name -> value of the unexpired cookies for ``domain`` (more specific ones win)."""
@@ -93,24 +101,31 @@ class CookieStore:
         new = list(cookies)
         if not new:
             return 0
-        merged = {c.key: c for c in self.all()}
-        for cookie in new:
-            merged[cookie.key] = cookie
-        self._write(merged.values())
+        with locked(self.path):
+            merged = {c.key: c for c in self.all()}
+            for cookie in new:
+                merged[cookie.key] = cookie
+            self._write(merged.values())
         return len(new)
+
+    def remove(self, domain: str, names: Iterable[str]) -> int:
+        """Remove the cookies of exactly ``domain`` with these names; returns the count."""
+        target, doomed = normalise_domain(domain), set(names)
+        return self._drop(lambda c: c.domain == target and c.name in doomed)
 
     def clear(self, domain: str | None = None) -> int:
         """Remove every cookie, or those of ``domain`` and its subdomains; returns the count."""
-        current = self.all()
         if domain is None:
-            kept: list[Cookie] = []
-        else:
-            target = normalise_domain(domain)
-            kept = [
-                c for c in current if not (c.domain == target or c.domain.endswith("." + target))
-            ]
-        if len(kept) != len(current):
-            self._write(kept)
+            return self._drop(lambda c: True)
+        target = normalise_domain(domain)
+        return self._drop(lambda c: c.domain == target or c.domain.endswith("." + target))
+
+    def _drop(self, doomed: Callable[[Cookie], bool]) -> int:
+        with locked(self.path):
+            current = self.all()
+            kept = [c for c in current if not doomed(c)]
+            if len(kept) != len(current):
+                self._write(kept)
         return len(current) - len(kept)
 
     def _write(self, cookies: Iterable[Cookie]) -> None:
@@ -118,6 +133,33 @@ class CookieStore:
         kept = sorted((c for c in cookies if not c.expired(now)), key=lambda c: c.key)
         rows = [asdict(c) for c in kept]
         write_json(self.path, {"version": FORMAT_VERSION, "cookies": rows})
+
+
+def _row_to_cookie(row: Any) -> Cookie | None:
+    """A stored row as a cookie, or ``None`` when its fields have the wrong types."""
+    if not isinstance(row, dict):
+        return None
+    texts = ("domain", "name", "value", "path")
+    if not all(isinstance(row.get(key, "/"), str) for key in texts):
+        return None
+    expires = row.get("expires")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
+        return None
+    flags = ("secure", "http_only", "include_subdomains")
+    if not all(isinstance(row.get(key, False), bool) for key in flags):
+        return None
+    if not row.get("domain") or not row.get("name"):
+        return None
+    return Cookie(
+        domain=normalise_domain(row["domain"]),
+        name=row["name"],
+        value=row.get("value", ""),
+        path=row.get("path", "/"),
+        expires=float(expires) if expires is not None else None,
+        secure=row.get("secure", False),
+        http_only=row.get("http_only", False),
+        include_subdomains=row.get("include_subdomains", True),
+    )
 
 
 # -- import formats -------------------------------------------------------------------------------

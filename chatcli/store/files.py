@@ -10,11 +10,14 @@ chatcli carries on without it: nothing is deleted, and the user can look at what
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -78,9 +81,30 @@ def read_json(path: Path, *, what: str) -> Any:
         return None
 
 
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock tied to ``path`` (on ``path.lock``) for a read-change-write.
+
+    Other chatcli processes wait at the same lock, so two of them changing one file at once
+    cannot lose each other's changes.
+    """
+    private_dir(path.parent)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        raise StorageError(f"cannot lock {path}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def quarantine(path: Path) -> Path:
     """Move a damaged file out of the way, keeping it, and return where it went."""
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     try:
         os.replace(path, aside)
     except OSError as exc:

@@ -6,10 +6,12 @@ provider starts afresh (it logs in again), with a warning.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from chatcli.store.files import read_json, write_json
+from chatcli.store.files import locked, read_json, write_json
 
 
 class StateStore:
@@ -27,3 +29,9 @@ class StateStore:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the state for a load-change-save (other processes wait)."""
+        with locked(self.path):
+            yield
