@@ -7,29 +7,34 @@ that need them, so ``chatcli --version`` and ``--help`` start fast.
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from chatcli import __version__
+from chatcli.clikit import (
+    ContinueOpt,
+    JsonOpt,
+    ModelOpt,
+    NoSaveOpt,
+    ProviderOpt,
+    SessionOpt,
+    VerboseOpt,
+    boundary,
+    say,
+    setup_logging,
+)
 from chatcli.context import AppContext
 from chatcli.errors import (
-    EXIT_ERROR,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
-    ChatcliError,
     ProviderError,
     UsageError,
     check_url,
     redact_credentials,
 )
+from chatcli.sessions_cli import sessions_app
 
 app = typer.Typer(
     name="chatcli",
@@ -40,140 +45,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-# -- the error boundary -----------------------------------------------------------------------
-
-
-def _say(ctx: AppContext, message: str) -> None:
-    """One line on stderr: made safe for a terminal, with any credentials in URLs blanked."""
-    from chatcli.render import sanitize
-
-    ctx.stderr.write(f"chatcli: {sanitize(redact_credentials(message))}\n")
-    ctx.stderr.flush()
-
-
-def _traceback(ctx: AppContext, exc: BaseException) -> None:
-    ctx.stderr.write(redact_credentials("".join(traceback.format_exception(exc))))
-
-
-@contextmanager
-def _boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
-    """Turn chatcli's errors into one line on stderr and the right exit code."""
-    try:
-        yield
-    except ChatcliError as exc:
-        if verbose or ctx.debug:
-            _traceback(ctx, exc)
-        _say(ctx, str(exc))
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        _say(ctx, "interrupted")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except BrokenPipeError:
-        # The reader went away (`chatcli ask ... | head`): stop quietly, as other tools do.
-        _silence_stdout()
-        raise typer.Exit(EXIT_OK) from None
-    except Exception as exc:
-        # A bug, not a condition we know: still one line, with the way to see more.
-        if verbose or ctx.debug:
-            _traceback(ctx, exc)
-            _say(ctx, f"internal error: {type(exc).__name__}: {exc}")
-        else:
-            _say(ctx, f"internal error: {type(exc).__name__}: {exc} (run with -v for details)")
-        raise typer.Exit(EXIT_ERROR) from None
-
-
-def _silence_stdout() -> None:
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
-
-class _StderrHandler(logging.Handler):
-    """Log lines on stderr, safe for a terminal; held back while a live display owns it.
-
-    A line written under Rich's live region moves the cursor behind its back, and the next
-    redraw then leaves a stale copy of the answer on screen.
-    """
-
-    def __init__(self, ctx: AppContext, *, debug: bool) -> None:
-        super().__init__(logging.DEBUG if debug else logging.WARNING)
-        prefix = "chatcli: %(name)s: " if debug else "chatcli: warning: "
-        self.setFormatter(logging.Formatter(prefix + "%(message)s"))
-        self._stream = ctx.stderr
-        self._held: list[str] | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from chatcli.render import sanitize
-
-        line = sanitize(redact_credentials(self.format(record))) + "\n"
-        if self._held is not None:
-            self._held.append(line)
-        else:
-            self._stream.write(line)
-            self._stream.flush()
-
-    @contextmanager
-    def held(self, hold: bool) -> Iterator[None]:
-        """Keep lines back inside the block when ``hold``; write them all when it ends."""
-        if not hold:
-            yield
-            return
-        self._held = []
-        try:
-            yield
-        finally:
-            lines, self._held = self._held, None
-            self._stream.write("".join(lines))
-            self._stream.flush()
-
-
-def _setup_logging(ctx: AppContext, verbose: bool) -> _StderrHandler:
-    handler = _StderrHandler(ctx, debug=verbose or ctx.debug)
-    root = logging.getLogger("chatcli")
-    root.handlers[:] = [handler]
-    root.setLevel(handler.level)
-    root.propagate = False
-    return handler
-
-
-# -- shared option types ------------------------------------------------------------------------
-
-ProviderOpt = Annotated[
-    str | None,
-    typer.Option(
-        "-p",
-        "--provider",
-        metavar="NAME",
-        help="Provider name (see `chatcli providers`).",
-        show_default=False,
-    ),
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option("-m", "--model", metavar="NAME", help="Model name.", show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-SessionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "-S",
-        "--session",
-        metavar="NAME",
-        help="Continue the session with this name or id (prefix), or start one so named.",
-        show_default=False,
-    ),
-]
-ContinueOpt = Annotated[
-    bool, typer.Option("-c", "--continue", help="Continue the most recent session.")
-]
-NoSaveOpt = Annotated[bool, typer.Option("--no-save", help="Do not save this conversation.")]
-VerboseOpt = Annotated[
-    bool, typer.Option("-v", "--verbose", help="Log details to stderr; tracebacks on errors.")
-]
 
 
 def _version_callback(value: bool) -> None:
@@ -234,7 +105,7 @@ def read_piped_stdin(ctx: AppContext) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         text = data.decode("utf-8", errors="replace")
-        _say(ctx, "warning: stdin is not valid UTF-8; undecodable bytes were replaced with U+FFFD")
+        say(ctx, "warning: stdin is not valid UTF-8; undecodable bytes were replaced with U+FFFD")
         return text
 
 
@@ -337,8 +208,8 @@ def ask(
     import asyncio
 
     ctx = AppContext.from_process()
-    log_handler = _setup_logging(ctx, verbose)
-    with _boundary(ctx, verbose=verbose):
+    log_handler = setup_logging(ctx, verbose)
+    with boundary(ctx, verbose=verbose):
         message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
         from chatcli.chat import ChatOptions, open_conversation
         from chatcli.engine import Turn
@@ -410,8 +281,8 @@ def _auth_label(facts: dict[str, Any]) -> str:
 def providers(json_out: JsonOpt = False) -> None:
     """List providers and what each can do."""
     ctx = AppContext.from_process()
-    _setup_logging(ctx, False)
-    with _boundary(ctx):
+    setup_logging(ctx, False)
+    with boundary(ctx):
         from chatcli.providers import Registry
         from chatcli.store import Stores
 
@@ -483,8 +354,8 @@ def models(
     import asyncio
 
     ctx = AppContext.from_process()
-    _setup_logging(ctx, False)
-    with _boundary(ctx):
+    setup_logging(ctx, False)
+    with boundary(ctx):
         from chatcli.providers import Registry
 
         if base_url:
@@ -508,7 +379,7 @@ def models(
             ctx.stdout.write(json.dumps(data, indent=2) + "\n")
             return
         if not found:
-            _say(ctx, f"{cls.name} lists no models")
+            say(ctx, f"{cls.name} lists no models")
             return
         for name in found:
             suffix = "  (default)" if name == cls.default_model and ctx.stdout_isatty else ""
@@ -519,7 +390,7 @@ def models(
 def paths(json_out: JsonOpt = False) -> None:
     """Show where chatcli keeps its config, data, cache and state."""
     ctx = AppContext.from_process()
-    _setup_logging(ctx, False)
+    setup_logging(ctx, False)
     where = ctx.paths.as_dict()
     if json_out:
         ctx.stdout.write(json.dumps(where, indent=2) + "\n")
@@ -528,6 +399,8 @@ def paths(json_out: JsonOpt = False) -> None:
     for key, value in where.items():
         ctx.stdout.write(f"{key:<{width}}  {value}\n")
 
+
+app.add_typer(sessions_app, name="sessions")
 
 # -- cookies ------------------------------------------------------------------------------------
 
@@ -559,8 +432,8 @@ def cookies_import(
     from chatcli.store.cookies import import_cookies
 
     ctx = AppContext.from_process()
-    _setup_logging(ctx, False)
-    with _boundary(ctx):
+    setup_logging(ctx, False)
+    with boundary(ctx):
         store = Stores.at(ctx.paths).cookies
         imported, expired = import_cookies(store, Path(file).expanduser(), domain=domain)
         skipped = f" ({expired} already expired, skipped)" if expired else ""
@@ -568,7 +441,7 @@ def cookies_import(
             where = f" for {domain}" if domain else ""
             raise UsageError(f"no usable cookies{where} in {file}{skipped}")
         domains = sorted({c.domain for c in imported})
-        _say(ctx, f"imported {len(imported)} cookie(s) for {', '.join(domains)}{skipped}")
+        say(ctx, f"imported {len(imported)} cookie(s) for {', '.join(domains)}{skipped}")
 
 
 @cookies_app.command("list")
@@ -580,8 +453,8 @@ def cookies_list(json_out: JsonOpt = False) -> None:
     from chatcli.store.cookies import mask
 
     ctx = AppContext.from_process()
-    _setup_logging(ctx, False)
-    with _boundary(ctx):
+    setup_logging(ctx, False)
+    with boundary(ctx):
         cookies = Stores.at(ctx.paths).cookies.all()
         now = time.time()
         rows = [
@@ -598,7 +471,7 @@ def cookies_list(json_out: JsonOpt = False) -> None:
             ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
         if not rows:
-            _say(ctx, "no cookies stored (chatcli cookies import FILE)")
+            say(ctx, "no cookies stored (chatcli cookies import FILE)")
             return
         for cookie in cookies:
             if cookie.expires is None:
@@ -621,11 +494,11 @@ def cookies_clear(
     from chatcli.store import Stores
 
     ctx = AppContext.from_process()
-    _setup_logging(ctx, False)
-    with _boundary(ctx):
+    setup_logging(ctx, False)
+    with boundary(ctx):
         removed = Stores.at(ctx.paths).cookies.clear(domain)
         where = f" for {domain}" if domain else ""
-        _say(ctx, f"removed {removed} cookie(s){where}")
+        say(ctx, f"removed {removed} cookie(s){where}")
 
 
 #: Options that take two values each time they are given (``-o KEY VALUE``).

@@ -255,7 +255,9 @@ class Conversation:
     async def send(self, text: str, renderer: Renderer, *, turn: Turn | None = None) -> Turn:
         """Ask ``text``; the answer streams into ``renderer`` and is kept whatever happens."""
         request = replace(self.defaults, messages=self.messages(text))
-        user_id = self._store_message("user", text, status="complete")
+        user_id = self._store_message(
+            "user", text, status="complete", provider=self.provider, model=self.model
+        )
         self.history.append({"role": "user", "content": text})
         self._ids.append(user_id)
         return await self._answer(request, renderer, turn)

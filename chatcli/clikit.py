@@ -1,0 +1,160 @@
+"""The command line's shared machinery: the error boundary, stderr logging, option types.
+
+Every command builds its :class:`~chatcli.context.AppContext`, calls :func:`setup_logging`, and
+runs inside :func:`boundary`, the one place where chatcli's errors become a line on stderr
+and an exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import typer
+
+from chatcli.context import AppContext
+from chatcli.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ChatcliError,
+    redact_credentials,
+)
+
+# -- the error boundary -----------------------------------------------------------------------
+
+
+def say(ctx: AppContext, message: str) -> None:
+    """One line on stderr: made safe for a terminal, with any credentials in URLs blanked."""
+    from chatcli.render import sanitize
+
+    ctx.stderr.write(f"chatcli: {sanitize(redact_credentials(message))}\n")
+    ctx.stderr.flush()
+
+
+def print_traceback(ctx: AppContext, exc: BaseException) -> None:
+    ctx.stderr.write(redact_credentials("".join(traceback.format_exception(exc))))
+
+
+@contextmanager
+def boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
+    """Turn chatcli's errors into one line on stderr and the right exit code."""
+    try:
+        yield
+    except ChatcliError as exc:
+        if verbose or ctx.debug:
+            print_traceback(ctx, exc)
+        say(ctx, str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        say(ctx, "interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # The reader went away (`chatcli ask ... | head`): stop quietly, as other tools do.
+        silence_stdout()
+        raise typer.Exit(EXIT_OK) from None
+    except Exception as exc:
+        # A bug, not a condition we know: still one line, with the way to see more.
+        if verbose or ctx.debug:
+            print_traceback(ctx, exc)
+            say(ctx, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            say(ctx, f"internal error: {type(exc).__name__}: {exc} (run with -v for details)")
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+class StderrHandler(logging.Handler):
+    """Log lines on stderr, safe for a terminal; held back while a live display owns it.
+
+    A line written under Rich's live region moves the cursor behind its back, and the next
+    redraw then leaves a stale copy of the answer on screen.
+    """
+
+    def __init__(self, ctx: AppContext, *, debug: bool) -> None:
+        super().__init__(logging.DEBUG if debug else logging.WARNING)
+        prefix = "chatcli: %(name)s: " if debug else "chatcli: warning: "
+        self.setFormatter(logging.Formatter(prefix + "%(message)s"))
+        self._stream = ctx.stderr
+        self._held: list[str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from chatcli.render import sanitize
+
+        line = sanitize(redact_credentials(self.format(record))) + "\n"
+        if self._held is not None:
+            self._held.append(line)
+        else:
+            self._stream.write(line)
+            self._stream.flush()
+
+    @contextmanager
+    def held(self, hold: bool) -> Iterator[None]:
+        """Keep lines back inside the block when ``hold``; write them all when it ends."""
+        if not hold:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+        finally:
+            lines, self._held = self._held, None
+            self._stream.write("".join(lines))
+            self._stream.flush()
+
+
+def setup_logging(ctx: AppContext, verbose: bool) -> StderrHandler:
+    handler = StderrHandler(ctx, debug=verbose or ctx.debug)
+    root = logging.getLogger("chatcli")
+    root.handlers[:] = [handler]
+    root.setLevel(handler.level)
+    root.propagate = False
+    return handler
+
+
+# -- shared option types ------------------------------------------------------------------------
+
+ProviderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-p",
+        "--provider",
+        metavar="NAME",
+        help="Provider name (see `chatcli providers`).",
+        show_default=False,
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("-m", "--model", metavar="NAME", help="Model name.", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+SessionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-S",
+        "--session",
+        metavar="NAME",
+        help="Continue the session with this name or id (prefix), or start one so named.",
+        show_default=False,
+    ),
+]
+ContinueOpt = Annotated[
+    bool, typer.Option("-c", "--continue", help="Continue the most recent session.")
+]
+NoSaveOpt = Annotated[bool, typer.Option("--no-save", help="Do not save this conversation.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("-v", "--verbose", help="Log details to stderr; tracebacks on errors.")
+]

@@ -1,0 +1,74 @@
+"""A stored conversation as text: Markdown for people, JSON for programs.
+
+Used by ``sessions show``, ``sessions export`` and the REPL's ``/export``. The text is the raw
+stored text; making it safe for a terminal is the renderer's job, not this module's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from chatcli.store import Session, StoredMessage
+
+
+def when(timestamp: float) -> str:
+    """A local date and time, to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+def message_heading(message: StoredMessage) -> str:
+    """``You`` or ``Assistant · provider · model``, with ``(interrupted)`` when it broke off."""
+    if message.role == "user":
+        heading = "You"
+    else:
+        parts = ["Assistant", message.provider, message.model]
+        heading = " · ".join(p for p in parts if p)
+    if message.status != "complete":
+        heading += f" ({message.status})"
+    return heading
+
+
+def to_markdown(session: Session, messages: Sequence[StoredMessage]) -> str:
+    lines = [f"# {session.label}", ""]
+    details = [f"session {session.id}", f"started {when(session.created_at)}"]
+    if session.name and session.title:
+        details.insert(0, session.title)
+    lines += [f"_{' · '.join(details)}_", ""]
+    if session.system:
+        lines += ["**System:**", "", session.system, ""]
+    for message in messages:
+        lines += [f"## {message_heading(message)}", "", message.content.rstrip("\n"), ""]
+    return "\n".join(lines)
+
+
+def session_dict(session: Session) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "name": session.name,
+        "title": session.title,
+        "system": session.system,
+        "provider": session.provider,
+        "model": session.model,
+        "created_at": session.created_at,
+        "updated_at": session.updated_at,
+        "messages": session.message_count,
+    }
+
+
+def message_dict(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "role": message.role,
+        "content": message.content,
+        "provider": message.provider,
+        "model": message.model,
+        "created_at": message.created_at,
+        "duration": message.duration,
+        "status": message.status,
+        "error": message.error,
+    }
+
+
+def to_json(session: Session, messages: Sequence[StoredMessage]) -> dict[str, Any]:
+    return {"session": session_dict(session), "messages": [message_dict(m) for m in messages]}
