@@ -14,12 +14,21 @@ import typer
 
 from chatcli import __version__
 from chatcli.clikit import (
+    BaseUrlOpt,
     ContinueOpt,
     JsonOpt,
+    MarkdownOpt,
     ModelOpt,
     NoSaveOpt,
+    NoStreamOpt,
+    OptionOpt,
     ProviderOpt,
+    ProxyOpt,
+    RawOpt,
     SessionOpt,
+    SystemOpt,
+    TemperatureOpt,
+    TimeoutOpt,
     VerboseOpt,
     boundary,
     say,
@@ -146,55 +155,15 @@ def ask(
     ] = None,
     provider: ProviderOpt = None,
     model: ModelOpt = None,
-    system: Annotated[
-        str | None,
-        typer.Option("--system", metavar="TEXT", help="System prompt.", show_default=False),
-    ] = None,
-    temperature: Annotated[
-        float | None,
-        typer.Option(
-            "--temperature", metavar="X", min=0.0, max=2.0, help="Sampling temperature (0-2)."
-        ),
-    ] = None,
-    option: Annotated[
-        list[tuple] | None,  # type: ignore[type-arg]  # KEY VALUE pairs: see build_command()
-        typer.Option(
-            "-o",
-            "--option",
-            metavar="KEY VALUE",
-            help="Provider option, repeatable (-o max_tokens 200). JSON values are decoded.",
-        ),
-    ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            "--base-url", metavar="URL", help="The provider's root URL (an API's /v1 root)."
-        ),
-    ] = None,
-    proxy: Annotated[
-        str | None,
-        typer.Option(
-            "--proxy",
-            metavar="URL",
-            help="Proxy URL: http:// or socks5:// (default: the *_PROXY variables).",
-        ),
-    ] = None,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--timeout",
-            metavar="SECONDS",
-            min=0.001,
-            help="Seconds to connect, and of silence while reading.",
-        ),
-    ] = None,
-    no_stream: Annotated[
-        bool, typer.Option("--no-stream", help="Ask for the whole answer at once.")
-    ] = False,
-    raw: Annotated[bool, typer.Option("--raw", help="Plain text, even on a terminal.")] = False,
-    markdown: Annotated[
-        bool, typer.Option("--markdown", help="Render Markdown, even into a pipe.")
-    ] = False,
+    system: SystemOpt = None,
+    temperature: TemperatureOpt = None,
+    option: OptionOpt = None,
+    base_url: BaseUrlOpt = None,
+    proxy: ProxyOpt = None,
+    timeout: TimeoutOpt = None,
+    no_stream: NoStreamOpt = False,
+    raw: RawOpt = False,
+    markdown: MarkdownOpt = False,
     json_out: Annotated[
         bool,
         typer.Option("--json", help="Print one JSON object at the end: text, provider, model."),
@@ -245,6 +214,65 @@ def ask(
             raise
         if json_out:
             _print_json(ctx, turn, conversation)
+
+
+@app.command()
+def repl(
+    provider: ProviderOpt = None,
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    session: SessionOpt = None,
+    continue_last: ContinueOpt = False,
+    temperature: TemperatureOpt = None,
+    option: OptionOpt = None,
+    base_url: BaseUrlOpt = None,
+    proxy: ProxyOpt = None,
+    timeout: TimeoutOpt = None,
+    no_stream: NoStreamOpt = False,
+    raw: RawOpt = False,
+    markdown: MarkdownOpt = False,
+    no_save: NoSaveOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Chat interactively: Enter sends, Ctrl-C stops an answer, /help lists commands."""
+    import asyncio
+
+    ctx = AppContext.from_process()
+    log_handler = setup_logging(ctx, verbose)
+    with boundary(ctx, verbose=verbose):
+        if not (ctx.stdin_isatty and ctx.stdout_isatty):
+            raise UsageError("chatcli repl needs a terminal; in pipes and scripts use chatcli ask")
+        from chatcli.chat import ChatOptions, open_conversation
+        from chatcli.render import choose
+        from chatcli.repl import Repl, history_file
+
+        conversation = open_conversation(
+            ctx,
+            ChatOptions(
+                provider=provider,
+                model=model,
+                system=system,
+                temperature=temperature,
+                options=parse_options(option or []),
+                stream=not no_stream,
+                proxy=proxy,
+                base_url=base_url,
+                timeout=timeout,
+                session=session,
+                continue_last=continue_last,
+                save=not no_save,
+            ),
+        )
+        loop = Repl(
+            conversation,
+            stdout=ctx.stdout,
+            make_renderer=lambda: choose(
+                ctx.stdout, is_terminal=True, raw=raw, markdown=markdown, json=False
+            ),
+            history_path=history_file(ctx.paths.state_dir),
+            hold_logs=log_handler.held,
+        )
+        asyncio.run(loop.run())
 
 
 def _print_json(ctx: AppContext, turn: Any, conversation: Any) -> None:
@@ -502,7 +530,7 @@ def cookies_clear(
 
 
 #: Options that take two values each time they are given (``-o KEY VALUE``).
-_PAIR_OPTIONS: dict[str, tuple[str, ...]] = {"ask": ("option",)}
+_PAIR_OPTIONS: dict[str, tuple[str, ...]] = {"ask": ("option",), "repl": ("option",)}
 
 
 def build_command() -> Any:

@@ -158,3 +158,47 @@ NoSaveOpt = Annotated[bool, typer.Option("--no-save", help="Do not save this con
 VerboseOpt = Annotated[
     bool, typer.Option("-v", "--verbose", help="Log details to stderr; tracebacks on errors.")
 ]
+SystemOpt = Annotated[
+    str | None,
+    typer.Option("--system", metavar="TEXT", help="System prompt.", show_default=False),
+]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--temperature", metavar="X", min=0.0, max=2.0, help="Sampling temperature (0-2)."
+    ),
+]
+#: ``-o KEY VALUE``, repeatable. Declared as tuples; ``cli.build_command`` makes it take 2 values.
+OptionOpt = Annotated[
+    list[tuple] | None,  # type: ignore[type-arg]
+    typer.Option(
+        "-o",
+        "--option",
+        metavar="KEY VALUE",
+        help="Provider option, repeatable (-o max_tokens 200). JSON values are decoded.",
+    ),
+]
+BaseUrlOpt = Annotated[
+    str | None,
+    typer.Option("--base-url", metavar="URL", help="The provider's root URL (an API's /v1 root)."),
+]
+ProxyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--proxy",
+        metavar="URL",
+        help="Proxy URL: http:// or socks5:// (default: the *_PROXY variables).",
+    ),
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        metavar="SECONDS",
+        min=0.001,
+        help="Seconds to connect, and of silence while reading.",
+    ),
+]
+NoStreamOpt = Annotated[bool, typer.Option("--no-stream", help="Ask for the whole answer at once.")]
+RawOpt = Annotated[bool, typer.Option("--raw", help="Plain text, even on a terminal.")]
+MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Render Markdown, even into a pipe.")]

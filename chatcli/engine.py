@@ -178,6 +178,8 @@ class Conversation:
         #: The name to give the session when it is created (``-S NAME`` for a new one).
         self.pending_name = name
         self.history: list[Message] = []
+        #: The model that answered last (the provider may pick one when none was chosen).
+        self.last_model: str | None = None
         #: Database ids of the messages in :attr:`history`, position for position (``None``
         #: where nothing was stored).
         self._ids: list[int | None] = []
@@ -295,6 +297,8 @@ class Conversation:
         try:
             await run_turn(request, self.registry, renderer, turn=turn)
         finally:
+            if turn.model:
+                self.last_model = turn.model
             # Runs on success, on errors and on cancellation alike: nothing shown is lost.
             if turn.pieces:
                 text = turn.text
@@ -333,7 +337,7 @@ class Conversation:
                 model=self.defaults.model,
             )
             self.pending_name = None
-        return self.store.add_message(
+        message_id = self.store.add_message(
             self.session.id,
             role,
             content,
@@ -343,3 +347,6 @@ class Conversation:
             duration=duration,
             error=error,
         )
+        if not self.session.title:
+            self.session = self.store.get(self.session.id)  # the first message gave it a title
+        return message_id

@@ -1,0 +1,376 @@
+"""``chatcli repl``: an interactive chat on prompt_toolkit, through the same engine as ``ask``.
+
+Keys: Enter sends; Alt-Enter (Esc, Enter) and Ctrl-J insert a newline; a pasted block arrives
+whole (bracketed paste); Ctrl-X Ctrl-E edits the input in $EDITOR; Ctrl-R searches the input
+history, which persists in the state directory (0600). Ctrl-C while an answer streams stops it
+(the part received is kept, marked interrupted); Ctrl-C at the prompt clears the line; Ctrl-D on
+an empty line leaves. Slash commands (``/help``) manage the session, provider and model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+
+from chatcli.engine import Conversation, Turn
+from chatcli.errors import ChatcliError, StorageError, UsageError
+from chatcli.render import Renderer, sanitize
+from chatcli.store.files import FILE_MODE, private_dir
+
+if TYPE_CHECKING:
+    from prompt_toolkit.input import Input
+    from prompt_toolkit.output import Output
+
+HISTORY_FILE: Final = "repl_history"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    usage: str
+    help: str
+
+
+COMMANDS: Final[tuple[Command, ...]] = (
+    Command("help", "/help", "show this list"),
+    Command("new", "/new", "start a new session"),
+    Command("sessions", "/sessions", "list recent sessions"),
+    Command("load", "/load NAME", "continue a session (name, id or id prefix)"),
+    Command("rename", "/rename NAME", "name the current session"),
+    Command("provider", "/provider NAME", "switch provider"),
+    Command("model", "/model NAME", "switch model"),
+    Command("system", "/system TEXT", "set the system prompt (no text: show it; '-': remove it)"),
+    Command("retry", "/retry", "ask the last question again"),
+    Command("undo", "/undo", "forget the last question and its answer"),
+    Command("history", "/history", "show the conversation so far"),
+    Command("export", "/export FILE", "write the session as Markdown to FILE"),
+    Command("edit", "/edit", "write a message in $EDITOR"),
+    Command("clear", "/clear", "clear the screen"),
+    Command("exit", "/exit", "leave (Ctrl-D does too)"),
+)
+_BY_NAME: Final = {c.name: c for c in COMMANDS} | {"quit": COMMANDS[-1]}
+
+
+def history_file(state_dir: Path) -> Path:
+    """The input history file, created owner-only before prompt_toolkit appends to it."""
+    private_dir(state_dir)
+    path = state_dir / HISTORY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
+        os.close(fd)
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+class SlashCompleter(Completer):
+    """Completes command names, and provider, model and session names after their command."""
+
+    def __init__(self, repl: Repl) -> None:
+        self._repl = repl
+
+    def get_completions(self, document: Document, complete_event: Any) -> Iterator[Completion]:
+        text = document.text_before_cursor
+        if not text.startswith("/") or "\n" in text:
+            return
+        if " " not in text:
+            for name in sorted(_BY_NAME):
+                if name.startswith(text[1:]):
+                    yield Completion(
+                        "/" + name, start_position=-len(text), display_meta=_BY_NAME[name].help
+                    )
+            return
+        command, _, argument = text[1:].partition(" ")
+        for candidate in self._repl.candidates(command):
+            if candidate.startswith(argument):
+                yield Completion(candidate, start_position=-len(argument))
+
+
+def key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("enter")
+    def _send(event: KeyPressEvent) -> None:
+        event.current_buffer.validate_and_handle()
+
+    @bindings.add("escape", "enter")  # Alt-Enter
+    @bindings.add("c-j")
+    def _newline(event: KeyPressEvent) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return bindings
+
+
+class Repl:
+    """The loop: read a message or a command, answer it, repeat."""
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        *,
+        stdout: IO[str],
+        make_renderer: Callable[[], Renderer],
+        history_path: Path | None = None,
+        input: Input | None = None,
+        output: Output | None = None,
+        hold_logs: Callable[[bool], contextlib.AbstractContextManager[None]] | None = None,
+        editor: str | None = None,
+    ) -> None:
+        self.conversation = conversation
+        self.stdout = stdout
+        self.make_renderer = make_renderer
+        self.hold_logs = hold_logs or (lambda hold: contextlib.nullcontext())
+        self.editor = editor
+        self.running = True
+        self.session: PromptSession[str] = PromptSession(
+            multiline=True,
+            key_bindings=key_bindings(),
+            history=FileHistory(str(history_path)) if history_path else None,
+            completer=SlashCompleter(self),
+            complete_while_typing=True,
+            enable_open_in_editor=True,
+            bottom_toolbar=self.toolbar,
+            input=input,
+            output=output,
+        )
+
+    # -- what the user sees ------------------------------------------------------------------
+
+    def toolbar(self) -> FormattedText:
+        conversation = self.conversation
+        session = conversation.session
+        where = session.label if session is not None else "new session"
+        if not conversation.save:
+            where += " (not saved)"
+        model = conversation.model or conversation.last_model or "default model"
+        text = f" {conversation.provider} · {model} · {where} "
+        hint = "  Enter send · Alt-Enter newline · Ctrl-C stop · Ctrl-D quit · /help"
+        return FormattedText([("bold", sanitize(text)), ("", hint)])
+
+    def say(self, text: str) -> None:
+        """A line of chatcli's own (notes, command output) on stdout, safe for the terminal."""
+        self.stdout.write(sanitize(text) + "\n")
+        self.stdout.flush()
+
+    def error(self, text: str) -> None:
+        self.say(f"chatcli: {text}")
+
+    def candidates(self, command: str) -> Iterable[str]:
+        """Completion candidates for ``command``'s argument."""
+        conversation = self.conversation
+        if command == "provider":
+            return conversation.registry.names()
+        if command == "model":
+            provider = conversation.registry.get(conversation.provider)
+            names = list(getattr(provider, "models", ()) or ())
+            if provider.default_model:
+                names.append(provider.default_model)
+            if conversation.model:
+                names.append(conversation.model)
+            return sorted(set(names))
+        if command in ("load", "rm") and conversation.store is not None:
+            with contextlib.suppress(ChatcliError):
+                sessions = conversation.store.recent(50)
+                return [s.name for s in sessions if s.name] + [s.id for s in sessions]
+        return []
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.say(
+            "chatcli: Enter sends, Alt-Enter adds a line, /help lists commands, Ctrl-D leaves."
+        )
+        while self.running:
+            try:
+                text = await self.session.prompt_async(FormattedText([("bold", "> ")]))
+            except KeyboardInterrupt:
+                continue  # Ctrl-C at the prompt: the line is cleared
+            except EOFError:
+                break  # Ctrl-D on an empty line
+            await self.handle(text)
+
+    async def handle(self, text: str) -> None:
+        """One submitted input: a slash command, or a message to send."""
+        if not text.strip():
+            return
+        if text.startswith("/") and not text.startswith("//"):
+            try:
+                await self.command(text)
+            except ChatcliError as exc:
+                self.error(str(exc))
+            return
+        if text.startswith("//"):
+            text = text[1:]  # "//etc" sends "/etc"
+        await self.answer(lambda renderer, turn: self.conversation.send(text, renderer, turn=turn))
+
+    async def answer(self, ask: Callable[[Renderer, Turn], Awaitable[Turn]]) -> None:
+        """Stream one answer; Ctrl-C (SIGINT) cancels it and the loop goes on."""
+        renderer = self.make_renderer()
+        turn = Turn(provider=self.conversation.provider)
+        task = asyncio.ensure_future(ask(renderer, turn))
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+        try:
+            with self.hold_logs(renderer.live):
+                await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the REPL itself is being stopped
+            kept = " (the part shown is kept)" if turn.pieces else ""
+            self.say(f"[interrupted]{kept}")
+        except ChatcliError as exc:
+            self.error(str(exc))
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGINT)
+
+    # -- slash commands --------------------------------------------------------------------------
+
+    async def command(self, text: str) -> None:
+        name, _, argument = text[1:].strip().partition(" ")
+        argument = argument.strip()
+        command = _BY_NAME.get(name.lower())
+        if command is None:
+            raise UsageError(f"unknown command /{name}; /help lists them")
+        takes_argument = " " in command.usage
+        if takes_argument and not argument and command.name not in ("system",):
+            raise UsageError(f"usage: {command.usage} ({command.help})")
+        if not takes_argument and argument:
+            raise UsageError(f"usage: {command.usage} (takes no argument)")
+        await getattr(self, f"_cmd_{command.name}")(argument)
+
+    async def _cmd_help(self, _: str) -> None:
+        width = max(len(c.usage) for c in COMMANDS)
+        for command in COMMANDS:
+            self.say(f"  {command.usage:<{width}}  {command.help}")
+        self.say("  //text sends a message that starts with /")
+
+    async def _cmd_new(self, _: str) -> None:
+        self.conversation.new()
+        self.say("new session (saved from its first message)")
+
+    async def _cmd_sessions(self, _: str) -> None:
+        from chatcli.transcript import when
+
+        store = self.conversation.store
+        sessions = store.recent(10) if store is not None else []
+        if not sessions:
+            self.say("no saved sessions yet")
+        current = self.conversation.session
+        for session in sessions:
+            mark = "*" if current is not None and session.id == current.id else " "
+            self.say(
+                f"{mark} {session.id}  {session.label}  ({session.message_count} messages, "
+                f"{when(session.updated_at)})"
+            )
+
+    async def _cmd_load(self, argument: str) -> None:
+        store = self.conversation.store
+        if store is None:
+            raise UsageError("no session store")
+        session = store.find(argument)
+        self.conversation.load(session)
+        if session.provider and session.provider in self.conversation.registry:
+            self.conversation.use(provider=session.provider, model=session.model)
+        self.say(f"continuing {session.label} ({session.message_count} messages)")
+
+    async def _cmd_rename(self, argument: str) -> None:
+        session = self.conversation.rename(argument)
+        self.say(f"session {session.id} is now named {session.name!r}")
+
+    async def _cmd_provider(self, argument: str) -> None:
+        self.conversation.use(provider=argument)
+        self.say(f"provider: {self.conversation.provider}")
+
+    async def _cmd_model(self, argument: str) -> None:
+        self.conversation.use(model=argument)
+        self.say(f"model: {self.conversation.model}")
+
+    async def _cmd_system(self, argument: str) -> None:
+        if not argument:
+            self.say(f"system prompt: {self.conversation.system or '(none)'}")
+            return
+        self.conversation.set_system(None if argument == "-" else argument)
+        self.say("system prompt removed" if argument == "-" else "system prompt set")
+
+    async def _cmd_retry(self, _: str) -> None:
+        if not self.conversation.history:
+            raise UsageError("nothing to retry yet")
+        await self.answer(lambda renderer, turn: self.conversation.retry(renderer, turn=turn))
+
+    async def _cmd_undo(self, _: str) -> None:
+        count = self.conversation.undo()
+        self.say(f"forgot the last {count} message(s)")
+
+    async def _cmd_history(self, _: str) -> None:
+        if not self.conversation.history:
+            self.say("(no messages yet)")
+        if self.conversation.system:
+            self.say(f"system> {self.conversation.system}")
+        for message in self.conversation.history:
+            who = "you" if message["role"] == "user" else "assistant"
+            self.say(f"{who}> {message['content']}")
+
+    async def _cmd_export(self, argument: str) -> None:
+        from chatcli.store.files import write_private
+        from chatcli.transcript import to_markdown
+
+        conversation = self.conversation
+        if conversation.store is None or conversation.session is None:
+            raise UsageError("nothing saved to export yet")
+        session = conversation.store.get(conversation.session.id)
+        text = to_markdown(session, conversation.store.messages(session.id))
+        path = Path(argument).expanduser()
+        write_private(path, text.encode())
+        self.say(f"wrote {path}")
+
+    async def _cmd_edit(self, _: str) -> None:
+        text = self.edit("")
+        if text.strip():
+            self.say(text)
+            await self.handle(text)
+        else:
+            self.say("(empty: nothing sent)")
+
+    async def _cmd_clear(self, _: str) -> None:
+        self.session.output.erase_screen()
+        self.session.output.cursor_goto(0, 0)
+        self.session.output.flush()
+
+    async def _cmd_exit(self, _: str) -> None:
+        self.running = False
+
+    def edit(self, initial: str) -> str:
+        """Run $VISUAL/$EDITOR on ``initial`` and return what was saved."""
+        editor = self.editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        with tempfile.TemporaryDirectory(prefix="chatcli-") as folder:
+            path = Path(folder) / "message.md"
+            path.write_text(initial)
+            try:
+                code = subprocess.call([*shlex.split(editor), str(path)])
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot run the editor {editor!r}: {exc.strerror or exc}"
+                ) from None
+            if code != 0:
+                raise UsageError(f"the editor {editor!r} exited with status {code}; nothing sent")
+            return path.read_text()

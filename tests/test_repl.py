@@ -1,0 +1,286 @@
+"""The REPL driven through prompt_toolkit's pipe input: keys, slash commands, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from prompt_toolkit.document import Document
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+
+from chatcli.engine import Conversation, TurnRequest
+from chatcli.providers import Registry
+from chatcli.render import PlainRenderer
+from chatcli.repl import Repl, SlashCompleter, history_file
+from chatcli.store import SessionStore, Stores
+from tests.conftest import Isolated
+from tests.servers import FakeOpenAI
+
+ENTER = "\r"
+CTRL_J = "\n"
+ALT_ENTER = "\x1b\r"
+CTRL_C = "\x03"
+CTRL_D = "\x04"
+PASTE_START, PASTE_END = "\x1b[200~", "\x1b[201~"
+
+
+class Harness:
+    """A Repl on pipe input, talking to the fake, writing answers into a string."""
+
+    def __init__(self, fake: FakeOpenAI, root: Path, *, save: bool = True) -> None:
+        self.fake = fake
+        self.stores = Stores(root / "data")
+        registry = Registry.builtin()
+        defaults = TurnRequest(
+            provider="ollama", messages=[], model="m", base_url=fake.base_url, store=self.stores
+        )
+        self.conversation = Conversation(registry, defaults, store=self.stores.sessions, save=save)
+        self.out = io.StringIO()
+        self.history_path = history_file(root / "state")
+        self.editor: str | None = None
+
+    def run(self, keys: str) -> str:
+        """Type ``keys`` (ending with Ctrl-D is added), run until the REPL exits; its output."""
+
+        async def go() -> None:
+            with create_pipe_input() as pipe:
+                repl = Repl(
+                    self.conversation,
+                    stdout=self.out,
+                    make_renderer=lambda: PlainRenderer(self.out, safe=True),
+                    history_path=self.history_path,
+                    input=pipe,
+                    output=DummyOutput(),
+                    editor=self.editor,
+                )
+                pipe.send_text(keys + CTRL_D)
+                await asyncio.wait_for(repl.run(), 30)
+
+        asyncio.run(go())
+        return self.out.getvalue()
+
+    def sent(self, index: int = -1) -> list[dict[str, str]]:
+        messages: list[dict[str, str]] = self.fake.requests[index].body["messages"]
+        return messages
+
+
+@pytest.fixture
+def harness(fake: FakeOpenAI, isolated: Isolated) -> Harness:
+    return Harness(fake, isolated.root)
+
+
+def test_enter_sends_and_history_carries_over(harness: Harness) -> None:
+    out = harness.run(f"first{ENTER}second{ENTER}")
+    assert out.count("Hello, world!") == 2
+    assert [m["content"] for m in harness.sent()] == ["first", "Hello, world!", "second"]
+    session = harness.conversation.session
+    assert session is not None and session.title == "first"
+    stored = harness.stores.sessions.messages(session.id)
+    assert [(m.role, m.status) for m in stored] == [
+        ("user", "complete"), ("assistant", "complete"),
+        ("user", "complete"), ("assistant", "complete"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("newline", [CTRL_J, ALT_ENTER])
+def test_newline_keys_insert_a_line_instead_of_sending(harness: Harness, newline: str) -> None:
+    harness.run(f"line one{newline}line two{ENTER}")
+    assert len(harness.fake.requests) == 1
+    assert harness.sent()[-1]["content"] == "line one\nline two"
+
+
+def test_a_bracketed_paste_arrives_as_one_message(harness: Harness) -> None:
+    harness.run(f"{PASTE_START}def f():\r\n    return 1\r\n{PASTE_END}{ENTER}")
+    assert len(harness.fake.requests) == 1
+    assert harness.sent()[-1]["content"] == "def f():\n    return 1\n"
+
+
+def test_ctrl_c_at_the_prompt_clears_the_line(harness: Harness) -> None:
+    harness.run(f"abandoned text{CTRL_C}kept{ENTER}")
+    assert [m["content"] for m in harness.sent()] == ["kept"]
+
+
+def test_input_history_persists_in_a_private_file(harness: Harness, fake: FakeOpenAI) -> None:
+    harness.run(f"remember me{ENTER}")
+    assert stat.S_IMODE(harness.history_path.stat().st_mode) == 0o600
+    assert "remember me" in harness.history_path.read_text()
+    # A new REPL: Up recalls the earlier input.
+    again = Harness(fake, harness.history_path.parent.parent)
+    again.run(f"\x1b[A{ENTER}")
+    assert again.sent()[-1]["content"] == "remember me"
+
+
+def test_slash_commands(harness: Harness, isolated: Isolated) -> None:
+    target = isolated.root / "talk.md"
+    out = harness.run(
+        f"/system Be brief{ENTER}"
+        f"hello{ENTER}"
+        f"/model other-model{ENTER}"
+        f"again{ENTER}"
+        f"/rename chat{ENTER}"
+        f"/history{ENTER}"
+        f"/export {target}{ENTER}"
+        f"/undo{ENTER}"
+        f"/retry{ENTER}"
+    )
+    assert "system prompt set" in out and "model: other-model" in out
+    assert "is now named 'chat'" in out
+    assert "you> hello" in out and "assistant> Hello, world!" in out
+    # /undo dropped "again" and its answer; /retry asked "hello" again, replacing its answer.
+    assert "forgot the last 2 message(s)" in out
+    assert harness.sent()[0]["content"] == "Be brief"
+    assert [m["content"] for m in harness.sent()] == ["Be brief", "hello"]
+    assert harness.fake.requests[1].body["model"] == "other-model"
+    assert target.read_text().startswith("# chat\n")
+    session = harness.stores.sessions.find("chat")
+    assert [m.content for m in harness.stores.sessions.messages(session.id)] == [
+        "hello",
+        "Hello, world!",
+    ]
+
+
+def test_new_sessions_and_load(harness: Harness) -> None:
+    out = harness.run(
+        f"in the first{ENTER}/rename one{ENTER}/new{ENTER}in the second{ENTER}"
+        f"/sessions{ENTER}/load one{ENTER}back in the first{ENTER}"
+    )
+    assert "continuing one (2 messages)" in out
+    assert [m["content"] for m in harness.sent()] == [
+        "in the first", "Hello, world!", "back in the first",
+    ]  # fmt: skip
+    assert len(harness.stores.sessions.recent()) == 2
+
+
+@pytest.mark.parametrize(
+    ("line", "reply"),
+    [
+        ("/bogus", "unknown command /bogus; /help lists them"),
+        ("/load", "usage: /load NAME"),
+        ("/load nothing-here", "no session named 'nothing-here'"),
+        ("/provider nope", "unknown provider 'nope'"),
+        ("/retry", "nothing to retry yet"),
+        ("/undo", "nothing to undo"),
+        ("/new extra", "usage: /new (takes no argument)"),
+        ("/export", "usage: /export FILE"),
+    ],
+)
+def test_bad_commands_get_one_line_and_the_repl_goes_on(
+    harness: Harness, line: str, reply: str
+) -> None:
+    out = harness.run(f"{line}{ENTER}still here{ENTER}")
+    assert f"chatcli: {reply}" in out
+    assert harness.sent()[-1]["content"] == "still here"
+
+
+def test_provider_errors_print_one_line_and_nothing_is_lost(
+    harness: Harness, fake: FakeOpenAI
+) -> None:
+    fake.mode, fake.status, fake.body = "status", 503, '{"error": "overloaded"}'
+    out = harness.run(f"doomed{ENTER}")
+    assert "chatcli: ollama: HTTP 503 Service Unavailable" in out and "overloaded" in out
+    fake.mode = "ok"
+    harness.run(f"retry now{ENTER}")
+    assert [m["content"] for m in harness.sent()] == ["doomed", "retry now"]
+
+
+def test_edit_command_sends_what_the_editor_saved(harness: Harness, isolated: Isolated) -> None:
+    script = isolated.root / "editor.py"
+    script.write_text(
+        "import sys\nopen(sys.argv[1], 'w').write('written in the editor\\nsecond line\\n')\n"
+    )
+    harness.editor = f"{sys.executable} {script}"
+    harness.run(f"/edit{ENTER}")
+    assert harness.sent()[-1]["content"] == "written in the editor\nsecond line\n"
+
+
+def test_sigint_while_streaming_cancels_keeps_the_part_and_returns_to_the_prompt(
+    harness: Harness, fake: FakeOpenAI
+) -> None:
+    fake.pieces = ["one ", "two ", "three ", "four ", "five"]
+    fake.delay = 0.3
+
+    async def interrupt_soon() -> None:
+        while "one" not in harness.out.getvalue():
+            await asyncio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends while an answer streams
+
+    async def go() -> None:
+        with create_pipe_input() as pipe:
+            repl = Repl(
+                harness.conversation,
+                stdout=harness.out,
+                make_renderer=lambda: PlainRenderer(harness.out, safe=True),
+                input=pipe,
+                output=DummyOutput(),
+            )
+            killer = asyncio.ensure_future(interrupt_soon())
+            await repl.handle("long please")
+            await killer
+            await repl.handle("after")
+
+    fake_answer = "".join(fake.pieces)
+    asyncio.run(go())
+    out = harness.out.getvalue()
+    assert "[interrupted] (the part shown is kept)" in out
+    session = harness.conversation.session
+    assert session is not None
+    stored = harness.stores.sessions.messages(session.id)
+    assert [(m.role, m.status) for m in stored][:2] == [
+        ("user", "complete"),
+        ("assistant", "interrupted"),
+    ]
+    assert stored[1].content and fake_answer.startswith(stored[1].content)
+    assert stored[1].content != fake_answer
+    # The REPL went on: the next question carried the interrupted exchange.
+    assert [m["content"] for m in harness.sent()][:2] == ["long please", stored[1].content]
+
+
+def test_no_save_keeps_nothing(fake: FakeOpenAI, isolated: Isolated) -> None:
+    harness = Harness(fake, isolated.root, save=False)
+    out = harness.run(f"secret stuff{ENTER}/rename x{ENTER}")
+    assert "not being saved" in out
+    assert SessionStore(isolated.root / "data" / "sessions.db").recent() == []
+
+
+def complete(harness: Harness, text: str) -> list[str]:
+    repl = Repl(
+        harness.conversation,
+        stdout=harness.out,
+        make_renderer=lambda: PlainRenderer(harness.out, safe=True),
+        output=DummyOutput(),
+    )
+    completer = SlashCompleter(repl)
+    return [c.text for c in completer.get_completions(Document(text), None)]
+
+
+def test_tab_completion_of_commands_providers_models_and_sessions(harness: Harness) -> None:
+    harness.run(f"hi{ENTER}/rename project-x{ENTER}")
+    assert complete(harness, "/re") == ["/rename", "/retry"]
+    assert "ollama" in complete(harness, "/provider ol")
+    assert complete(harness, "/provider gpt") == ["gptalk"]
+    assert complete(harness, "/load proj") == ["project-x"]
+    assert complete(harness, "/model ") == ["m"]
+    harness.conversation.use(provider="chatgptt")
+    assert complete(harness, "/model gpt-4o") == ["gpt-4o", "gpt-4o-mini"]
+    assert complete(harness, "plain text") == []
+
+
+def test_toolbar_shows_provider_model_and_session(harness: Harness) -> None:
+    repl = Repl(
+        harness.conversation,
+        stdout=harness.out,
+        make_renderer=lambda: PlainRenderer(harness.out, safe=True),
+        output=DummyOutput(),
+    )
+    text = "".join(fragment[1] for fragment in repl.toolbar())
+    assert "ollama · m · new session" in text
+    harness.run(f"name me{ENTER}")
+    text = "".join(fragment[1] for fragment in repl.toolbar())
+    assert "ollama · m · name me" in text

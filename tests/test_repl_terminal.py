@@ -1,0 +1,140 @@
+"""The real ``chatcli repl`` in a pseudo-terminal, read through a VT100 screen emulator."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import sqlite3
+import struct
+import termios
+import time
+
+import pyte
+
+from tests.conftest import CHATCLI, Isolated
+from tests.servers import FakeOpenAI
+
+COLUMNS, ROWS = 100, 30
+
+
+class AnsweringScreen(pyte.Screen):  # type: ignore[misc]
+    """A screen that answers the program's queries (cursor position reports), as terminals do."""
+
+    def __init__(self, columns: int, rows: int) -> None:
+        super().__init__(columns, rows)
+        self.fd: int | None = None
+
+    def write_process_input(self, data: str) -> None:
+        if self.fd is not None:
+            os.write(self.fd, data.encode())
+
+
+class Terminal:
+    """chatcli running on a pty; what it draws is kept on a pyte screen."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.screen = AnsweringScreen(COLUMNS, ROWS)
+        self.stream = pyte.ByteStream(self.screen)
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execve(str(CHATCLI), [str(CHATCLI), *args], env)
+        self.screen.fd = self.fd
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
+        self.raw = bytearray()
+        self.exit_code: int | None = None
+
+    def pump(self, seconds: float = 0.05) -> None:
+        ready, _, _ = select.select([self.fd], [], [], seconds)
+        if ready:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:
+                data = b""
+            self.raw += data
+            self.stream.feed(data)
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self.screen.display)
+
+    def wait_for(self, needle: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.text():
+                return
+            self.pump()
+        raise AssertionError(f"{needle!r} never appeared; the screen:\n{self.text()}")
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def wait_exit(self, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exit_code = os.waitstatus_to_exitcode(status)
+                return self.exit_code
+        raise AssertionError(f"chatcli repl did not exit; the screen:\n{self.text()}")
+
+    def close(self) -> None:
+        if self.exit_code is None:
+            os.kill(self.pid, 9)
+            os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def test_two_messages_a_command_and_ctrl_c_during_a_slow_answer(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    terminal = Terminal(
+        ["repl", "-p", "ollama", "-m", "first-model", "--base-url", fake.base_url], env
+    )
+    try:
+        terminal.wait_for("/help lists commands")
+        terminal.wait_for("ollama · first-model · new session")  # the bottom toolbar
+
+        terminal.type("What is **Markdown**?\r")
+        terminal.wait_for("Hello, world!")
+        terminal.wait_for("ollama · first-model · What is **Markdown**?")
+
+        terminal.type("/model second-model\r")
+        terminal.wait_for("model: second-model")
+
+        fake.pieces = ["Slow ", "answer ", "number ", "two ", "goes ", "on ", "and ", "on."]
+        fake.delay = 0.4
+        terminal.type("Tell me more\r")
+        terminal.wait_for("Slow answer")
+        terminal.type("\x03")  # Ctrl-C while it streams
+        terminal.wait_for("[interrupted]")
+        assert "and on." not in terminal.text()
+
+        terminal.type("\x04")  # Ctrl-D on the empty prompt
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+
+    screen = terminal.text()
+    assert "What is **Markdown**?" in screen  # the input line as typed
+    # The second request carried the first exchange, to the model chosen with /model.
+    second = fake.requests[-1].body
+    assert second["model"] == "second-model"
+    assert [m["content"] for m in second["messages"]] == [
+        "What is **Markdown**?",
+        "Hello, world!",
+        "Tell me more",
+    ]
+    db = sqlite3.connect(isolated.chatcli_home / "data" / "sessions.db")
+    rows = db.execute("SELECT role, content, model, status FROM messages ORDER BY id").fetchall()
+    db.close()
+    assert rows[:3] == [
+        ("user", "What is **Markdown**?", "first-model", "complete"),
+        ("assistant", "Hello, world!", "first-model", "complete"),
+        ("user", "Tell me more", "second-model", "complete"),
+    ]
+    role, content, model, status = rows[3]
+    assert (role, model, status) == ("assistant", "second-model", "interrupted")
+    assert content.startswith("Slow answer") and not content.endswith("on.")
