@@ -461,3 +461,24 @@ def test_an_empty_conversation_is_refused(isolated: Isolated) -> None:
     for provider in CLASSES.values():
         with pytest.raises(UsageError, match="no messages to send"):
             collect(provider, [], base_url="http://localhost:9", store=Stores(isolated.root / "d"))
+
+
+def test_binary_two_turns_with_continue_carry_the_first_exchange(
+    served: tuple[str, Any], isolated: Isolated
+) -> None:
+    name, fake = served
+    first = run([*ask(name, fake), "What is 2+2?"], isolated)
+    assert first.returncode == 0, first.stderr
+    answer = expected_answer(fake)
+    # -c continues the last session with its own provider; only the root is repeated.
+    second = run(["ask", "-c", "--base-url", fake.base_url, "And 3+3?"], isolated)
+    assert second.returncode == 0, second.stderr
+    conversation = [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": "And 3+3?"},
+    ]
+    if name == "opchatgpts":
+        assert sent_prompt(name, fake) == conversation
+    else:
+        assert sent_prompt(name, fake) == format_prompt(conversation)  # type: ignore[arg-type]
