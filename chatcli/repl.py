@@ -24,6 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
+from prompt_toolkit.filters import is_searching
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
@@ -106,12 +107,13 @@ class SlashCompleter(Completer):
 def key_bindings() -> KeyBindings:
     bindings = KeyBindings()
 
-    @bindings.add("enter")
+    # Not while searching (Ctrl-R): there Enter accepts the match, as usual.
+    @bindings.add("enter", filter=~is_searching)
     def _send(event: KeyPressEvent) -> None:
         event.current_buffer.validate_and_handle()
 
-    @bindings.add("escape", "enter")  # Alt-Enter
-    @bindings.add("c-j")
+    @bindings.add("escape", "enter", filter=~is_searching)  # Alt-Enter
+    @bindings.add("c-j", filter=~is_searching)
     def _newline(event: KeyPressEvent) -> None:
         event.current_buffer.insert_text("\n")
 

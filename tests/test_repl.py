@@ -46,8 +46,9 @@ class Harness:
         self.history_path = history_file(root / "state")
         self.editor: str | None = None
 
-    def run(self, keys: str) -> str:
-        """Type ``keys`` (ending with Ctrl-D is added), run until the REPL exits; its output."""
+    def run(self, keys: str, *, quit_after_requests: int | None = None) -> str:
+        """Type ``keys``, then Ctrl-D (at once, or once the fake has seen that many requests);
+        run until the REPL exits and return its output."""
 
         async def go() -> None:
             with create_pipe_input() as pipe:
@@ -60,7 +61,18 @@ class Harness:
                     output=DummyOutput(),
                     editor=self.editor,
                 )
-                pipe.send_text(keys + CTRL_D)
+                if quit_after_requests is None:
+                    pipe.send_text(keys + CTRL_D)
+                else:
+                    pipe.send_text(keys)
+
+                    async def quit_later() -> None:
+                        while len(self.fake.requests) < quit_after_requests:
+                            await asyncio.sleep(0.02)
+                        await asyncio.sleep(0.2)
+                        pipe.send_text(CTRL_D)
+
+                    asyncio.ensure_future(quit_later())
                 await asyncio.wait_for(repl.run(), 30)
 
         asyncio.run(go())
@@ -284,3 +296,24 @@ def test_toolbar_shows_provider_model_and_session(harness: Harness) -> None:
     harness.run(f"name me{ENTER}")
     text = "".join(fragment[1] for fragment in repl.toolbar())
     assert "ollama · m · name me" in text
+
+
+def test_ctrl_x_ctrl_e_edits_the_input_in_the_editor(
+    harness: Harness, isolated: Isolated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = isolated.root / "append.py"
+    script.write_text(
+        "import sys\np = sys.argv[1]\ntext = open(p).read().rstrip('\\n')\n"
+        "open(p, 'w').write(text + ' (edited)\\nwith a second line\\n')\n"
+    )
+    monkeypatch.setenv("VISUAL", f"{sys.executable} {script}")
+    # Ctrl-X Ctrl-E: edit, then send. (Ctrl-D waits: typed during the edit it would delete.)
+    harness.run("draft\x18\x05", quit_after_requests=1)
+    assert harness.sent()[-1]["content"].startswith("draft (edited)\nwith a second line")
+
+
+def test_ctrl_r_searches_earlier_input(harness: Harness, fake: FakeOpenAI) -> None:
+    harness.run(f"alpha question{ENTER}beta question{ENTER}")
+    again = Harness(fake, harness.history_path.parent.parent)
+    again.run(f"\x12alpha{ENTER}{ENTER}")  # Ctrl-R, type, accept the match, send it
+    assert again.sent()[-1]["content"] == "alpha question"
