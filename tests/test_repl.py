@@ -72,8 +72,10 @@ class Harness:
                         await asyncio.sleep(0.2)
                         pipe.send_text(CTRL_D)
 
-                    asyncio.ensure_future(quit_later())
+                    quitter = asyncio.ensure_future(quit_later())
                 await asyncio.wait_for(repl.run(), 30)
+                if quit_after_requests is not None:
+                    await quitter
 
         asyncio.run(go())
         return self.out.getvalue()
