@@ -133,7 +133,7 @@ RESERVED_OPTIONS: dict[str, str] = {
 }
 
 
-def parse_options(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+def parse_options(pairs: list[Any]) -> dict[str, Any]:
     """``-o KEY VALUE`` pairs as provider keyword arguments; reserved keys are refused."""
     options: dict[str, Any] = {}
     for key, value in pairs:
@@ -537,7 +537,8 @@ def build_command() -> Any:
     """The click command tree of :data:`app`, with the pair options made to take two values.
 
     Typer cannot declare a repeatable option of pairs (``list[tuple[str, str]]``); it is declared
-    as a list of tuples and given ``nargs=2`` here, which is what click does natively.
+    as a list of strings and given ``nargs=2`` here, which is what click does natively: each
+    value then arrives as a (key, value) pair.
     """
     command = typer.main.get_command(app)
     for name, params in _PAIR_OPTIONS.items():

@@ -168,9 +168,10 @@ TemperatureOpt = Annotated[
         "--temperature", metavar="X", min=0.0, max=2.0, help="Sampling temperature (0-2)."
     ),
 ]
-#: ``-o KEY VALUE``, repeatable. Declared as tuples; ``cli.build_command`` makes it take 2 values.
+#: ``-o KEY VALUE``, repeatable. Typer cannot declare a list of pairs: this is declared as a
+#: list of strings and ``cli.build_command`` gives it ``nargs=2``, so each value is a pair.
 OptionOpt = Annotated[
-    list[tuple] | None,  # type: ignore[type-arg]
+    list[str] | None,
     typer.Option(
         "-o",
         "--option",

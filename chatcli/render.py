@@ -5,7 +5,8 @@ nothing else about output. Which renderer a command gets is decided once, in :fu
 
 * stdout is not a terminal: :class:`PlainRenderer` writes the model's text exactly as received;
 * a terminal with ``--raw``: :class:`PlainRenderer` with the text sanitized;
-* a terminal (or ``--markdown``): :class:`MarkdownRenderer`, Rich Markdown, live while streaming;
+* a terminal (or ``--markdown``): :class:`MarkdownRenderer`, Rich Markdown streamed block by
+  block in linear time (live on a terminal);
 * ``--json``: :class:`NullRenderer` (the command prints one JSON object at the end).
 
 Model text is untrusted: :func:`sanitize` makes every control character except newline and tab
@@ -15,12 +16,13 @@ character with no state, so an escape sequence split across two stream pieces is
 
 from __future__ import annotations
 
+import io
+import re
+import time
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.live import Live
-    from rich.markdown import Markdown
 
 
 def _visible_table() -> dict[int, str]:
@@ -78,10 +80,16 @@ class PlainRenderer:
 
     live = False
 
+    #: Pieces are flushed together at most this often (a flush per piece is a system call per
+    #: token); a piece is never held back longer than this.
+    FLUSH_INTERVAL: Final = 1 / 30
+
     def __init__(self, stream: IO[str], *, safe: bool) -> None:
         self._stream = stream
         self._safe = safe
         self._last = ""
+        self._last_flush = 0.0
+        self._flush_due = False
 
     def start(self) -> None:
         pass
@@ -90,8 +98,19 @@ class PlainRenderer:
         if not text:
             return
         self._stream.write(sanitize(text) if self._safe else text)
-        self._stream.flush()
         self._last = text[-1]
+        wait = self._last_flush + self.FLUSH_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._flush()
+        elif not self._flush_due:
+            self._flush_due = _call_later(wait, self._flush)
+            if not self._flush_due:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        self._stream.flush()
+        self._last_flush = time.monotonic()
 
     def finish(self, *, interrupted: bool = False) -> None:
         # End with a newline so the shell prompt starts on its own line.
@@ -100,56 +119,294 @@ class PlainRenderer:
         self._stream.flush()
 
 
-class MarkdownRenderer:
-    """Rich Markdown. On a terminal it redraws live while streaming; else it prints at the end.
+_FENCE: Final = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_LIST_ITEM: Final = re.compile(r"^ {0,3}([-*+]|\d{1,9}[.)])( |$)")
 
-    This is the simple renderer: it re-renders the whole answer on each refresh (bounded to a
-    few per second). It sits behind :class:`Renderer` so a block-streaming one can replace it.
+
+class BlockSplitter:
+    """Cuts streamed Markdown source into finished top-level blocks, in one pass.
+
+    A block is finished at a blank line outside a fenced code block, once the next non-blank
+    line shows that it does not continue the block (an indented line, or another item of the
+    same list, would). Everything not yet finished is the *tail*.
     """
 
-    REFRESH_PER_SECOND: Final = 8
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._partial = ""
+        self._fence: str | None = None
+        self._blank_at: int | None = None
+
+    @property
+    def tail(self) -> str:
+        """The unfinished source (trailing blank lines included; Markdown ignores them)."""
+        return "\n".join([*self._lines, self._partial])
+
+    def feed(self, text: str) -> list[str]:
+        """Add source text; return the blocks it finished, oldest first."""
+        finished: list[str] = []
+        pieces = (self._partial + text).split("\n")
+        self._partial = pieces.pop()
+        for line in pieces:
+            block = self._line(line)
+            if block is not None:
+                finished.append(block)
+        return finished
+
+    def _line(self, line: str) -> str | None:
+        if self._fence is not None:
+            self._lines.append(line)
+            stripped = line.strip()
+            if stripped.startswith(self._fence) and not stripped.lstrip(self._fence[0]):
+                self._fence = None
+            return None
+        if not line.strip():
+            if self._lines and self._blank_at is None:
+                self._blank_at = len(self._lines)
+            if self._lines:
+                self._lines.append(line)
+            return None
+        finished: str | None = None
+        if self._blank_at is not None:
+            block = self._lines[: self._blank_at]
+            if self._continues(block, line):
+                self._blank_at = None
+            else:
+                finished = "\n".join(block)
+                self._lines = []
+                self._blank_at = None
+        fence = _FENCE.match(line)
+        if fence is not None:
+            self._fence = fence.group(1)
+        self._lines.append(line)
+        return finished
+
+    @staticmethod
+    def _continues(block: list[str], line: str) -> bool:
+        if line[:1] in (" ", "\t"):
+            return True  # indented: a list item's next paragraph, or indented code
+        return bool(_LIST_ITEM.match(block[0]) and _LIST_ITEM.match(line))
+
+
+#: A minimal element of each kind: what the spacing before the next block depends on.
+_STAND_INS: Final = {
+    "paragraph_open": "x",
+    "heading_open": "# x",
+    "bullet_list_open": "- x",
+    "ordered_list_open": "1. x",
+    "blockquote_open": "> x",
+    "fence": "```\nx\n```",
+    "code_block": "    x",
+    "table_open": "| x |\n|---|\n| x |",
+    "hr": "---",
+}
+
+
+def _last_kind(markdown: Any) -> str | None:
+    for token in reversed(markdown.parsed):
+        if token.level == 0 and token.nesting >= 0 and not token.type.endswith("_close"):
+            return str(token.type)
+    return None
+
+
+_PARSER: Any = None
+
+
+def fast_markdown(source: str) -> Any:
+    """Rich's ``Markdown`` (links showing their target), reusing one parser.
+
+    Rich builds a new markdown-it parser for every ``Markdown``; building it cost more than
+    rendering a typical block. The attributes set here are the ones Rich's constructor sets (a
+    test compares them, so a Rich upgrade that adds one fails loudly instead of rendering
+    wrong).
+    """
+    global _PARSER
+    from rich.markdown import Markdown
+
+    if _PARSER is None:
+        from markdown_it import MarkdownIt
+
+        _PARSER = MarkdownIt().enable("strikethrough").enable("table")
+    markdown = Markdown.__new__(Markdown)
+    markdown.markup = source
+    markdown.parsed = _PARSER.parse(source)
+    markdown.code_theme = "monokai"
+    markdown.justify = None
+    markdown.style = "none"
+    # A link shows its real target instead of a hidden OSC 8 hyperlink.
+    markdown.hyperlinks = False
+    markdown.inline_code_lexer = None
+    markdown.inline_code_theme = "monokai"
+    return markdown
+
+
+class MarkdownRenderer:
+    """Streams Markdown in linear time: finished blocks are printed once, the tail is live.
+
+    Each finished block is rendered with only its predecessor as context (the spacing Rich puts
+    between two blocks depends on the first of them alone), so the total work grows linearly
+    with the answer and the printed text equals rendering the whole answer at once. Only the
+    unfinished tail block is redrawn, at most ``FRAMES_PER_SECOND`` times a second, by moving
+    the cursor up over it; a tail taller than the terminal has its top lines printed for good,
+    so the scrollback holds every line exactly once. Off a terminal (``--markdown`` into a
+    pipe) finished blocks are printed as they complete and nothing is redrawn.
+    """
+
+    FRAMES_PER_SECOND: Final = 15
 
     def __init__(self, console: Console, *, live: bool) -> None:
         self._console = console
         self.live = live
-        self._live: Live | None = None
-        self._text: list[str] = []
-        self._echo = _TerminalEcho(console.file)
+        self._stream = console.file
+        self._echo = _TerminalEcho(self._stream)
+        self._splitter = BlockSplitter()
+        self._previous: str | None = None  # the last finished block's source
+        self._previous_kind: str | None = None  # ...and the kind of its last element
+        self._stand_in_renders: dict[tuple[int, str], str] = {}
+        self._shown_lines = 0  # lines of the live tail now on screen
+        self._frozen = 0  # lines of the current tail already printed for good
+        self._last_frame = 0.0
+        self._frame_due = False  # a redraw is scheduled on the event loop
+        self._renderers: dict[int, Console] = {}
+        self._started = False
+        self._finished = False
 
-    def _markdown(self) -> Markdown:
-        from rich.markdown import Markdown
+    # -- rendering to text -------------------------------------------------------------------
 
-        # hyperlinks=False: a link shows its real target instead of a hidden OSC 8 link.
-        return Markdown(sanitize("".join(self._text)), hyperlinks=False)
+    def _width(self) -> int:
+        return max(20, self._console.width)
+
+    def _render(self, source: str, width: int) -> tuple[str, str | None]:
+        """``source`` rendered at ``width``, and the kind of its last top-level element."""
+        from rich.console import Console
+
+        renderer = self._renderers.get(width)
+        if renderer is None:
+            renderer = Console(
+                file=io.StringIO(),
+                width=width,
+                force_terminal=True,
+                color_system=self._console.color_system,  # type: ignore[arg-type]
+                no_color=self._console.no_color,
+                legacy_windows=False,
+                markup=False,
+                highlight=False,
+                emoji=False,
+            )
+            self._renderers = {width: renderer}
+        buffer = io.StringIO()
+        renderer.file = buffer
+        markdown = fast_markdown(source)
+        renderer.print(markdown)
+        return buffer.getvalue(), _last_kind(markdown)
+
+    def _delta(self, source: str) -> tuple[str, str | None]:
+        """What ``source`` adds to the output after the previous block, and its last kind.
+
+        The spacing before a block depends only on the kind of element that precedes it, so
+        a tiny stand-in of that kind replaces the whole previous block: each block is
+        rendered about once, and the sum of the pieces equals rendering everything at once.
+        """
+        width = self._width()
+        stand_in = _STAND_INS.get(self._previous_kind or "")
+        if self._previous_kind is None or stand_in is None:
+            if self._previous is None:
+                return self._render(source, width)
+            stand_in = self._previous  # an unusual kind: the real block, rendered again
+        before = self._stand_in_renders.get((width, stand_in))
+        if before is None:
+            before = self._render(stand_in, width)[0]
+            self._stand_in_renders[width, stand_in] = before
+        both, kind = self._render(f"{stand_in}\n\n{source}", width)
+        if both.startswith(before):
+            return both[len(before) :], kind
+        return self._render(source, width)  # not expected; never lose the text
+
+    # -- the screen -------------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        self._stream.write(text)
+
+    def _clear_tail(self) -> None:
+        if self._shown_lines:
+            self._write(f"\r\x1b[{self._shown_lines}A\x1b[J")
+            self._shown_lines = 0
+
+    def _commit(self, block: str) -> None:
+        rendered, kind = self._delta(block)
+        lines = rendered.splitlines(keepends=True)
+        if self.live:
+            self._clear_tail()
+        self._write("".join(lines[self._frozen :]))
+        self._frozen = 0
+        self._previous, self._previous_kind = block, kind
+
+    def _draw_tail(self) -> None:
+        tail = self._splitter.tail
+        self._clear_tail()
+        if not tail.strip():
+            return
+        lines = self._delta(tail)[0].splitlines(keepends=True)
+        room = max(3, self._console.height - 2)
+        if len(lines) - self._frozen > room:
+            # Taller than the screen: what scrolls off is printed for good, never redrawn.
+            keep_from = len(lines) - room
+            self._write("".join(lines[self._frozen : keep_from]))
+            self._frozen = keep_from
+        visible = lines[self._frozen :]
+        self._write("".join(visible))
+        self._shown_lines = len(visible)
+
+    # -- the Renderer interface -------------------------------------------------------------
 
     def start(self) -> None:
+        self._started = True
         if self.live:
-            from rich.live import Live
-
-            self._live = Live(
-                console=self._console,
-                refresh_per_second=self.REFRESH_PER_SECOND,
-                vertical_overflow="visible",
-                auto_refresh=True,
-            )
             self._echo.off()
-            self._live.start()
+            self._write("\x1b[?25l")  # hide the cursor while the tail is redrawn
+            self._stream.flush()
 
     def feed(self, text: str) -> None:
         if not text:
             return
-        self._text.append(text)
-        if self._live is not None:
-            self._live.update(self._markdown())
+        for block in self._splitter.feed(sanitize(text)):
+            self._commit(block)
+        if self.live:
+            wait = self._last_frame + 1 / self.FRAMES_PER_SECOND - time.monotonic()
+            if wait <= 0:
+                self._frame()
+            elif not self._frame_due:
+                self._schedule_frame(wait)
+        self._stream.flush()
+
+    def _frame(self) -> None:
+        self._frame_due = False
+        if self._finished:
+            return
+        self._draw_tail()
+        self._last_frame = time.monotonic()
+        self._stream.flush()
+
+    def _schedule_frame(self, delay: float) -> None:
+        """Draw what arrived even if the stream then pauses (the model thinking mid-answer)."""
+        # Outside an event loop the next piece, or finish(), draws it.
+        self._frame_due = _call_later(delay, self._frame)
 
     def finish(self, *, interrupted: bool = False) -> None:
-        if self._live is not None:
-            self._live.update(self._markdown(), refresh=True)
-            self._live.stop()
-            self._live = None
+        self._finished = True
+        for block in self._splitter.feed("\n"):  # completing the last line may end a block
+            self._commit(block)
+        tail = self._splitter.tail
+        if self.live:
+            self._clear_tail()
+        if tail.strip():
+            lines = self._delta(tail)[0].splitlines(keepends=True)
+            self._write("".join(lines[self._frozen :]))
+        self._frozen = 0
+        if self.live and self._started:
+            self._write("\x1b[?25h")
             self._echo.restore()
-        elif self._text:
-            self._console.print(self._markdown())
+        self._stream.flush()
 
 
 class _TerminalEcho:
@@ -187,6 +444,18 @@ class _TerminalEcho:
         except (ImportError, AttributeError, ValueError, OSError):
             pass
         self._saved = None
+
+
+def _call_later(delay: float, callback: Any) -> bool:
+    """Run ``callback`` after ``delay`` on the running event loop; ``False`` if there is none."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    loop.call_later(delay, callback)
+    return True
 
 
 def make_console(stream: IO[str], *, force_terminal: bool | None = None) -> Console:
