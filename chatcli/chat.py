@@ -99,6 +99,7 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
         session=session,  # a continued session brings its own system prompt...
         system=chosen.system if chosen.system is not None else settings.system,
         name=new_name,
+        proxy_for=lambda url: choose_proxy(ctx, chosen.proxy, url),
     )
     if session is not None and chosen.system is not None:
         conversation.set_system(chosen.system)  # ...unless --system replaces it

@@ -11,10 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from chatcli.errors import ProtocolError, ProviderError, StreamInterruptedError, UsageError
+from chatcli.errors import (
+    ProtocolError,
+    ProviderError,
+    StorageError,
+    StreamInterruptedError,
+    UsageError,
+)
 from chatcli.providers import Registry
 from chatcli.providers.base import CORE_KWARGS, Message
 from chatcli.render import Renderer
@@ -147,6 +154,21 @@ async def _close(stream: Any) -> None:
         await aclose()
 
 
+@dataclass(slots=True)
+class _Entry:
+    """A message of the conversation in memory, and its database row once it has one."""
+
+    role: Literal["user", "assistant"]
+    content: str
+    provider: str | None = None
+    model: str | None = None
+    status: Status = "complete"
+    duration: float | None = None
+    error: str | None = None
+    #: The database id; ``None`` while unsaved (no store, ``--no-save``, or a failed write).
+    id: int | None = None
+
+
 class Conversation:
     """A chat as it goes: its history, where it is kept, and the provider that answers.
 
@@ -156,6 +178,10 @@ class Conversation:
     ``save=False`` (``--no-save``) a session may still be read for its history, but nothing is
     written. The session is created on the first message, so an abandoned REPL leaves no empty
     session behind.
+
+    Nothing shown is ever dropped from memory: a message that cannot be written (the database
+    locked too long, the session deleted by another process) stays in the history, unsaved,
+    and is written with the next message that can be.
     """
 
     def __init__(
@@ -168,6 +194,7 @@ class Conversation:
         session: Session | None = None,
         system: str | None = None,
         name: str | None = None,
+        proxy_for: Callable[[str], str | None] | None = None,
     ) -> None:
         self.registry = registry
         self.defaults = defaults
@@ -177,12 +204,11 @@ class Conversation:
         self.system = system
         #: The name to give the session when it is created (``-S NAME`` for a new one).
         self.pending_name = name
-        self.history: list[Message] = []
+        #: Chooses the proxy for a provider's root URL when the provider changes.
+        self.proxy_for = proxy_for
+        self._entries: list[_Entry] = []
         #: The model that answered last (the provider may pick one when none was chosen).
         self.last_model: str | None = None
-        #: Database ids of the messages in :attr:`history`, position for position (``None``
-        #: where nothing was stored).
-        self._ids: list[int | None] = []
         if session is not None and store is not None:
             self._load(session)
 
@@ -196,11 +222,29 @@ class Conversation:
     def model(self) -> str | None:
         return self.defaults.model
 
+    @property
+    def history(self) -> list[Message]:
+        return [{"role": e.role, "content": e.content} for e in self._entries]
+
+    @property
+    def unsaved(self) -> int:
+        """How many messages are waiting to be written."""
+        return sum(1 for e in self._entries if e.id is None) if self.save else 0
+
     def use(self, *, provider: str | None = None, model: str | None = None) -> None:
-        """Switch provider and/or model for the next turns (a new provider drops the model)."""
+        """Switch provider and/or model for the next turns.
+
+        A new provider starts from its own URL and model: the old ``--base-url`` (and the
+        proxy chosen for it) would send the new provider's key to the old host.
+        """
+        if provider is not None and self.registry.get(provider).name == self.provider:
+            provider = None  # the same provider: keep its URL; only the model may change
         if provider is not None:
-            self.registry.get(provider)  # an unknown name is an error now, not at send
-            self.defaults = replace(self.defaults, provider=provider, model=model)
+            cls = self.registry.get(provider)  # an unknown name is an error now, not at send
+            proxy = self.proxy_for(cls.root_url(None)) if self.proxy_for else None
+            self.defaults = replace(
+                self.defaults, provider=cls.name, model=model or None, base_url=None, proxy=proxy
+            )
         elif model is not None:
             self.defaults = replace(self.defaults, model=model or None)
 
@@ -208,11 +252,19 @@ class Conversation:
         assert self.store is not None
         self.session = session
         self.system = session.system
-        self.history = []
-        self._ids = []
-        for message in self.store.messages(session.id):
-            self.history.append({"role": message.role, "content": message.content})
-            self._ids.append(message.id)
+        self._entries = [
+            _Entry(
+                m.role,  # type: ignore[arg-type]
+                m.content,
+                provider=m.provider,
+                model=m.model,
+                status=m.status,  # type: ignore[arg-type]
+                duration=m.duration,
+                error=m.error,
+                id=m.id,
+            )
+            for m in self.store.messages(session.id)
+        ]
 
     def load(self, session: Session) -> None:
         """Continue ``session`` (history and system prompt)."""
@@ -224,8 +276,7 @@ class Conversation:
     def new(self) -> None:
         """Start afresh; the next message opens a new session."""
         self.session = None
-        self.history = []
-        self._ids = []
+        self._entries = []
         self.pending_name = None
 
     def set_system(self, text: str | None) -> None:
@@ -257,38 +308,43 @@ class Conversation:
     async def send(self, text: str, renderer: Renderer, *, turn: Turn | None = None) -> Turn:
         """Ask ``text``; the answer streams into ``renderer`` and is kept whatever happens."""
         request = replace(self.defaults, messages=self.messages(text))
-        user_id = self._store_message(
-            "user", text, status="complete", provider=self.provider, model=self.model
-        )
-        self.history.append({"role": "user", "content": text})
-        self._ids.append(user_id)
+        self._entries.append(_Entry("user", text, provider=self.provider, model=self.model))
+        self._save_pending()
         return await self._answer(request, renderer, turn)
 
     async def retry(self, renderer: Renderer, *, turn: Turn | None = None) -> Turn:
-        """Ask the last question again, replacing its answer."""
-        if not self.history:
+        """Ask the last question again. Its old answer goes only once a new one arrives."""
+        if not self._entries:
             raise UsageError("nothing to retry yet")
-        if self.history[-1]["role"] == "assistant":
-            self._drop(1)
-        if not self.history or self.history[-1]["role"] != "user":
+        old: _Entry | None = None
+        if self._entries[-1].role == "assistant":
+            old = self._entries.pop()
+        if not self._entries or self._entries[-1].role != "user":
+            if old is not None:
+                self._entries.append(old)
             raise UsageError("nothing to retry: the last message is not a question")
         request = replace(self.defaults, messages=self.messages())
-        return await self._answer(request, renderer, turn)
+        before = len(self._entries)
+        try:
+            turn = await self._answer(request, renderer, turn)
+        finally:
+            answered = len(self._entries) > before
+            if old is not None and not answered:
+                self._entries.append(old)  # nothing new came: the old answer stays
+            elif old is not None and old.id is not None and self.store is not None:
+                self._forget([old.id])
+        return turn
 
     def undo(self) -> int:
         """Forget the last exchange (the question and its answer, if any); returns how many."""
-        if not self.history:
+        if not self._entries:
             raise UsageError("nothing to undo")
-        count = 1
-        if self.history[-1]["role"] == "assistant" and len(self.history) >= 2:
-            count = 2
-        self._drop(count)
+        count = 2 if self._entries[-1].role == "assistant" and len(self._entries) >= 2 else 1
+        dropped, self._entries = self._entries[-count:], self._entries[:-count]
+        self._forget([e.id for e in dropped if e.id is not None])
         return count
 
-    def _drop(self, count: int) -> None:
-        ids = [i for i in self._ids[-count:] if i is not None]
-        del self.history[-count:]
-        del self._ids[-count:]
+    def _forget(self, ids: list[int]) -> None:
         if ids and self.save and self.store is not None:
             self.store.delete_messages(ids)
 
@@ -297,56 +353,70 @@ class Conversation:
         try:
             await run_turn(request, self.registry, renderer, turn=turn)
         finally:
+            # Runs on success, on errors and on cancellation alike: nothing shown is lost.
             if turn.model:
                 self.last_model = turn.model
-            # Runs on success, on errors and on cancellation alike: nothing shown is lost.
             if turn.pieces:
-                text = turn.text
-                status: Status = "complete" if turn.status == "complete" else "interrupted"
-                answer_id = self._store_message(
-                    "assistant",
-                    text,
-                    status=status,
-                    provider=turn.provider,
-                    model=turn.model or None,
-                    duration=turn.duration,
-                    error=turn.error,
+                self._entries.append(
+                    _Entry(
+                        "assistant",
+                        turn.text,
+                        provider=turn.provider,
+                        model=turn.model or None,
+                        status="complete" if turn.status == "complete" else "interrupted",
+                        duration=turn.duration,
+                        error=turn.error,
+                    )
                 )
-                self.history.append({"role": "assistant", "content": text})
-                self._ids.append(answer_id)
+                self._save_pending()
         return turn
 
-    def _store_message(
-        self,
-        role: Literal["user", "assistant"],
-        content: str,
-        *,
-        status: Status,
-        provider: str | None = None,
-        model: str | None = None,
-        duration: float | None = None,
-        error: str | None = None,
-    ) -> int | None:
-        if self.store is None or not self.save:
-            return None
+    def _save_pending(self) -> None:
+        """Write every unsaved message, oldest first; on failure keep them for next time."""
+        if not self.save or self.store is None:
+            return
+        if all(e.id is not None for e in self._entries):
+            return
+        try:
+            self._ensure_session()  # may mark everything unsaved (a deleted session)
+            assert self.session is not None
+            for entry in [e for e in self._entries if e.id is None]:
+                entry.id = self.store.add_message(
+                    self.session.id,
+                    entry.role,
+                    entry.content,
+                    provider=entry.provider,
+                    model=entry.model,
+                    status=entry.status,
+                    duration=entry.duration,
+                    error=entry.error,
+                )
+        except StorageError as exc:
+            log.warning(
+                "could not save %d message(s) yet (%s); they are kept and saved with the next",
+                sum(1 for e in self._entries if e.id is None),
+                exc,
+            )
+            return
+        if self.session is not None and not self.session.title:
+            self.session = self.store.get(self.session.id)  # the first message gave it a title
+
+    def _ensure_session(self) -> None:
+        assert self.store is not None
+        if self.session is not None and not self.store.exists(self.session.id):
+            # Deleted by another process while in use: keep talking, into a new session that
+            # holds the whole conversation so far.
+            log.warning("session %s was deleted elsewhere; saving into a new one", self.session.id)
+            self.pending_name = self.session.name
+            self.session = None
+            for entry in self._entries:
+                entry.id = None
         if self.session is None:
             self.session = self.store.create(
                 name=self.pending_name,
                 system=self.system,
                 provider=self.defaults.provider,
                 model=self.defaults.model,
+                reuse_name=True,  # another process may have just created it (ask -S NEW)
             )
             self.pending_name = None
-        message_id = self.store.add_message(
-            self.session.id,
-            role,
-            content,
-            provider=provider,
-            model=model,
-            status=status,
-            duration=duration,
-            error=error,
-        )
-        if not self.session.title:
-            self.session = self.store.get(self.session.id)  # the first message gave it a title
-        return message_id

@@ -195,18 +195,27 @@ class Repl:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    async def read(self) -> str:
+        """The next input. SIGINT is ignored meanwhile: the prompt reads Ctrl-C as a key, and
+        a signal can only come from an editor it started (Ctrl-X Ctrl-E), which handles it."""
+        with _sigint_ignored():
+            return await self.session.prompt_async(FormattedText([("bold", "> ")]))
+
     async def run(self) -> None:
         self.say(
             "chatcli: Enter sends, Alt-Enter adds a line, /help lists commands, Ctrl-D leaves."
         )
         while self.running:
             try:
-                text = await self.session.prompt_async(FormattedText([("bold", "> ")]))
+                text = await self.read()
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt: the line is cleared
             except EOFError:
                 break  # Ctrl-D on an empty line
-            await self.handle(text)
+            try:
+                await self.handle(text)
+            except KeyboardInterrupt:
+                self.say("[interrupted]")  # Ctrl-C during a command: back to the prompt
 
     async def handle(self, text: str) -> None:
         """One submitted input: a slash command, or a message to send."""
@@ -342,7 +351,7 @@ class Repl:
         session = conversation.store.get(conversation.session.id)
         text = to_markdown(session, conversation.store.messages(session.id))
         path = Path(argument).expanduser()
-        write_private(path, text.encode())
+        write_private(path, text.encode(), own_directory=False)
         self.say(f"wrote {path}")
 
     async def _cmd_edit(self, _: str) -> None:
@@ -368,7 +377,11 @@ class Repl:
             path = Path(folder) / "message.md"
             path.write_text(initial)
             try:
-                code = subprocess.call([*shlex.split(editor), str(path)])
+                with _sigint_ignored():  # Ctrl-C belongs to the editor while it runs
+                    code = subprocess.call(
+                        [*shlex.split(editor), str(path)],
+                        preexec_fn=_default_sigint,  # the editor gets the usual Ctrl-C
+                    )
             except OSError as exc:
                 raise UsageError(
                     f"cannot run the editor {editor!r}: {exc.strerror or exc}"
@@ -376,3 +389,20 @@ class Repl:
             if code != 0:
                 raise UsageError(f"the editor {editor!r} exited with status {code}; nothing sent")
             return path.read_text()
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to guard
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -178,7 +178,7 @@ def export(
         path = Path(output).expanduser()
         if path.is_dir():
             raise UsageError(f"{output} is a directory; give a file name")
-        write_private(path, text.encode())  # a conversation may be private: 0600
+        write_private(path, text.encode(), own_directory=False)  # a conversation may be private
         say(ctx, f"wrote {len(messages)} message(s) to {path}")
 
 

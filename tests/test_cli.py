@@ -555,3 +555,24 @@ def test_ctrl_c_keeps_the_partial_answer_in_the_session(
         ("user", "hi", "complete"),
         ("assistant", "Hello", "interrupted"),
     ]
+
+
+def test_concurrent_ask_with_one_new_session_name_loses_nothing(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    processes = [
+        subprocess.Popen(
+            [str(CHATCLI), *ask(fake), "-S", "fresh", f"question {i}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=isolated.env,
+        )
+        for i in range(4)
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+    rows = stored(isolated)
+    assert len({row[0] for row in rows}) == 1 and len(rows) == 8
+    assert sorted(r[2] for r in rows if r[1] == "user") == [f"question {i}" for i in range(4)]

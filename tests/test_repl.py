@@ -319,3 +319,117 @@ def test_ctrl_r_searches_earlier_input(harness: Harness, fake: FakeOpenAI) -> No
     again = Harness(fake, harness.history_path.parent.parent)
     again.run(f"\x12alpha{ENTER}{ENTER}")  # Ctrl-R, type, accept the match, send it
     assert again.sent()[-1]["content"] == "alpha question"
+
+
+# -- what the review of sessions and the REPL found ----------------------------------------------
+
+
+def stored_rows(harness: Harness) -> list[tuple[str, str, str]]:
+    session = harness.conversation.session
+    assert session is not None
+    return [(m.role, m.content, m.status) for m in harness.stores.sessions.messages(session.id)]
+
+
+def test_a_failed_retry_keeps_the_old_answer(harness: Harness, fake: FakeOpenAI) -> None:
+    harness.run(f"first question{ENTER}")
+    fake.mode, fake.status, fake.body = "status", 503, '{"error": "busy"}'
+    out = harness.run(f"/retry{ENTER}")
+    assert "HTTP 503" in out
+    assert stored_rows(harness) == [
+        ("user", "first question", "complete"),
+        ("assistant", "Hello, world!", "complete"),
+    ]
+    fake.mode = "ok"
+    harness.run(f"next{ENTER}")
+    assert [m["content"] for m in harness.sent()] == ["first question", "Hello, world!", "next"]
+
+
+def test_a_successful_retry_replaces_the_answer(harness: Harness, fake: FakeOpenAI) -> None:
+    harness.run(f"first question{ENTER}")
+    fake.pieces = ["A better answer."]
+    harness.run(f"/retry{ENTER}")
+    assert stored_rows(harness) == [
+        ("user", "first question", "complete"),
+        ("assistant", "A better answer.", "complete"),
+    ]
+
+
+def test_the_repl_survives_its_session_being_deleted_elsewhere(
+    harness: Harness, isolated: Isolated
+) -> None:
+    harness.run(f"before{ENTER}")
+    first = harness.conversation.session
+    assert first is not None
+    SessionStore(isolated.root / "data" / "sessions.db").delete([first.id])  # another process
+    out = harness.run(f"after{ENTER}")
+    assert "internal error" not in out
+    second = harness.conversation.session
+    assert second is not None and second.id != first.id
+    assert [m[1] for m in stored_rows(harness)] == [
+        "before",
+        "Hello, world!",
+        "after",
+        "Hello, world!",
+    ]
+
+
+def test_an_answer_that_cannot_be_saved_yet_is_kept_and_saved_later(
+    harness: Harness, isolated: Isolated, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    harness.stores.sessions.busy_timeout_ms = 200
+    harness.stores.sessions.close()  # reopen with the short timeout
+    harness.run(f"warm up{ENTER}")
+    blocker = sqlite3.connect(isolated.root / "data" / "sessions.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        harness.run(f"while locked{ENTER}")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert "could not save" in caplog.text
+    assert harness.conversation.unsaved == 2
+    harness.run(f"later{ENTER}")
+    assert harness.conversation.unsaved == 0
+    assert [m[1] for m in stored_rows(harness)] == [
+        "warm up", "Hello, world!", "while locked", "Hello, world!", "later", "Hello, world!",
+    ]  # fmt: skip
+    assert [m["content"] for m in harness.sent()][2:4] == ["while locked", "Hello, world!"]
+
+
+def test_switching_provider_drops_the_old_url_so_no_key_goes_to_the_old_host(
+    harness: Harness,
+) -> None:
+    assert harness.conversation.defaults.base_url == harness.fake.base_url
+    harness.conversation.use(provider="ollama", model="other")  # same provider: URL stays
+    assert harness.conversation.defaults.base_url == harness.fake.base_url
+    harness.conversation.proxy_for = lambda url: f"http://proxy-for/{url.split('//')[1]}"
+    harness.conversation.use(provider="openai")
+    defaults = harness.conversation.defaults
+    assert (defaults.provider, defaults.base_url, defaults.model) == ("openai", None, None)
+    assert defaults.proxy == "http://proxy-for/api.openai.com/v1"
+
+
+def test_export_leaves_the_target_directory_mode_alone(
+    harness: Harness, isolated: Isolated
+) -> None:
+    shared = isolated.root / "shared"
+    shared.mkdir(mode=0o755)
+    harness.run(f"hello{ENTER}/export {shared / 'talk.md'}{ENTER}")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert stat.S_IMODE((shared / "talk.md").stat().st_mode) == 0o600
+
+
+def test_ctrl_c_while_the_editor_runs_does_not_end_the_repl(
+    harness: Harness, isolated: Isolated
+) -> None:
+    script = isolated.root / "editor.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "os.kill(os.getppid(), signal.SIGINT)  # Ctrl-C reaches the whole foreground group\n"
+        "open(sys.argv[1], 'w').write('survived the interrupt\\n')\n"
+    )
+    harness.editor = f"{sys.executable} {script}"
+    harness.run(f"/edit{ENTER}")
+    assert harness.sent()[-1]["content"] == "survived the interrupt\n"

@@ -188,3 +188,25 @@ def test_two_processes_writing_one_session_lose_nothing(tmp_path: Path) -> None:
         mine = [m.content for m in messages if m.content.startswith(tag)]
         expected = [f"{tag} {kind} {i}" for i in range(turns) for kind in ("question", "answer")]
         assert mine == expected  # every turn, in order
+
+
+def test_an_exact_id_wins_over_a_name_and_ids_cannot_be_names(store: SessionStore) -> None:
+    keep = store.create()
+    other = store.create()
+    with pytest.raises(UsageError, match="another session's id"):
+        store.rename(keep.id, other.id)
+    with pytest.raises(UsageError, match="another session's id"):
+        store.create(name=other.id)
+    assert store.find(other.id).id == other.id
+
+
+def test_a_write_into_a_deleted_session_is_a_clear_error(store: SessionStore) -> None:
+    session = store.create()
+    store.delete([session.id])
+    with pytest.raises(StorageError):
+        store.add_message(session.id, "user", "orphan")
+
+
+def test_reuse_name_returns_the_session_another_process_just_made(store: SessionStore) -> None:
+    first = store.create(name="fresh")
+    assert store.create(name="fresh", reuse_name=True).id == first.id

@@ -40,9 +40,16 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically; the file is 0600 from the start."""
-    private_dir(path.parent)
+def write_private(path: Path, data: bytes, *, own_directory: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically; the file is 0600 from the start.
+
+    ``own_directory``: the parent is chatcli's own, created (and kept) 0700. A user's choice
+    of place (an export) must exist already, and its mode is left alone.
+    """
+    if own_directory:
+        private_dir(path.parent)
+    elif not path.parent.is_dir():
+        raise StorageError(f"cannot write {path}: {path.parent} is not a directory")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)

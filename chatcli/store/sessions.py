@@ -119,8 +119,9 @@ def make_title(text: str) -> str:
 class SessionStore:
     """The session database. Opens (and migrates) on first use; one connection per store."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
         self._db: sqlite3.Connection | None = None
 
     # -- opening and migrating -------------------------------------------------------------
@@ -147,12 +148,14 @@ class SessionStore:
             except OSError as exc:
                 raise StorageError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+            db = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
+            )
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from exc
         try:
             db.row_factory = sqlite3.Row
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             db.execute("PRAGMA foreign_keys = ON")
             # Refuse a newer schema before anything (even the journal mode) changes the file.
             self._check_not_newer(db.execute("PRAGMA user_version").fetchone()[0])
@@ -220,6 +223,9 @@ class SessionStore:
             raise self._error("cannot write to", exc) from exc
         try:
             yield db
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise self._error("cannot write to", exc) from exc
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -244,11 +250,19 @@ class SessionStore:
         system: str | None = None,
         provider: str | None = None,
         model: str | None = None,
+        reuse_name: bool = False,
     ) -> Session:
+        """A new session. With ``reuse_name``, a session already so named (say, created by
+        another ``ask -S NAME`` a moment ago) is returned instead of an error."""
         now = time.time()
         with self._write() as db:
-            if name is not None and self._by_name(name) is not None:
-                raise UsageError(f"a session is already named {name!r}")
+            if name is not None:
+                self._check_name(name)
+                existing = self._by_name(name)
+                if existing is not None:
+                    if reuse_name:
+                        return existing
+                    raise UsageError(f"a session is already named {name!r}")
             session_id = secrets.token_hex(6)
             db.execute(
                 "INSERT INTO sessions (id, name, title, system, provider, model, created_at,"
@@ -268,11 +282,11 @@ class SessionStore:
         return _session(rows[0]) if rows else None
 
     def find(self, ref: str) -> Session:
-        """A session by name, by id, or by a unique id prefix (at least 4 characters)."""
+        """A session by id, by name, or by a unique id prefix (at least 4 characters).
+
+        An exact id wins over a name, so no name can hide another session.
+        """
         ref = ref.strip()
-        named = self._by_name(ref)
-        if named is not None:
-            return named
         rows = self._read(
             _SESSION_QUERY + " WHERE s.id LIKE ? ESCAPE '\\' GROUP BY s.id",
             (_like_prefix(ref.lower()),),
@@ -280,6 +294,9 @@ class SessionStore:
         exact = [r for r in rows if r["id"] == ref.lower()]
         if exact:
             return _session(exact[0])
+        named = self._by_name(ref)
+        if named is not None:
+            return named
         if len(rows) == 1 and len(ref) >= MIN_PREFIX:
             return _session(rows[0])
         if len(rows) > 1 and len(ref) >= MIN_PREFIX:
@@ -307,11 +324,19 @@ class SessionStore:
             params = (limit,)
         return [_session(row) for row in self._read(sql, params)]
 
+    def exists(self, session_id: str) -> bool:
+        return bool(self._read("SELECT 1 FROM sessions WHERE id = ?", (session_id,)))
+
+    def _check_name(self, name: str) -> None:
+        if not name.strip():
+            raise UsageError("a session name cannot be empty")
+        if self._read("SELECT 1 FROM sessions WHERE id = ?", (name.lower(),)):
+            raise UsageError(f"{name!r} is another session's id; choose another name")
+
     def rename(self, session_id: str, name: str) -> Session:
         name = name.strip()
-        if not name:
-            raise UsageError("a session name cannot be empty")
         with self._write() as db:
+            self._check_name(name)
             other = self._by_name(name)
             if other is not None and other.id != session_id:
                 raise UsageError(f"a session is already named {name!r}")
