@@ -540,6 +540,9 @@ def build_command() -> Any:
     as a list of strings and given ``nargs=2`` here, which is what click does natively: each
     value then arrives as a (key, value) pair.
     """
+    from typer._completion_classes import completion_init
+
+    completion_init()  # Typer's bash/zsh/fish completion, without its install options
     command = typer.main.get_command(app)
     for name, params in _PAIR_OPTIONS.items():
         for param in command.commands[name].params:  # type: ignore[attr-defined]

@@ -126,6 +126,55 @@ def setup_logging(ctx: AppContext, verbose: bool) -> StderrHandler:
 
 # -- shared option types ------------------------------------------------------------------------
 
+# -- shell completion of names, from the live installation ------------------------------------
+# Each runs in a short-lived process the shell starts on Tab: cheap imports, and never an error.
+
+
+def _matching(names: list[str], incomplete: str) -> list[str]:
+    return sorted({n for n in names if n and n.startswith(incomplete)})
+
+
+def complete_provider(incomplete: str) -> list[str]:
+    try:
+        from chatcli.providers import Registry
+
+        ctx = AppContext.from_process()
+        return _matching(Registry.from_config(ctx.settings.providers).names(), incomplete)
+    except Exception:
+        return []
+
+
+def complete_model(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The models the chosen (or default) provider is known to offer, without asking it."""
+    try:
+        from chatcli.providers import Registry
+
+        app = AppContext.from_process()
+        name = ctx.params.get("provider") or app.settings.provider
+        if not name:
+            return []
+        provider = Registry.from_config(app.settings.providers).get(name)
+        names = [*getattr(provider, "models", ()), provider.default_model]
+        if app.settings.model and name == app.settings.provider:
+            names.append(app.settings.model)
+        return _matching(names, incomplete)
+    except Exception:
+        return []
+
+
+def complete_session(incomplete: str) -> list[str]:
+    try:
+        from chatcli.store import Stores
+
+        sessions = Stores.at(AppContext.from_process().paths).sessions
+        if not sessions.path.exists():
+            return []
+        recent = sessions.recent(200)
+        return _matching([s.name or "" for s in recent] + [s.id for s in recent], incomplete)
+    except Exception:
+        return []
+
+
 ProviderOpt = Annotated[
     str | None,
     typer.Option(
@@ -134,11 +183,19 @@ ProviderOpt = Annotated[
         metavar="NAME",
         help="Provider name (see `chatcli providers`).",
         show_default=False,
+        autocompletion=complete_provider,
     ),
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option("-m", "--model", metavar="NAME", help="Model name.", show_default=False),
+    typer.Option(
+        "-m",
+        "--model",
+        metavar="NAME",
+        help="Model name.",
+        show_default=False,
+        autocompletion=complete_model,
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 SessionOpt = Annotated[
@@ -149,6 +206,7 @@ SessionOpt = Annotated[
         metavar="NAME",
         help="Continue the session with this name or id (prefix), or start one so named.",
         show_default=False,
+        autocompletion=complete_session,
     ),
 ]
 ContinueOpt = Annotated[

@@ -247,9 +247,9 @@ class MarkdownRenderer:
     between two blocks depends on the first of them alone), so the total work grows linearly
     with the answer and the printed text equals rendering the whole answer at once. Only the
     unfinished tail block is redrawn, at most ``FRAMES_PER_SECOND`` times a second, by moving
-    the cursor up over it; a tail taller than the terminal has its top lines printed for good,
-    so the scrollback holds every line exactly once. Off a terminal (``--markdown`` into a
-    pipe) finished blocks are printed as they complete and nothing is redrawn.
+    the cursor up over it; a tail taller than the terminal shows only its last lines until it
+    is finished, so the scrollback holds every line exactly once. Off a terminal
+    (``--markdown`` into a pipe) finished blocks are printed as they complete.
     """
 
     FRAMES_PER_SECOND: Final = 15
@@ -264,7 +264,6 @@ class MarkdownRenderer:
         self._previous_kind: str | None = None  # ...and the kind of its last element
         self._stand_in_renders: dict[tuple[int, str], str] = {}
         self._shown_lines = 0  # lines of the live tail now on screen
-        self._frozen = 0  # lines of the current tail already printed for good
         self._last_frame = 0.0
         self._frame_due = False  # a redraw is scheduled on the event loop
         self._renderers: dict[int, Console] = {}
@@ -334,11 +333,9 @@ class MarkdownRenderer:
 
     def _commit(self, block: str) -> None:
         rendered, kind = self._delta(block)
-        lines = rendered.splitlines(keepends=True)
         if self.live:
             self._clear_tail()
-        self._write("".join(lines[self._frozen :]))
-        self._frozen = 0
+        self._write(rendered)
         self._previous, self._previous_kind = block, kind
 
     def _draw_tail(self) -> None:
@@ -347,13 +344,9 @@ class MarkdownRenderer:
         if not tail.strip():
             return
         lines = self._delta(tail)[0].splitlines(keepends=True)
-        room = max(3, self._console.height - 2)
-        if len(lines) - self._frozen > room:
-            # Taller than the screen: what scrolls off is printed for good, never redrawn.
-            keep_from = len(lines) - room
-            self._write("".join(lines[self._frozen : keep_from]))
-            self._frozen = keep_from
-        visible = lines[self._frozen :]
+        # Never taller than the screen (a redraw cannot reach lines that scrolled away): a
+        # tall unfinished block shows its last lines, and all of it is printed once it ends.
+        visible = lines[-max(1, self._console.height - 2) :]
         self._write("".join(visible))
         self._shown_lines = len(visible)
 
@@ -400,9 +393,7 @@ class MarkdownRenderer:
         if self.live:
             self._clear_tail()
         if tail.strip():
-            lines = self._delta(tail)[0].splitlines(keepends=True)
-            self._write("".join(lines[self._frozen :]))
-        self._frozen = 0
+            self._write(self._delta(tail)[0])
         if self.live and self._started:
             self._write("\x1b[?25h")
             self._echo.restore()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from chatcli.clikit import JsonOpt, boundary, say, setup_logging
+from chatcli.clikit import JsonOpt, boundary, complete_session, say, setup_logging
 from chatcli.context import AppContext
 from chatcli.errors import EXIT_ERROR, UsageError
 
@@ -25,7 +25,12 @@ sessions_app = typer.Typer(
 )
 
 RefArg = Annotated[
-    str, typer.Argument(metavar="SESSION", help="A session name, id, or unique id prefix.")
+    str,
+    typer.Argument(
+        metavar="SESSION",
+        help="A session name, id, or unique id prefix.",
+        autocompletion=complete_session,
+    ),
 ]
 
 
@@ -113,7 +118,12 @@ def show(ref: RefArg, json_out: JsonOpt = False) -> None:
 
 @sessions_app.command("rm")
 def remove(
-    refs: Annotated[list[str], typer.Argument(metavar="SESSION...", help="Sessions to delete.")],
+    refs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="SESSION...", help="Sessions to delete.", autocompletion=complete_session
+        ),
+    ],
     yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete sessions (asks first on a terminal)."""

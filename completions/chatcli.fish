@@ -1,0 +1,1 @@
+complete --command chatcli --no-files --arguments "(env _CHATCLI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) chatcli)" --condition "env _CHATCLI_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) chatcli"

@@ -1,0 +1,195 @@
+"""The streaming Markdown renderer: same result as rendering at once, each line once, linear."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+from typing import Any
+
+import pyte
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.cells import cell_len
+from rich.console import Console
+from rich.markdown import Markdown
+
+from chatcli import render
+from chatcli.render import BlockSplitter, MarkdownRenderer, fast_markdown
+
+DOC = """# Streaming answer
+
+Here is a paragraph with **bold**, `code` and a [link](https://example.com/path). It is long
+enough to wrap across lines at sixty columns, and it goes on a little.
+
+- first item
+- second item
+
+  with a second paragraph
+- third item
+
+1. one
+2. two
+
+```python
+def fibonacci(n):
+    a, b = 0, 1
+
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+```
+
+| Name | Value |
+|------|-------|
+| alpha | 1 |
+| beta | 2 |
+
+> A quote that spans
+> two lines.
+
+---
+
+## Conclusion
+Final words here.
+"""
+
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def make_console(buffer: io.StringIO, width: int = 60, height: int = 40) -> Console:
+    return Console(
+        file=buffer, width=width, height=height, force_terminal=True, color_system="truecolor",
+        markup=False, highlight=False, emoji=False,
+    )  # fmt: skip
+
+
+def whole(text: str, width: int = 60) -> str:
+    buffer = io.StringIO()
+    make_console(buffer, width).print(Markdown(text, hyperlinks=False))
+    return buffer.getvalue()
+
+
+def stream(text: str, cuts: list[int], *, live: bool, width: int = 60, height: int = 40) -> str:
+    buffer = io.StringIO()
+    renderer = MarkdownRenderer(make_console(buffer, width, height), live=live)
+    renderer.start()
+    last = 0
+    for cut in [*sorted(cuts), len(text)]:
+        renderer.feed(text[last:cut])
+        last = cut
+    renderer.finish()
+    return buffer.getvalue()
+
+
+def screen_lines(output: str, width: int, height: int) -> list[str]:
+    """Every line a terminal shows for ``output``, scrollback first, trailing blanks dropped."""
+    screen = pyte.HistoryScreen(width, height, history=10_000)
+    pyte.Stream(screen).feed(output.replace("\n", "\r\n"))
+    top = ["".join(line[x].data for x in range(width)).rstrip() for line in screen.history.top]
+    lines = top + [line.rstrip() for line in screen.display]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(DOC)), max_size=40))
+def test_streamed_output_equals_rendering_the_whole_answer(cuts: list[int]) -> None:
+    assert stream(DOC, cuts, live=False) == whole(DOC)
+
+
+@pytest.mark.parametrize("height", [60, 12, 5])
+def test_live_screen_and_scrollback_hold_each_line_once(
+    height: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MarkdownRenderer, "FRAMES_PER_SECOND", 10**9)  # redraw on every piece
+    cuts = list(range(0, len(DOC), 7))
+    output = stream(DOC, cuts, live=True, height=height)
+    expected = screen_lines(whole(DOC), 60, 500)
+    assert screen_lines(output, 60, height) == expected
+    assert "..." not in "\n".join(screen_lines(output, 60, height))
+
+
+def test_work_grows_linearly_with_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered: list[int] = []
+    original = MarkdownRenderer._render
+
+    def counting(self: MarkdownRenderer, source: str, width: int) -> Any:
+        rendered.append(len(source))
+        return original(self, source, width)
+
+    monkeypatch.setattr(MarkdownRenderer, "_render", counting)
+    monkeypatch.setattr(MarkdownRenderer, "FRAMES_PER_SECOND", 10**9)  # the worst case
+
+    def cost(copies: int) -> int:
+        rendered.clear()
+        text = DOC * copies
+        stream(text, list(range(0, len(text), 5)), live=False)
+        return sum(rendered)
+
+    small, large = cost(4), cost(20)
+    assert large <= 6 * small  # 5x the text: about 5x the work, not 25x
+    assert large <= 2 * len(DOC * 20)  # each character is rendered about once
+
+
+def test_a_code_line_wider_than_the_terminal_keeps_the_layout() -> None:
+    text = "```python\nx = '" + "a" * 300 + "'\n```\n\nafter\n"
+    output = stream(text, [10, 50, 200], live=False, width=40)
+    for line in SGR.sub("", output).splitlines():
+        assert cell_len(line) <= 40, line
+
+
+def test_blocks_after_a_resize_use_the_new_width() -> None:
+    buffer = io.StringIO()
+    console = make_console(buffer, width=80)
+    renderer = MarkdownRenderer(console, live=False)
+    renderer.start()
+    renderer.feed("first paragraph " * 10 + "\n\nsecond\n")  # the first block is done
+    console.width = 40  # the terminal was made narrower
+    renderer.feed("second paragraph " * 10 + "\n\nend\n")
+    renderer.finish()
+    lines = SGR.sub("", buffer.getvalue()).splitlines()
+    second = [line for line in lines if "second" in line]
+    assert second and all(cell_len(line) <= 40 for line in second)
+    assert any(cell_len(line.rstrip()) > 40 for line in lines if "first" in line)
+
+
+def blocks(text: str, step: int = 3) -> list[str]:
+    splitter = BlockSplitter()
+    found: list[str] = []
+    for start in range(0, len(text), step):
+        found += splitter.feed(text[start : start + step])
+    return found
+
+
+def test_splitter_never_cuts_inside_fences_or_lists() -> None:
+    text = "para\n\n```\ncode\n\nmore code\n```\n\n- a\n\n- b\n\n  indented\n\nlast\n"
+    assert blocks(text) == ["para", "```\ncode\n\nmore code\n```", "- a\n\n- b\n\n  indented"]
+    assert BlockSplitter().feed("no blank lines yet\nstill going\n") == []
+
+
+def test_fast_markdown_sets_what_rich_sets() -> None:
+    # If a Rich upgrade adds an attribute to Markdown, rendering would break: fail here first.
+    assert set(vars(fast_markdown("x"))) == set(vars(Markdown("x")))
+
+
+def test_raw_output_is_flushed_in_batches_not_per_token() -> None:
+    class Counting(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            Counting.flushes += 1
+
+    buffer = Counting()
+    renderer = render.PlainRenderer(buffer, safe=False)
+
+    async def stream_tokens() -> None:  # as the engine does, inside the event loop
+        for _ in range(1000):
+            renderer.feed("tok ")
+        renderer.finish()
+
+    asyncio.run(stream_tokens())
+    assert buffer.getvalue() == "tok " * 1000 + "\n"
+    assert Counting.flushes < 20
