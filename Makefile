@@ -1,5 +1,5 @@
 # The dev loop. Run inside a virtual environment with `pip install -e '.[test]'` done.
-.PHONY: test lint format bench
+.PHONY: test lint format bench completions
 
 test:
 	python -m pytest -q
@@ -15,3 +15,7 @@ format:
 
 bench:
 	python bench/startup.py
+	python bench/stream.py
+
+completions:
+	python tests/test_completions.py
