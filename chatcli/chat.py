@@ -38,6 +38,7 @@ class ChatOptions:
     session: str | None = None
     continue_last: bool = False
     save: bool = True
+    retries: int | None = None
 
 
 def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
@@ -64,11 +65,15 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
             if not new_name:
                 raise UsageError("-S needs a session name")
 
-    provider_name = chosen.provider
+    # -p a,b,c: a first, then b and c when it fails before any text.
+    chain = [n.strip() for n in (chosen.provider or "").split(",") if n.strip()]
+    provider_name = chain[0] if chain else None
     if provider_name is None and session is not None and session.provider in registry:
         provider_name = session.provider
     provider_name = resolve_provider_name(ctx, provider_name)
     provider_cls = registry.get(provider_name)
+    fallback = [registry.get(n).name for n in (chain[1:] if len(chain) > 1 else settings.fallback)]
+    fallback = [n for n in dict.fromkeys(fallback) if n != provider_cls.name]
 
     model = chosen.model
     if model is None and session is not None and session.provider == provider_cls.name:
@@ -90,6 +95,8 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
         base_url=chosen.base_url,
         timeout=chosen.timeout if chosen.timeout is not None else settings.timeout,
         store=stores,
+        retries=next(r for r in (chosen.retries, settings.retries, 2) if r is not None),
+        fallback=fallback,
     )
     conversation = Conversation(
         registry,

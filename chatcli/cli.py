@@ -25,6 +25,7 @@ from chatcli.clikit import (
     ProviderOpt,
     ProxyOpt,
     RawOpt,
+    RetriesOpt,
     SessionOpt,
     SystemOpt,
     TemperatureOpt,
@@ -161,6 +162,7 @@ def ask(
     base_url: BaseUrlOpt = None,
     proxy: ProxyOpt = None,
     timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
     no_stream: NoStreamOpt = False,
     raw: RawOpt = False,
     markdown: MarkdownOpt = False,
@@ -199,8 +201,10 @@ def ask(
                 session=session,
                 continue_last=continue_last,
                 save=not no_save,
+                retries=retries,
             ),
         )
+        conversation.notice = lambda text: say(ctx, text)
         renderer = choose(
             ctx.stdout, is_terminal=ctx.stdout_isatty, raw=raw, markdown=markdown, json=json_out
         )
@@ -228,6 +232,7 @@ def repl(
     base_url: BaseUrlOpt = None,
     proxy: ProxyOpt = None,
     timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
     no_stream: NoStreamOpt = False,
     raw: RawOpt = False,
     markdown: MarkdownOpt = False,
@@ -261,6 +266,7 @@ def repl(
                 session=session,
                 continue_last=continue_last,
                 save=not no_save,
+                retries=retries,
             ),
         )
         loop = Repl(

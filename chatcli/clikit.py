@@ -139,7 +139,11 @@ def complete_provider(incomplete: str) -> list[str]:
         from chatcli.providers import Registry
 
         ctx = AppContext.from_process()
-        return _matching(Registry.from_config(ctx.settings.providers).names(), incomplete)
+        # -p a,b,c: complete the last name of the list.
+        done, _, last = incomplete.rpartition(",")
+        prefix = f"{done}," if done else ""
+        names = Registry.from_config(ctx.settings.providers).names()
+        return [prefix + name for name in _matching(names, last)]
     except Exception:
         return []
 
@@ -181,7 +185,7 @@ ProviderOpt = Annotated[
         "-p",
         "--provider",
         metavar="NAME",
-        help="Provider name (see `chatcli providers`).",
+        help="Provider name (see `chatcli providers`); a,b,c falls back in order.",
         show_default=False,
         autocompletion=complete_provider,
     ),
@@ -261,3 +265,14 @@ TimeoutOpt = Annotated[
 NoStreamOpt = Annotated[bool, typer.Option("--no-stream", help="Ask for the whole answer at once.")]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain text, even on a terminal.")]
 MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Render Markdown, even into a pipe.")]
+RetriesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--retries",
+        metavar="N",
+        min=0,
+        max=10,
+        help="Retries of a failure before any text (default 2).",
+        show_default=False,
+    ),
+]

@@ -12,6 +12,8 @@ them. Nothing here runs at import time.
     temperature = 0.7
     timeout = 60                 # seconds to connect and of silence while reading
     proxy = "socks5://127.0.0.1:1080"
+    retries = 2                  # retries of a failure before any text (0-10)
+    fallback = ["ollama"]        # providers to try next when the chosen one fails
 
     [providers.mybox]            # a new OpenAI-compatible provider
     type = "openai"
@@ -39,6 +41,7 @@ _TYPE_WORDS: Final[dict[type, str]] = {
     str: "a string",
     int: "a number",
     dict: "a table",
+    list: "a list",
 }
 
 #: Keys allowed at the top of config.toml, with the type each must have.
@@ -49,6 +52,8 @@ _TOP_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "temperature": (int, float),
     "timeout": (int, float),
     "proxy": (str,),
+    "retries": (int,),
+    "fallback": (list,),
     "providers": (dict,),
 }
 #: Keys allowed in a ``[providers.NAME]`` table.
@@ -108,6 +113,9 @@ class Settings:
     temperature: float | None = None
     timeout: float | None = None
     proxy: str | None = None
+    retries: int | None = None
+    #: Providers to try after the chosen one fails before any text.
+    fallback: tuple[str, ...] = ()
     #: ``[providers.NAME]`` tables, validated.
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Where the file settings came from (for messages), if a file was read.
@@ -166,6 +174,12 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
     timeout = data.get("timeout")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"{paths.config_file}: timeout must be a positive number of seconds")
+    retries = data.get("retries")
+    if retries is not None and not 0 <= retries <= 10:
+        raise ConfigError(f"{paths.config_file}: retries must be between 0 and 10")
+    fallback = data.get("fallback", [])
+    if not all(isinstance(name, str) and name for name in fallback):
+        raise ConfigError(f"{paths.config_file}: fallback must be a list of provider names")
     return Settings(
         provider=env.get("CHATCLI_PROVIDER") or data.get("provider"),
         model=env.get("CHATCLI_MODEL") or data.get("model"),
@@ -173,6 +187,8 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
         temperature=float(temperature) if temperature is not None else None,
         timeout=float(timeout) if timeout is not None else None,
         proxy=data.get("proxy"),
+        retries=retries,
+        fallback=tuple(fallback),
         providers=data.get("providers", {}),
         source=paths.config_file if data else None,
     )

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from chatcli.errors import (
     ProtocolError,
@@ -23,7 +24,7 @@ from chatcli.errors import (
     UsageError,
 )
 from chatcli.providers import Registry
-from chatcli.providers.base import CORE_KWARGS, Message
+from chatcli.providers.base import CORE_KWARGS, BaseProvider, Message
 from chatcli.render import Renderer
 from chatcli.store.sessions import Session, SessionStore, Status
 
@@ -48,6 +49,10 @@ class TurnRequest:
     timeout: float | None = None
     #: Where web providers keep cookies and tokens (``None``: the default location).
     store: Any = None
+    #: How often a failure before any text is retried (per provider).
+    retries: int = 2
+    #: Providers to try, in order, when this one fails before any text.
+    fallback: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -74,54 +79,48 @@ class Turn:
         return (self.ended or time.monotonic()) - self.started
 
 
+#: Retry delays: 0.5 s, 1 s, 2 s ... capped, each cut by up to a quarter at random (jitter).
+BACKOFF_BASE: Final = 0.5
+BACKOFF_CAP: Final = 8.0
+#: The longest ``Retry-After`` waited for; a longer one fails (or falls back) at once.
+RETRY_AFTER_LIMIT: Final = 60.0
+
+
+def backoff(attempt: int, retry_after: float | None = None) -> float | None:
+    """Seconds to wait before retry ``attempt`` (0-based); ``None``: the server asks too much."""
+    if retry_after is not None:
+        return retry_after if retry_after <= RETRY_AFTER_LIMIT else None
+    delay: float = min(BACKOFF_BASE * 2**attempt, BACKOFF_CAP)
+    return delay * (1 - 0.25 * random.random())
+
+
 async def run_turn(
-    request: TurnRequest, registry: Registry, renderer: Renderer, *, turn: Turn | None = None
+    request: TurnRequest,
+    registry: Registry,
+    renderer: Renderer,
+    *,
+    turn: Turn | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> Turn:
     """Run one turn. Raises the provider's error (or ``CancelledError``) after recording it.
 
+    Failures before any text are retried (``request.retries`` times, with backoff, honouring
+    ``Retry-After``) when they are worth it (connection errors, timeouts, 408, 409, 429, 5xx),
+    then the next provider of ``request.fallback`` is tried. Once text has been shown nothing
+    is retried: the partial answer stays and the turn is marked interrupted. ``notice`` gets a
+    line for each retry and fallback (the CLI prints it on stderr).
+
     Pass ``turn`` to keep a handle on the partial answer from outside (e.g. for Ctrl-C).
     """
-    provider = registry.get(request.provider)
-    turn = turn or Turn(provider=provider.name)
-    turn.provider = provider.name
-    # Options never override what the request fixes (the CLI refuses such keys up front).
-    kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k not in CORE_KWARGS}
-    kwargs.update(stream=request.stream, timeout=request.timeout)
-    if request.base_url:
-        kwargs["base_url"] = request.base_url
-    if request.temperature is not None:
-        kwargs["temperature"] = request.temperature
-    if request.store is not None:
-        kwargs["store"] = request.store
+    turn = turn or Turn(provider=request.provider)
     renderer.start()
     try:
-        model = await provider.pick_model(
-            request.model, proxy=request.proxy, base_url=request.base_url, timeout=request.timeout
-        )
-        turn.model = model
-        log.debug(
-            "turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages)
-        )
-        stream = provider.stream(model, request.messages, proxy=request.proxy, **kwargs)
-        try:
-            async for piece in stream:
-                if not piece:
-                    continue
-                if turn.first_piece_at is None:
-                    turn.first_piece_at = time.monotonic()
-                turn.pieces.append(piece)
-                renderer.feed(piece)
-        finally:
-            await _close(stream)
-        if not any(piece.strip() for piece in turn.pieces):
-            raise ProtocolError("the service sent an empty answer", provider=provider.name)
+        await _run_chain(request, registry, renderer, turn, notice or (lambda text: None))
     except asyncio.CancelledError:
         _end(turn, "interrupted", "interrupted")
         renderer.finish(interrupted=True)
         raise
     except ProviderError as exc:
-        if exc.provider is None:
-            exc.provider = provider.name
         if isinstance(exc, StreamInterruptedError):
             exc.partial = turn.text
         _end(turn, "interrupted" if turn.pieces else "error", str(exc))
@@ -134,12 +133,91 @@ async def run_turn(
     _end(turn, "complete", None)
     renderer.finish()
     log.debug(
-        "turn done: %d chars in %.2f s (first piece after %s)",
+        "turn done: %s answered, %d chars in %.2f s (first piece after %s)",
+        turn.provider,
         len(turn.text),
         turn.duration,
         f"{turn.first_piece_at - turn.started:.2f} s" if turn.first_piece_at else "-",
     )
     return turn
+
+
+async def _run_chain(
+    request: TurnRequest,
+    registry: Registry,
+    renderer: Renderer,
+    turn: Turn,
+    notice: Callable[[str], None],
+) -> None:
+    chain = [request.provider, *request.fallback]
+    failures: list[ProviderError] = []
+    for index, name in enumerate(chain):
+        provider = registry.get(name)
+        # The model, URL and proxy were chosen for the first provider; the others use their own.
+        attempt_request = (
+            request
+            if index == 0
+            else replace(request, provider=provider.name, model=None, base_url=None, proxy=None)
+        )
+        attempt = 0
+        while True:
+            turn.provider = provider.name
+            try:
+                await _attempt(provider, attempt_request, renderer, turn)
+                if index:
+                    log.info("answered by %s", provider.name)
+                return
+            except ProviderError as exc:
+                if exc.provider is None:
+                    exc.provider = provider.name
+                if turn.pieces:
+                    raise  # text was shown: never retried silently
+                delay = backoff(attempt, getattr(exc, "retry_after", None))
+                if exc.retryable and attempt < request.retries and delay is not None:
+                    attempt += 1
+                    notice(f"{exc}; retrying in {delay:.1f} s ({attempt}/{request.retries})")
+                    await asyncio.sleep(delay)
+                    continue
+                failures.append(exc)
+                if index + 1 < len(chain):
+                    notice(f"{exc}; trying {chain[index + 1]}")
+                break
+    if len(failures) == 1:
+        raise failures[0]
+    reasons = "; ".join(str(f) for f in failures)
+    raise ProviderError(f"every provider failed: {reasons}")
+
+
+async def _attempt(
+    provider: type[BaseProvider], request: TurnRequest, renderer: Renderer, turn: Turn
+) -> None:
+    # Options never override what the request fixes (the CLI refuses such keys up front).
+    kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k not in CORE_KWARGS}
+    kwargs.update(stream=request.stream, timeout=request.timeout)
+    if request.base_url:
+        kwargs["base_url"] = request.base_url
+    if request.temperature is not None:
+        kwargs["temperature"] = request.temperature
+    if request.store is not None:
+        kwargs["store"] = request.store
+    model = await provider.pick_model(
+        request.model, proxy=request.proxy, base_url=request.base_url, timeout=request.timeout
+    )
+    turn.model = model
+    log.debug("turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages))
+    stream = provider.stream(model, request.messages, proxy=request.proxy, **kwargs)
+    try:
+        async for piece in stream:
+            if not piece:
+                continue
+            if turn.first_piece_at is None:
+                turn.first_piece_at = time.monotonic()
+            turn.pieces.append(piece)
+            renderer.feed(piece)
+    finally:
+        await _close(stream)
+    if not any(piece.strip() for piece in turn.pieces):
+        raise ProtocolError("the service sent an empty answer", provider=provider.name)
 
 
 def _end(turn: Turn, status: TurnStatus, error: str | None) -> None:
@@ -206,6 +284,8 @@ class Conversation:
         self.pending_name = name
         #: Chooses the proxy for a provider's root URL when the provider changes.
         self.proxy_for = proxy_for
+        #: Where lines about retries and fallbacks go (the CLI: stderr).
+        self.notice: Callable[[str], None] | None = None
         self._entries: list[_Entry] = []
         #: The model that answered last (the provider may pick one when none was chosen).
         self.last_model: str | None = None
@@ -351,7 +431,7 @@ class Conversation:
     async def _answer(self, request: TurnRequest, renderer: Renderer, turn: Turn | None) -> Turn:
         turn = turn or Turn(provider=request.provider)
         try:
-            await run_turn(request, self.registry, renderer, turn=turn)
+            await run_turn(request, self.registry, renderer, turn=turn, notice=self.notice)
         finally:
             # Runs on success, on errors and on cancellation alike: nothing shown is lost.
             if turn.model:

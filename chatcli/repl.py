@@ -136,6 +136,7 @@ class Repl:
         editor: str | None = None,
     ) -> None:
         self.conversation = conversation
+        conversation.notice = lambda text: self.say(f"chatcli: {text}")
         self.stdout = stdout
         self.make_renderer = make_renderer
         self.hold_logs = hold_logs or (lambda hold: contextlib.nullcontext())

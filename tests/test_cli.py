@@ -96,7 +96,7 @@ def test_stdout_carries_only_the_answer_and_errors_go_to_stderr(
     ok = run([*ask(fake), "hi"], isolated)
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "Hello, world!\n", "")
     fake.mode, fake.status, fake.body = "status", 500, '{"error": {"message": "kaboom"}}'
-    failed = run([*ask(fake), "hi"], isolated)
+    failed = run([*ask(fake), "--retries", "0", "hi"], isolated)
     assert failed.returncode == 1
     assert failed.stdout == ""
     assert_one_line_error(failed.stderr, "ollama", "HTTP 500", "kaboom")
@@ -265,8 +265,9 @@ def test_models_lists_the_server_models(fake: FakeOpenAI, isolated: Isolated) ->
 
 def test_connection_refused_says_which_url(isolated: Isolated) -> None:
     result = run(
-        ["ask", "-p", "ollama", "-m", "m", "--base-url", "http://localhost:9/v1", "hi"], isolated
-    )
+        ["ask", "-p", "ollama", "-m", "m", "--base-url", "http://localhost:9/v1", "--retries", "0",
+         "hi"], isolated,
+    )  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "ollama", "http://localhost:9/v1", "connection refused")
 
@@ -337,7 +338,7 @@ def test_socks5_proxy(fake: FakeOpenAI, isolated: Isolated) -> None:
 
 
 def test_unreachable_proxy_is_a_clear_error(fake: FakeOpenAI, isolated: Isolated) -> None:
-    result = run([*ask(fake), "--proxy", "http://localhost:9", "hi"], isolated)
+    result = run([*ask(fake), "--proxy", "http://localhost:9", "--retries", "0", "hi"], isolated)
     assert result.returncode == 1
     assert_one_line_error(result.stderr, "ollama", "proxy")
 
@@ -356,7 +357,7 @@ def test_proxy_that_refuses_credentials_never_shows_the_password(isolated: Isola
     with ForwardProxy(require_auth="Basic nope") as proxy:
         env = {"HTTPS_PROXY": f"http://user:S3CRETPW@localhost:{proxy.port}"}
         result = run(["ask", "-p", "ollama", "-m", "m", "--base-url", "https://localhost:9/v1",
-                      "-v", "hi"], isolated, env=env)  # fmt: skip
+                      "-v", "--retries", "0", "hi"], isolated, env=env)  # fmt: skip
     assert result.returncode == 1
     assert "S3CRETPW" not in result.stderr + result.stdout
     assert "407" in result.stderr and "proxy" in result.stderr

@@ -242,7 +242,7 @@ def test_failure_modes_end_in_one_line_and_exit_1(
             [Cookie("chat-gpt.org", k, v) for k, v in AICHAT_COOKIES.items()]
         )
     with fake.serve():
-        result = run([*ask(name, fake), "hi"], isolated)
+        result = run([*ask(name, fake), "--retries", "0", "hi"], isolated)
     assert result.returncode == 1, result.stderr
     assert_one_line_error(result.stderr, f"{name}: ", fragment)
     if partial:

@@ -1,0 +1,133 @@
+"""Retries with backoff, Retry-After, and the provider fallback chain, counted at the fake."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from aiohttp import web
+
+from chatcli.engine import backoff
+from tests.conftest import Isolated, run
+from tests.servers import AppServer, FakeOpenAI
+
+
+def ask(fake: FakeOpenAI, *args: str) -> list[str]:
+    return ["ask", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, *args]
+
+
+def chat_requests(fake: FakeOpenAI) -> int:
+    return sum(1 for r in fake.requests if r.path.endswith("/chat/completions"))
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 408, 409])
+def test_retryable_statuses_are_retried_twice_then_fail(
+    fake: FakeOpenAI, isolated: Isolated, status: int
+) -> None:
+    fake.mode, fake.status, fake.body = "status", status, '{"error": "flaky"}'
+    result = run(ask(fake, "hi"), isolated)
+    assert result.returncode == 1
+    assert chat_requests(fake) == 3  # the first try and two retries
+    lines = result.stderr.splitlines()
+    assert [line for line in lines if "retrying in" in line][-1].endswith("(2/2)")
+    assert lines[-1].startswith(f"chatcli: ollama: HTTP {status}")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_client_errors_are_not_retried(fake: FakeOpenAI, isolated: Isolated, status: int) -> None:
+    fake.mode, fake.status, fake.body = "status", status, '{"error": "no"}'
+    result = run(ask(fake, "hi"), isolated)
+    assert result.returncode == 1 and chat_requests(fake) == 1
+    assert "retrying" not in result.stderr
+
+
+def test_retries_option_and_recovery(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.mode, fake.status = "status", 503
+    assert run(ask(fake, "--retries", "0", "hi"), isolated).returncode == 1
+    assert chat_requests(fake) == 1
+
+    # A server that recovers: the answer arrives after one retry.
+    server = FakeOpenAI()
+    calls = {"n": 0}
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        calls["n"] += 1
+        server.mode = "status" if calls["n"] == 1 else "ok"
+        return await server._chat(request)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", flaky)
+    with AppServer(app) as http:
+        server.status = 500
+        result = run(["ask", "-p", "ollama", "-m", "m", "--base-url", f"{http.url}/v1", "hi"],
+                     isolated)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello, world!\n" and calls["n"] == 2
+    assert "retrying in" in result.stderr
+
+
+def test_retry_after_is_honoured_and_shown(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.mode, fake.status, fake.body = "status", 429, '{"error": {"message": "slow down"}}'
+    fake.headers = {"Retry-After": "1"}
+    started = time.monotonic()
+    result = run(ask(fake, "--retries", "1", "hi"), isolated)
+    assert result.returncode == 1 and chat_requests(fake) == 2
+    assert time.monotonic() - started >= 1.0
+    assert "rate limited" in result.stderr and "retrying in 1.0 s (1/1)" in result.stderr
+
+
+def test_a_retry_after_beyond_the_limit_is_not_waited_for(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    fake.mode, fake.status, fake.headers = "status", 429, {"Retry-After": "100"}
+    result = run(ask(fake, "hi"), isolated)
+    assert result.returncode == 1 and chat_requests(fake) == 1
+
+
+def test_text_already_shown_is_never_retried(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.mode = "drop"  # two pieces, then the connection breaks
+    result = run(ask(fake, "hi"), isolated)
+    assert result.returncode == 1 and chat_requests(fake) == 1
+    assert result.stdout == "Hello, \n"
+
+
+def test_connection_refused_is_retried(isolated: Isolated) -> None:
+    result = run(["ask", "-p", "ollama", "-m", "m", "--base-url", "http://localhost:9/v1", "hi"],
+                 isolated)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.count("retrying in") == 2
+
+
+def test_fallback_chain_tries_the_next_provider(fake: FakeOpenAI, isolated: Isolated) -> None:
+    isolated.write_config(
+        f'[providers.good]\ntype = "openai"\nbase_url = "{fake.base_url}"\nmodel = "m"\n'
+    )
+    result = run(["ask", "-p", "ollama,good", "--base-url", "http://localhost:9/v1", "--retries",
+                  "0", "--json", "hi"], isolated)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["provider"] == "good"
+    assert "trying good" in result.stderr
+    assert chat_requests(fake) == 1
+
+
+def test_fallback_from_config_and_all_failing(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.mode, fake.status, fake.body = "status", 401, '{"error": "bad key"}'
+    isolated.write_config(
+        'provider = "ollama"\nfallback = ["broken"]\n'
+        f'[providers.broken]\ntype = "openai"\nbase_url = "{fake.base_url}"\nmodel = "m"\n'
+    )
+    result = run(["ask", "--base-url", "http://localhost:9/v1", "--retries", "0", "hi"], isolated)
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("chatcli: every provider failed: ollama: cannot connect")
+    assert "broken: not authorised (HTTP 401" in last
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    delays = [backoff(n) for n in range(8)]
+    assert all(d is not None for d in delays)
+    assert 0.375 <= delays[0] <= 0.5 and 0.75 <= delays[1] <= 1.0  # type: ignore[operator]
+    assert all(d <= 8.0 for d in delays if d is not None)
+    assert backoff(0, retry_after=7.0) == 7.0 and backoff(0, retry_after=61.0) is None
