@@ -37,6 +37,7 @@ from chatcli.clikit import (
 )
 from chatcli.context import AppContext
 from chatcli.errors import (
+    EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
     ProviderError,
@@ -299,6 +300,59 @@ def _print_json(ctx: AppContext, turn: Any, conversation: Any) -> None:
 # -- providers, models, paths -------------------------------------------------------------------
 
 
+def _check_providers(
+    ctx: AppContext, registry: Any, chosen: str | None, timeout: float | None, json_out: bool
+) -> None:
+    import asyncio
+
+    from chatcli.engine import TurnRequest
+    from chatcli.health import check, configured
+    from chatcli.store import Stores
+
+    stores = Stores.at(ctx.paths)
+    if chosen:
+        names = [registry.get(n.strip()).name for n in chosen.split(",") if n.strip()]
+    else:
+        names = configured(ctx.settings, registry, dict(ctx.env), stores.cookies)
+    if not names:
+        raise UsageError(
+            "no provider is configured to check: name some with -p a,b (see chatcli providers)"
+        )
+    template = TurnRequest(
+        provider=names[0],
+        messages=[],
+        timeout=timeout if timeout is not None else (ctx.settings.timeout or 30.0),
+        store=stores,
+    )
+    results = asyncio.run(check(names, registry, template))
+    if json_out:
+        ctx.stdout.write(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
+    else:
+        from rich.table import Table
+
+        from chatcli.render import make_console, sanitize
+
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        for title in ("NAME", "STATUS", "MODEL", "FIRST TOKEN", "TOTAL", "ERROR"):
+            table.add_column(title, overflow="fold")
+        for r in results:
+            first = f"{r.first_token:.2f} s" if r.first_token is not None else "-"
+            table.add_row(
+                r.provider,
+                "ok" if r.ok else "failed",
+                sanitize(r.model or "-"),
+                first,
+                f"{r.total:.2f} s",
+                sanitize(redact_credentials(r.error or "")),
+            )
+        console = make_console(ctx.stdout)
+        if not ctx.stdout_isatty:
+            console.width = 200
+        console.print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(EXIT_ERROR)
+
+
 def _auth_label(facts: dict[str, Any]) -> str:
     key_env = facts.get("key_env")
     if key_env:
@@ -312,8 +366,19 @@ def _auth_label(facts: dict[str, Any]) -> str:
 
 
 @app.command()
-def providers(json_out: JsonOpt = False) -> None:
-    """List providers and what each can do."""
+def providers(
+    json_out: JsonOpt = False,
+    check_them: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Ask the configured providers (or those of -p) a tiny question, in parallel.",
+        ),
+    ] = False,
+    provider: ProviderOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """List providers and what each can do; --check tries them."""
     ctx = AppContext.from_process()
     setup_logging(ctx, False)
     with boundary(ctx):
@@ -323,6 +388,9 @@ def providers(json_out: JsonOpt = False) -> None:
         settings = ctx.settings
         registry = Registry.from_config(settings.providers)
         cookies = Stores.at(ctx.paths).cookies
+        if check_them:
+            _check_providers(ctx, registry, provider, timeout, json_out)
+            return
         rows = []
         for cls in registry:
             row = cls.describe()

@@ -131,3 +131,26 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
     assert 0.375 <= delays[0] <= 0.5 and 0.75 <= delays[1] <= 1.0  # type: ignore[operator]
     assert all(d <= 8.0 for d in delays if d is not None)
     assert backoff(0, retry_after=7.0) == 7.0 and backoff(0, retry_after=61.0) is None
+
+
+def test_providers_check_reports_each_configured_provider(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    nothing = run(["providers", "--check"], isolated)
+    assert nothing.returncode == 2 and "no provider is configured" in nothing.stderr
+    isolated.write_config(
+        'provider = "good"\nfallback = ["down"]\n'
+        f'[providers.good]\ntype = "openai"\nbase_url = "{fake.base_url}"\nmodel = "m"\n'
+        '[providers.down]\ntype = "openai"\nbase_url = "http://localhost:9/v1"\nmodel = "m"\n'
+    )
+    result = run(["providers", "--check", "--json"], isolated)
+    assert result.returncode == 1  # one of them failed
+    rows = {row["provider"]: row for row in json.loads(result.stdout)}
+    assert set(rows) == {"good", "down"}  # only what is configured: nothing else is contacted
+    assert rows["good"]["ok"] and rows["good"]["model"] == "m"
+    assert 0 <= rows["good"]["first_token_s"] <= rows["good"]["total_s"]
+    assert not rows["down"]["ok"] and "connection refused" in rows["down"]["error"]
+    assert fake.requests[-1].body["messages"][0]["content"].startswith("Reply with")
+    table = run(["providers", "--check", "-p", "good"], isolated)
+    assert table.returncode == 0, table.stderr
+    assert "good" in table.stdout and " ok " in table.stdout

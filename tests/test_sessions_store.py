@@ -210,3 +210,39 @@ def test_a_write_into_a_deleted_session_is_a_clear_error(store: SessionStore) ->
 def test_reuse_name_returns_the_session_another_process_just_made(store: SessionStore) -> None:
     first = store.create(name="fresh")
     assert store.create(name="fresh", reuse_name=True).id == first.id
+
+
+OPENER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from chatcli.store.sessions import SessionStore
+
+    store = SessionStore(Path(sys.argv[1]))
+    session = store.create(name="fresh", reuse_name=True)
+    store.add_message(session.id, "user", sys.argv[2])
+    """
+)
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    # SQLite answers "busy" without waiting to some of them while another switches the new
+    # file to WAL or migrates it; they must try again, not fail.
+    for round_ in range(5):
+        path = tmp_path / f"round{round_}" / "sessions.db"
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", OPENER, str(path), f"writer {i}"],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(6)
+        ]
+        for process in processes:
+            _, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err
+        store = SessionStore(path)
+        (session,) = store.recent()
+        assert sorted(m.content for m in store.messages(session.id)) == [
+            f"writer {i}" for i in range(6)
+        ]

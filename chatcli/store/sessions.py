@@ -159,11 +159,7 @@ class SessionStore:
             db.execute("PRAGMA foreign_keys = ON")
             # Refuse a newer schema before anything (even the journal mode) changes the file.
             self._check_not_newer(db.execute("PRAGMA user_version").fetchone()[0])
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StorageError(f"{self.path}: cannot switch to WAL journaling (got {mode})")
-            db.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(db)
+            self._prepare(db)
         except sqlite3.Error as exc:
             db.close()
             raise self._error("cannot use", exc) from exc
@@ -171,6 +167,28 @@ class SessionStore:
             db.close()
             raise
         return db
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        """WAL journaling and the current schema.
+
+        When several processes open a new database at once, SQLite answers "busy" at once
+        (without waiting) to some of them while another switches the journal mode or migrates,
+        to avoid a deadlock; those try again until the busy timeout has passed.
+        """
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StorageError(f"{self.path}: cannot switch to WAL journaling ({mode})")
+                db.execute("PRAGMA synchronous = NORMAL")
+                self._migrate(db)
+                return
+            except sqlite3.OperationalError as exc:
+                text = str(exc)
+                if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05 + 0.05 * secrets.randbelow(4))
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]

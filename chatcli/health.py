@@ -1,0 +1,83 @@
+"""``chatcli providers --check``: ask providers a tiny question in parallel and time the answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from chatcli.engine import Turn, TurnRequest, run_turn
+from chatcli.errors import ChatcliError
+from chatcli.providers import Registry
+from chatcli.render import NullRenderer
+
+PROMPT = "Reply with the single word: ok"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    provider: str
+    ok: bool
+    model: str | None
+    first_token: float | None
+    total: float
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "ok": self.ok,
+            "model": self.model,
+            "first_token_s": round(self.first_token, 3) if self.first_token is not None else None,
+            "total_s": round(self.total, 3),
+            "error": self.error,
+        }
+
+
+def configured(settings: Any, registry: Registry, env: dict[str, str], cookies: Any) -> list[str]:
+    """The providers this installation is set up to use: the default and its fallbacks, those
+    defined or tuned in config.toml, API providers whose key variable is set, and web
+    providers whose cookies are stored."""
+    names: list[str] = []
+    if settings.provider:
+        names.append(registry.get(settings.provider).name)
+    names += [registry.get(n).name for n in settings.fallback]
+    names += [registry.get(n).name for n in settings.providers]
+    for cls in registry:
+        key_env = getattr(cls, "key_env", None)
+        if key_env and env.get(key_env):
+            names.append(cls.name)
+        domain = getattr(cls, "cookie_domain", "")
+        if domain and cls.needs_auth and cookies.for_domain(domain):
+            names.append(cls.name)
+    return list(dict.fromkeys(names))
+
+
+async def check(
+    names: Iterable[str], registry: Registry, template: TurnRequest
+) -> list[CheckResult]:
+    """Ask each provider :data:`PROMPT` at once; one result per provider, in order."""
+
+    async def one(name: str) -> CheckResult:
+        request = TurnRequest(
+            provider=name,
+            messages=[{"role": "user", "content": PROMPT}],
+            timeout=template.timeout,
+            proxy=template.proxy,
+            store=template.store,
+            retries=0,
+        )
+        turn = Turn(provider=name)
+        started = time.monotonic()
+        try:
+            await run_turn(request, registry, NullRenderer(), turn=turn)
+            error = None
+        except ChatcliError as exc:
+            error = str(exc)
+        total = time.monotonic() - started
+        first = turn.first_piece_at - started if turn.first_piece_at is not None else None
+        return CheckResult(name, error is None, turn.model or None, first, total, error)
+
+    return list(await asyncio.gather(*(one(name) for name in names)))
