@@ -147,6 +147,41 @@ def parse_options(pairs: list[Any]) -> dict[str, Any]:
     return options
 
 
+def _chat_options(
+    provider: str | None,
+    model: str | None,
+    system: str | None,
+    temperature: float | None,
+    option: list[Any] | None,
+    no_stream: bool,
+    proxy: str | None,
+    base_url: str | None,
+    timeout: float | None,
+    session: str | None,
+    continue_last: bool,
+    no_save: bool,
+    retries: int | None,
+) -> Any:
+    """The conversation choices ``ask`` and ``repl`` share, from their options."""
+    from chatcli.chat import ChatOptions
+
+    return ChatOptions(
+        provider=provider,
+        model=model,
+        system=system,
+        temperature=temperature,
+        options=parse_options(option or []),
+        stream=not no_stream,
+        proxy=proxy,
+        base_url=base_url,
+        timeout=timeout,
+        session=session,
+        continue_last=continue_last,
+        save=not no_save,
+        retries=retries,
+    )
+
+
 @app.command()
 def ask(
     prompt: Annotated[
@@ -183,26 +218,26 @@ def ask(
     log_handler = setup_logging(ctx, verbose)
     with boundary(ctx, verbose=verbose):
         message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
-        from chatcli.chat import ChatOptions, open_conversation
+        from chatcli.chat import open_conversation
         from chatcli.engine import Turn
         from chatcli.render import choose
 
         conversation = open_conversation(
             ctx,
-            ChatOptions(
-                provider=provider,
-                model=model,
-                system=system,
-                temperature=temperature,
-                options=parse_options(option or []),
-                stream=not no_stream,
-                proxy=proxy,
-                base_url=base_url,
-                timeout=timeout,
-                session=session,
-                continue_last=continue_last,
-                save=not no_save,
-                retries=retries,
+            _chat_options(
+                provider,
+                model,
+                system,
+                temperature,
+                option,
+                no_stream,
+                proxy,
+                base_url,
+                timeout,
+                session,
+                continue_last,
+                no_save,
+                retries,
             ),
         )
         conversation.notice = lambda text: say(ctx, text)
@@ -248,26 +283,26 @@ def repl(
     with boundary(ctx, verbose=verbose):
         if not (ctx.stdin_isatty and ctx.stdout_isatty):
             raise UsageError("chatcli repl needs a terminal; in pipes and scripts use chatcli ask")
-        from chatcli.chat import ChatOptions, open_conversation
+        from chatcli.chat import open_conversation
         from chatcli.render import choose
         from chatcli.repl import Repl, history_file
 
         conversation = open_conversation(
             ctx,
-            ChatOptions(
-                provider=provider,
-                model=model,
-                system=system,
-                temperature=temperature,
-                options=parse_options(option or []),
-                stream=not no_stream,
-                proxy=proxy,
-                base_url=base_url,
-                timeout=timeout,
-                session=session,
-                continue_last=continue_last,
-                save=not no_save,
-                retries=retries,
+            _chat_options(
+                provider,
+                model,
+                system,
+                temperature,
+                option,
+                no_stream,
+                proxy,
+                base_url,
+                timeout,
+                session,
+                continue_last,
+                no_save,
+                retries,
             ),
         )
         loop = Repl(
