@@ -24,7 +24,12 @@ COMMANDS = {
     "chatcli --version": [CHATCLI, "--version"],
     "chatcli --help": [CHATCLI, "--help"],
     "chatcli paths": [CHATCLI, "paths"],
+    "completion (Tab)": [CHATCLI],  # with the variables of COMPLETION below
 }
+
+#: What bash sets when Tab is pressed after ``chatcli ask -p ol``.
+COMPLETION = {"_CHATCLI_COMPLETE": "complete_bash", "COMP_WORDS": "chatcli ask -p ol",
+              "COMP_CWORD": "3"}  # fmt: skip
 
 
 def time_command(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:
@@ -46,7 +51,8 @@ def main() -> None:
         base = None
         print(f"{'command':<20} {'median':>9} {'min':>9} {'vs python':>10}")
         for label, argv in COMMANDS.items():
-            times = time_command(argv, args.runs, env)
+            extra = COMPLETION if label.startswith("completion") else {}
+            times = time_command(argv, args.runs, {**env, **extra})
             median = statistics.median(times)
             base = base or median
             row = f"{median * 1e3:>7.0f}ms {min(times) * 1e3:>7.0f}ms {median / base:>9.1f}x"
