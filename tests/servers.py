@@ -162,7 +162,12 @@ class FakeOpenAI:
         return problems
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        from tests.faults import Faults
+
+        self.faults = Faults()
+        app = web.Application(
+            client_max_size=64 * 1024 * 1024, middlewares=[self.faults.middleware]
+        )
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         return app

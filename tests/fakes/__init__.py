@@ -96,7 +96,11 @@ class FakeService:
         raise NotImplementedError
 
     def app(self) -> web.Application:
-        app = web.Application()
+        from tests.faults import Faults
+
+        #: Faults to inject in front of the fake (tests/faults.py).
+        self.faults = Faults()
+        app = web.Application(middlewares=[self.faults.middleware])
         self.routes(app)
         return app
 
