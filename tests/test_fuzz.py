@@ -118,3 +118,15 @@ def test_openai_whole_replies_raise_only_chatcli_errors(reply: Any) -> None:
     except ChatcliError:
         return
     assert isinstance(text, str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=80), JSONISH.map(json.dumps)))
+def test_gptalk_events_raise_only_chatcli_errors(line: str) -> None:
+    from chatcli.providers.gptalk import GPTalk
+
+    try:
+        text = GPTalk._content(line)
+    except ChatcliError:
+        return
+    assert isinstance(text, str)

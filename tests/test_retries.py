@@ -110,6 +110,10 @@ def test_fallback_chain_tries_the_next_provider(fake: FakeOpenAI, isolated: Isol
     assert json.loads(result.stdout)["provider"] == "good"
     assert "trying good" in result.stderr
     assert chat_requests(fake) == 1
+    verbose = run(["ask", "-p", "ollama,good", "--base-url", "http://localhost:9/v1",
+                   "--retries", "0", "-v", "hi"], isolated)  # fmt: skip
+    assert verbose.returncode == 0 and verbose.stdout == "Hello, world!\n"
+    assert "answered by good" in verbose.stderr
 
 
 def test_fallback_from_config_and_all_failing(fake: FakeOpenAI, isolated: Isolated) -> None:

@@ -185,6 +185,19 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
         return stream_token
 
     @classmethod
+    def _content(cls, data: str) -> str:
+        """The whole answer so far, from one stream event's data."""
+        try:
+            content = json.loads(data)["content"]
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise ProtocolError(
+                f"unexpected stream line: {quote(data)}", provider=cls.name
+            ) from None
+        if not isinstance(content, str):
+            raise ProtocolError(f"stream content is not text: {quote(data)}", provider=cls.name)
+        return content
+
+    @classmethod
     async def _read_stream(
         cls, session: aiohttp.ClientSession, root: str, stream_token: str
     ) -> AsyncIterator[str]:
@@ -201,16 +214,7 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
                     if data == "[DONE]":
                         done = True
                         break
-                    try:
-                        content = json.loads(data)["content"]
-                    except (ValueError, KeyError, TypeError):
-                        raise ProtocolError(
-                            f"unexpected stream line: {quote(data)}", provider=cls.name
-                        ) from None
-                    if not isinstance(content, str):
-                        raise ProtocolError(
-                            f"stream content is not text: {quote(data)}", provider=cls.name
-                        )
+                    content = cls._content(data)
                     if not content.startswith(shown):
                         # The text jumped (the site restarted its answer): emit nothing rather
                         # than garbage; a later event that extends what was shown resumes it.
