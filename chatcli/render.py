@@ -133,20 +133,26 @@ class BlockSplitter:
 
     def __init__(self) -> None:
         self._lines: list[str] = []
-        self._partial = ""
+        # The unfinished last line, in pieces: joining only when it ends keeps a long line
+        # (an answer with no newline at all) linear instead of copying it on every piece.
+        self._partial: list[str] = []
         self._fence: str | None = None
         self._blank_at: int | None = None
 
     @property
     def tail(self) -> str:
         """The unfinished source (trailing blank lines included; Markdown ignores them)."""
-        return "\n".join([*self._lines, self._partial])
+        return "\n".join([*self._lines, "".join(self._partial)])
 
     def feed(self, text: str) -> list[str]:
         """Add source text; return the blocks it finished, oldest first."""
         finished: list[str] = []
-        pieces = (self._partial + text).split("\n")
-        self._partial = pieces.pop()
+        if "\n" not in text:
+            self._partial.append(text)
+            return finished
+        pieces = text.split("\n")
+        pieces[0] = "".join([*self._partial, pieces[0]])
+        self._partial = [pieces.pop()]
         for line in pieces:
             block = self._line(line)
             if block is not None:
