@@ -39,7 +39,6 @@ from chatcli.context import AppContext
 from chatcli.errors import (
     EXIT_ERROR,
     EXIT_OK,
-    EXIT_USAGE,
     ProviderError,
     UsageError,
     check_url,
@@ -669,4 +668,4 @@ def main(argv: list[str] | None = None) -> NoReturn:
     raise SystemExit(EXIT_OK)
 
 
-__all__ = ["EXIT_USAGE", "app", "main"]
+__all__ = ["app", "main"]

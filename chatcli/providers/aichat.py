@@ -51,7 +51,7 @@ class Aichat(WebProvider, AsyncProvider):
                 f"your browser and run `chatcli cookies import FILE` (cookies.txt or JSON)",
                 provider=cls.name,
             )
-        root = cls.site_root(base_url)
+        root = cls.root_url(base_url)
         headers = {
             "content-type": "application/json",
             "origin": root,
@@ -70,15 +70,14 @@ class Aichat(WebProvider, AsyncProvider):
         async with cls.browser_session(
             root=root, store=stores, proxy=proxy, timeout=timeout, headers=headers, cookies=jar
         ) as session:
-            with http.http_errors(cls.name, url):
-                async with session.post(url, json=body) as response:
-                    await http.check_status(
-                        response,
-                        cls.name,
-                        auth_hint="the cookies may have expired: import fresh ones",
-                        secrets=jar.values(),
-                    )
-                    data = await http.read_json(response, cls.name)
+            data = await cls.fetch_json(
+                session,
+                "POST",
+                url,
+                json=body,
+                auth_hint="the cookies may have expired: import fresh ones",
+                secrets=jar.values(),
+            )
         if not isinstance(data, dict):
             raise ProtocolError(f"unexpected reply: {quote(json.dumps(data))}", provider=cls.name)
         if not data.get("response"):

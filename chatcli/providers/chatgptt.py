@@ -55,7 +55,7 @@ class ChatGptt(WebProvider, ProviderModelMixin, AsyncGeneratorProvider):
 
         check_messages(messages, cls.name)
         cls.get_model(model)  # an unknown model is an error even though it is not sent
-        root = cls.site_root(base_url)
+        root = cls.root_url(base_url)
         headers = {
             "accept": "application/json",
             "origin": root,
@@ -87,10 +87,7 @@ class ChatGptt(WebProvider, ProviderModelMixin, AsyncGeneratorProvider):
                 "wpaicg_chat_history": "None",
             }
             url = f"{root}/wp-admin/admin-ajax.php"
-            with http.http_errors(cls.name, url):
-                async with session.post(url, data=form) as response:
-                    await http.check_status(response, cls.name)
-                    data = await http.read_json(response, cls.name)
+            data = await cls.fetch_json(session, "POST", url, data=form)
         yield cls._reply(data)
 
     @classmethod

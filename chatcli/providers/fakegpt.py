@@ -63,7 +63,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
         from chatcli.providers import http
 
         check_messages(messages, cls.name)
-        root = cls.site_root(base_url)
+        root = cls.root_url(base_url)
         headers = {
             "accept-language": "en-US",
             "user-agent": http.CHROME_USER_AGENT,
@@ -138,10 +138,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
         from chatcli.providers import http
 
         url = f"{root}/api/loads"
-        with http.http_errors(cls.name, url):
-            async with session.get(url, params={"t": str(int(time.time()))}) as response:
-                await http.check_status(response, cls.name)
-                data = await http.read_json(response, cls.name)
+        data = await cls.fetch_json(session, "GET", url, params={"t": str(int(time.time()))})
         loads = data.get("loads") if isinstance(data, dict) else None
         if not isinstance(loads, list):
             raise ProtocolError(
@@ -160,10 +157,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
                 await http.check_status(response, cls.name)
                 await response.read()
         url = f"{root}/api/auth/session"
-        with http.http_errors(cls.name, url):
-            async with session.get(url) as response:
-                await http.check_status(response, cls.name)
-                data = await http.read_json(response, cls.name)
+        data = await cls.fetch_json(session, "GET", url)
         token = data.get("accessToken") if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise ProtocolError("login gave no access token", provider=cls.name)

@@ -59,7 +59,7 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
         from chatcli.providers import http
 
         check_messages(messages, cls.name)
-        root = cls.site_root(base_url)
+        root = cls.root_url(base_url)
         stores = cls.stores(store)
         state = stores.state(cls.name)
         user_agent = http.CHROME_USER_AGENT
@@ -141,14 +141,10 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
 
     @classmethod
     async def _login(cls, session: aiohttp.ClientSession, root: str) -> dict[str, Any]:
-        from chatcli.providers import http
 
         url = f"{root}/api/chatgpt/user/login"
         payload = {"fingerprint": secrets.token_hex(16), "platform": "fingerprint"}
-        with http.http_errors(cls.name, url):
-            async with session.post(url, json=payload) as response:
-                await http.check_status(response, cls.name)
-                data = await http.read_json(response, cls.name)
+        data = await cls.fetch_json(session, "POST", url, json=payload)
         try:
             token = data["data"]["token"]
             expires_at = data["data"]["expires_at"]
@@ -165,15 +161,12 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
     async def _request_stream(
         cls, session: aiohttp.ClientSession, root: str, token: str, body: dict[str, Any]
     ) -> str:
-        from chatcli.providers import http
 
         url = f"{root}/api/chatgpt/chatapi/text"
-        with http.http_errors(cls.name, url):
-            async with session.post(
-                url, json=body, headers={"authorization": f"Bearer {token}"}
-            ) as response:
-                await http.check_status(response, cls.name, secrets=[token])
-                data = await http.read_json(response, cls.name)
+        headers = {"authorization": f"Bearer {token}"}
+        data = await cls.fetch_json(
+            session, "POST", url, json=body, headers=headers, secrets=[token]
+        )
         try:
             stream_token = data["data"]["token"]
         except (KeyError, TypeError):

@@ -46,7 +46,7 @@ class Opchatgpts(WebProvider, AsyncGeneratorProvider):
         from chatcli.providers import http
 
         check_messages(messages, cls.name)
-        root = cls.site_root(base_url)
+        root = cls.root_url(base_url)
         headers = {
             "user-agent": http.CHROME_USER_AGENT,
             "accept": "*/*",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from http.cookies import Morsel
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from chatcli.providers.base import BaseProvider
@@ -34,16 +34,12 @@ class WebProvider(BaseProvider):
     cookie_domain: ClassVar[str] = ""
 
     @classmethod
-    def site_root(cls, base_url: str | None = None) -> str:
+    def root_url(cls, base_url: str | None = None) -> str:
         """``base_url``, else the scheme and host of :attr:`url` (no trailing slash)."""
         if base_url:
             return base_url.rstrip("/")
         parts = urlsplit(cls.url)
         return f"{parts.scheme}://{parts.netloc}"
-
-    @classmethod
-    def root_url(cls, base_url: str | None = None) -> str:
-        return cls.site_root(base_url)
 
     @staticmethod
     def stores(store: Stores | None) -> Stores:
@@ -81,6 +77,25 @@ class WebProvider(BaseProvider):
                 yield session
             finally:
                 cls.save_cookies(store, session.cookie_jar, unchanged=start)
+
+    @classmethod
+    async def fetch_json(
+        cls,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        *,
+        secrets: Iterable[str | None] = (),
+        auth_hint: str = "",
+        **kwargs: Any,
+    ) -> Any:
+        """One request whose answer is JSON: failures become chatcli's one-line errors."""
+        from chatcli.providers import http
+
+        with http.http_errors(cls.name, url):
+            async with session.request(method, url, **kwargs) as response:
+                await http.check_status(response, cls.name, auth_hint=auth_hint, secrets=secrets)
+                return await http.read_json(response, cls.name)
 
     @classmethod
     def stored_cookies(cls, store: Stores) -> dict[str, str]:
