@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import byte_compile
+
 CHATCLI = str(Path(sys.executable).with_name("chatcli"))
 
 COMMANDS = {
@@ -46,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--runs", type=int, default=20)
     args = parser.parse_args()
+    byte_compile()
     with tempfile.TemporaryDirectory() as home:
         env = dict(os.environ, CHATCLI_HOME=home)
         base = None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from typing import IO, TYPE_CHECKING, Any, Final, Protocol
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -194,31 +194,112 @@ class BlockSplitter:
         return bool(_LIST_ITEM.match(block[0]) and _LIST_ITEM.match(line))
 
 
-#: A minimal element of each kind: what the spacing before the next block depends on.
-_STAND_INS: Final = {
-    "paragraph_open": "x",
-    "heading_open": "# x",
-    "bullet_list_open": "- x",
-    "ordered_list_open": "1. x",
-    "blockquote_open": "> x",
-    "fence": "```\nx\n```",
-    "code_block": "    x",
-    "table_open": "| x |\n|---|\n| x |",
-    "hr": "---",
-}
+def _flag_after(markdown: Any) -> bool | None:
+    """Whether Rich puts a blank line after this block (``None``: it has no elements).
+
+    Rich's ``Markdown`` keeps one flag while it renders: whether the element that closed last
+    wants a blank line after it (its class's ``new_line``; a horizontal rule or an image does
+    not). The next element printed gets a blank line before it when the flag is set. That flag
+    is all one block's output takes from the blocks before it.
+    """
+    from rich.markdown import UnknownElement
+
+    elements, inlines = markdown.elements, markdown.inlines
+    opened: list[Any] = []
+    flag: bool | None = None
+    for token in markdown._flatten_tokens(markdown.parsed):
+        kind = token.type
+        if kind in _NO_ELEMENT or (token.tag in inlines and kind not in ("fence", "code_block")):
+            continue  # text, breaks, links, inline HTML and inline styles are not elements
+        if token.nesting == 1:
+            opened.append(elements.get(kind) or UnknownElement)
+            continue
+        element = opened.pop() if token.nesting == -1 else elements.get(kind) or UnknownElement
+        flag = bool(element.new_line)
+    return flag
 
 
-def _last_kind(markdown: Any) -> str | None:
-    for token in reversed(markdown.parsed):
-        if token.level == 0 and token.nesting >= 0 and not token.type.endswith("_close"):
-            return str(token.type)
-    return None
+#: Tokens Rich's ``Markdown`` handles without an element.
+_NO_ELEMENT: Final = frozenset(
+    {"text", "hardbreak", "softbreak", "link_open", "link_close", "html_inline"}
+)
+#: A paragraph: put before a block, it sets the flag as any block that wants a blank line.
+_FLAG_SETTER: Final = "x"
 
 
 _PARSER: Any = None
+_MARKDOWN_CLASS: Any = None
 
 
-def fast_markdown(source: str) -> Any:
+def _markdown_class() -> Any:
+    """Rich's ``Markdown`` with a faster code block that prints the very same bytes.
+
+    Rich's code block looks up the Pygments lexer and builds the colour theme anew for every
+    block, renders each line on its own and then pads the result in a second pass: about a
+    quarter of all the time spent on an answer with code in it. This one keeps lexers and
+    themes, renders all lines in one pass and pads them as it goes. A test renders code
+    through both and compares the output byte for byte.
+    """
+    global _MARKDOWN_CLASS
+    if _MARKDOWN_CLASS is not None:
+        return _MARKDOWN_CLASS
+    from functools import lru_cache
+
+    from rich.markdown import CodeBlock, Markdown
+    from rich.segment import Segment
+    from rich.syntax import Syntax
+
+    @lru_cache(maxsize=32)
+    def lexer(name: str) -> Any:
+        from pygments.lexers import get_lexer_by_name  # type: ignore[import-untyped]
+        from pygments.util import ClassNotFound  # type: ignore[import-untyped]
+
+        options = {"stripnl": False, "ensurenl": True, "tabsize": 4}  # as Rich asks for it
+        try:
+            return get_lexer_by_name(name, **options)
+        except ClassNotFound:
+            return get_lexer_by_name("text", **options)
+
+    theme = lru_cache(maxsize=4)(Syntax.get_theme)
+
+    class FastCodeBlock(CodeBlock):
+        def __rich_console__(self, console: Any, options: Any) -> Any:
+            code = str(self.text).rstrip()
+            syntax = Syntax(code, lexer(self.lexer_name), theme=theme(self.theme), word_wrap=True)
+            ends_on_newline, processed = syntax._process_code(code)
+            text = syntax.highlight(processed)
+            if not ends_on_newline:
+                text.remove_suffix("\n")
+            base = syntax._get_base_style()
+            width = options.max_width
+            lines = console.render_lines(
+                text,
+                options.update(width=max(0, width - 2), height=None, justify="left"),
+                style=syntax.background_style,
+                pad=True,
+            )
+            side, newline = Segment(" ", base), Segment.line()
+            blank = Segment(" " * width + "\n", base)
+            yield blank
+            for line in lines:
+                yield side
+                yield from line
+                yield side
+                yield newline
+            yield blank
+
+    class FastMarkdown(Markdown):
+        elements: ClassVar = {
+            **Markdown.elements,
+            "fence": FastCodeBlock,
+            "code_block": FastCodeBlock,
+        }
+
+    _MARKDOWN_CLASS = FastMarkdown
+    return FastMarkdown
+
+
+def fast_markdown(source: str, env: dict[str, Any] | None = None) -> Any:
     """Rich's ``Markdown`` (links showing their target), reusing one parser.
 
     Rich builds a new markdown-it parser for every ``Markdown``; building it cost more than
@@ -227,15 +308,14 @@ def fast_markdown(source: str) -> Any:
     wrong).
     """
     global _PARSER
-    from rich.markdown import Markdown
-
     if _PARSER is None:
         from markdown_it import MarkdownIt
 
         _PARSER = MarkdownIt().enable("strikethrough").enable("table")
-    markdown = Markdown.__new__(Markdown)
+    cls = _markdown_class()
+    markdown = cls.__new__(cls)
     markdown.markup = source
-    markdown.parsed = _PARSER.parse(source)
+    markdown.parsed = _PARSER.parse(source, env)
     markdown.code_theme = "monokai"
     markdown.justify = None
     markdown.style = "none"
@@ -266,9 +346,9 @@ class MarkdownRenderer:
         self._stream = console.file
         self._echo = _TerminalEcho(self._stream)
         self._splitter = BlockSplitter()
-        self._previous: str | None = None  # the last finished block's source
-        self._previous_kind: str | None = None  # ...and the kind of its last element
-        self._stand_in_renders: dict[tuple[int, str], str] = {}
+        self._spaced = False  # Rich puts a blank line after the last finished block
+        self._setter_render = ""  # _FLAG_SETTER rendered at the current width
+        self._env: dict[str, Any] = {}  # the parser's state: link definitions seen so far
         self._shown_lines = 0  # lines of the live tail now on screen
         self._last_frame = 0.0
         self._frame_due = False  # a redraw is scheduled on the event loop
@@ -281,10 +361,11 @@ class MarkdownRenderer:
     def _width(self) -> int:
         return max(20, self._console.width)
 
-    def _render(self, source: str, width: int) -> tuple[str, str | None]:
-        """``source`` rendered at ``width``, and the kind of its last top-level element."""
+    def _render(self, source: str) -> tuple[str, bool | None]:
+        """``source`` rendered alone, and the flag it leaves (see :func:`_flag_after`)."""
         from rich.console import Console
 
+        width = self._width()
         renderer = self._renderers.get(width)
         if renderer is None:
             renderer = Console(
@@ -299,33 +380,30 @@ class MarkdownRenderer:
                 emoji=False,
             )
             self._renderers = {width: renderer}
+            self._setter_render = ""
         buffer = io.StringIO()
         renderer.file = buffer
-        markdown = fast_markdown(source)
+        markdown = fast_markdown(source, self._env)
         renderer.print(markdown)
-        return buffer.getvalue(), _last_kind(markdown)
+        return buffer.getvalue(), _flag_after(markdown)
 
-    def _delta(self, source: str) -> tuple[str, str | None]:
-        """What ``source`` adds to the output after the previous block, and its last kind.
+    def _delta(self, source: str) -> tuple[str, bool | None]:
+        """What ``source`` adds to the output after the blocks before it, and its flag.
 
-        The spacing before a block depends only on the kind of element that precedes it, so
-        a tiny stand-in of that kind replaces the whole previous block: each block is
-        rendered about once, and the sum of the pieces equals rendering everything at once.
+        Each block is rendered once, with Rich's blank-line flag (:func:`_flag_after`) as the
+        blocks before it left it: a block after one that wants a blank line is rendered after
+        a one-letter paragraph, whose own output is then cut off. The pieces add up to
+        rendering everything at once, and the work grows linearly with the answer.
         """
-        width = self._width()
-        stand_in = _STAND_INS.get(self._previous_kind or "")
-        if self._previous_kind is None or stand_in is None:
-            if self._previous is None:
-                return self._render(source, width)
-            stand_in = self._previous  # an unusual kind: the real block, rendered again
-        before = self._stand_in_renders.get((width, stand_in))
-        if before is None:
-            before = self._render(stand_in, width)[0]
-            self._stand_in_renders[width, stand_in] = before
-        both, kind = self._render(f"{stand_in}\n\n{source}", width)
-        if both.startswith(before):
-            return both[len(before) :], kind
-        return self._render(source, width)  # not expected; never lose the text
+        if not self._spaced:
+            return self._render(source)
+        both, flag = self._render(f"{_FLAG_SETTER}\n\n{source}")
+        setter = self._setter_render or self._render(_FLAG_SETTER)[0]
+        self._setter_render = setter
+        if both.startswith(setter):
+            return both[len(setter) :], flag
+        alone, flag = self._render(source)  # not expected; never lose the text
+        return "\n" + alone, flag
 
     # -- the screen -------------------------------------------------------------------------
 
@@ -338,11 +416,12 @@ class MarkdownRenderer:
             self._shown_lines = 0
 
     def _commit(self, block: str) -> None:
-        rendered, kind = self._delta(block)
+        rendered, spaced = self._delta(block)
         if self.live:
             self._clear_tail()
         self._write(rendered)
-        self._previous, self._previous_kind = block, kind
+        if spaced is not None:  # a block with no elements (a link definition) changes nothing
+            self._spaced = spaced
 
     def _draw_tail(self) -> None:
         tail = self._splitter.tail

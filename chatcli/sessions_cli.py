@@ -109,11 +109,9 @@ def show(ref: RefArg, json_out: JsonOpt = False) -> None:
         if not ctx.stdout_isatty:
             _write(ctx, text)
             return
-        from rich.markdown import Markdown
+        from chatcli.render import fast_markdown, make_console, sanitize
 
-        from chatcli.render import make_console, sanitize
-
-        make_console(ctx.stdout).print(Markdown(sanitize(text), hyperlinks=False))
+        make_console(ctx.stdout).print(fast_markdown(sanitize(text)))
 
 
 @sessions_app.command("rm")

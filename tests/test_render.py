@@ -9,7 +9,7 @@ from typing import Any
 
 import pyte
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from rich.cells import cell_len
 from rich.console import Console
@@ -100,6 +100,48 @@ def test_streamed_output_equals_rendering_the_whole_answer(cuts: list[int]) -> N
     assert stream(DOC, cuts, live=False) == whole(DOC)
 
 
+#: Blocks of every kind, including the ones whose spacing is unusual: a horizontal rule (no
+#: blank line after it), a quote or a list ending in one, an image, HTML, a link definition.
+BLOCKS = [
+    "A paragraph with **bold** and `code`.",
+    "# Heading one",
+    "## Heading two",
+    "### Heading three\nand a paragraph right under it",
+    "- a\n- b\n\n  more of b",
+    "1. one\n2. two",
+    "> quoted\n> text",
+    "> quoted, then a rule\n>\n> ---",
+    "- item, then a rule\n\n  ---",
+    "---",
+    "***",
+    "```python\nprint('x')\n```",
+    "```\n```",
+    "    indented code",
+    "| a | b |\n|---|---|\n| 1 | 2 |",
+    "![an image](https://example.com/i.png)",
+    "<div>html</div>",
+    "[ref]: https://example.com/ref",
+    "text with a [ref] link",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=8),
+    st.lists(st.integers(min_value=0, max_value=400), max_size=12),
+)
+def test_every_order_of_block_kinds_streams_as_it_renders(
+    blocks: list[str], cuts: list[int]
+) -> None:
+    # A link may use a definition further down; streamed, the link is printed before the
+    # definition arrives (the one way streaming differs from rendering the whole answer).
+    definition, use = BLOCKS.index("[ref]: https://example.com/ref"), BLOCKS[-1]
+    assume(use not in blocks or BLOCKS[definition] in blocks[: blocks.index(use)])
+    text = "\n\n".join(blocks) + "\n"
+    cuts = [cut for cut in cuts if cut <= len(text)]
+    assert stream(text, cuts, live=False, width=40) == whole(text, 40)
+
+
 @pytest.mark.parametrize("height", [60, 12, 5])
 def test_live_screen_and_scrollback_hold_each_line_once(
     height: int, monkeypatch: pytest.MonkeyPatch
@@ -114,13 +156,13 @@ def test_live_screen_and_scrollback_hold_each_line_once(
 
 def test_work_grows_linearly_with_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     rendered: list[int] = []
-    original = MarkdownRenderer._render
+    original = MarkdownRenderer._delta
 
-    def counting(self: MarkdownRenderer, source: str, width: int) -> Any:
+    def counting(self: MarkdownRenderer, source: str) -> Any:
         rendered.append(len(source))
-        return original(self, source, width)
+        return original(self, source)
 
-    monkeypatch.setattr(MarkdownRenderer, "_render", counting)
+    monkeypatch.setattr(MarkdownRenderer, "_delta", counting)
     monkeypatch.setattr(MarkdownRenderer, "FRAMES_PER_SECOND", 10**9)  # the worst case
 
     def cost(copies: int) -> int:
@@ -173,6 +215,33 @@ def test_splitter_never_cuts_inside_fences_or_lists() -> None:
 def test_fast_markdown_sets_what_rich_sets() -> None:
     # If a Rich upgrade adds an attribute to Markdown, rendering would break: fail here first.
     assert set(vars(fast_markdown("x"))) == set(vars(Markdown("x")))
+
+
+CODE_LINE = st.lists(
+    st.sampled_from([*"abc xyz_()=:'\"#\t{}-+", "界", "é", "averyveryverylongword"]), max_size=40
+).map("".join)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    lines=st.lists(CODE_LINE, max_size=6),
+    info=st.sampled_from(["", "python", "js", "bash", "nosuchlanguage", "python extra words"]),
+    width=st.integers(min_value=8, max_value=120),
+    indented=st.booleans(),
+)
+def test_fast_code_block_prints_what_richs_prints(
+    lines: list[str], info: str, width: int, indented: bool
+) -> None:
+    code = "\n".join(lines)
+    if indented:
+        source = "para\n\n" + "".join(f"    {line}\n" for line in lines if line.strip())
+    else:
+        fence, quoted, listed = f"```{info}\n{code}\n```", f"> ```{info}\n> {code}\n> ```", code
+        source = f"{fence}\n\n{quoted}\n\n- item\n\n  ```\n  {listed}\n  ```\n"
+    theirs, ours = io.StringIO(), io.StringIO()
+    make_console(theirs, width).print(Markdown(source, hyperlinks=False))
+    make_console(ours, width).print(fast_markdown(source))
+    assert ours.getvalue() == theirs.getvalue()
 
 
 def test_raw_output_is_flushed_in_batches_not_per_token() -> None:
