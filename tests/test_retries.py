@@ -10,6 +10,7 @@ from aiohttp import web
 
 from chatcli.engine import backoff
 from tests.conftest import Isolated, run
+from tests.faults import without_local
 from tests.servers import AppServer, FakeOpenAI
 
 
@@ -140,7 +141,8 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
 def test_providers_check_reports_each_configured_provider(
     fake: FakeOpenAI, isolated: Isolated
 ) -> None:
-    nothing = run(["providers", "--check"], isolated)
+    # Nothing configured and no offline model installed: nothing to check.
+    nothing = run(["providers", "--check"], isolated, env=without_local(isolated.root / "site"))
     assert nothing.returncode == 2 and "no provider is configured" in nothing.stderr
     isolated.write_config(
         'provider = "good"\nfallback = ["down"]\n'

@@ -8,7 +8,15 @@ import pytest
 
 from tests.conftest import CHATCLI, Isolated
 
-HEAVY = ("aiohttp", "prompt_toolkit", "rich.markdown", "chatcli.engine", "chatcli.providers.http")
+HEAVY = (
+    "aiohttp",
+    "prompt_toolkit",
+    "rich.markdown",
+    "chatcli.engine",
+    "chatcli.providers.http",
+    "llama_cpp",
+    "numpy",
+)
 
 
 def imported_modules(args: list[str], isolated: Isolated) -> set[str]:

