@@ -550,21 +550,55 @@ cookies_app = typer.Typer(
 app.add_typer(cookies_app, name="cookies")
 
 
+#: The names ``--browser`` takes (``chatcli.store.browser.BROWSER_NAMES``, not imported for
+#: ``--help``; a test keeps the two the same).
+BROWSER_HELP = "chrome, chromium, brave, edge, vivaldi, opera, firefox, librewolf"
+
+
 @cookies_app.command("import")
 def cookies_import(
     file: Annotated[
-        str,
+        str | None,
         typer.Argument(
-            metavar="FILE",
+            metavar="[FILE]",
             help="A cookies.txt (Netscape format) or JSON export from a browser extension.",
+            show_default=False,
         ),
-    ],
+    ] = None,
+    browser: Annotated[
+        str | None,
+        typer.Option(
+            "--browser",
+            metavar="NAME",
+            help=f"Read them from this browser's profile instead of a FILE: {BROWSER_HELP}.",
+            show_default=False,
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            metavar="PATH",
+            help="With --browser: the profile directory or cookie database to read "
+            "(default: the browser's default profile).",
+            show_default=False,
+        ),
+    ] = None,
     domain: Annotated[
         str | None,
-        typer.Option("--domain", metavar="DOMAIN", help="Keep only this domain's cookies."),
+        typer.Option(
+            "--domain",
+            metavar="DOMAIN",
+            help="Keep only this domain's cookies (with --browser, default: the domains of the "
+            "providers that need cookies).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
-    """Import cookies from a browser export."""
+    """Import cookies from a browser export (FILE) or from the browser itself (--browser).
+
+    The browser's files are only read (a locked database is read from a private copy).
+    """
     from pathlib import Path
 
     from chatcli.store import Stores
@@ -573,7 +607,29 @@ def cookies_import(
     ctx = AppContext.from_process()
     setup_logging(ctx, False)
     with boundary(ctx):
+        if file is not None and browser is not None:
+            raise UsageError("give either FILE or --browser NAME, not both")
+        if profile is not None and browser is None:
+            raise UsageError("--profile goes with --browser NAME")
         store = Stores.at(ctx.paths).cookies
+        if browser is not None:
+            from chatcli.store.browser import find_browser, import_from_browser
+
+            name = find_browser(browser).name
+            domains = [domain] if domain else _cookie_domains(ctx)
+            result = import_from_browser(store, name, domains, profile=profile)
+            skipped = f" ({result.expired} already expired, skipped)" if result.expired else ""
+            found = sorted({c.domain for c in result.cookies})
+            say(
+                ctx,
+                f"imported {len(result.cookies)} cookie(s) for {', '.join(found)} from {name} "
+                f"({result.database}){skipped}",
+            )
+            return
+        if file is None:
+            raise UsageError(
+                "give a FILE to import (a cookies.txt or JSON export), or --browser NAME"
+            )
         imported, expired = import_cookies(store, Path(file).expanduser(), domain=domain)
         skipped = f" ({expired} already expired, skipped)" if expired else ""
         if not imported:
@@ -581,6 +637,22 @@ def cookies_import(
             raise UsageError(f"no usable cookies{where} in {file}{skipped}")
         domains = sorted({c.domain for c in imported})
         say(ctx, f"imported {len(imported)} cookie(s) for {', '.join(domains)}{skipped}")
+
+
+def _cookie_domains(ctx: AppContext) -> list[str]:
+    """The ``cookie_domain`` of every provider that cannot work without cookies."""
+    from chatcli.providers import Registry
+    from chatcli.providers.web import WebProvider
+
+    registry = Registry.from_config(ctx.settings.providers)
+    domains = {
+        cls.cookie_domain
+        for cls in registry
+        if issubclass(cls, WebProvider) and cls.needs_cookies()
+    }
+    if not domains:
+        raise UsageError("no provider needs cookies; name the site with --domain DOMAIN")
+    return sorted(domains)
 
 
 @cookies_app.command("list")
@@ -610,7 +682,7 @@ def cookies_list(json_out: JsonOpt = False) -> None:
             ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
         if not rows:
-            say(ctx, "no cookies stored (chatcli cookies import FILE)")
+            say(ctx, "no cookies stored (chatcli cookies import FILE, or --browser NAME)")
             return
         for cookie in cookies:
             if cookie.expires is None:

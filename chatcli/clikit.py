@@ -87,13 +87,19 @@ class StderrHandler(logging.Handler):
         super().__init__(logging.DEBUG if debug else logging.WARNING)
         prefix = "chatcli: %(name)s: " if debug else "chatcli: warning: "
         self.setFormatter(logging.Formatter(prefix + "%(message)s"))
+        self._debug = debug
         self._stream = ctx.stderr
         self._held: list[str] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         from chatcli.render import sanitize
 
-        line = sanitize(redact_credentials(self.format(record))) + "\n"
+        # A notice (``extra={"notice": True}``) tells what chatcli did: no "warning:" label.
+        if getattr(record, "notice", False) and not self._debug:
+            text = "chatcli: " + record.getMessage()
+        else:
+            text = self.format(record)
+        line = sanitize(redact_credentials(text)) + "\n"
         if self._held is not None:
             self._held.append(line)
         else:

@@ -23,6 +23,10 @@ them. Nothing here runs at import time.
 
     [providers.ollama]           # settings for a built-in provider
     model = "llama3.2"
+
+    [cookies]                    # opt-in: read missing cookies from this browser
+    from_browser = "chrome"
+    profile = "~/.config/google-chrome/Profile 1"   # optional: another profile
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ _TOP_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "retries": (int,),
     "fallback": (list,),
     "providers": (dict,),
+    "cookies": (dict,),
 }
 #: Keys allowed in a ``[providers.NAME]`` table.
 _PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
@@ -62,6 +67,11 @@ _PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "base_url": (str,),
     "api_key_env": (str,),
     "model": (str,),
+}
+#: Keys allowed in the ``[cookies]`` table (read where used: ``Stores.browser_source``).
+_COOKIES_KEYS: Final[dict[str, tuple[type, ...]]] = {
+    "from_browser": (str,),
+    "profile": (str,),
 }
 
 
@@ -158,6 +168,22 @@ def _validate(data: Mapping[str, Any], path: Path) -> None:
                     f"{path}: unknown setting providers.{name}.{key} (known: {known})"
                 )
             _check_type(value, _PROVIDER_KEYS[key], f"{path}: providers.{name}.{key}")
+    cookies = data.get("cookies", {})
+    for key, value in cookies.items():
+        if key not in _COOKIES_KEYS:
+            known = ", ".join(sorted(_COOKIES_KEYS))
+            raise ConfigError(f"{path}: unknown setting cookies.{key} (known: {known})")
+        _check_type(value, _COOKIES_KEYS[key], f"{path}: cookies.{key}")
+    if "from_browser" in cookies:
+        from chatcli.store.browser import BROWSER_NAMES
+
+        if cookies["from_browser"].strip().lower() not in BROWSER_NAMES:
+            raise ConfigError(
+                f"{path}: cookies.from_browser: unknown browser {cookies['from_browser']!r} "
+                f"(known: {', '.join(BROWSER_NAMES)})"
+            )
+    elif "profile" in cookies:
+        raise ConfigError(f"{path}: cookies.profile needs cookies.from_browser too")
 
 
 def _check_type(value: Any, types: tuple[type, ...], where: str) -> None:

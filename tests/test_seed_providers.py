@@ -348,7 +348,10 @@ def test_aichat_without_cookies_fails_before_any_request(isolated: Isolated) -> 
         result = run([*ask("aichat", fake), "hi"], isolated)
     assert result.returncode == 1
     assert_one_line_error(
-        result.stderr, "aichat: needs cookies for chat-gpt.org", "chatcli cookies import"
+        result.stderr,
+        "aichat: needs cookies for chat-gpt.org",
+        "`chatcli cookies import --browser chrome`",
+        "`chatcli cookies import FILE`",
     )
     assert fake.requests == []
     with pytest.raises(MissingAuthError):

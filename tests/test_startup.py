@@ -14,6 +14,8 @@ HEAVY = (
     "rich.markdown",
     "chatcli.engine",
     "chatcli.providers.http",
+    "chatcli.store.browser",
+    "cryptography",
     "llama_cpp",
     "numpy",
 )

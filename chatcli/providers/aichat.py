@@ -1,7 +1,8 @@
 """Aichat (chat-gpt.org): one JSON reply per message; needs the site's cookies.
 
-Cookies come from ``cookies=`` or the store (domain chat-gpt.org); without them it fails
-before any request, saying how to import them. The body has exactly five fields.
+Cookies come from ``cookies=`` or the store (domain chat-gpt.org), or, with the
+``[cookies] from_browser`` opt-in, from the user's browser; without them it fails before any
+request, saying how to import them. The body has exactly five fields.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ class Aichat(WebProvider, AsyncProvider):
         jar = dict(cookies) if cookies else cls.stored_cookies(stores)
         if not jar:
             raise MissingAuthError(
-                f"needs cookies for {cls.cookie_domain}, and none are stored: export them from "
-                f"your browser and run `chatcli cookies import FILE` (cookies.txt or JSON)",
+                f"needs cookies for {cls.cookie_domain}, and none are stored: sign in there in "
+                f"your browser and run `chatcli cookies import --browser chrome` (or firefox, "
+                f"chromium, …), or export them and run `chatcli cookies import FILE`",
                 provider=cls.name,
             )
         root = cls.root_url(base_url)

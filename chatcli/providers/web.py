@@ -17,6 +17,7 @@ from http.cookies import Morsel
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+from chatcli.errors import MissingAuthError, UsageError
 from chatcli.providers.base import BaseProvider
 from chatcli.store import Cookie, Stores
 
@@ -98,8 +99,51 @@ class WebProvider(BaseProvider):
                 return await http.read_json(response, cls.name)
 
     @classmethod
+    def needs_cookies(cls) -> bool:
+        """Whether the provider cannot work without the cookies of :attr:`cookie_domain`."""
+        return bool(cls.cookie_domain) and cls.needs_auth
+
+    @classmethod
     def stored_cookies(cls, store: Stores) -> dict[str, str]:
-        return store.cookies.for_domain(cls.cookie_domain) if cls.cookie_domain else {}
+        """The unexpired cookies of :attr:`cookie_domain`; for a provider that needs them and
+        has none, those read from the browser config.toml names (``[cookies] from_browser``)."""
+        if not cls.cookie_domain:
+            return {}
+        found = store.cookies.for_domain(cls.cookie_domain)
+        if not found and cls.needs_cookies():
+            found = cls.cookies_from_browser(store)
+        return found
+
+    @classmethod
+    def cookies_from_browser(cls, store: Stores) -> dict[str, str]:
+        """Only with the opt-in: read, save and announce (one line on stderr) the browser's
+        cookies of :attr:`cookie_domain`. Without it, nothing is read: ``{}``."""
+        source = store.browser_source()
+        if source is None:
+            return {}
+        browser, profile = source
+        from chatcli.store.browser import import_from_browser
+
+        why = "cookies.from_browser in config.toml"
+        try:
+            result = import_from_browser(
+                store.cookies, browser, [cls.cookie_domain], profile=profile
+            )
+        except UsageError as exc:
+            raise MissingAuthError(
+                f"needs cookies for {cls.cookie_domain}, none are stored, and reading them from "
+                f"{browser} ({why}) failed: {exc}",
+                provider=cls.name,
+            ) from None
+        log.warning(
+            "read %d cookie(s) for %s from %s (%s)",
+            len(result.cookies),
+            cls.cookie_domain,
+            browser,
+            why,
+            extra={"notice": True},
+        )
+        return store.cookies.for_domain(cls.cookie_domain)
 
     @classmethod
     def save_cookies(

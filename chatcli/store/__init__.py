@@ -35,6 +35,8 @@ class Stores:
     """The stores under one data directory."""
 
     data_dir: Path
+    #: config.toml, where the ``[cookies] from_browser`` opt-in is read (``None``: never).
+    config_file: Path | None = None
     cookies: CookieStore = field(init=False)
     sessions: SessionStore = field(init=False)
 
@@ -47,9 +49,24 @@ class Stores:
         safe = re.sub(r"[^a-z0-9_.-]", "_", provider.lower())
         return StateStore(self.data_dir / "providers" / f"{safe}.json")
 
+    def browser_source(self) -> tuple[str, str | None] | None:
+        """``[cookies] from_browser`` (and ``profile``) of config.toml, when the user opted in.
+
+        Read only when asked (a provider found no cookies), so the config is not parsed for it
+        otherwise; a broken file is a :class:`~chatcli.errors.ConfigError` as everywhere.
+        """
+        if self.config_file is None:
+            return None
+        from chatcli.config import read_config_file
+
+        table = read_config_file(self.config_file).get("cookies", {})
+        browser = table.get("from_browser")
+        return (browser, table.get("profile")) if browser else None
+
     @classmethod
     def at(cls, paths: Paths) -> Stores:
-        return cls(paths.data_dir)
+        """The stores of these paths; their config.toml may opt in to reading a browser."""
+        return cls(paths.data_dir, config_file=paths.config_file)
 
     @classmethod
     def default(cls) -> Stores:
