@@ -272,18 +272,28 @@ def _markdown_class() -> Any:
                 text.remove_suffix("\n")
             base = syntax._get_base_style()
             width = options.max_width
-            lines = console.render_lines(
-                text,
-                options.update(width=max(0, width - 2), height=None, justify="left"),
-                style=syntax.background_style,
-                pad=True,
-            )
+            code_width = max(0, width - 2)
+            rows = text.split("\n", allow_blank=True)
+            lines: Any
+            if all(row.cell_len <= code_width for row in rows):
+                # Nothing to wrap (the usual case): each line padded to the width, as Rich's
+                # wrapping would leave it, without its line-breaking pass.
+                for row in rows:
+                    row.pad_right(code_width - row.cell_len)
+                lines = [list(row.render(console, end="")) for row in rows]
+            else:
+                lines = console.render_lines(
+                    text,
+                    options.update(width=code_width, height=None, justify="left"),
+                    style=syntax.background_style,
+                    pad=True,
+                )
             side, newline = Segment(" ", base), Segment.line()
             blank = Segment(" " * width + "\n", base)
             yield blank
             for line in lines:
                 yield side
-                yield from line
+                yield from Segment.apply_style(line, base)  # as Rich's padding pass does
                 yield side
                 yield newline
             yield blank
@@ -324,6 +334,26 @@ def fast_markdown(source: str, env: dict[str, Any] | None = None) -> Any:
     markdown.inline_code_lexer = None
     markdown.inline_code_theme = "monokai"
     return markdown
+
+
+def _print_to_text(console: Console, renderable: Any) -> str:
+    """What ``console.print(renderable)`` writes to a terminal, without its buffering.
+
+    The same steps (render, crop lines to the width, style to escape codes) minus the locks,
+    hooks and buffer ``print`` goes through for every call: with a call per block, those
+    cost about a tenth of the rendering. A test compares the two outputs.
+    """
+    from rich.segment import Segment
+
+    segments = console.render(renderable, console.options)
+    lines = Segment.split_and_crop_lines(segments, console.width, pad=False)
+    if console.no_color:
+        lines = ([*Segment.remove_color(line)] for line in lines)
+    system, parts = console._color_system, []
+    for line in lines:
+        for text, style, _control in line:
+            parts.append(style.render(text, color_system=system) if style else text)
+    return "".join(parts)
 
 
 class MarkdownRenderer:
@@ -381,11 +411,8 @@ class MarkdownRenderer:
             )
             self._renderers = {width: renderer}
             self._setter_render = ""
-        buffer = io.StringIO()
-        renderer.file = buffer
         markdown = fast_markdown(source, self._env)
-        renderer.print(markdown)
-        return buffer.getvalue(), _flag_after(markdown)
+        return _print_to_text(renderer, markdown), _flag_after(markdown)
 
     def _delta(self, source: str) -> tuple[str, bool | None]:
         """What ``source`` adds to the output after the blocks before it, and its flag.

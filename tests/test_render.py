@@ -244,6 +244,20 @@ def test_fast_code_block_prints_what_richs_prints(
     assert ours.getvalue() == theirs.getvalue()
 
 
+@pytest.mark.parametrize("no_color", [False, True])
+@pytest.mark.parametrize("system", ["truecolor", "256", "standard", None])
+def test_printing_to_text_writes_what_console_print_writes(system: Any, no_color: bool) -> None:
+    from chatcli.render import _print_to_text
+
+    printed = io.StringIO()
+    console = Console(
+        file=printed, width=50, force_terminal=True, color_system=system, no_color=no_color,
+        markup=False, highlight=False, emoji=False,
+    )  # fmt: skip
+    console.print(fast_markdown(DOC))
+    assert _print_to_text(console, fast_markdown(DOC)) == printed.getvalue()
+
+
 def test_raw_output_is_flushed_in_batches_not_per_token() -> None:
     class Counting(io.StringIO):
         flushes = 0
