@@ -30,7 +30,9 @@ def one_run(path: Path, threads: int) -> tuple[float, float, float, int]:
     """(load s, first token s, tokens/s after the first, tokens) for a fresh model."""
     local.unload_models()
     start = time.perf_counter()
-    llm = local.load_model(path, threads=threads, n_ctx=local.DEFAULT_CONTEXT)
+    model = local.acquire_model(path, threads=threads, n_ctx=local.DEFAULT_CONTEXT)
+    model.lock.release()
+    llm = model.llm
     loaded = time.perf_counter()
     first = None
     tokens = 0

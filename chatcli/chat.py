@@ -114,12 +114,16 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
 
 
 def default_provider_name(ctx: AppContext) -> str | None:
-    """The configured default (config or ``CHATCLI_PROVIDER``), else ``local`` when installed."""
+    """The configured default (config or ``CHATCLI_PROVIDER``), else ``local`` when installed
+    (the runtime, and a model: the bundled one or ``[providers.local] model``)."""
     if ctx.settings.provider:
         return ctx.settings.provider
-    from chatcli.providers.local import runtime_installed
+    from chatcli.providers.local import bundled_model, runtime_installed
 
-    return "local" if runtime_installed() else None
+    if not runtime_installed():
+        return None
+    configured = ctx.settings.providers.get("local", {}).get("model")
+    return "local" if configured or bundled_model() is not None else None
 
 
 def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:

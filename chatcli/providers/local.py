@@ -194,14 +194,23 @@ class Local(AsyncGeneratorProvider):
 
         def generate() -> None:
             try:
-                llm = load_model(path, threads=threads, n_ctx=n_ctx)
-                pieces = llm.create_chat_completion(messages=chat, stream=True, **sampling)
-                for chunk in pieces:
+                model = acquire_model(path, threads=threads, n_ctx=n_ctx)
+                try:
                     if stop.is_set():
-                        break
-                    text = chunk["choices"][0]["delta"].get("content")
-                    if text:
-                        post("text", text)
+                        return  # given up on while the model loaded
+                    model.stop = stop  # llama.cpp's abort check reads it, mid-prompt too
+                    pieces = model.llm.create_chat_completion(
+                        messages=chat, stream=True, **sampling
+                    )
+                    for chunk in pieces:
+                        if stop.is_set():
+                            break
+                        text = chunk["choices"][0]["delta"].get("content")
+                        if text:
+                            post("text", text)
+                finally:
+                    model.stop = None
+                    model.lock.release()
             except BaseException as exc:  # handed to the reading side, raised there
                 post("error", exc)
             else:
@@ -219,10 +228,15 @@ class Local(AsyncGeneratorProvider):
                 else:
                     return
         finally:
-            # Ctrl-C, a timeout or a closed generator: llama.cpp stops after the current
-            # token (a few milliseconds), so the model is free for the next question.
+            # Ctrl-C, a timeout or a closed generator: llama.cpp stops at its next abort
+            # check (within a token, or a slice of the prompt), freeing the model for the
+            # next question. Waited for without blocking the event loop; a model still
+            # loading is not waited for (the next question waits for it instead).
             stop.set()
-            worker.join(timeout=5)
+            for _ in range(200):
+                if not worker.is_alive():
+                    break
+                await asyncio.sleep(0.01)
 
 
 def parse_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
@@ -254,42 +268,110 @@ def _positive(options: Mapping[str, Any], key: str, default: int) -> int:
     return value
 
 
-_MODELS: dict[tuple[Path, int, int], Any] = {}
+class LoadedModel:
+    """A model in memory: one generation at a time (``lock``), and the running one's stop flag."""
+
+    def __init__(self, llm: Any) -> None:
+        import llama_cpp
+
+        self.llm = llm
+        self.lock = threading.Lock()
+        self.stop: threading.Event | None = None
+        self.closed = False
+
+        def should_abort(_data: Any) -> bool:
+            stop = self.stop
+            return stop is not None and stop.is_set()
+
+        # llama.cpp asks this between steps of its compute graph: stopping does not wait for
+        # a long prompt to be read. Kept on the object so ctypes does not free it.
+        self._abort = llama_cpp.ggml_abort_callback(should_abort)
+        llama_cpp.llama_set_abort_callback(llm.ctx, self._abort, None)
+
+
+_MODELS: dict[tuple[Path, int, int], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
-_UNLOAD_AT_EXIT = False
+_SET_UP = False
 
 
-def load_model(path: Path, *, threads: int, n_ctx: int) -> Any:
-    """The model at ``path``, loaded once per process (a REPL loads it for its first answer)."""
+def acquire_model(path: Path, *, threads: int, n_ctx: int) -> LoadedModel:
+    """The model at ``path``, loaded once per process, with its lock held for the caller.
+
+    A REPL loads it for its first answer and keeps it; the lock makes a question asked right
+    after an interrupted one wait until the interrupted generation has let go of the model.
+    """
     key = (path, threads, n_ctx)
-    with _LOAD_LOCK:
-        llm = _MODELS.get(key)
-        if llm is None:
-            from llama_cpp import Llama
-
-            llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
-            )
-            global _UNLOAD_AT_EXIT
-            if not _UNLOAD_AT_EXIT:
-                import atexit
-
-                atexit.register(unload_models)
-                _UNLOAD_AT_EXIT = True
-            unload_models()  # one model in memory at a time
-            _MODELS[key] = llm
-        return llm
+    while True:
+        with _LOAD_LOCK:
+            model = _MODELS.get(key)
+            if model is None:
+                _set_up()
+                unload_models()  # one model in memory at a time
+                model = LoadedModel(load_llama(path, threads=threads, n_ctx=n_ctx))
+                model.lock.acquire()
+                _MODELS[key] = model
+                return model
+        model.lock.acquire()
+        if not model.closed:
+            return model
+        model.lock.release()  # unloaded while we waited: load it again
 
 
-def unload_models() -> None:
-    """Free loaded models now (at exit, before Python tears down what freeing them needs)."""
-    while _MODELS:
-        _, llm = _MODELS.popitem()
-        llm.close()
+def load_llama(path: Path, *, threads: int, n_ctx: int) -> Any:
+    from llama_cpp import Llama
+
+    return Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+
+
+def unload_models(wait: float = 0) -> None:
+    """Free the loaded models that are not generating (at exit: stop those, then free them)."""
+    for key, model in list(_MODELS.items()):
+        if wait and model.stop is not None:
+            model.stop.set()
+        acquired = model.lock.acquire(timeout=wait) if wait else model.lock.acquire(False)
+        if not acquired:
+            continue  # still generating: never freed under a running thread
+        try:
+            model.llm.close()
+            model.closed = True
+            _MODELS.pop(key, None)
+        finally:
+            model.lock.release()
+
+
+def _set_up() -> None:
+    """Once per process: llama.cpp's own log lines go to chatcli's debug log, not stderr, and
+    models are freed at exit, before Python tears down what freeing them needs."""
+    global _SET_UP
+    if _SET_UP:
+        return
+    import atexit
+    import ctypes
+    import logging
+
+    import llama_cpp
+
+    log = logging.getLogger("chatcli.local")
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def to_debug_log(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
+        message = text.decode("utf-8", errors="replace").rstrip()
+        if message:
+            log.debug("llama.cpp: %s", message)
+
+    llama_cpp.llama_log_set(to_debug_log, ctypes.c_void_p(0))
+    _LOG_CALLBACK.append(to_debug_log)  # kept alive for as long as llama.cpp may call it
+    atexit.register(unload_models, 2.0)
+    _SET_UP = True
+
+
+_LOG_CALLBACK: list[Any] = []
 
 
 def _translate(exc: BaseException, path: Path) -> BaseException:
@@ -303,6 +385,8 @@ def _translate(exc: BaseException, path: Path) -> BaseException:
             "session, or raise it with -o n_ctx N",
             provider="local",
         )
+    if isinstance(exc, RuntimeError) and "llama_decode returned 2" in text:
+        return ProviderError("stopped", provider="local")  # our own abort; nobody reads it
     if isinstance(exc, ValueError) and "load model" in text:
         return ProviderError(f"cannot load {path}: not a usable GGUF model", provider="local")
     if isinstance(exc, ImportError):
