@@ -288,6 +288,53 @@ def test_a_database_another_process_holds_locked_is_read_from_a_copy(
     assert stored(isolated) == FIREFOX_EXPECTED
 
 
+def test_a_locked_database_that_cannot_be_copied_is_one_line(isolated: Isolated) -> None:
+    # Where the browser's lock also keeps other programs from reading the file (Windows), the
+    # copy fails too: one line that says to close the browser, exit 2.
+    profile = isolated.root / "ff-locked-hard"
+    database = make_firefox_db(profile / "cookies.sqlite", FIREFOX_COOKIES, wal=False)
+    site = isolated.root / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import shutil\n\n"
+        "def copyfile(src, dst, **kwargs):\n"
+        "    raise PermissionError(13, 'The process cannot access the file', str(src))\n\n"
+        "shutil.copyfile = copyfile\n"
+    )
+    holder = sqlite3.connect(database, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        args = ["cookies", "import", "--browser", "firefox", "--profile", str(profile)]
+        result = run(args, isolated, env={"PYTHONPATH": str(site)})
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.returncode == 2
+    one_line(result.stderr, "firefox holds it locked", "close firefox and try again")
+    assert stored(isolated) == {}
+
+
+def test_a_profile_chatcli_may_not_look_into_is_one_line(
+    isolated: Isolated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path.is_file raises for EACCES (a directory without x permission); root, which runs the
+    # tests, reads everything, so the refusal is simulated where Python would raise it.
+    denied = isolated.home / ".mozilla" / "firefox"
+    real_is_file = Path.is_file
+
+    def is_file(self: Path) -> bool:
+        if self.is_relative_to(denied):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_is_file(self)
+
+    monkeypatch.setattr(Path, "is_file", is_file)
+    with pytest.raises(UsageError) as caught:
+        read_cookies("firefox", ["chat-gpt.org"], env={"HOME": str(isolated.home)})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot look into {denied / 'profiles.ini'} for the firefox profile")
+
+
 # -- one-line errors, exit 2 -----------------------------------------------------------------------
 
 
@@ -397,6 +444,34 @@ def test_from_browser_opt_in_reads_saves_and_says_so(isolated: Isolated) -> None
     assert again.returncode == 0 and again.stderr == ""
     assert [r.cookies for r in fake.requests] == [fake.required_cookies] * 2
     assert snapshot(profile) == before
+
+
+def test_from_browser_opt_in_refreshes_expired_cookies(isolated: Isolated) -> None:
+    profile = isolated.root / "ff"
+    make_firefox_db(profile / "cookies.sqlite", FIREFOX_COOKIES)
+    isolated.write_config(f'[cookies]\nfrom_browser = "firefox"\nprofile = "{profile}"\n')
+    cookie_file = isolated.chatcli_home / "data" / "cookies.json"
+    cookie_file.parent.mkdir(parents=True, exist_ok=True)
+    old = {"domain": "chat-gpt.org", "path": "/", "secure": False, "http_only": False}
+    cookie_file.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "cookies": [
+                    {**old, "name": "session", "value": "still-valid", "expires": None},
+                    {**old, "name": "cf_clearance", "value": "stale", "expires": time.time() - 5},
+                ],
+            }
+        )
+    )
+    fake = FakeAichat()
+    fake.required_cookies = {"cf_clearance": "ff-clear", "session": "ff-session"}
+    with fake.serve():
+        result = run(ask_aichat(fake), isolated)
+    assert result.returncode == 0, result.stderr
+    assert "read 2 cookie(s) for chat-gpt.org from firefox" in result.stderr
+    assert [r.cookies for r in fake.requests] == [fake.required_cookies]
+    assert stored(isolated) == FIREFOX_EXPECTED
 
 
 def test_without_the_opt_in_aichat_names_both_ways_to_get_cookies(isolated: Isolated) -> None:

@@ -7,6 +7,7 @@ request, saying how to import them. The body has exactly five fields.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -45,7 +46,8 @@ class Aichat(WebProvider, AsyncProvider):
 
         check_messages(messages, cls.name)
         stores = cls.stores(store)
-        jar = dict(cookies) if cookies else cls.stored_cookies(stores)
+        # In a thread: with the opt-in, a browser's keyring may take a while to answer.
+        jar = dict(cookies) if cookies else await asyncio.to_thread(cls.stored_cookies, stores)
         if not jar:
             raise MissingAuthError(
                 f"needs cookies for {cls.cookie_domain}, and none are stored: sign in there in "

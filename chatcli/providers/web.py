@@ -105,19 +105,21 @@ class WebProvider(BaseProvider):
 
     @classmethod
     def stored_cookies(cls, store: Stores) -> dict[str, str]:
-        """The unexpired cookies of :attr:`cookie_domain`; for a provider that needs them and
-        has none, those read from the browser config.toml names (``[cookies] from_browser``)."""
+        """The unexpired cookies of :attr:`cookie_domain`. For a provider that needs them, when
+        none are stored or some have expired, those read from the browser config.toml names
+        (``[cookies] from_browser``); without that opt-in no browser is ever read."""
         if not cls.cookie_domain:
             return {}
         found = store.cookies.for_domain(cls.cookie_domain)
-        if not found and cls.needs_cookies():
-            found = cls.cookies_from_browser(store)
+        if cls.needs_cookies() and (not found or store.cookies.expired_for(cls.cookie_domain)):
+            found = cls.cookies_from_browser(store, have=found) or found
         return found
 
     @classmethod
-    def cookies_from_browser(cls, store: Stores) -> dict[str, str]:
+    def cookies_from_browser(cls, store: Stores, *, have: dict[str, str]) -> dict[str, str]:
         """Only with the opt-in: read, save and announce (one line on stderr) the browser's
-        cookies of :attr:`cookie_domain`. Without it, nothing is read: ``{}``."""
+        cookies of :attr:`cookie_domain`. Without it, nothing is read: ``{}``. A failed read
+        is an error when nothing usable is stored (``have``), else a warning."""
         source = store.browser_source()
         if source is None:
             return {}
@@ -126,24 +128,26 @@ class WebProvider(BaseProvider):
 
         why = "cookies.from_browser in config.toml"
         try:
-            result = import_from_browser(
-                store.cookies, browser, [cls.cookie_domain], profile=profile
-            )
+            import_from_browser(store.cookies, browser, [cls.cookie_domain], profile=profile)
         except UsageError as exc:
+            if have:
+                log.warning("could not refresh expired cookies from %s (%s): %s", browser, why, exc)
+                return {}
             raise MissingAuthError(
                 f"needs cookies for {cls.cookie_domain}, none are stored, and reading them from "
                 f"{browser} ({why}) failed: {exc}",
                 provider=cls.name,
             ) from None
+        found = store.cookies.for_domain(cls.cookie_domain)  # only those it will send
         log.warning(
             "read %d cookie(s) for %s from %s (%s)",
-            len(result.cookies),
+            len(found),
             cls.cookie_domain,
             browser,
             why,
             extra={"notice": True},
         )
-        return store.cookies.for_domain(cls.cookie_domain)
+        return found
 
     @classmethod
     def save_cookies(

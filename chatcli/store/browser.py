@@ -210,11 +210,19 @@ def read_cookies(
     targets = [normalise_domain(d) for d in domains if normalise_domain(d)]
     if not targets:
         raise UsageError("no domain to read cookies for")
+    try:
+        if browser.engine == "firefox":
+            database = _firefox_database(browser, profile, platform, env)
+        else:
+            database, user_data = _chromium_database(browser, profile, platform, env)
+    except OSError as exc:  # a directory chatcli may not look into, say
+        where = f" {exc.filename}" if exc.filename else ""
+        raise UsageError(
+            f"cannot look into{where} for the {browser.name} profile: {exc.strerror or exc}"
+        ) from None
     if browser.engine == "firefox":
-        database = _firefox_database(browser, profile, platform, env)
         found = _read_database(database, browser, lambda db: _firefox_rows(db, targets))
     else:
-        database, user_data = _chromium_database(browser, profile, platform, env)
         version, rows = _read_database(database, browser, lambda db: _chromium_rows(db, targets))
         keys = ChromiumKeys(browser, platform=platform, version=version, user_data=user_data)
         found = [_decrypted(row, keys) for row in rows]

@@ -96,6 +96,10 @@ class CookieStore:
         found.sort(key=lambda c: len(c.domain))  # a subdomain's cookie overrides its parent's
         return {c.name: c.value for c in found}
 
+    def expired_for(self, domain: str, *, now: float | None = None) -> int:
+        """How many of ``domain``'s stored cookies have expired (kept until the next write)."""
+        return sum(1 for c in self.all() if c.matches(domain) and c.expired(now))
+
     def save(self, cookies: Iterable[Cookie]) -> int:
         """Add or replace (by domain, path and name); returns how many were given."""
         new = list(cookies)
