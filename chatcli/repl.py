@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ class Repl:
         self.hold_logs = hold_logs or (lambda hold: contextlib.nullcontext())
         self.editor = editor
         self.running = True
+        self.type_ahead = _TypeAhead(_terminal_fd() if input is None else None)
         self.session: PromptSession[str] = PromptSession(
             multiline=True,
             key_bindings=key_bindings(),
@@ -214,7 +216,8 @@ class Repl:
             except EOFError:
                 break  # Ctrl-D on an empty line
             try:
-                await self.handle(text)
+                with self.type_ahead:
+                    await self.handle(text)
             except KeyboardInterrupt:
                 self.say("[interrupted]")  # Ctrl-C during a command: back to the prompt
 
@@ -378,7 +381,8 @@ class Repl:
             path = Path(folder) / "message.md"
             path.write_text(initial)
             try:
-                with _sigint_ignored():  # Ctrl-C belongs to the editor while it runs
+                # The editor gets the terminal as it was, and the usual Ctrl-C.
+                with _sigint_ignored(), self.type_ahead.suspended():
                     code = subprocess.call(
                         [*shlex.split(editor), str(path)],
                         preexec_fn=_default_sigint,  # the editor gets the usual Ctrl-C
@@ -390,6 +394,68 @@ class Repl:
             if code != 0:
                 raise UsageError(f"the editor {editor!r} exited with status {code}; nothing sent")
             return path.read_text()
+
+
+class _TypeAhead:
+    """Between prompts (an answer streaming, a command running), keys typed ahead are kept as
+    they are: not echoed over the output, and Enter not turned into Ctrl-J.
+
+    The terminal's line discipline would otherwise echo them into the answer and translate
+    Enter (CR) into LF, which the prompt reads as Ctrl-J, "add a line": a question typed
+    during an answer would not be sent by its Enter. With echo and that translation off, the
+    next prompt shows the typed text and Enter sends it, as in a shell. The prompt itself
+    puts the terminal in its own mode and back.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        self._saved: list[Any] | None = None
+
+    def __enter__(self) -> None:
+        if self._fd is None:
+            return
+        import termios
+
+        try:
+            saved = termios.tcgetattr(self._fd)
+            quiet = list(saved)
+            quiet[0] &= ~termios.ICRNL
+            quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
+            termios.tcsetattr(self._fd, termios.TCSANOW, quiet)  # never TCSAFLUSH: keep keys
+        except (termios.error, OSError):
+            return
+        self._saved = saved
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._saved is None or self._fd is None:
+            return
+        import termios
+
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
+        self._saved = None
+
+    @contextlib.contextmanager
+    def suspended(self) -> Iterator[None]:
+        """The terminal as it was, for a program chatcli runs (an editor)."""
+        active = self._saved is not None
+        self._restore()
+        try:
+            yield
+        finally:
+            if active:
+                self.__enter__()
+
+
+def _terminal_fd() -> int | None:
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return None
+    return fd if os.isatty(fd) else None
 
 
 @contextlib.contextmanager

@@ -66,6 +66,16 @@ class Terminal:
             self.pump()
         raise AssertionError(f"{needle!r} never appeared; the screen:\n{self.text()}")
 
+    def wait_prompt(self, timeout: float = 20) -> None:
+        """Until the prompt reads keys itself (the terminal out of line mode): keys typed
+        before then go through the terminal's line discipline, as for any program starting."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not termios.tcgetattr(self.fd)[3] & termios.ICANON:
+                return
+            self.pump()
+        raise AssertionError(f"the prompt never started; the screen:\n{self.text()}")
+
     def type(self, keys: str) -> None:
         os.write(self.fd, keys.encode())
 
@@ -138,3 +148,34 @@ def test_two_messages_a_command_and_ctrl_c_during_a_slow_answer(
     role, content, model, status = rows[3]
     assert (role, model, status) == ("assistant", "second-model", "interrupted")
     assert content.startswith("Slow answer") and not content.endswith("on.")
+
+
+def test_a_question_typed_during_an_answer_is_sent_by_its_enter(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    terminal = Terminal(["repl", "-p", "ollama", "-m", "m", "--base-url", fake.base_url], env)
+    try:
+        terminal.wait_prompt()
+        fake.pieces = ["Slow ", "first ", "answer ", "ends."]
+        fake.delay = 0.3
+        terminal.type("first question\r")
+        terminal.wait_for("Slow first")
+        # Typed ahead while the answer streams, Enter included, as one does in a shell.
+        terminal.type("second question\r")
+        terminal.wait_for("ends.")
+        fake.delay = 0
+        terminal.wait_for("> second question")
+        deadline = time.monotonic() + 20
+        while terminal.text().count("ends.") < 2 and time.monotonic() < deadline:
+            terminal.pump()  # the second answer: its Enter sent it
+        assert terminal.text().count("ends.") == 2, terminal.text()
+        terminal.wait_for("\n>")  # and the prompt is back
+        terminal.type("\x04")
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    asked = [r.body["messages"][-1]["content"] for r in fake.requests]
+    assert asked == ["first question", "second question"]
+    first_answer = terminal.text().split("> first question", 1)[1].split("> second", 1)[0]
+    assert "second question" not in first_answer  # not echoed into the streaming answer
