@@ -58,6 +58,8 @@ def boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
         # The reader went away (`chatcli ask ... | head`): stop quietly, as other tools do.
         silence_stdout()
         raise typer.Exit(EXIT_OK) from None
+    except typer.Exit:
+        raise  # a command's own exit code (an Exception subclass too: not a bug)
     except Exception as exc:
         # A bug, not a condition we know: still one line, with the way to see more.
         if verbose or ctx.debug:

@@ -151,6 +151,7 @@ def test_providers_check_reports_each_configured_provider(
     )
     result = run(["providers", "--check", "--json"], isolated)
     assert result.returncode == 1  # one of them failed
+    assert result.stderr == ""  # the table says so: no error line (nor an "internal error")
     rows = {row["provider"]: row for row in json.loads(result.stdout)}
     assert set(rows) == {"good", "down"}  # only what is configured: nothing else is contacted
     assert rows["good"]["ok"] and rows["good"]["model"] == "m"
@@ -160,3 +161,6 @@ def test_providers_check_reports_each_configured_provider(
     table = run(["providers", "--check", "-p", "good"], isolated)
     assert table.returncode == 0, table.stderr
     assert "good" in table.stdout and " ok " in table.stdout
+    failed = run(["providers", "--check", "-p", "down"], isolated)
+    assert (failed.returncode, failed.stderr) == (1, "")
+    assert "failed" in failed.stdout and "connection refused" in failed.stdout
