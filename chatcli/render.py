@@ -223,8 +223,6 @@ def _flag_after(markdown: Any) -> bool | None:
 _NO_ELEMENT: Final = frozenset(
     {"text", "hardbreak", "softbreak", "link_open", "link_close", "html_inline"}
 )
-#: A paragraph: put before a block, it sets the flag as any block that wants a blank line.
-_FLAG_SETTER: Final = "x"
 
 
 _PARSER: Any = None
@@ -377,7 +375,6 @@ class MarkdownRenderer:
         self._echo = _TerminalEcho(self._stream)
         self._splitter = BlockSplitter()
         self._spaced = False  # Rich puts a blank line after the last finished block
-        self._setter_render = ""  # _FLAG_SETTER rendered at the current width
         self._env: dict[str, Any] = {}  # the parser's state: link definitions seen so far
         self._shown_lines = 0  # lines of the live tail now on screen
         self._last_frame = 0.0
@@ -391,8 +388,9 @@ class MarkdownRenderer:
     def _width(self) -> int:
         return max(20, self._console.width)
 
-    def _render(self, source: str) -> tuple[str, bool | None]:
-        """``source`` rendered alone, and the flag it leaves (see :func:`_flag_after`)."""
+    def _render(self, source: str, *, spaced: bool = False) -> tuple[str, bool | None]:
+        """``source`` rendered with Rich's blank-line flag set (``spaced``) or not at the start,
+        and the flag it leaves (see :func:`_flag_after`)."""
         from rich.console import Console
 
         width = self._width()
@@ -410,27 +408,24 @@ class MarkdownRenderer:
                 emoji=False,
             )
             self._renderers = {width: renderer}
-            self._setter_render = ""
         markdown = fast_markdown(source, self._env)
-        return _print_to_text(renderer, markdown), _flag_after(markdown)
+        flag = _flag_after(markdown)
+        if spaced:
+            # An element that prints nothing and sets the flag, as a paragraph would: Rich
+            # keeps HTML blocks as elements it does not render.
+            from markdown_it.token import Token
+
+            markdown.parsed.insert(0, Token("html_block", "", 0, block=True, content=""))
+        return _print_to_text(renderer, markdown), flag
 
     def _delta(self, source: str) -> tuple[str, bool | None]:
         """What ``source`` adds to the output after the blocks before it, and its flag.
 
         Each block is rendered once, with Rich's blank-line flag (:func:`_flag_after`) as the
-        blocks before it left it: a block after one that wants a blank line is rendered after
-        a one-letter paragraph, whose own output is then cut off. The pieces add up to
-        rendering everything at once, and the work grows linearly with the answer.
+        blocks before it left it, so the pieces add up to rendering everything at once, and
+        the work grows linearly with the answer.
         """
-        if not self._spaced:
-            return self._render(source)
-        both, flag = self._render(f"{_FLAG_SETTER}\n\n{source}")
-        setter = self._setter_render or self._render(_FLAG_SETTER)[0]
-        self._setter_render = setter
-        if both.startswith(setter):
-            return both[len(setter) :], flag
-        alone, flag = self._render(source)  # not expected; never lose the text
-        return "\n" + alone, flag
+        return self._render(source, spaced=self._spaced)
 
     # -- the screen -------------------------------------------------------------------------
 
