@@ -95,3 +95,13 @@ def run(
         result.stdout.decode("utf-8", errors="replace"),
         result.stderr.decode("utf-8", errors="replace"),
     )
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> str:
+    """stderr is one ``chatcli: ...`` line (no traceback) holding each fragment; returns it."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {stderr!r}"
+    assert lines[0].startswith("chatcli: ") and "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

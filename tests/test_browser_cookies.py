@@ -34,7 +34,7 @@ from tests.browsers import (
     snapshot,
     visit_with_chromium,
 )
-from tests.conftest import Isolated, run
+from tests.conftest import Isolated, assert_one_line_error, run
 from tests.fakes.aichat import FakeAichat
 from tests.servers import AppServer
 
@@ -61,15 +61,6 @@ def stored(isolated: Isolated) -> dict[tuple[str, str], str]:
         return {}
     rows = json.loads(path.read_text())["cookies"]
     return {(row["domain"], row["name"]): row["value"] for row in rows}
-
-
-def one_line(stderr: str, *fragments: str) -> str:
-    lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {stderr!r}"
-    assert lines[0].startswith("chatcli: ") and "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def ask_aichat(fake: FakeAichat) -> list[str]:
@@ -104,7 +95,7 @@ def test_cookies_a_real_chromium_got_reach_the_store_and_aichat(
         ["cookies", "import", "--browser", "chromium", "--profile", str(profile)], isolated
     )
     assert result.returncode == 0, result.stderr
-    one_line(result.stderr, "imported 2 cookie(s) for chat-gpt.org from chromium")
+    assert_one_line_error(result.stderr, "imported 2 cookie(s) for chat-gpt.org from chromium")
     for secret in (site.clearance, site.session):
         assert secret not in result.stderr + result.stdout
     # Without --domain: the domains of the providers that need cookies, and nothing else.
@@ -133,7 +124,7 @@ def test_a_real_chromium_profile_by_domain_and_by_database_path(
     args = ["cookies", "import", "--browser", "chromium", "--profile", str(database)]
     result = run([*args, "--domain", "other.test"], isolated)
     assert result.returncode == 0, result.stderr
-    one_line(result.stderr, "imported 1 cookie(s) for other.test from chromium")
+    assert_one_line_error(result.stderr, "imported 1 cookie(s) for other.test from chromium")
     assert stored(isolated) == {("other.test", "foreign"): site.foreign}
 
 
@@ -179,9 +170,11 @@ def test_a_real_chromium_with_a_desktop_keyring_writes_v11_values_chatcli_reads(
     finally:
         server.stop()
     assert locked_out.returncode == 2
-    one_line(locked_out.stderr, "cannot decrypt chromium's cookies", "'Chromium Safe Storage'")
+    assert_one_line_error(
+        locked_out.stderr, "cannot decrypt chromium's cookies", "'Chromium Safe Storage'"
+    )
     assert result.returncode == 0, result.stderr
-    one_line(result.stderr, "imported 2 cookie(s) for chat-gpt.org from chromium")
+    assert_one_line_error(result.stderr, "imported 2 cookie(s) for chat-gpt.org from chromium")
     assert stored(isolated) == {
         ("chat-gpt.org", "cf_clearance"): site.clearance,
         ("chat-gpt.org", "session"): site.session,
@@ -210,7 +203,7 @@ def test_firefox_profile_given_with_profile(isolated: Isolated) -> None:
     before = snapshot(profile)
     result = run(["cookies", "import", "--browser", "firefox", "--profile", str(profile)], isolated)
     assert result.returncode == 0, result.stderr
-    one_line(
+    assert_one_line_error(
         result.stderr, "imported 2 cookie(s) for chat-gpt.org from firefox", "1 already expired"
     )
     assert stored(isolated) == FIREFOX_EXPECTED
@@ -234,7 +227,9 @@ def test_firefox_profile_found_through_profiles_ini_in_home(isolated: Isolated) 
     before = snapshot(root)
     result = run(["cookies", "import", "--browser", "Firefox"], isolated)
     assert result.returncode == 0, result.stderr
-    line = one_line(result.stderr, "imported 2 cookie(s) for chat-gpt.org from firefox")
+    line = assert_one_line_error(
+        result.stderr, "imported 2 cookie(s) for chat-gpt.org from firefox"
+    )
     assert "abcd1234.default-release" in line
     assert stored(isolated) == FIREFOX_EXPECTED
     assert snapshot(root) == before
@@ -310,7 +305,7 @@ def test_a_locked_database_that_cannot_be_copied_is_one_line(isolated: Isolated)
         holder.execute("ROLLBACK")
         holder.close()
     assert result.returncode == 2
-    one_line(result.stderr, "firefox holds it locked", "close firefox and try again")
+    assert_one_line_error(result.stderr, "firefox holds it locked", "close firefox and try again")
     assert stored(isolated) == {}
 
 
@@ -341,26 +336,34 @@ def test_a_profile_chatcli_may_not_look_into_is_one_line(
 def test_unknown_browser_lists_the_known_ones(isolated: Isolated) -> None:
     result = run(["cookies", "import", "--browser", "netscape"], isolated)
     assert result.returncode == 2
-    one_line(result.stderr, "unknown browser 'netscape'", "known: chrome, chromium", "firefox")
+    assert_one_line_error(
+        result.stderr, "unknown browser 'netscape'", "known: chrome, chromium", "firefox"
+    )
 
 
 def test_missing_profiles_say_where_chatcli_looked(isolated: Isolated) -> None:
     result = run(["cookies", "import", "--browser", "chrome"], isolated)
     assert result.returncode == 2
-    one_line(result.stderr, "no chrome profile", str(isolated.home / ".config/google-chrome"))
+    assert_one_line_error(
+        result.stderr, "no chrome profile", str(isolated.home / ".config/google-chrome")
+    )
     result = run(["cookies", "import", "--browser", "firefox"], isolated)
     assert result.returncode == 2
-    one_line(result.stderr, str(isolated.home / ".mozilla/firefox/profiles.ini"), "--profile")
+    assert_one_line_error(
+        result.stderr, str(isolated.home / ".mozilla/firefox/profiles.ini"), "--profile"
+    )
     nowhere = isolated.root / "nowhere"
     args = ["cookies", "import", "--browser", "firefox", "--profile", str(nowhere)]
     result = run(args, isolated)
     assert result.returncode == 2
-    one_line(result.stderr, f"no firefox profile at {nowhere}")
+    assert_one_line_error(result.stderr, f"no firefox profile at {nowhere}")
     empty = isolated.root / "empty"
     empty.mkdir()
     result = run(["cookies", "import", "--browser", "chromium", "--profile", str(empty)], isolated)
     assert result.returncode == 2
-    one_line(result.stderr, "no chromium cookie database in", str(empty / "Default" / "Cookies"))
+    assert_one_line_error(
+        result.stderr, "no chromium cookie database in", str(empty / "Default" / "Cookies")
+    )
 
 
 def test_unreadable_databases_are_one_line(isolated: Isolated) -> None:
@@ -370,12 +373,12 @@ def test_unreadable_databases_are_one_line(isolated: Isolated) -> None:
     args = ["cookies", "import", "--browser", "firefox", "--profile", str(garbage)]
     result = run(args, isolated)
     assert result.returncode == 2
-    one_line(result.stderr, "is not a cookie database")
+    assert_one_line_error(result.stderr, "is not a cookie database")
     other = isolated.root / "other.sqlite"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
     result = run(["cookies", "import", "--browser", "firefox", "--profile", str(other)], isolated)
     assert result.returncode == 2
-    one_line(result.stderr, "is not a firefox cookie database", "moz_cookies")
+    assert_one_line_error(result.stderr, "is not a firefox cookie database", "moz_cookies")
 
 
 def test_nothing_for_the_domain_is_one_line(isolated: Isolated) -> None:
@@ -384,7 +387,7 @@ def test_nothing_for_the_domain_is_one_line(isolated: Isolated) -> None:
     args = ["cookies", "import", "--browser", "firefox", "--profile", str(profile)]
     result = run([*args, "--domain", "nothing.example"], isolated)
     assert result.returncode == 2
-    one_line(result.stderr, "firefox has no cookies for nothing.example", "sign in")
+    assert_one_line_error(result.stderr, "firefox has no cookies for nothing.example", "sign in")
     assert stored(isolated) == {}
 
 
@@ -400,7 +403,9 @@ def test_missing_cryptography_says_what_to_install(isolated: Isolated) -> None:
     args = ["cookies", "import", "--browser", "chrome", "--profile", str(database)]
     result = run(args, isolated, env={"PYTHONPATH": str(shadow.parent)})
     assert result.returncode == 2
-    one_line(result.stderr, "needs the cryptography package", "pip install 'chatcli[browser]'")
+    assert_one_line_error(
+        result.stderr, "needs the cryptography package", "pip install 'chatcli[browser]'"
+    )
 
 
 def test_file_and_browser_are_exclusive(isolated: Isolated) -> None:
@@ -413,7 +418,7 @@ def test_file_and_browser_are_exclusive(isolated: Isolated) -> None:
     ):
         result = run(["cookies", "import", *args], isolated)
         assert result.returncode == 2, args
-        one_line(result.stderr, fragment)
+        assert_one_line_error(result.stderr, fragment)
 
 
 def test_help_lists_every_browser_chatcli_reads() -> None:
@@ -482,7 +487,7 @@ def test_without_the_opt_in_aichat_names_both_ways_to_get_cookies(isolated: Isol
     with fake.serve():
         result = run(ask_aichat(fake), isolated)
     assert result.returncode == 1
-    one_line(
+    assert_one_line_error(
         result.stderr,
         "aichat: needs cookies for chat-gpt.org",
         "`chatcli cookies import --browser chrome`",
@@ -498,7 +503,9 @@ def test_opt_in_that_cannot_read_is_one_line_before_any_request(isolated: Isolat
     with fake.serve():
         result = run(ask_aichat(fake), isolated)
     assert result.returncode == 1
-    one_line(result.stderr, "aichat: needs cookies", "cookies.from_browser", str(missing))
+    assert_one_line_error(
+        result.stderr, "aichat: needs cookies", "cookies.from_browser", str(missing)
+    )
     assert fake.requests == []
 
 
@@ -515,7 +522,7 @@ def test_cookies_config_is_validated(isolated: Isolated, table: str, fragment: s
     config = isolated.write_config(f"[cookies]\n{table}\n")
     result = run(["ask", "-p", "aichat", "hi"], isolated)
     assert result.returncode == 2
-    one_line(result.stderr, str(config), fragment)
+    assert_one_line_error(result.stderr, str(config), fragment)
 
 
 # -- decryption of the Chrome family's values, per platform (in-process) ---------------------------

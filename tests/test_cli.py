@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CHATCLI, Isolated, run
+from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run
 from tests.servers import FakeOpenAI, ForwardProxy, Socks5Proxy
 
 
@@ -24,15 +24,6 @@ def ask(fake: FakeOpenAI, *args: str) -> list[str]:
 def user_message(fake: FakeOpenAI) -> str:
     content: str = fake.requests[-1].body["messages"][-1]["content"]
     return content
-
-
-def assert_one_line_error(stderr: str, *fragments: str) -> None:
-    lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got: {stderr!r}"
-    assert lines[0].startswith("chatcli: ")
-    assert "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # -- stdin and the prompt -------------------------------------------------------------------------

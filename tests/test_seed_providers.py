@@ -21,7 +21,7 @@ from chatcli.providers.fakegpt import FakeGpt
 from chatcli.providers.gptalk import GPTalk
 from chatcli.providers.opchatgpts import Opchatgpts
 from chatcli.store import Cookie, Stores
-from tests.conftest import CHATCLI, Isolated, run
+from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run
 from tests.fakes.aichat import FakeAichat
 from tests.fakes.chatgptt import FakeChatGptt
 from tests.fakes.fakegpt import FakeFakeGpt
@@ -62,14 +62,6 @@ def served(request: pytest.FixtureRequest, isolated: Isolated) -> Iterator[tuple
 
 def ask(name: str, fake: Any, *args: str) -> list[str]:
     return ["ask", "-p", name, "--base-url", fake.base_url, *args]
-
-
-def assert_one_line_error(stderr: str, *fragments: str) -> None:
-    lines = stderr.splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got {stderr!r}"
-    assert lines[0].startswith("chatcli: ") and "Traceback" not in stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # -- the Python API, as the seed documents show it ------------------------------------------------
