@@ -256,6 +256,35 @@ def test_a_wal_database_with_a_live_writer_is_read_from_a_copy(isolated: Isolate
     }
 
 
+def test_copies_are_private_removed_after_reading_and_swept_if_left(isolated: Isolated) -> None:
+    import os
+
+    from chatcli.store import browser
+
+    profile = isolated.root / "ff-copy"
+    database = make_firefox_db(profile / "cookies.sqlite", FIREFOX_COOKIES)
+    copies = isolated.chatcli_home / "cache" / "browser-copies"
+    (copies / "copy-killed").mkdir(parents=True)  # left by an import that was killed
+    (copies / "copy-killed" / "cookies.db").write_bytes(b"secret")
+    old = time.time() - 3600
+    os.utime(copies / "copy-killed", (old, old))
+    (copies / "copy-running").mkdir()  # another import reading right now: not touched
+
+    seen: dict[str, int] = {}
+
+    def reader(db: sqlite3.Connection) -> int:
+        path = Path(db.execute("PRAGMA database_list").fetchone()[2])
+        seen["in_cache"] = path.parent.parent == copies
+        seen["file_mode"] = path.stat().st_mode & 0o777
+        seen["dir_mode"] = copies.stat().st_mode & 0o777
+        return int(db.execute("SELECT count(*) FROM moz_cookies").fetchone()[0])
+
+    count = browser._read_copy(database, BROWSERS["firefox"], reader)
+    assert count == len(FIREFOX_COOKIES)
+    assert seen == {"in_cache": True, "file_mode": 0o600, "dir_mode": 0o700}
+    assert sorted(p.name for p in copies.iterdir()) == ["copy-running"]
+
+
 @pytest.mark.parametrize("writing", [False, True], ids=["locked", "locked-mid-write"])
 def test_a_database_another_process_holds_locked_is_read_from_a_copy(
     isolated: Isolated, writing: bool

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import contextlib
 import hashlib
 import json
 import logging
@@ -456,8 +457,28 @@ def _read_direct(
         connection.close()
 
 
+#: Copies older than this in the copies folder were left by a process that was killed.
+_STALE_COPY_SECONDS: Final = 600
+
+
+def _copies_dir() -> Path:
+    """``CACHE/browser-copies`` (0700): where a locked database is copied to be read."""
+    from chatcli.config import Paths
+    from chatcli.store.files import private_dir
+
+    folder = private_dir(Paths.from_env(os.environ).cache_dir / "browser-copies")
+    now = time.time()
+    for leftover in folder.iterdir():  # a killed import cannot clean up after itself
+        with contextlib.suppress(OSError):
+            if now - leftover.stat().st_mtime > _STALE_COPY_SECONDS:
+                shutil.rmtree(leftover)
+    return folder
+
+
 def _read_copy(database: Path, browser: Browser, reader: Callable[[sqlite3.Connection], _T]) -> _T:
-    with tempfile.TemporaryDirectory(prefix="chatcli-cookies-") as directory:  # 0700
+    # The copy holds the same secrets as the profile: in chatcli's private cache (0700), each
+    # file 0600, removed once read (and by a later import if this process is killed first).
+    with tempfile.TemporaryDirectory(prefix="copy-", dir=_copies_dir()) as directory:
         copy = Path(directory) / "cookies.db"
         try:
             # The WAL first: a checkpoint between the two copies then loses nothing.
@@ -465,7 +486,9 @@ def _read_copy(database: Path, browser: Browser, reader: Callable[[sqlite3.Conne
                 side = Path(f"{database}{suffix}")
                 if side.is_file():
                     shutil.copyfile(side, f"{copy}{suffix}")
+                    os.chmod(f"{copy}{suffix}", 0o600)
             shutil.copyfile(database, copy)
+            os.chmod(copy, 0o600)
         except OSError as exc:
             raise UsageError(
                 f"cannot read {database}: {browser.name} holds it locked "
