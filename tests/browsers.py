@@ -37,27 +37,32 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int, str]]:
 # -- a real Chromium -----------------------------------------------------------------------------
 
 
+def apt_install(*packages: str) -> str | None:
+    """Install Debian packages; ``None`` when done, else why not (for a skip's reason)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return f"installing it needs root and apt-get (run: apt-get install {' '.join(packages)})"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode != 0:  # no or stale package lists (a fresh machine): update, try again
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"apt-get install {' '.join(packages)} failed: {last}"
+    return None
+
+
 def find_or_install_chromium() -> str:
     """The Chromium binary; installed from Debian's packages when missing and possible."""
     for name in ("chromium", "chromium-browser"):
         found = shutil.which(name)
         if found:
             return found
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(
-            "Chromium is not installed, and installing it needs root and apt-get "
-            "(run: apt-get install chromium)"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:  # a stale package list: update it once, then try again
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    why = apt_install("chromium")
     found = shutil.which("chromium")
-    if done.returncode != 0 or found is None:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"Chromium cannot be installed here (apt-get install chromium: {last})")
+    if why is not None or found is None:
+        pytest.skip(f"Chromium is not installed and cannot be installed here: {why}")
     return found
 
 
@@ -278,15 +283,9 @@ def find_or_install_gnome_keyring() -> None:
     """gnome-keyring and dbus-run-session, installed from Debian's packages when missing."""
     if shutil.which("gnome-keyring-daemon") and shutil.which("dbus-run-session"):
         return
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("gnome-keyring is not installed, and installing it needs root and apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "gnome-keyring"]
-    command.append("dbus-daemon")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0 or not shutil.which("gnome-keyring-daemon"):
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"gnome-keyring cannot be installed here (apt-get: {last})")
+    why = apt_install("gnome-keyring", "dbus-daemon")
+    if why is not None or not shutil.which("gnome-keyring-daemon"):
+        pytest.skip(f"gnome-keyring is not installed and cannot be installed here: {why}")
 
 
 @contextmanager
