@@ -414,15 +414,15 @@ class _TypeAhead:
     def __enter__(self) -> None:
         if self._fd is None:
             return
-        import termios
-
         try:
+            import termios
+
             saved = termios.tcgetattr(self._fd)
             quiet = list(saved)
             quiet[0] &= ~termios.ICRNL
             quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
             termios.tcsetattr(self._fd, termios.TCSANOW, quiet)  # never TCSAFLUSH: keep keys
-        except (termios.error, OSError):
+        except (ImportError, OSError):  # no termios here (Windows); termios.error is an OSError
             return
         self._saved = saved
 
@@ -432,9 +432,9 @@ class _TypeAhead:
     def _restore(self) -> None:
         if self._saved is None or self._fd is None:
             return
-        import termios
+        with contextlib.suppress(ImportError, OSError):
+            import termios
 
-        with contextlib.suppress(termios.error, OSError):
             termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
         self._saved = None
 

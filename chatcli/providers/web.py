@@ -131,6 +131,8 @@ class WebProvider(BaseProvider):
             import_from_browser(store.cookies, browser, [cls.cookie_domain], profile=profile)
         except UsageError as exc:
             if have:
+                # Dropped, so that neither a retry nor the next run reads the browser again.
+                store.cookies.drop_expired(cls.cookie_domain)
                 log.warning("could not refresh expired cookies from %s (%s): %s", browser, why, exc)
                 return {}
             raise MissingAuthError(

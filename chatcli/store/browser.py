@@ -470,8 +470,11 @@ def _copies_dir() -> Path:
     now = time.time()
     for leftover in folder.iterdir():  # a killed import cannot clean up after itself
         with contextlib.suppress(OSError):
-            if now - leftover.stat().st_mtime > _STALE_COPY_SECONDS:
-                shutil.rmtree(leftover)
+            if now - leftover.lstat().st_mtime > _STALE_COPY_SECONDS:
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
     return folder
 
 

@@ -100,6 +100,11 @@ class CookieStore:
         """How many of ``domain``'s stored cookies have expired (kept until the next write)."""
         return sum(1 for c in self.all() if c.matches(domain) and c.expired(now))
 
+    def drop_expired(self, domain: str) -> int:
+        """Remove ``domain``'s expired cookies (and its subdomains'); returns the count."""
+        target, now = normalise_domain(domain), time.time()
+        return self._drop(lambda c: c.matches(target) and c.expired(now))
+
     def save(self, cookies: Iterable[Cookie]) -> int:
         """Add or replace (by domain, path and name); returns how many were given."""
         new = list(cookies)
