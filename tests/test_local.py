@@ -63,6 +63,17 @@ class FakeLoaded:
         self.lock = threading.Lock()
         self.stop: threading.Event | None = None
         self.closed = False
+        self.aborted = False  # what llama.cpp's abort check would answer
+
+    def begin(self, stop: threading.Event) -> None:
+        self.stop, self.aborted = stop, stop.is_set()
+
+    def abort(self, stop: threading.Event) -> None:
+        if self.stop is stop:
+            self.aborted = True
+
+    def end(self) -> None:
+        self.stop, self.aborted = None, False
 
 
 @pytest.fixture
@@ -146,7 +157,7 @@ def test_stopping_mid_prompt_neither_blocks_the_loop_nor_overlaps_the_next_answe
         try:
             if kwargs["messages"][-1]["content"] == "long":
                 # Reading a long prompt: only llama.cpp's abort check (the stop flag) ends it.
-                while not (loaded.stop and loaded.stop.is_set()):
+                while not loaded.aborted:
                     threading.Event().wait(0.001)
                 raise RuntimeError("llama_decode returned 2")
             yield from original(**kwargs)

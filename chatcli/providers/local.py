@@ -191,14 +191,17 @@ class Local(AsyncGeneratorProvider):
             except RuntimeError:
                 stop.set()  # the event loop is gone: nobody is reading any more
 
+        running: list[LoadedModel] = []
+
         def generate() -> None:
             try:
-                model = acquire_model(path, threads=threads, n_ctx=n_ctx)
+                loaded = acquire_model(path, threads=threads, n_ctx=n_ctx)
+                running.append(loaded)
                 try:
                     if stop.is_set():
                         return  # given up on while the model loaded
-                    model.stop = stop  # llama.cpp's abort check reads it, mid-prompt too
-                    pieces = model.llm.create_chat_completion(
+                    loaded.begin(stop)
+                    pieces = loaded.llm.create_chat_completion(
                         messages=chat, stream=True, **sampling
                     )
                     for chunk in pieces:
@@ -208,8 +211,8 @@ class Local(AsyncGeneratorProvider):
                         if text:
                             post("text", text)
                 finally:
-                    model.stop = None
-                    model.lock.release()
+                    loaded.end()
+                    loaded.lock.release()
             except BaseException as exc:  # handed to the reading side, raised there
                 post("error", exc)
             else:
@@ -232,6 +235,8 @@ class Local(AsyncGeneratorProvider):
             # next question. Waited for without blocking the event loop; a model still
             # loading is not waited for (the next question waits for it instead).
             stop.set()
+            for loaded in running:
+                loaded.abort(stop)
             for _ in range(200):
                 if not worker.is_alive():
                     break
@@ -270,24 +275,47 @@ def _positive(options: Mapping[str, Any], key: str, default: int) -> int:
 
 
 class LoadedModel:
-    """A model in memory: one generation at a time (``lock``), and the running one's stop flag."""
+    """A model in memory: one generation at a time (``lock``), and the running one's stop flag.
+
+    Stopping reaches inside llama.cpp through its abort callback, so that a long prompt being
+    read is not waited for. The callback is installed only when a stop is asked for: llama.cpp
+    calls it at every step of its compute graph, and a Python callback there would take the
+    GIL hundreds of times per token (slowing everything when another thread is busy).
+    """
 
     def __init__(self, llm: Any) -> None:
+        import ctypes
+
         import llama_cpp
 
         self.llm = llm
         self.lock = threading.Lock()
         self.stop: threading.Event | None = None
         self.closed = False
+        self._state = threading.Lock()
+        self._set_callback = llama_cpp.llama_set_abort_callback
+        # Kept on the object, so that ctypes does not free them while llama.cpp holds them.
+        self._stop_now = llama_cpp.ggml_abort_callback(lambda _data: True)
+        self._no_callback = ctypes.cast(0, llama_cpp.ggml_abort_callback)  # NULL
 
-        def should_abort(_data: Any) -> bool:
-            stop = self.stop
-            return stop is not None and stop.is_set()
+    def begin(self, stop: threading.Event) -> None:
+        """A generation starts (the caller holds ``lock``); ``stop`` may already be set."""
+        with self._state:
+            self.stop = stop
+            callback = self._stop_now if stop.is_set() else self._no_callback
+            self._set_callback(self.llm.ctx, callback, None)
 
-        # llama.cpp asks this between steps of its compute graph: stopping does not wait for
-        # a long prompt to be read. Kept on the object so ctypes does not free it.
-        self._abort = llama_cpp.ggml_abort_callback(should_abort)
-        llama_cpp.llama_set_abort_callback(llm.ctx, self._abort, None)
+    def abort(self, stop: threading.Event) -> None:
+        """From the reading side, after setting ``stop``: llama.cpp stops at its next step,
+        if that generation is still the one running (never a later one)."""
+        with self._state:
+            if self.stop is stop:
+                self._set_callback(self.llm.ctx, self._stop_now, None)
+
+    def end(self) -> None:
+        with self._state:
+            self.stop = None
+            self._set_callback(self.llm.ctx, self._no_callback, None)
 
 
 _MODELS: dict[tuple[Path, int, int], LoadedModel] = {}
@@ -333,8 +361,10 @@ def load_llama(path: Path, *, threads: int, n_ctx: int) -> Any:
 def unload_models(wait: float = 0) -> None:
     """Free the loaded models that are not generating (at exit: stop those, then free them)."""
     for key, model in list(_MODELS.items()):
-        if wait and model.stop is not None:
-            model.stop.set()
+        stop = model.stop
+        if wait and stop is not None:
+            stop.set()
+            model.abort(stop)
         acquired = model.lock.acquire(timeout=wait) if wait else model.lock.acquire(False)
         if not acquired:
             continue  # still generating: never freed under a running thread
