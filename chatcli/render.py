@@ -373,6 +373,7 @@ class MarkdownRenderer:
         self.live = live
         self._stream = console.file
         self._echo = _TerminalEcho(self._stream)
+        self._suspend = SuspendGuard(self._before_stop, self._after_resume)
         self._splitter = BlockSplitter()
         self._spaced = False  # Rich puts a blank line after the last finished block
         self._env: dict[str, Any] = {}  # the parser's state: link definitions seen so far
@@ -465,6 +466,21 @@ class MarkdownRenderer:
             self._echo.off()
             self._write("\x1b[?25l")  # hide the cursor while the tail is redrawn
             self._stream.flush()
+            self._suspend.install()
+
+    def _before_stop(self) -> None:
+        """Ctrl-Z: leave the terminal as the shell expects it (the tail is drawn again)."""
+        self._clear_tail()
+        self._write("\x1b[?25h")
+        self._stream.flush()
+        self._echo.restore()
+
+    def _after_resume(self) -> None:
+        self._echo.off()
+        self._write("\x1b[?25l")
+        if not self._finished:
+            self._draw_tail()
+        self._stream.flush()
 
     def feed(self, text: str) -> None:
         if not text:
@@ -502,9 +518,59 @@ class MarkdownRenderer:
         if tail.strip():
             self._write(self._delta(tail)[0])
         if self.live and self._started:
+            self._suspend.remove()
             self._write("\x1b[?25h")
             self._echo.restore()
         self._stream.flush()
+
+
+class SuspendGuard:
+    """Ctrl-Z (SIGTSTP) while chatcli has the terminal in a mode of its own: ``before_stop``
+    puts it back as it was, the process stops, and ``after_resume`` sets it up again on
+    ``fg``. Guards nest: each calls the one installed before it, which does the stopping."""
+
+    def __init__(self, before_stop: Any, after_resume: Any) -> None:
+        self._before, self._after = before_stop, after_resume
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if not hasattr(signal, "SIGTSTP") or threading.current_thread() is not (
+            threading.main_thread()
+        ):
+            return  # no job control here, or not where signal handlers can be set
+        try:
+            self._previous = signal.signal(signal.SIGTSTP, self._handle)
+        except (ValueError, OSError):
+            return
+        self._installed = True
+
+    def remove(self) -> None:
+        if self._installed:
+            import signal
+
+            self._installed = False
+            signal.signal(signal.SIGTSTP, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import os
+        import signal
+
+        self._before()
+        try:
+            previous = self._previous
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTSTP)  # stops here until SIGCONT (fg, bg)
+        finally:
+            if self._installed:
+                signal.signal(signal.SIGTSTP, self._handle)
+            self._after()
 
 
 class _TerminalEcho:

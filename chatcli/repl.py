@@ -32,7 +32,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from chatcli.engine import Conversation, Turn
 from chatcli.errors import ChatcliError, StorageError, UsageError
-from chatcli.render import Renderer, sanitize
+from chatcli.render import Renderer, SuspendGuard, sanitize
 from chatcli.store.files import FILE_MODE, private_dir
 
 if TYPE_CHECKING:
@@ -410,8 +410,15 @@ class _TypeAhead:
     def __init__(self, fd: int | None) -> None:
         self._fd = fd
         self._saved: list[Any] | None = None
+        # Ctrl-Z meanwhile: the shell gets the terminal as it was, and fg sets it up again.
+        self._suspend = SuspendGuard(self._restore, self._quiet)
 
     def __enter__(self) -> None:
+        self._quiet()
+        if self._saved is not None:
+            self._suspend.install()
+
+    def _quiet(self) -> None:
         if self._fd is None:
             return
         try:
@@ -427,6 +434,7 @@ class _TypeAhead:
         self._saved = saved
 
     def __exit__(self, *exc: object) -> None:
+        self._suspend.remove()
         self._restore()
 
     def _restore(self) -> None:
@@ -447,7 +455,7 @@ class _TypeAhead:
             yield
         finally:
             if active:
-                self.__enter__()
+                self._quiet()
 
 
 def _terminal_fd() -> int | None:

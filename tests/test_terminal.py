@@ -98,3 +98,68 @@ def test_a_warning_during_a_live_answer_waits_until_the_answer_is_drawn(
     assert code == 0, text
     warning = text.index("chatcli: warning: ollama: the answer was cut at the token limit")
     assert text.rindex("word59") < warning
+
+
+def test_ctrl_z_during_an_answer_gives_the_shell_a_sane_terminal_and_fg_resumes(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    """Job control for real: an interactive bash on a pty runs chatcli, Ctrl-Z stops it."""
+    import shutil
+
+    import pyte
+
+    bash = shutil.which("bash")
+    assert bash is not None
+    fake.pieces = ["Slow ", "first ", "part. ", "then ", "the ", "rest ", "of ", "it."]
+    fake.delay = 0.3
+    env = {**isolated.env, "TERM": "xterm-256color", "PS1": "$ ", "HISTFILE": "/dev/null"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(bash, [bash, "--norc", "--noprofile", "-i"], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    screen = pyte.Screen(80, 24)
+    stream = pyte.ByteStream(screen)
+    raw = bytearray()
+
+    def pump_until(check: object, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if callable(check) and check():
+                return
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                raw.extend(data)
+                stream.feed(data)
+        text = "\n".join(line.rstrip() for line in screen.display)
+        raise AssertionError(f"timed out; the screen:\n{text}")
+
+    def shown(needle: str) -> bool:
+        return needle in "\n".join(screen.display)
+
+    try:
+        pump_until(lambda: shown("$ "))
+        command = f"{CHATCLI} ask -p ollama -m m --base-url {fake.base_url} go\r"
+        os.write(fd, command.encode())
+        pump_until(lambda: shown("Slow first"))
+        os.write(fd, b"\x1a")  # Ctrl-Z
+        pump_until(lambda: b"$ " in raw[raw.find(b"Stopped") :])  # the shell's prompt is back
+        stopped = raw[: raw.find(b"Stopped")]
+        assert stopped.rfind(b"\x1b[?25h") > stopped.rfind(b"\x1b[?25l")  # cursor visible
+        os.write(fd, b"fg\r")
+        pump_until(lambda: raw.count(b"\x1b[?25l") >= 2)  # chatcli took the terminal back
+        os.write(fd, b"typed-during")  # not echoed into the answer: echo is off again
+        pump_until(lambda: shown("it."))
+        pump_until(lambda: raw.rstrip().endswith(b"typed-during"))  # now bash has it
+        os.write(fd, b"\x15echo done-$?\r")  # Ctrl-U, then chatcli's exit status
+        pump_until(lambda: shown("done-0"))
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(fd)
+    text = "\n".join(line.rstrip() for line in screen.display)
+    answer = text[text.index("$ fg") : text.index("it.")]
+    assert "Slow first part." in answer and "typed-during" not in answer
