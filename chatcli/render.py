@@ -455,7 +455,7 @@ class MarkdownRenderer:
         # Never taller than the screen (a redraw cannot reach lines that scrolled away): a
         # tall unfinished block shows its last lines, and all of it is printed once it ends.
         visible = lines[-max(1, self._console.height - 2) :]
-        self._write("".join(visible))
+        self._write("".join(_unpadded(line) for line in visible))
         self._shown_lines = len(visible)
 
     # -- the Renderer interface -------------------------------------------------------------
@@ -522,6 +522,23 @@ class MarkdownRenderer:
             self._write("\x1b[?25h")
             self._echo.restore()
         self._stream.flush()
+
+
+_TRAILING_PADDING: Final = re.compile(r"(?:\x1b\[[0-9;]*m| )+$")
+
+
+def _unpadded(line: str) -> str:
+    """A live line without the spaces Rich pads it with to the full width.
+
+    The unfinished tail is erased by moving up as many rows as it has lines; a terminal
+    that re-wraps its lines when it gets narrower would turn each full-width line into two
+    rows, and the erase would leave copies behind. Short lines stay one row. (Finished
+    blocks are printed as Rich renders them, padding and all.)
+    """
+    body = line.rstrip("\n")
+    bare = _TRAILING_PADDING.sub("", body)
+    reset = "\x1b[0m" if "\x1b[" in body else ""
+    return bare + reset + line[len(body) :]
 
 
 class SuspendGuard:

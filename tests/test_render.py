@@ -258,6 +258,23 @@ def test_printing_to_text_writes_what_console_print_writes(system: Any, no_color
     assert _print_to_text(console, fast_markdown(DOC)) == printed.getvalue()
 
 
+def test_live_tail_lines_carry_no_padding_so_a_narrower_window_does_not_rewrap_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(MarkdownRenderer, "FRAMES_PER_SECOND", 10**9)
+    buffer = io.StringIO()
+    renderer = MarkdownRenderer(make_console(buffer, 60, 40), live=True)
+    renderer.start()
+    renderer.feed("A short **line**\nand another")  # no blank line yet: all of it is the tail
+    frame = buffer.getvalue()
+    lines = [SGR.sub("", line) for line in frame.split("\n")]
+    assert "A short line" in lines[0]
+    assert all(not line.endswith(" ") for line in lines), lines
+    renderer.finish()
+    final = whole("A short **line**\nand another") + "\x1b[?25h"  # padded, then the cursor
+    assert buffer.getvalue().endswith(final)
+
+
 def test_raw_output_is_flushed_in_batches_not_per_token() -> None:
     class Counting(io.StringIO):
         flushes = 0
