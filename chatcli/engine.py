@@ -319,6 +319,11 @@ class Conversation:
         """
         if provider is not None and self.registry.get(provider).name == self.provider:
             provider = None  # the same provider: keep its URL; only the model may change
+        if model:  # a model the provider surely cannot use is refused now, not at send
+            store = self.defaults.store
+            self.registry.get(provider or self.provider).check_model(
+                model, data_dir=getattr(store, "data_dir", None)
+            )
         if provider is not None:
             cls = self.registry.get(provider)  # an unknown name is an error now, not at send
             proxy = self.proxy_for(cls.root_url(None)) if self.proxy_for else None

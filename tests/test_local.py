@@ -441,3 +441,17 @@ def test_stopping_the_real_model_mid_prompt_frees_it_at_once() -> None:
     # llama.cpp's abort check ended the prompt: the model is free, not busy for seconds more.
     assert model.lock.acquire(timeout=2)
     model.lock.release()
+
+
+def test_a_model_local_cannot_run_is_refused_when_chosen_not_when_sent(tmp_path: Path) -> None:
+    # /model in the REPL: a typo is one line at once; the conversation keeps its model.
+    conversation = Conversation(
+        Registry.builtin(), TurnRequest(provider="local", messages=[], model=None), save=False
+    )
+    with pytest.raises(UsageError, match="unknown model 'nosuch'"):
+        conversation.use(model="nosuch")
+    assert conversation.model is None
+    model = tmp_path / "fine.gguf"
+    model.write_bytes(b"GGUF")
+    conversation.use(model=str(model))
+    assert conversation.model == str(model)

@@ -94,6 +94,11 @@ class BaseProvider:
         return model or cls.default_model
 
     @classmethod
+    def check_model(cls, model: str, *, data_dir: Any = None) -> None:
+        """Refuse a model this provider surely cannot use, before any request (``/model``).
+        Most cannot tell without asking their service: they accept anything."""
+
+    @classmethod
     async def pick_model(
         cls,
         model: str | None,
@@ -195,6 +200,10 @@ class ProviderModelMixin:
     @classmethod
     def resolve_model(cls, model: str | None) -> str:
         return cls.get_model(model)
+
+    @classmethod
+    def check_model(cls, model: str, *, data_dir: Any = None) -> None:
+        cls.get_model(model)
 
 
 #: Keyword arguments with a fixed meaning for every provider; never service options.

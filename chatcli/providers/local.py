@@ -145,6 +145,10 @@ class Local(AsyncGeneratorProvider):
         )
 
     @classmethod
+    def check_model(cls, model: str, *, data_dir: Any = None) -> None:
+        cls.model_path(model, data_dir)
+
+    @classmethod
     def known_models(cls, data_dir: Path | None = None) -> list[str]:
         """The bundled model (if installed), the configured default, and DATA/models/*.gguf."""
         names: list[str] = []
