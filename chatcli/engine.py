@@ -478,7 +478,8 @@ class Conversation:
                 )
         except StorageError as exc:
             log.warning(
-                "could not save %d message(s) yet (%s); they are kept and saved with the next",
+                "could not save %d message(s) (%s); this chat keeps them and saves them with "
+                "its next message if it can",
                 sum(1 for e in self._entries if e.id is None),
                 exc,
             )
