@@ -217,7 +217,8 @@ async def _attempt(
     finally:
         await _close(stream)
     if not any(piece.strip() for piece in turn.pieces):
-        raise ProtocolError("the service sent an empty answer", provider=provider.name)
+        source = "the model" if provider.kind == "offline" else "the service"
+        raise ProtocolError(f"{source} sent an empty answer", provider=provider.name)
 
 
 def _end(turn: Turn, status: TurnStatus, error: str | None) -> None:
@@ -330,6 +331,7 @@ class Conversation:
             self.defaults = replace(
                 self.defaults, provider=cls.name, model=model or None, base_url=None, proxy=proxy
             )
+            self.last_model = None  # the old provider's choice says nothing of the new one
         elif model is not None:
             self.defaults = replace(self.defaults, model=model or None)
 

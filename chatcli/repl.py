@@ -164,7 +164,8 @@ class Repl:
         where = session.label if session is not None else "new session"
         if not conversation.save:
             where += " (not saved)"
-        model = conversation.model or conversation.last_model or "default model"
+        default = conversation.registry.get(conversation.provider).default_model
+        model = conversation.model or conversation.last_model or default or "default model"
         text = f" {conversation.provider} · {model} · {where} "
         hint = "  Enter send · Alt-Enter newline · Ctrl-C stop · Ctrl-D quit · /help"
         return FormattedText([("bold", sanitize(text)), ("", hint)])

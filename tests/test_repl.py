@@ -298,6 +298,10 @@ def test_toolbar_shows_provider_model_and_session(harness: Harness) -> None:
     harness.run(f"name me{ENTER}")
     text = "".join(fragment[1] for fragment in repl.toolbar())
     assert "ollama · m · name me" in text
+    # Before any answer and without -m, the provider's own default model is named.
+    harness.conversation.use(provider="local")
+    text = "".join(fragment[1] for fragment in repl.toolbar())
+    assert "local · smollm2-135m-instruct · name me" in text
 
 
 def test_ctrl_x_ctrl_e_edits_the_input_in_the_editor(
