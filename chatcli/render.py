@@ -372,7 +372,7 @@ class MarkdownRenderer:
         self._console = console
         self.live = live
         self._stream = console.file
-        self._echo = _TerminalEcho(self._stream)
+        self._echo = QuietTerminal.of(self._stream)
         self._suspend = SuspendGuard(self._before_stop, self._after_resume)
         self._splitter = BlockSplitter()
         self._spaced = False  # Rich puts a blank line after the last finished block
@@ -590,39 +590,57 @@ class SuspendGuard:
             self._after()
 
 
-class _TerminalEcho:
-    """Turns the terminal's echo off while a live region is drawn, and back on after.
+class QuietTerminal:
+    """Keys typed while chatcli writes are not echoed (and, with ``keep_enter``, Enter is not
+    turned into Ctrl-J) until :meth:`restore` puts the terminal back as it was.
 
-    Keys typed during an answer, and the ``^C`` a terminal echoes for Ctrl-C, would otherwise
-    land inside the region and shift the cursor under Rich, which then leaves stale lines.
+    The live region: keys typed during an answer, and the ``^C`` a terminal echoes for
+    Ctrl-C, would land inside it and shift the cursor under Rich, which then leaves stale
+    lines. The REPL between prompts: see ``chatcli.repl``. Changed with TCSANOW, never
+    TCSAFLUSH: keys typed ahead are kept. Without a POSIX terminal, nothing happens.
     """
 
-    def __init__(self, stream: object) -> None:
-        self._stream = stream
+    def __init__(self, fd: int | None, *, keep_enter: bool = False) -> None:
+        self._fd = fd
+        self._keep_enter = keep_enter
         self._saved: list[Any] | None = None
 
-    def off(self) -> None:
+    @classmethod
+    def of(cls, stream: object) -> QuietTerminal:
         try:
-            import termios
+            fd: int | None = stream.fileno()  # type: ignore[attr-defined]
+        except (AttributeError, ValueError, OSError):
+            fd = None
+        return cls(fd)
 
-            fd = self._stream.fileno()  # type: ignore[attr-defined]
-            saved = termios.tcgetattr(fd)
-            quiet = list(saved)
-            quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
-            termios.tcsetattr(fd, termios.TCSANOW, quiet)
-            self._saved = saved
-        except (ImportError, AttributeError, ValueError, OSError):
-            self._saved = None  # not a terminal (or not a POSIX one): nothing to do
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
 
-    def restore(self) -> None:
-        if self._saved is None:
+    def off(self) -> None:
+        if self._fd is None:
             return
         try:
             import termios
 
-            fd = self._stream.fileno()  # type: ignore[attr-defined]
-            termios.tcsetattr(fd, termios.TCSANOW, self._saved)
-        except (ImportError, AttributeError, ValueError, OSError):
+            saved = termios.tcgetattr(self._fd)
+            quiet = list(saved)
+            if self._keep_enter:
+                quiet[0] &= ~termios.ICRNL
+            quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
+            termios.tcsetattr(self._fd, termios.TCSANOW, quiet)
+        except (ImportError, OSError):  # no termios (Windows), or not a terminal
+            return
+        self._saved = saved
+
+    def restore(self) -> None:
+        if self._saved is None or self._fd is None:
+            return
+        try:
+            import termios
+
+            termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
+        except (ImportError, OSError):
             pass
         self._saved = None
 

@@ -32,7 +32,7 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from chatcli.engine import Conversation, Turn
 from chatcli.errors import ChatcliError, StorageError, UsageError
-from chatcli.render import Renderer, SuspendGuard, sanitize
+from chatcli.render import QuietTerminal, Renderer, SuspendGuard, sanitize
 from chatcli.store.files import FILE_MODE, private_dir
 
 if TYPE_CHECKING:
@@ -409,54 +409,29 @@ class _TypeAhead:
     """
 
     def __init__(self, fd: int | None) -> None:
-        self._fd = fd
-        self._saved: list[Any] | None = None
+        self._terminal = QuietTerminal(fd, keep_enter=True)
         # Ctrl-Z meanwhile: the shell gets the terminal as it was, and fg sets it up again.
-        self._suspend = SuspendGuard(self._restore, self._quiet)
+        self._suspend = SuspendGuard(self._terminal.restore, self._terminal.off)
 
     def __enter__(self) -> None:
-        self._quiet()
-        if self._saved is not None:
+        self._terminal.off()
+        if self._terminal.active:
             self._suspend.install()
-
-    def _quiet(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            import termios
-
-            saved = termios.tcgetattr(self._fd)
-            quiet = list(saved)
-            quiet[0] &= ~termios.ICRNL
-            quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
-            termios.tcsetattr(self._fd, termios.TCSANOW, quiet)  # never TCSAFLUSH: keep keys
-        except (ImportError, OSError):  # no termios here (Windows); termios.error is an OSError
-            return
-        self._saved = saved
 
     def __exit__(self, *exc: object) -> None:
         self._suspend.remove()
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._saved is None or self._fd is None:
-            return
-        with contextlib.suppress(ImportError, OSError):
-            import termios
-
-            termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
-        self._saved = None
+        self._terminal.restore()
 
     @contextlib.contextmanager
     def suspended(self) -> Iterator[None]:
         """The terminal as it was, for a program chatcli runs (an editor)."""
-        active = self._saved is not None
-        self._restore()
+        active = self._terminal.active
+        self._terminal.restore()
         try:
             yield
         finally:
             if active:
-                self._quiet()
+                self._terminal.off()
 
 
 def _terminal_fd() -> int | None:
