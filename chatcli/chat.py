@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatcli.config import Settings
 from chatcli.context import AppContext
 from chatcli.engine import Conversation, TurnRequest
 from chatcli.errors import ConfigError, UsageError, check_url
@@ -113,21 +114,21 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
     return conversation
 
 
-def default_provider_name(ctx: AppContext) -> str | None:
+def default_provider_name(settings: Settings) -> str | None:
     """The configured default (config or ``CHATCLI_PROVIDER``), else ``local`` when installed
     (the runtime, and a model: the bundled one or ``[providers.local] model``)."""
-    if ctx.settings.provider:
-        return ctx.settings.provider
+    if settings.provider:
+        return settings.provider
     from chatcli.providers.local import bundled_model, runtime_installed
 
     if not runtime_installed():
         return None
-    configured = ctx.settings.providers.get("local", {}).get("model")
+    configured = settings.providers.get("local", {}).get("model")
     return "local" if configured or bundled_model() is not None else None
 
 
 def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:
-    name = flag or default_provider_name(ctx)
+    name = flag or default_provider_name(ctx.settings)
     if not name:
         raise ConfigError(
             "no provider chosen: pass -p NAME (see `chatcli providers`), set CHATCLI_PROVIDER or "

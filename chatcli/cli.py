@@ -427,7 +427,7 @@ def providers(
             return
         from chatcli.chat import default_provider_name
 
-        default_name = (default_provider_name(ctx) or "").strip().lower()
+        default_name = (default_provider_name(settings) or "").strip().lower()
         rows = []
         for cls in registry:
             row = cls.describe()

@@ -40,13 +40,12 @@ def configured(settings: Any, registry: Registry, env: dict[str, str], cookies: 
     """The providers this installation is set up to use: the default and its fallbacks, those
     defined or tuned in config.toml, API providers whose key variable is set, and web
     providers whose cookies are stored."""
-    from chatcli.providers.local import bundled_model, runtime_installed
+    from chatcli.chat import default_provider_name
 
     names: list[str] = []
-    if settings.provider:
-        names.append(registry.get(settings.provider).name)
-    elif runtime_installed() and bundled_model() is not None:
-        names.append("local")  # the default when nothing else is chosen
+    default = default_provider_name(settings)  # the offline model when nothing is chosen
+    if default:
+        names.append(registry.get(default).name)
     names += [registry.get(n).name for n in settings.fallback]
     names += [registry.get(n).name for n in settings.providers]
     for cls in registry:

