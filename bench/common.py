@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import compileall
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -16,3 +18,14 @@ def byte_compile() -> None:
     import chatcli
 
     compileall.compile_dir(Path(chatcli.__file__).parent, quiet=1)
+
+
+def time_command(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:
+    """Wall times of ``runs`` runs of ``argv``, after one warm-up run (page cache)."""
+    subprocess.run(argv, capture_output=True, env=env, check=True)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, capture_output=True, env=env, check=True)
+        times.append(time.perf_counter() - start)
+    return times

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import byte_compile
+from common import byte_compile, time_command
 
 from chatcli.providers import local
 
@@ -49,12 +48,6 @@ def one_run(path: Path, threads: int) -> tuple[float, float, float, int]:
     return loaded - start, first - loaded, rate, tokens
 
 
-def wall(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, capture_output=True, env=env, check=True)
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -78,8 +71,7 @@ def main() -> None:
             "chatcli ask (128 tokens)": [*ask, "128", "--temperature", "0", QUESTION[0]["content"]],
         }
         for label, argv in commands.items():
-            wall(argv, env)  # warm-up: page cache
-            median = statistics.median(wall(argv, env) for _ in range(args.runs))
+            median = statistics.median(time_command(argv, args.runs, env))
             print(f"{label:<26} {median * 1e3:>6.0f} ms")
 
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import byte_compile
+from common import byte_compile, time_command
 
 CHATCLI = str(Path(sys.executable).with_name("chatcli"))
 
@@ -32,16 +30,6 @@ COMMANDS = {
 #: What bash sets when Tab is pressed after ``chatcli ask -p ol``.
 COMPLETION = {"_CHATCLI_COMPLETE": "complete_bash", "COMP_WORDS": "chatcli ask -p ol",
               "COMP_CWORD": "3"}  # fmt: skip
-
-
-def time_command(argv: list[str], runs: int, env: dict[str, str]) -> list[float]:
-    subprocess.run(argv, capture_output=True, env=env, check=True)  # warm-up
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        subprocess.run(argv, capture_output=True, env=env, check=True)
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
