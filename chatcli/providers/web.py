@@ -110,8 +110,8 @@ class WebProvider(BaseProvider):
         (``[cookies] from_browser``); without that opt-in no browser is ever read."""
         if not cls.cookie_domain:
             return {}
-        found = store.cookies.for_domain(cls.cookie_domain)
-        if cls.needs_cookies() and (not found or store.cookies.expired_for(cls.cookie_domain)):
+        found, some_expired = store.cookies.lookup(cls.cookie_domain)
+        if cls.needs_cookies() and (not found or some_expired):
             found = cls.cookies_from_browser(store, have=found) or found
         return found
 

@@ -92,13 +92,16 @@ class CookieStore:
 
     def for_domain(self, domain: str, *, now: float | None = None) -> dict[str, str]:
         """Name -> value of the unexpired cookies for ``domain`` (more specific ones win)."""
-        found = [c for c in self.all() if c.matches(domain) and not c.expired(now)]
-        found.sort(key=lambda c: len(c.domain))  # a subdomain's cookie overrides its parent's
-        return {c.name: c.value for c in found}
+        return self.lookup(domain, now=now)[0]
 
-    def expired_for(self, domain: str, *, now: float | None = None) -> int:
-        """How many of ``domain``'s stored cookies have expired (kept until the next write)."""
-        return sum(1 for c in self.all() if c.matches(domain) and c.expired(now))
+    def lookup(self, domain: str, *, now: float | None = None) -> tuple[dict[str, str], bool]:
+        """:meth:`for_domain`, and whether any of ``domain``'s stored cookies has expired
+        (expired ones are kept until the next write), from one read of the file."""
+        now = time.time() if now is None else now
+        mine = [c for c in self.all() if c.matches(domain)]
+        found = [c for c in mine if not c.expired(now)]
+        found.sort(key=lambda c: len(c.domain))  # a subdomain's cookie overrides its parent's
+        return {c.name: c.value for c in found}, len(found) < len(mine)
 
     def drop_expired(self, domain: str) -> int:
         """Remove ``domain``'s expired cookies (and its subdomains'); returns the count."""
