@@ -247,7 +247,7 @@ def test_fast_code_block_prints_what_richs_prints(
 @pytest.mark.parametrize("no_color", [False, True])
 @pytest.mark.parametrize("system", ["truecolor", "256", "standard", None])
 def test_printing_to_text_writes_what_console_print_writes(system: Any, no_color: bool) -> None:
-    from chatcli.render import _print_to_text
+    from chatcli.render.markdown import _print_to_text
 
     printed = io.StringIO()
     console = Console(

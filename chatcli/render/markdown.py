@@ -1,17 +1,12 @@
-"""Showing an answer: the renderer interface, its implementations, and the terminal sanitizer.
+"""Markdown streamed block by block, in linear time, with Rich's output byte for byte.
 
-The engine drives a :class:`Renderer` (``start``, ``feed`` for each piece, ``finish``) and knows
-nothing else about output. Which renderer a command gets is decided once, in :func:`choose`:
+:class:`BlockSplitter` cuts the streamed source into finished top-level blocks;
+:class:`MarkdownRenderer` prints each finished block once and redraws only the unfinished tail.
+Rendering reuses Rich's internals (:func:`fast_markdown`, a faster code block, printing without
+the console's buffering); tests compare the output with Rich's own, byte for byte.
 
-* stdout is not a terminal: :class:`PlainRenderer` writes the model's text exactly as received;
-* a terminal with ``--raw``: :class:`PlainRenderer` with the text sanitized;
-* a terminal (or ``--markdown``): :class:`MarkdownRenderer`, Rich Markdown streamed block by
-  block in linear time (live on a terminal);
-* ``--json``: :class:`NullRenderer` (the command prints one JSON object at the end).
-
-Model text is untrusted: :func:`sanitize` makes every control character except newline and tab
-visible before it reaches a terminal (ESC, CR, BEL, DEL, C1 such as 0x9B). It works per
-character with no state, so an escape sequence split across two stream pieces is caught too.
+Rich, Pygments and markdown-it are imported only when something is rendered: importing this
+module stays as cheap as ``--version`` needs.
 """
 
 from __future__ import annotations
@@ -19,104 +14,13 @@ from __future__ import annotations
 import io
 import re
 import time
-from typing import IO, TYPE_CHECKING, Any, ClassVar, Final, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+from chatcli.render.sanitize import sanitize
+from chatcli.render.terminal import QuietTerminal, SuspendGuard, call_later
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-
-def _visible_table() -> dict[int, str]:
-    table: dict[int, str] = {}
-    for code in range(0x20):
-        if code not in (0x09, 0x0A):
-            table[code] = chr(0x2400 + code)  # U+2400.. "control pictures": ␛ ␍ ␇ ...
-    table[0x7F] = "\u2421"  # ␡
-    for code in range(0x80, 0xA0):
-        table[code] = f"\\x{code:02x}"
-    return table
-
-
-_VISIBLE: Final = _visible_table()
-
-
-def sanitize(text: str) -> str:
-    """``text`` safe for a terminal: control characters other than ``\\n``/``\\t`` made visible."""
-    return text.translate(_VISIBLE)
-
-
-class Renderer(Protocol):
-    """What the engine needs from an output."""
-
-    #: Redraws a region of the terminal while streaming (nothing else may write there then).
-    live: bool
-
-    def start(self) -> None:
-        """Called once before the first piece."""
-
-    def feed(self, text: str) -> None:
-        """Show one more piece of the answer."""
-
-    def finish(self, *, interrupted: bool = False) -> None:
-        """The answer is over (``interrupted``: it broke off); leave the output tidy."""
-
-
-class NullRenderer:
-    """Shows nothing (``--json`` prints the whole result at the end)."""
-
-    live = False
-
-    def start(self) -> None:
-        pass
-
-    def feed(self, text: str) -> None:
-        pass
-
-    def finish(self, *, interrupted: bool = False) -> None:
-        pass
-
-
-class PlainRenderer:
-    """Writes pieces as they come. ``safe``: sanitize for a terminal; else write them verbatim."""
-
-    live = False
-
-    #: Pieces are flushed together at most this often (a flush per piece is a system call per
-    #: token); a piece is never held back longer than this.
-    FLUSH_INTERVAL: Final = 1 / 30
-
-    def __init__(self, stream: IO[str], *, safe: bool) -> None:
-        self._stream = stream
-        self._safe = safe
-        self._last = ""
-        self._last_flush = 0.0
-        self._flush_due = False
-
-    def start(self) -> None:
-        pass
-
-    def feed(self, text: str) -> None:
-        if not text:
-            return
-        self._stream.write(sanitize(text) if self._safe else text)
-        self._last = text[-1]
-        wait = self._last_flush + self.FLUSH_INTERVAL - time.monotonic()
-        if wait <= 0:
-            self._flush()
-        elif not self._flush_due:
-            self._flush_due = _call_later(wait, self._flush)
-            if not self._flush_due:
-                self._flush()
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        self._stream.flush()
-        self._last_flush = time.monotonic()
-
-    def finish(self, *, interrupted: bool = False) -> None:
-        # End with a newline so the shell prompt starts on its own line.
-        if self._last and self._last != "\n":
-            self._stream.write("\n")
-        self._stream.flush()
 
 
 _FENCE: Final = re.compile(r"^ {0,3}(`{3,}|~{3,})")
@@ -506,7 +410,7 @@ class MarkdownRenderer:
     def _schedule_frame(self, delay: float) -> None:
         """Draw what arrived even if the stream then pauses (the model thinking mid-answer)."""
         # Outside an event loop the next piece, or finish(), draws it.
-        self._frame_due = _call_later(delay, self._frame)
+        self._frame_due = call_later(delay, self._frame)
 
     def finish(self, *, interrupted: bool = False) -> None:
         self._finished = True
@@ -539,147 +443,3 @@ def _unpadded(line: str) -> str:
     bare = _TRAILING_PADDING.sub("", body)
     reset = "\x1b[0m" if "\x1b[" in body else ""
     return bare + reset + line[len(body) :]
-
-
-class SuspendGuard:
-    """Ctrl-Z (SIGTSTP) while chatcli has the terminal in a mode of its own: ``before_stop``
-    puts it back as it was, the process stops, and ``after_resume`` sets it up again on
-    ``fg``. Guards nest: each calls the one installed before it, which does the stopping."""
-
-    def __init__(self, before_stop: Any, after_resume: Any) -> None:
-        self._before, self._after = before_stop, after_resume
-        self._previous: Any = None
-        self._installed = False
-
-    def install(self) -> None:
-        import signal
-        import threading
-
-        if not hasattr(signal, "SIGTSTP") or threading.current_thread() is not (
-            threading.main_thread()
-        ):
-            return  # no job control here, or not where signal handlers can be set
-        try:
-            self._previous = signal.signal(signal.SIGTSTP, self._handle)
-        except (ValueError, OSError):
-            return
-        self._installed = True
-
-    def remove(self) -> None:
-        if self._installed:
-            import signal
-
-            self._installed = False
-            signal.signal(signal.SIGTSTP, self._previous)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        import os
-        import signal
-
-        self._before()
-        try:
-            previous = self._previous
-            if callable(previous):
-                previous(signum, frame)
-            elif previous != signal.SIG_IGN:
-                signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-                os.kill(os.getpid(), signal.SIGTSTP)  # stops here until SIGCONT (fg, bg)
-        finally:
-            if self._installed:
-                signal.signal(signal.SIGTSTP, self._handle)
-            self._after()
-
-
-class QuietTerminal:
-    """Keys typed while chatcli writes are not echoed (and, with ``keep_enter``, Enter is not
-    turned into Ctrl-J) until :meth:`restore` puts the terminal back as it was.
-
-    The live region: keys typed during an answer, and the ``^C`` a terminal echoes for
-    Ctrl-C, would land inside it and shift the cursor under Rich, which then leaves stale
-    lines. The REPL between prompts: see ``chatcli.repl``. Changed with TCSANOW, never
-    TCSAFLUSH: keys typed ahead are kept. Without a POSIX terminal, nothing happens.
-    """
-
-    def __init__(self, fd: int | None, *, keep_enter: bool = False) -> None:
-        self._fd = fd
-        self._keep_enter = keep_enter
-        self._saved: list[Any] | None = None
-
-    @classmethod
-    def of(cls, stream: object) -> QuietTerminal:
-        try:
-            fd: int | None = stream.fileno()  # type: ignore[attr-defined]
-        except (AttributeError, ValueError, OSError):
-            fd = None
-        return cls(fd)
-
-    @property
-    def active(self) -> bool:
-        return self._saved is not None
-
-    def off(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            import termios
-
-            saved = termios.tcgetattr(self._fd)
-            quiet = list(saved)
-            if self._keep_enter:
-                quiet[0] &= ~termios.ICRNL
-            quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
-            termios.tcsetattr(self._fd, termios.TCSANOW, quiet)
-        except (ImportError, OSError):  # no termios (Windows), or not a terminal
-            return
-        self._saved = saved
-
-    def restore(self) -> None:
-        if self._saved is None or self._fd is None:
-            return
-        try:
-            import termios
-
-            termios.tcsetattr(self._fd, termios.TCSANOW, self._saved)
-        except (ImportError, OSError):
-            pass
-        self._saved = None
-
-
-def _call_later(delay: float, callback: Any) -> bool:
-    """Run ``callback`` after ``delay`` on the running event loop; ``False`` if there is none."""
-    import asyncio
-
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    loop.call_later(delay, callback)
-    return True
-
-
-def make_console(stream: IO[str], *, force_terminal: bool | None = None) -> Console:
-    """A Rich console for model output: no markup, no highlighting of model text."""
-    from rich.console import Console
-
-    return Console(
-        file=stream,
-        force_terminal=force_terminal,
-        markup=False,
-        highlight=False,
-        emoji=False,
-    )
-
-
-def choose(
-    stream: IO[str], *, is_terminal: bool, raw: bool, markdown: bool, json: bool
-) -> Renderer:
-    """The renderer for these output settings (see the module docstring)."""
-    if json:
-        return NullRenderer()
-    if markdown and not raw:
-        return MarkdownRenderer(make_console(stream, force_terminal=True), live=is_terminal)
-    if not is_terminal:
-        return PlainRenderer(stream, safe=False)
-    if raw:
-        return PlainRenderer(stream, safe=True)
-    return MarkdownRenderer(make_console(stream), live=True)

@@ -1,0 +1,145 @@
+"""Showing an answer: the renderer interface, its simple implementations, and the choice.
+
+The engine drives a :class:`Renderer` (``start``, ``feed`` for each piece, ``finish``) and knows
+nothing else about output. Which renderer a command gets is decided once, in :func:`choose`:
+
+* stdout is not a terminal: :class:`PlainRenderer` writes the model's text exactly as received;
+* a terminal with ``--raw``: :class:`PlainRenderer` with the text sanitized;
+* a terminal (or ``--markdown``): :class:`MarkdownRenderer`, Rich Markdown streamed block by
+  block in linear time (live on a terminal);
+* ``--json``: :class:`NullRenderer` (the command prints one JSON object at the end).
+
+The parts live in submodules: :mod:`chatcli.render.sanitize` (model text made safe for a
+terminal), :mod:`chatcli.render.markdown` (the streaming Markdown renderer) and
+:mod:`chatcli.render.terminal` (terminal modes: Ctrl-Z, key echo). Their public names are
+importable from here too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import IO, TYPE_CHECKING, Final, Protocol
+
+from chatcli.render.markdown import BlockSplitter, MarkdownRenderer, fast_markdown
+from chatcli.render.sanitize import sanitize
+from chatcli.render.terminal import QuietTerminal, SuspendGuard, call_later
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = [
+    "BlockSplitter",
+    "MarkdownRenderer",
+    "NullRenderer",
+    "PlainRenderer",
+    "QuietTerminal",
+    "Renderer",
+    "SuspendGuard",
+    "choose",
+    "fast_markdown",
+    "make_console",
+    "sanitize",
+]
+
+
+class Renderer(Protocol):
+    """What the engine needs from an output."""
+
+    #: Redraws a region of the terminal while streaming (nothing else may write there then).
+    live: bool
+
+    def start(self) -> None:
+        """Called once before the first piece."""
+
+    def feed(self, text: str) -> None:
+        """Show one more piece of the answer."""
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        """The answer is over (``interrupted``: it broke off); leave the output tidy."""
+
+
+class NullRenderer:
+    """Shows nothing (``--json`` prints the whole result at the end)."""
+
+    live = False
+
+    def start(self) -> None:
+        pass
+
+    def feed(self, text: str) -> None:
+        pass
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        pass
+
+
+class PlainRenderer:
+    """Writes pieces as they come. ``safe``: sanitize for a terminal; else write them verbatim."""
+
+    live = False
+
+    #: Pieces are flushed together at most this often (a flush per piece is a system call per
+    #: token); a piece is never held back longer than this.
+    FLUSH_INTERVAL: Final = 1 / 30
+
+    def __init__(self, stream: IO[str], *, safe: bool) -> None:
+        self._stream = stream
+        self._safe = safe
+        self._last = ""
+        self._last_flush = 0.0
+        self._flush_due = False
+
+    def start(self) -> None:
+        pass
+
+    def feed(self, text: str) -> None:
+        if not text:
+            return
+        self._stream.write(sanitize(text) if self._safe else text)
+        self._last = text[-1]
+        wait = self._last_flush + self.FLUSH_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._flush()
+        elif not self._flush_due:
+            self._flush_due = call_later(wait, self._flush)
+            if not self._flush_due:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        self._stream.flush()
+        self._last_flush = time.monotonic()
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        # End with a newline so the shell prompt starts on its own line.
+        if self._last and self._last != "\n":
+            self._stream.write("\n")
+        self._stream.flush()
+
+
+def make_console(stream: IO[str], *, force_terminal: bool | None = None) -> Console:
+    """A Rich console for model output: no markup, no highlighting of model text."""
+    from rich.console import Console
+
+    return Console(
+        file=stream,
+        force_terminal=force_terminal,
+        markup=False,
+        highlight=False,
+        emoji=False,
+    )
+
+
+def choose(
+    stream: IO[str], *, is_terminal: bool, raw: bool, markdown: bool, json: bool
+) -> Renderer:
+    """The renderer for these output settings (see the module docstring)."""
+    if json:
+        return NullRenderer()
+    if markdown and not raw:
+        return MarkdownRenderer(make_console(stream, force_terminal=True), live=is_terminal)
+    if not is_terminal:
+        return PlainRenderer(stream, safe=False)
+    if raw:
+        return PlainRenderer(stream, safe=True)
+    return MarkdownRenderer(make_console(stream), live=True)
