@@ -1,19 +1,63 @@
-"""chatcli: a terminal chat client for language models.
+"""chatcli: a terminal chat client for language models, and a library under it.
 
 The library works without the command line::
 
-    import asyncio
-    from chatcli.providers import get_provider
+    import chatcli
 
-    async def main() -> None:
-        ollama = get_provider("ollama")
-        messages = [{"role": "user", "content": "Hi"}]
-        async for text in ollama.create_async_generator("llama3.2", messages):
-            print(text, end="")
+    chat = chatcli.Chat(provider="ollama", model="llama3.2", session="work")
+    print(chat.ask("What is a monad?").text)
 
-    asyncio.run(main())
-
-Importing this package does no I/O and loads neither typer nor aiohttp.
+See :mod:`chatcli.api` (:class:`Chat`, :class:`Answer`, :func:`list_sessions`,
+:func:`load_session`) and :mod:`chatcli.core` (requests and events). Importing this package does
+no I/O and loads neither typer nor aiohttp: those names are loaded on first use.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from chatcli.api import Answer, Chat, list_sessions, load_session
+    from chatcli.core import (
+        ChatMessage,
+        ChatRequest,
+        Event,
+        Finish,
+        ReasoningDelta,
+        TextDelta,
+        ToolCallDelta,
+        Usage,
+    )
+
+__all__ = [
+    "Answer",
+    "Chat",
+    "ChatMessage",
+    "ChatRequest",
+    "Event",
+    "Finish",
+    "ReasoningDelta",
+    "TextDelta",
+    "ToolCallDelta",
+    "Usage",
+    "__version__",
+    "list_sessions",
+    "load_session",
+]
+
+_API = ("Answer", "Chat", "list_sessions", "load_session")
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, so that `import chatcli` (and `chatcli --version`) stays cheap.
+    if name in _API:
+        from chatcli import api
+
+        return getattr(api, name)
+    if name in __all__:
+        from chatcli import core
+
+        return getattr(core, name)
+    raise AttributeError(f"module 'chatcli' has no attribute {name!r}")

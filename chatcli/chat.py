@@ -1,4 +1,5 @@
-"""From command-line choices to a ready :class:`~chatcli.engine.Conversation` (``ask``, ``repl``).
+"""From command-line choices to a ready :class:`~chatcli.conversation.Conversation` (``ask``,
+``repl``, :class:`chatcli.Chat`).
 
 Precedence, for each setting: the flag, then the continued session (its provider, model and
 system prompt), then config and environment, then built-in defaults.
@@ -7,20 +8,19 @@ system prompt), then config and environment, then built-in defaults.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatcli.config import Settings
+from chatcli.config import PROXY_SCHEMES, Settings
 from chatcli.context import AppContext
-from chatcli.engine import Conversation, TurnRequest
+from chatcli.conversation import Conversation
 from chatcli.errors import ConfigError, UsageError, check_url
 from chatcli.providers import Registry
-from chatcli.providers.proxy import resolve_proxy
 from chatcli.store import Session, Stores
+from chatcli.turn import TurnRequest
 
 log = logging.getLogger("chatcli.chat")
-
-PROXY_SCHEMES = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 
 
 @dataclass(kw_only=True)
@@ -42,15 +42,30 @@ class ChatOptions:
     retries: int | None = None
 
 
-def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
+def open_conversation(
+    ctx: AppContext, chosen: ChatOptions, *, notice: Callable[[str], None] | None = None
+) -> Conversation:
     """A conversation set up as ``chosen`` asks, continuing a session when one was named."""
+    settings = ctx.settings
+    return conversation_from(settings, Stores.for_context(ctx), chosen, notice=notice)
+
+
+def conversation_from(
+    settings: Settings,
+    stores: Stores,
+    chosen: ChatOptions,
+    *,
+    notice: Callable[[str], None] | None = None,
+) -> Conversation:
+    """The conversation ``chosen`` asks for, from settled ``settings`` (flags > environment >
+    config > defaults, applied here in that order) and the ``stores`` it is kept in."""
     if chosen.session is not None and chosen.continue_last:
         raise UsageError("use either -c/--continue or -S/--session, not both")
     if chosen.base_url:
         check_url(chosen.base_url, what="--base-url", error=UsageError)
-    settings = ctx.settings
-    registry = Registry.from_config(settings.providers)
-    stores = Stores.at(ctx.paths)
+    if chosen.proxy:
+        check_url(chosen.proxy, what="--proxy", schemes=PROXY_SCHEMES, error=UsageError)
+    registry = Registry.from_settings(settings, stores)
     sessions = stores.sessions
 
     session: Session | None = None
@@ -71,10 +86,12 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
     provider_name = chain[0] if chain else None
     if provider_name is None and session is not None and session.provider in registry:
         provider_name = session.provider
-    provider_name = resolve_provider_name(ctx, provider_name)
+    provider_name = resolve_provider_name(settings, provider_name)
     provider_cls = registry.get(provider_name)
     fallback = [registry.get(n).name for n in (chain[1:] if len(chain) > 1 else settings.fallback)]
     fallback = [n for n in dict.fromkeys(fallback) if n != provider_cls.name]
+    # Options the chosen provider does not take are refused now, before anything is sent.
+    options = provider_cls.check_options(chosen.options)
 
     model = chosen.model
     if model is None and session is not None and session.provider == provider_cls.name:
@@ -87,17 +104,15 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
 
     defaults = TurnRequest(
         provider=provider_cls.name,
-        messages=[],
         model=model,
         temperature=chosen.temperature if chosen.temperature is not None else settings.temperature,
-        options=dict(chosen.options),
+        options=options,
         stream=chosen.stream,
-        proxy=choose_proxy(ctx, chosen.proxy, provider_cls.root_url(chosen.base_url)),
+        proxy=chosen.proxy,
         base_url=chosen.base_url,
         timeout=chosen.timeout if chosen.timeout is not None else settings.timeout,
-        store=stores,
         retries=next(r for r in (chosen.retries, settings.retries, 2) if r is not None),
-        fallback=fallback,
+        fallback=tuple(fallback),
     )
     conversation = Conversation(
         registry,
@@ -107,7 +122,7 @@ def open_conversation(ctx: AppContext, chosen: ChatOptions) -> Conversation:
         session=session,  # a continued session brings its own system prompt...
         system=chosen.system if chosen.system is not None else settings.system,
         name=new_name,
-        proxy_for=lambda url: choose_proxy(ctx, chosen.proxy, url),
+        notice=notice,
     )
     if session is not None and chosen.system is not None:
         conversation.set_system(chosen.system)  # ...unless --system replaces it
@@ -127,8 +142,8 @@ def default_provider_name(settings: Settings) -> str | None:
     return "local" if configured or bundled_model() is not None else None
 
 
-def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:
-    name = flag or default_provider_name(ctx.settings)
+def resolve_provider_name(settings: Settings, flag: str | None) -> str:
+    name = flag or default_provider_name(settings)
     if not name:
         raise ConfigError(
             "no provider chosen: pass -p NAME (see `chatcli providers`), set CHATCLI_PROVIDER or "
@@ -136,19 +151,3 @@ def resolve_provider_name(ctx: AppContext, flag: str | None) -> str:
             "pip install 'chatcli[local]'"
         )
     return name
-
-
-def choose_proxy(ctx: AppContext, flag: str | None, target: str) -> str | None:
-    """The ``--proxy`` flag; else the configured proxy unless ``NO_PROXY`` exempts ``target``.
-
-    ``None`` leaves the choice to the HTTP layer, which reads the ``*_PROXY`` variables.
-    """
-    if flag:
-        return check_url(flag, what="--proxy", schemes=PROXY_SCHEMES, error=UsageError)
-    configured = ctx.settings.proxy
-    if not configured:
-        return None
-    check_url(
-        configured, what=f"{ctx.paths.config_file}: proxy", schemes=PROXY_SCHEMES, error=ConfigError
-    )
-    return resolve_proxy(target, None, ctx.env, configured=configured)

@@ -7,7 +7,6 @@ that need them, so ``chatcli --version`` and ``--help`` start fast.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -119,23 +118,11 @@ def read_piped_stdin(ctx: AppContext) -> str | None:
         return text
 
 
-#: ``-o`` keys that have an option of their own (or none at all).
-RESERVED_OPTIONS: dict[str, str] = {
-    "model": "use -m/--model",
-    "messages": "the conversation is built by chatcli",
-    "stream": "use --no-stream",
-    "proxy": "use --proxy",
-    "timeout": "use --timeout",
-    "base_url": "use --base-url",
-    "temperature": "use --temperature",
-    "api_key": "set the provider's key variable",
-    "store": "reserved",
-    "cookies": "use chatcli cookies import",
-}
-
-
 def parse_options(pairs: list[Any]) -> dict[str, Any]:
-    """``-o KEY VALUE`` pairs as provider keyword arguments; reserved keys are refused."""
+    """``-o KEY VALUE`` pairs as provider options; reserved keys are refused. (Whether the
+    provider takes them is checked once it is known.)"""
+    from chatcli.core import RESERVED_OPTIONS
+
     options: dict[str, Any] = {}
     for key, value in pairs:
         if key in RESERVED_OPTIONS:
@@ -218,7 +205,6 @@ def ask(
     with boundary(ctx, verbose=verbose):
         message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
         from chatcli.chat import open_conversation
-        from chatcli.engine import Turn
         from chatcli.render import choose
 
         conversation = open_conversation(
@@ -238,21 +224,21 @@ def ask(
                 no_save,
                 retries,
             ),
+            notice=lambda text: say(ctx, text),
         )
-        conversation.notice = lambda text: say(ctx, text)
         renderer = choose(
             ctx.stdout, is_terminal=ctx.stdout_isatty, raw=raw, markdown=markdown, json=json_out
         )
-        turn = Turn(provider=conversation.provider)
         try:
             with log_handler.held(renderer.live):
-                asyncio.run(conversation.send(message, renderer, turn=turn))
+                asyncio.run(conversation.send(message, renderer))
         except (ProviderError, KeyboardInterrupt):
-            if json_out and turn.pieces:
+            turn = conversation.last_turn
+            if json_out and turn is not None and turn.pieces:
                 _print_json(ctx, turn, conversation)  # scripts get the partial answer too
             raise
-        if json_out:
-            _print_json(ctx, turn, conversation)
+        if json_out and conversation.last_turn is not None:
+            _print_json(ctx, conversation.last_turn, conversation)
 
 
 @app.command()
@@ -312,6 +298,7 @@ def repl(
             ),
             history_path=history_file(ctx.paths.state_dir),
             hold_logs=log_handler.held,
+            editor=ctx.env.get("VISUAL") or ctx.env.get("EDITOR") or None,
         )
         asyncio.run(loop.run())
 
@@ -339,26 +326,18 @@ def _check_providers(
 ) -> None:
     import asyncio
 
-    from chatcli.engine import TurnRequest
     from chatcli.health import check, configured
-    from chatcli.store import Stores
 
-    stores = Stores.at(ctx.paths)
     if chosen:
         names = [registry.get(n.strip()).name for n in chosen.split(",") if n.strip()]
     else:
-        names = configured(ctx.settings, registry, dict(ctx.env), stores.cookies)
+        names = configured(ctx.settings, registry)
     if not names:
         raise UsageError(
             "no provider is configured to check: name some with -p a,b (see chatcli providers)"
         )
-    template = TurnRequest(
-        provider=names[0],
-        messages=[],
-        timeout=timeout if timeout is not None else (ctx.settings.timeout or 30.0),
-        store=stores,
-    )
-    results = asyncio.run(check(names, registry, template))
+    wait = timeout if timeout is not None else (ctx.settings.timeout or 30.0)
+    results = asyncio.run(check(names, registry, timeout=wait))
     if json_out:
         ctx.stdout.write(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
     else:
@@ -420,8 +399,8 @@ def providers(
         from chatcli.store import Stores
 
         settings = ctx.settings
-        registry = Registry.from_config(settings.providers)
-        cookies = Stores.at(ctx.paths).cookies
+        stores = Stores.for_context(ctx)
+        registry = Registry.from_settings(settings, stores)
         if check_them:
             _check_providers(ctx, registry, provider, timeout, json_out)
             return
@@ -429,13 +408,9 @@ def providers(
 
         default_name = (default_provider_name(settings) or "").strip().lower()
         rows = []
-        for cls in registry:
-            row = cls.describe()
+        for name in registry.names():
+            row = registry.create(name).describe()
             row["default"] = row["name"] == default_name
-            domain = getattr(cls, "cookie_domain", "")
-            if domain and cls.needs_auth:
-                row["cookie_domain"] = domain
-                row["cookies_stored"] = len(cookies.for_domain(domain))
             rows.append(row)
         if json_out:
             ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -496,23 +471,17 @@ def models(
     setup_logging(ctx, False)
     with boundary(ctx):
         from chatcli.providers import Registry
+        from chatcli.store import Stores
 
         if base_url:
             check_url(base_url, what="--base-url", error=UsageError)
-        from chatcli.chat import choose_proxy, resolve_provider_name
+        from chatcli.chat import resolve_provider_name
 
         settings = ctx.settings
-        cls = Registry.from_config(settings.providers).get(resolve_provider_name(ctx, provider))
-        lister: Callable[..., Any] | None = getattr(cls, "list_models", None)
-        if lister is not None:
-            proxy = choose_proxy(ctx, None, cls.root_url(base_url))
-            found: list[str] = asyncio.run(
-                lister(base_url=base_url, proxy=proxy, timeout=settings.timeout)
-            )
-        else:
-            found = list(
-                getattr(cls, "models", ()) or ([cls.default_model] if cls.default_model else [])
-            )
+        registry = Registry.from_settings(settings, Stores.for_context(ctx))
+        chosen = registry.create(resolve_provider_name(settings, provider), base_url=base_url)
+        found: list[str] = asyncio.run(chosen.list_models())
+        cls = type(chosen)
         if json_out:
             data = {"provider": cls.name, "default": cls.default_model or None, "models": found}
             ctx.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -550,7 +519,7 @@ cookies_app = typer.Typer(
 app.add_typer(cookies_app, name="cookies")
 
 
-#: The names ``--browser`` takes (``chatcli.store.browser.BROWSER_NAMES``, not imported for
+#: The names ``--browser`` takes (``chatcli.browser.names.BROWSER_NAMES``, not imported for
 #: ``--help``; a test keeps the two the same).
 BROWSER_HELP = "chrome, chromium, brave, edge, vivaldi, opera, firefox, librewolf"
 
@@ -613,11 +582,13 @@ def cookies_import(
             raise UsageError("--profile goes with --browser NAME")
         store = Stores.at(ctx.paths).cookies
         if browser is not None:
-            from chatcli.store.browser import find_browser, import_from_browser
+            from chatcli.browser import find_browser, import_from_browser
 
             name = find_browser(browser).name
             domains = [domain] if domain else _cookie_domains(ctx)
-            result = import_from_browser(store, name, domains, profile=profile)
+            result = import_from_browser(
+                store, name, domains, env=ctx.env, cache_dir=ctx.paths.cache_dir, profile=profile
+            )
             skipped = f" ({result.expired} already expired, skipped)" if result.expired else ""
             found = sorted({c.domain for c in result.cookies})
             say(

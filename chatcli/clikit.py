@@ -166,7 +166,7 @@ def complete_model(ctx: typer.Context, incomplete: str) -> list[str]:
         if not name:
             return []
         provider = Registry.from_config(app.settings.providers).get(name)
-        names = [*getattr(provider, "models", ()), provider.default_model]
+        names = [*provider.models, provider.default_model]
         if app.settings.model and name == app.settings.provider:
             names.append(app.settings.model)
         return _matching(names, incomplete)

@@ -37,9 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from chatcli.errors import ConfigError
+from chatcli.errors import ConfigError, check_url
 
 APP_NAME: Final = "chatcli"
+
+#: The proxy URL schemes chatcli speaks (``--proxy``, ``proxy`` in config.toml).
+PROXY_SCHEMES: Final = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
 
 _TYPE_WORDS: Final[dict[type, str]] = {
     str: "a string",
@@ -68,7 +71,7 @@ _PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "api_key_env": (str,),
     "model": (str,),
 }
-#: Keys allowed in the ``[cookies]`` table (read where used: ``Stores.browser_source``).
+#: Keys allowed in the ``[cookies]`` table (``Settings.cookies_browser``/``cookies_profile``).
 _COOKIES_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "from_browser": (str,),
     "profile": (str,),
@@ -130,6 +133,13 @@ class Settings:
     providers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Where the file settings came from (for messages), if a file was read.
     source: Path | None = None
+    #: The environment snapshot this run was started with: whatever needs a variable (a key,
+    #: ``*_PROXY``, ``OPENAI_BASE_URL``) reads it here, never from the process.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    #: ``[cookies] from_browser`` and ``profile``: the opt-in to read missing cookies from a
+    #: browser (see :func:`browser_opt_in`). Without ``from_browser`` no browser is ever read.
+    cookies_browser: str | None = None
+    cookies_profile: str | None = None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -175,7 +185,8 @@ def _validate(data: Mapping[str, Any], path: Path) -> None:
             raise ConfigError(f"{path}: unknown setting cookies.{key} (known: {known})")
         _check_type(value, _COOKIES_KEYS[key], f"{path}: cookies.{key}")
     if "from_browser" in cookies:
-        from chatcli.store.browser import BROWSER_NAMES
+        # The names alone: the importer itself loads only when a browser is read.
+        from chatcli.browser.names import BROWSER_NAMES
 
         if cookies["from_browser"].strip().lower() not in BROWSER_NAMES:
             raise ConfigError(
@@ -206,6 +217,13 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
     fallback = data.get("fallback", [])
     if not all(isinstance(name, str) and name for name in fallback):
         raise ConfigError(f"{paths.config_file}: fallback must be a list of provider names")
+    if data.get("proxy"):
+        check_url(
+            data["proxy"],
+            what=f"{paths.config_file}: proxy",
+            schemes=PROXY_SCHEMES,
+            error=ConfigError,
+        )
     return Settings(
         provider=env.get("CHATCLI_PROVIDER") or data.get("provider"),
         model=env.get("CHATCLI_MODEL") or data.get("model"),
@@ -217,7 +235,18 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
         fallback=tuple(fallback),
         providers=data.get("providers", {}),
         source=paths.config_file if data else None,
+        env=dict(env),
+        cookies_browser=data.get("cookies", {}).get("from_browser"),
+        cookies_profile=data.get("cookies", {}).get("profile"),
     )
+
+
+def browser_opt_in(settings: Settings) -> tuple[str, str | None] | None:
+    """``(from_browser, profile)`` of config.toml's ``[cookies]`` when the user opted in to
+    reading missing cookies from a browser; ``None``: chatcli never reads one on its own."""
+    if not settings.cookies_browser:
+        return None
+    return settings.cookies_browser, settings.cookies_profile
 
 
 def environment() -> dict[str, str]:

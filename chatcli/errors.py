@@ -8,7 +8,8 @@ with ``error.exit_code``::
     ├── UsageError                  exit 2  bad command-line input (no prompt, bad option value)
     ├── ConfigError                 exit 2  unreadable config, unknown provider name
     ├── StorageError                        a data file cannot be read or written
-    └── ProviderError                       a backend failed; carries ``provider``
+    └── ProviderError                       a backend failed; carries ``provider``; also a
+        │                                   ``RuntimeError``, as the seed providers' errors were
         ├── MissingAuthError                no API key or cookies: says how to provide them
         ├── ModelNotSupportedError          the provider does not offer that model
         ├── ProviderConnectionError         connect failed / refused / DNS (``retryable``)
@@ -71,8 +72,12 @@ class StorageError(ChatcliError):
     """A file under chatcli's directories cannot be read or written."""
 
 
-class ProviderError(ChatcliError):
-    """A backend failed. ``provider`` names it; the engine fills it in when a provider did not."""
+class ProviderError(ChatcliError, RuntimeError):
+    """A backend failed. ``provider`` names it; the engine fills it in when a provider did not.
+
+    The seed providers raised ``RuntimeError`` (a missing nonce, a malformed stream line, no
+    valid response) and their callers catch that, so every provider error is one too.
+    """
 
     #: Worth another attempt before any text was shown (used by retries and fallback).
     retryable: bool = False

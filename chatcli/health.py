@@ -8,10 +8,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from chatcli.engine import Turn, TurnRequest, run_turn
+from chatcli.config import Settings
+from chatcli.core import ChatMessage
 from chatcli.errors import ChatcliError
 from chatcli.providers import Registry
 from chatcli.render import NullRenderer
+from chatcli.turn import Turn, TurnRequest, run_turn
 
 PROMPT = "Reply with the single word: ok"
 
@@ -36,10 +38,10 @@ class CheckResult:
         }
 
 
-def configured(settings: Any, registry: Registry, env: dict[str, str], cookies: Any) -> list[str]:
+def configured(settings: Settings, registry: Registry) -> list[str]:
     """The providers this installation is set up to use: the default and its fallbacks, those
-    defined or tuned in config.toml, API providers whose key variable is set, and web
-    providers whose cookies are stored."""
+    defined or tuned in config.toml, API providers whose key is set, and web providers whose
+    cookies are stored."""
     from chatcli.chat import default_provider_name
 
     names: list[str] = []
@@ -48,28 +50,23 @@ def configured(settings: Any, registry: Registry, env: dict[str, str], cookies: 
         names.append(registry.get(default).name)
     names += [registry.get(n).name for n in settings.fallback]
     names += [registry.get(n).name for n in settings.providers]
-    for cls in registry:
-        key_env = getattr(cls, "key_env", None)
-        if key_env and env.get(key_env):
-            names.append(cls.name)
-        domain = getattr(cls, "cookie_domain", "")
-        if domain and cls.needs_auth and cookies.for_domain(domain):
-            names.append(cls.name)
+    for name in registry.names():
+        facts = registry.create(name).describe()
+        if facts.get("key_env") and facts.get("key_set"):
+            names.append(facts["name"])
+        if facts.get("cookies_stored"):
+            names.append(facts["name"])
     return list(dict.fromkeys(names))
 
 
-async def check(
-    names: Iterable[str], registry: Registry, template: TurnRequest
-) -> list[CheckResult]:
+async def check(names: Iterable[str], registry: Registry, *, timeout: float) -> list[CheckResult]:
     """Ask each provider :data:`PROMPT` at once; one result per provider, in order."""
 
     async def one(name: str) -> CheckResult:
         request = TurnRequest(
             provider=name,
-            messages=[{"role": "user", "content": PROMPT}],
-            timeout=template.timeout,
-            proxy=template.proxy,
-            store=template.store,
+            messages=(ChatMessage.text("user", PROMPT),),
+            timeout=timeout,
             retries=0,
         )
         turn = Turn(provider=name)

@@ -30,10 +30,11 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
-from chatcli.engine import Conversation, Turn
+from chatcli.conversation import Conversation
 from chatcli.errors import ChatcliError, StorageError, UsageError
 from chatcli.render import QuietTerminal, Renderer, SuspendGuard, sanitize
 from chatcli.store.files import FILE_MODE, private_dir
+from chatcli.turn import Turn
 
 if TYPE_CHECKING:
     from prompt_toolkit.input import Input
@@ -185,7 +186,7 @@ class Repl:
             return conversation.registry.names()
         if command == "model":
             provider = conversation.registry.get(conversation.provider)
-            names = list(getattr(provider, "models", ()) or ())
+            names = list(provider.models)
             if provider.default_model:
                 names.append(provider.default_model)
             if conversation.model:
@@ -234,13 +235,13 @@ class Repl:
             return
         if text.startswith("//"):
             text = text[1:]  # "//etc" sends "/etc"
-        await self.answer(lambda renderer, turn: self.conversation.send(text, renderer, turn=turn))
+        await self.answer(lambda renderer: self.conversation.send(text, renderer))
 
-    async def answer(self, ask: Callable[[Renderer, Turn], Awaitable[Turn]]) -> None:
+    async def answer(self, ask: Callable[[Renderer], Awaitable[Turn]]) -> None:
         """Stream one answer; Ctrl-C (SIGINT) cancels it and the loop goes on."""
         renderer = self.make_renderer()
-        turn = Turn(provider=self.conversation.provider)
-        task = asyncio.ensure_future(ask(renderer, turn))
+        previous = self.conversation.last_turn
+        task = asyncio.ensure_future(ask(renderer))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGINT, task.cancel)
@@ -251,7 +252,9 @@ class Repl:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise  # the REPL itself is being stopped
-            kept = " (the part shown is kept)" if turn.pieces else ""
+            turn = self.conversation.last_turn
+            shown = turn is not None and turn is not previous and turn.pieces
+            kept = " (the part shown is kept)" if shown else ""
             self.say(f"[interrupted]{kept}")
         except ChatcliError as exc:
             self.error(str(exc))
@@ -331,7 +334,7 @@ class Repl:
     async def _cmd_retry(self, _: str) -> None:
         if not self.conversation.history:
             raise UsageError("nothing to retry yet")
-        await self.answer(lambda renderer, turn: self.conversation.retry(renderer, turn=turn))
+        await self.answer(self.conversation.retry)
 
     async def _cmd_undo(self, _: str) -> None:
         count = self.conversation.undo()
@@ -377,7 +380,7 @@ class Repl:
 
     def edit(self, initial: str) -> str:
         """Run $VISUAL/$EDITOR on ``initial`` and return what was saved."""
-        editor = self.editor or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        editor = self.editor or "vi"
         with tempfile.TemporaryDirectory(prefix="chatcli-") as folder:
             path = Path(folder) / "message.md"
             path.write_text(initial)

@@ -1,5 +1,8 @@
 """Browser profiles for the cookie-import tests: a real headless Chromium, and cookie databases
 built here in the formats Firefox and the Chrome family write.
+
+The tests never install anything: a test whose program is missing skips, and its reason names
+the Debian package to install (``.ci/run`` installs them when it runs as root).
 """
 
 from __future__ import annotations
@@ -37,32 +40,23 @@ def snapshot(directory: Path) -> dict[str, tuple[int, int, str]]:
 # -- a real Chromium -----------------------------------------------------------------------------
 
 
-def apt_install(*packages: str) -> str | None:
-    """Install Debian packages; ``None`` when done, else why not (for a skip's reason)."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return f"installing it needs root and apt-get (run: apt-get install {' '.join(packages)})"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:  # no or stale package lists (a fresh machine): update, try again
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"apt-get install {' '.join(packages)} failed: {last}"
-    return None
+def skip_unless_installed(programs: Mapping[str, str]) -> None:
+    """Skip the test unless every program (name -> the Debian package that has it) is on PATH."""
+    missing = [program for program in programs if not shutil.which(program)]
+    if missing:
+        packages = " ".join(sorted({programs[program] for program in missing}))
+        pytest.skip(
+            f"{', '.join(missing)} not installed: apt-get install {packages} "
+            "(.ci/run installs it when run as root)"
+        )
 
 
-def find_or_install_chromium() -> str:
-    """The Chromium binary; installed from Debian's packages when missing and possible."""
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    why = apt_install("chromium")
-    found = shutil.which("chromium")
-    if why is not None or found is None:
-        pytest.skip(f"Chromium is not installed and cannot be installed here: {why}")
+def find_chromium() -> str:
+    """The Chromium binary; the test skips when there is none."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        skip_unless_installed({"chromium": "chromium"})
+        raise AssertionError("skip_unless_installed did not skip")
     return found
 
 
@@ -279,13 +273,11 @@ def make_chrome_db(
 # -- a desktop keyring (the Secret Service), for Chromium's v11 values ------------------------
 
 
-def find_or_install_gnome_keyring() -> None:
-    """gnome-keyring and dbus-run-session, installed from Debian's packages when missing."""
-    if shutil.which("gnome-keyring-daemon") and shutil.which("dbus-run-session"):
-        return
-    why = apt_install("gnome-keyring", "dbus-daemon")
-    if why is not None or not shutil.which("gnome-keyring-daemon"):
-        pytest.skip(f"gnome-keyring is not installed and cannot be installed here: {why}")
+def need_gnome_keyring() -> None:
+    """gnome-keyring-daemon and dbus-run-session (:func:`keyring_session`); else the test skips."""
+    skip_unless_installed(
+        {"gnome-keyring-daemon": "gnome-keyring", "dbus-run-session": "dbus-daemon"}
+    )
 
 
 @contextmanager

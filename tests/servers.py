@@ -124,6 +124,11 @@ class FakeOpenAI:
     delay: float = 0.0
     #: The finish_reason of the last chunk ("stop"; "length" when cut at max_tokens).
     finish_reason: str = "stop"
+    #: Pieces of thinking sent before the answer as ``delta.reasoning_content`` (DeepSeek,
+    #: llama.cpp and vLLM's field), or as ``message.reasoning_content`` in a whole reply.
+    reasoning: list[str] = field(default_factory=list)
+    #: A ``usage`` object sent in a last chunk with no choices (and in a whole reply).
+    usage: dict[str, int] | None = None
     requests: list[Recorded] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     stall_seconds: float = 30.0
@@ -219,10 +224,19 @@ class FakeOpenAI:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(self.pieces)},
-                            "finish_reason": "stop",
+                            "message": {
+                                "role": "assistant",
+                                "content": "".join(self.pieces),
+                                **(
+                                    {"reasoning_content": "".join(self.reasoning)}
+                                    if self.reasoning
+                                    else {}
+                                ),
+                            },
+                            "finish_reason": self.finish_reason,
                         }
                     ],
+                    **({"usage": self.usage} if self.usage else {}),
                 }
             )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -233,6 +247,10 @@ class FakeOpenAI:
                 | {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
             )
         )
+        for thought in self.reasoning:
+            chunk = delta_chunk(model=model)
+            chunk["choices"][0]["delta"] = {"reasoning_content": thought}
+            await response.write(sse(chunk))
         for index, piece in enumerate(self.pieces):
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -252,6 +270,10 @@ class FakeOpenAI:
         if self.mode == "cut":
             return response  # ends cleanly, without finish_reason or [DONE]
         await response.write(sse(delta_chunk(finish=self.finish_reason, model=model)))
+        if self.usage:
+            await response.write(
+                sse(delta_chunk(model=model) | {"choices": [], "usage": self.usage})
+            )
         await response.write(sse("[DONE]"))
         return response
 

@@ -10,28 +10,32 @@ from __future__ import annotations
 import importlib
 import json
 import secrets
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from chatcli.browser import BROWSER_NAMES, BROWSERS, ChromiumKeys, read_cookies
 from chatcli.errors import UsageError
 from chatcli.store import Cookie, Stores
-from chatcli.store.browser import BROWSER_NAMES, BROWSERS, ChromiumKeys, read_cookies
 from tests.browsers import (
     CookieSite,
     FirefoxCookie,
     add_firefox_cookies,
     chrome_encrypt_cbc,
     chrome_encrypt_gcm,
-    find_or_install_chromium,
-    find_or_install_gnome_keyring,
+    find_chromium,
     keyring_session,
     make_chrome_db,
     make_firefox_db,
     make_firefox_root,
+    need_gnome_keyring,
     snapshot,
     visit_with_chromium,
 )
@@ -74,7 +78,7 @@ def ask_aichat(fake: FakeAichat) -> list[str]:
 @pytest.fixture(scope="module")
 def chromium_profile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, CookieSite]]:
     """A fresh Chromium profile that visited chat-gpt.org (served here) and got its cookies."""
-    binary = find_or_install_chromium()
+    binary = find_chromium()
     root = tmp_path_factory.mktemp("chromium")
     site = CookieSite(clearance=f"clear-{secrets.token_hex(8)}", session=secrets.token_hex(12))
     server = AppServer(site.app())
@@ -137,8 +141,8 @@ def test_a_real_chromium_with_a_desktop_keyring_writes_v11_values_chatcli_reads(
         "secretstorage",
         reason="the Secret Service is read through secretstorage (chatcli[browser])",
     )
-    binary = find_or_install_chromium()
-    find_or_install_gnome_keyring()
+    binary = find_chromium()
+    need_gnome_keyring()
     site = CookieSite(clearance=f"clear-{secrets.token_hex(8)}", session=secrets.token_hex(12))
     profile = tmp_path / "profile"
     args = ["cookies", "import", "--browser", "chromium", "--profile", str(profile)]
@@ -260,7 +264,7 @@ def test_a_wal_database_with_a_live_writer_is_read_from_a_copy(isolated: Isolate
 def test_copies_are_private_removed_after_reading_and_swept_if_left(isolated: Isolated) -> None:
     import os
 
-    from chatcli.store import browser
+    from chatcli.browser import copies as copying
 
     profile = isolated.root / "ff-copy"
     database = make_firefox_db(profile / "cookies.sqlite", FIREFOX_COOKIES)
@@ -280,10 +284,33 @@ def test_copies_are_private_removed_after_reading_and_swept_if_left(isolated: Is
         seen["dir_mode"] = copies.stat().st_mode & 0o777
         return int(db.execute("SELECT count(*) FROM moz_cookies").fetchone()[0])
 
-    count = browser._read_copy(database, BROWSERS["firefox"], reader)
+    cache = isolated.chatcli_home / "cache"
+    count = copying.read_copy(database, BROWSERS["firefox"], reader, cache_dir=cache)
     assert count == len(FIREFOX_COOKIES)
     assert seen == {"in_cache": True, "file_mode": 0o600, "dir_mode": 0o700}
     assert sorted(p.name for p in copies.iterdir()) == ["copy-running"]
+
+
+def test_without_a_cache_dir_the_copy_is_private_in_the_temporary_dir(tmp_path: Path) -> None:
+    from chatcli.browser import copies as copying
+
+    database = make_firefox_db(tmp_path / "ff" / "cookies.sqlite", FIREFOX_COOKIES)
+    seen: dict[str, object] = {}
+
+    def reader(db: sqlite3.Connection) -> int:
+        path = Path(db.execute("PRAGMA database_list").fetchone()[2])
+        seen["directory"] = path.parent
+        seen["modes"] = (path.parent.stat().st_mode & 0o777, path.stat().st_mode & 0o777)
+        return int(db.execute("SELECT count(*) FROM moz_cookies").fetchone()[0])
+
+    count = copying.read_copy(database, BROWSERS["firefox"], reader, cache_dir=None)
+    assert count == len(FIREFOX_COOKIES)
+    directory = seen["directory"]
+    assert isinstance(directory, Path)
+    assert directory.parent == Path(tempfile.gettempdir()).resolve()
+    assert directory.name.startswith("chatcli-browser-copy-")
+    assert seen["modes"] == (0o700, 0o600)
+    assert not directory.exists()
 
 
 @pytest.mark.parametrize("writing", [False, True], ids=["locked", "locked-mid-write"])
@@ -354,7 +381,7 @@ def test_a_profile_chatcli_may_not_look_into_is_one_line(
 
     monkeypatch.setattr(Path, "is_file", is_file)
     with pytest.raises(UsageError) as caught:
-        read_cookies("firefox", ["chat-gpt.org"], env={"HOME": str(isolated.home)})
+        read_cookies("firefox", ["chat-gpt.org"], env={"HOME": str(isolated.home)}, cache_dir=None)
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"cannot look into {denied / 'profiles.ini'} for the firefox profile")
@@ -455,6 +482,36 @@ def test_help_lists_every_browser_chatcli_reads() -> None:
     from chatcli.cli import BROWSER_HELP
 
     assert BROWSER_HELP.split(", ") == list(BROWSER_NAMES)
+
+
+def test_the_names_are_those_of_the_browser_table() -> None:
+    assert tuple(BROWSERS) == BROWSER_NAMES
+
+
+def test_config_checks_the_names_without_loading_the_importer(isolated: Isolated) -> None:
+    # chatcli.browser.names alone: not the importer, nor (through it) chatcli.store, which
+    # imports chatcli.config (the cycle there was).
+    config = isolated.write_config('[cookies]\nfrom_browser = "firefox"\n')
+    code = (
+        "import sys; from pathlib import Path; from chatcli.config import read_config_file; "
+        f"read_config_file(Path({str(config)!r})); "
+        "ours = ('chatcli.browser', 'chatcli.store'); "
+        "print(sorted(m for m in sys.modules if m.startswith(ours)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=isolated.env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['chatcli.browser', 'chatcli.browser.names']"
+
+
+def test_the_importer_never_reads_the_process_environment() -> None:
+    # The environment and the cache dir are passed in (env=, cache_dir=): see read_cookies.
+    import chatcli.browser
+
+    for source in Path(chatcli.browser.__file__).parent.glob("*.py"):
+        text = source.read_text(encoding="utf-8")
+        assert "os.environ" not in text and "getenv" not in text, source.name
 
 
 # -- the config opt-in ----------------------------------------------------------------------------
@@ -593,7 +650,9 @@ def chrome_db(tmp_path: Path, host: str, encrypted: bytes, *, version: int = 24)
 def test_linux_v10_with_and_without_the_host_hash(tmp_path: Path, version: int) -> None:
     blob = chrome_encrypt_cbc(".chat-gpt.org", "värde", version=version)
     database = chrome_db(tmp_path, ".chat-gpt.org", blob, version=version)
-    found = read_cookies("chrome", ["chat-gpt.org"], profile=database, platform="linux")
+    found = read_cookies(
+        "chrome", ["chat-gpt.org"], env={}, cache_dir=None, profile=database, platform="linux"
+    )
     assert [(c.domain, c.value, c.include_subdomains) for c in found.cookies] == [
         ("chat-gpt.org", "värde", True)
     ]
@@ -603,21 +662,42 @@ def test_linux_v10_with_and_without_the_host_hash(tmp_path: Path, version: int) 
 def test_linux_v11_uses_the_keyring_password_then_falls_back() -> None:
     chrome = BROWSERS["chrome"]
     blob = chrome_encrypt_cbc("chat-gpt.org", "from-keyring", password=b"k3yr1ng", prefix=b"v11")
-    keys = ChromiumKeys(chrome, platform="linux", version=24, keyring=lambda b: b"k3yr1ng")
+    keys = ChromiumKeys(chrome, platform="linux", version=24, env={}, keyring=lambda b: b"k3yr1ng")
     assert keys.decrypt("chat-gpt.org", blob) == "from-keyring"
     # No keyring item: the v10 key, then the empty password, as the browser does.
     for password in (b"peanuts", b""):
         blob = chrome_encrypt_cbc("h.org", "fallback", password=password, prefix=b"v11")
-        keys = ChromiumKeys(chrome, platform="linux", version=24, keyring=lambda b: None)
+        keys = ChromiumKeys(chrome, platform="linux", version=24, env={}, keyring=lambda b: None)
         assert keys.decrypt("h.org", blob) == "fallback"
     blob = chrome_encrypt_cbc("h.org", "locked-away", password=b"other", prefix=b"v11")
-    keys = ChromiumKeys(chrome, platform="linux", version=24, keyring=lambda b: None)
+    keys = ChromiumKeys(chrome, platform="linux", version=24, env={}, keyring=lambda b: None)
     with pytest.raises(
         UsageError, match=r"cannot decrypt chrome's cookies for h\.org.*Chrome Safe"
     ):
         keys.decrypt("h.org", blob)
-    keys = ChromiumKeys(chrome, platform="linux", version=24, keyring=lambda b: b"wrong")
+    keys = ChromiumKeys(chrome, platform="linux", version=24, env={}, keyring=lambda b: b"wrong")
     with pytest.raises(UsageError, match="did not open them"):
+        keys.decrypt("h.org", blob)
+
+
+@needs_cryptography
+def test_the_session_bus_is_looked_for_in_the_environment_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("secretstorage", reason="the Secret Service needs secretstorage")
+    if shutil.which("kwallet-query"):
+        pytest.skip("kwallet-query is installed: the keyring error does not name the bus")
+    blob = chrome_encrypt_cbc("h.org", "x", password=b"other", prefix=b"v11")
+    bus = {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent/bus"}
+    chromium = BROWSERS["chromium"]
+    # The process's environment says the opposite each time: only ``env`` counts.
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", bus["DBUS_SESSION_BUS_ADDRESS"])
+    keys = ChromiumKeys(chromium, platform="linux", version=24, env={}, keyring=lambda b: None)
+    with pytest.raises(UsageError, match="DBUS_SESSION_BUS_ADDRESS is not set"):
+        keys.decrypt("h.org", blob)
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS")
+    keys = ChromiumKeys(chromium, platform="linux", version=24, env=bus, keyring=lambda b: None)
+    with pytest.raises(UsageError, match="is the keyring unlocked"):
         keys.decrypt("h.org", blob)
 
 
@@ -625,17 +705,17 @@ def test_linux_v11_uses_the_keyring_password_then_falls_back() -> None:
 def test_macos_uses_the_keychain_password_with_1003_iterations(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from chatcli.store import browser
+    from chatcli.browser import Browser, decrypt
 
     asked: list[str] = []
 
-    def keychain(b: browser.Browser) -> bytes:
+    def keychain(b: Browser) -> bytes:
         asked.append(f"{b.keyring_macos} Safe Storage")
         return b"mac-secret"
 
-    monkeypatch.setattr(browser, "_macos_keychain_password", keychain)
+    monkeypatch.setattr(decrypt, "_macos_keychain_password", keychain)
     blob = chrome_encrypt_cbc("chat-gpt.org", "mac", password=b"mac-secret", iterations=1003)
-    keys = ChromiumKeys(BROWSERS["chrome"], platform="darwin", version=24)
+    keys = ChromiumKeys(BROWSERS["chrome"], platform="darwin", version=24, env={})
     assert keys.decrypt("chat-gpt.org", blob) == "mac"
     assert keys.decrypt("chat-gpt.org", blob) == "mac"
     assert asked == ["Chrome Safe Storage"]  # asked once per run
@@ -644,7 +724,7 @@ def test_macos_uses_the_keychain_password_with_1003_iterations(
 @needs_cryptography
 def test_windows_aes_gcm_and_app_bound_values(monkeypatch: pytest.MonkeyPatch) -> None:
     key = bytes(range(32))
-    keys = ChromiumKeys(BROWSERS["edge"], platform="win32", version=24)
+    keys = ChromiumKeys(BROWSERS["edge"], platform="win32", version=24, env={})
     monkeypatch.setattr(keys, "windows_key", lambda: key)
     assert keys.decrypt("chat-gpt.org", chrome_encrypt_gcm("chat-gpt.org", "win", key)) == "win"
     with pytest.raises(UsageError, match="cannot decrypt"):
@@ -656,11 +736,11 @@ def test_windows_aes_gcm_and_app_bound_values(monkeypatch: pytest.MonkeyPatch) -
 def test_windows_profiles_are_looked_for_under_local_app_data(tmp_path: Path) -> None:
     env = {"LOCALAPPDATA": str(tmp_path / "Local"), "APPDATA": str(tmp_path / "Roaming")}
     with pytest.raises(UsageError) as caught:
-        read_cookies("chrome", ["chat-gpt.org"], platform="win32", env=env)
+        read_cookies("chrome", ["chat-gpt.org"], platform="win32", env=env, cache_dir=None)
     message = str(caught.value)
     assert str(tmp_path / "Local" / "Google" / "Chrome" / "User Data") in message
     profile = tmp_path / "Local" / "Google" / "Chrome" / "User Data" / "Profile 2"
     make_chrome_db(profile / "Network" / "Cookies", [("chat-gpt.org", "c", b"v20" + bytes(40))])
     (profile.parent / "Local State").write_text('{"profile": {"last_used": "Profile 2"}}')
     with pytest.raises(UsageError, match="app-bound encryption"):  # found: the last one used
-        read_cookies("chrome", ["chat-gpt.org"], platform="win32", env=env)
+        read_cookies("chrome", ["chat-gpt.org"], platform="win32", env=env, cache_dir=None)

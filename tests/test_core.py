@@ -9,11 +9,14 @@ import pytest
 
 from chatcli.cli import compose_message, parse_option_value, parse_options
 from chatcli.config import Paths, load_settings
+from chatcli.core import Capabilities, ChatMessage, ChatRequest, Finish, TextDelta
 from chatcli.errors import (
     ConfigError,
     ModelNotSupportedError,
+    ProtocolError,
     ProviderError,
     ResponseStatusError,
+    StreamInterruptedError,
     UsageError,
     check_url,
     redact_credentials,
@@ -22,6 +25,8 @@ from chatcli.errors import (
 from chatcli.providers import (
     AsyncGeneratorProvider,
     AsyncProvider,
+    BaseProvider,
+    ProviderConfig,
     ProviderModelMixin,
     Registry,
     format_prompt,
@@ -70,7 +75,9 @@ def test_get_model_unknown_names_the_provider() -> None:
     assert str(info.value).startswith("modelled: model 'llama' is not supported")
 
 
-def test_both_provider_kinds_stream_through_one_interface() -> None:
+def test_both_seed_kinds_stream_events_through_the_typed_entry_point() -> None:
+    # Classes written to the seed API alone (a classmethod yielding or returning text) are
+    # driven through the typed core like any other: text becomes TextDelta, then a Finish.
     import asyncio
 
     class Whole(AsyncProvider):
@@ -90,13 +97,63 @@ def test_both_provider_kinds_stream_through_one_interface() -> None:
             for part in ("a", "b"):
                 yield part
 
-    async def collect(provider: Any) -> list[str]:
-        msgs = [{"role": "user", "content": "q"}]
-        return [p async for p in provider.stream("m", msgs, proxy="px", flag=1)]
+    async def collect(provider: BaseProvider) -> list[Any]:
+        request = ChatRequest(
+            messages=(ChatMessage.text("user", "q"),), model="m", options={"flag": 1}
+        )
+        return [event async for event in provider.stream(request)]
 
-    assert asyncio.run(collect(Whole)) == ["m:q:px:1"]
-    assert asyncio.run(collect(Pieces)) == ["a", "b"]
-    assert not Whole.supports_stream and Pieces.supports_stream
+    whole = Whole(ProviderConfig(proxy="px"))
+    assert asyncio.run(collect(whole)) == [TextDelta("m:q:px:1"), Finish("stop")]
+    assert asyncio.run(collect(Pieces())) == [TextDelta("a"), TextDelta("b"), Finish("stop")]
+    assert not Whole.capabilities().stream and Pieces.capabilities().stream
+
+
+def test_a_provider_with_no_stream_of_its_own_says_so() -> None:
+    import asyncio
+
+    class Nothing(AsyncGeneratorProvider):
+        name = "nothing"
+
+    with pytest.raises(NotImplementedError):
+        asyncio.run(Nothing().stream(ChatRequest(messages=())).__anext__())
+
+
+def test_options_are_checked_against_what_the_provider_declares() -> None:
+    gptalk = get_provider("gptalk")
+    with pytest.raises(UsageError, match=r"gptalk: unknown option -o max_tokens \(known: none"):
+        gptalk.check_options({"max_tokens": 5})
+    aichat = get_provider("aichat")
+    assert aichat.check_options({"top_p": 0.5}) == {"top_p": 0.5}
+    assert aichat.check_options({"top_p": 1}) == {"top_p": 1}  # a whole number is a number
+    with pytest.raises(UsageError, match="known: top_p"):
+        aichat.check_options({"top_k": 5})
+    with pytest.raises(UsageError, match=r"-o top_p 'x': expected a number"):
+        aichat.check_options({"top_p": "x"})
+    # The OpenAI protocol forwards what it does not know, but still checks what it does.
+    openai = get_provider("openai")
+    assert openai.check_options({"logit_bias": {"1": 2}}) == {"logit_bias": {"1": 2}}
+    with pytest.raises(UsageError, match="max_tokens"):
+        openai.check_options({"max_tokens": "lots"})
+    for reserved in ("model", "stream", "temperature", "api_key"):
+        with pytest.raises(UsageError, match="not a provider option"):
+            openai.check_options({reserved: 1})
+
+
+def test_capabilities_are_declared_data() -> None:
+    assert get_provider("ollama").capabilities().model_listing
+    assert not get_provider("gptalk").capabilities().model_listing
+    assert get_provider("chatgptt").capabilities() == Capabilities(
+        stream=True, system_message=True, message_history=True
+    )
+    assert not get_provider("aichat").capabilities().stream
+
+
+def test_provider_errors_are_runtime_errors_as_the_seeds_were() -> None:
+    # The seeds raised RuntimeError and their callers catch it.
+    for error in (ProviderError("x"), ProtocolError("x"), StreamInterruptedError("x")):
+        assert isinstance(error, RuntimeError)
+    assert not isinstance(UsageError("x"), RuntimeError)
 
 
 # -- registry -------------------------------------------------------------------------------------
@@ -145,11 +202,25 @@ def test_registry_from_config_defines_and_overrides() -> None:
     assert mixed.get("MyBox").name == "mybox" and mixed.get("mybox").name == "mybox"
 
 
-def test_openai_base_url_variable_moves_only_openai(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_BASE_URL", "http://gateway/v1")
-    assert get_provider("openai").root_url() == "http://gateway/v1"  # type: ignore[attr-defined]
-    assert get_provider("openai").root_url("http://flag/v1") == "http://flag/v1"  # type: ignore[attr-defined]
-    assert get_provider("groq").root_url() == "https://api.groq.com/openai/v1"  # type: ignore[attr-defined]
+def test_openai_base_url_variable_moves_only_openai() -> None:
+    env = {"OPENAI_BASE_URL": "http://gateway/v1"}
+    registry = Registry(Registry.builtin()._entries, env=env)
+    assert registry.create("openai").root == "http://gateway/v1"
+    assert registry.create("openai", base_url="http://flag/v1").root == "http://flag/v1"
+    assert registry.create("groq").root == "https://api.groq.com/openai/v1"
+    # The variable is read from the snapshot the registry was given, not from the process.
+    assert Registry.builtin().create("openai").root == "https://api.openai.com/v1"
+
+
+def test_keys_and_proxies_are_settled_once_from_the_snapshot() -> None:
+    env = {"GROQ_API_KEY": "sk-1", "HTTPS_PROXY": "http://px:3128", "NO_PROXY": "localhost"}
+    registry = Registry(Registry.builtin()._entries, env=env)
+    groq = registry.create("groq")
+    assert groq.config.api_key == "sk-1" and groq.config.proxy == "http://px:3128"
+    assert "sk-1" not in repr(groq.config)
+    assert registry.create("ollama").config.proxy is None  # localhost: NO_PROXY
+    assert registry.create("ollama", proxy="socks5://s:1").config.proxy == "socks5://s:1"
+    assert registry.create("local").config.proxy is None  # nothing is fetched
 
 
 # -- errors ---------------------------------------------------------------------------------------

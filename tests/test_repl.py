@@ -15,11 +15,12 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from chatcli.engine import Conversation, TurnRequest
+from chatcli.conversation import Conversation
 from chatcli.providers import Registry
 from chatcli.render import PlainRenderer
 from chatcli.repl import Repl, SlashCompleter, history_file
 from chatcli.store import SessionStore, Stores
+from chatcli.turn import TurnRequest
 from tests.conftest import Isolated
 from tests.servers import FakeOpenAI
 
@@ -37,10 +38,8 @@ class Harness:
     def __init__(self, fake: FakeOpenAI, root: Path, *, save: bool = True) -> None:
         self.fake = fake
         self.stores = Stores(root / "data")
-        registry = Registry.builtin()
-        defaults = TurnRequest(
-            provider="ollama", messages=[], model="m", base_url=fake.base_url, store=self.stores
-        )
+        registry = Registry(Registry.builtin()._entries, stores=self.stores)
+        defaults = TurnRequest(provider="ollama", model="m", base_url=fake.base_url)
         self.conversation = Conversation(registry, defaults, store=self.stores.sessions, save=save)
         self.out = io.StringIO()
         self.history_path = history_file(root / "state")
@@ -408,11 +407,20 @@ def test_switching_provider_drops_the_old_url_so_no_key_goes_to_the_old_host(
     assert harness.conversation.defaults.base_url == harness.fake.base_url
     harness.conversation.use(provider="ollama", model="other")  # same provider: URL stays
     assert harness.conversation.defaults.base_url == harness.fake.base_url
-    harness.conversation.proxy_for = lambda url: f"http://proxy-for/{url.split('//')[1]}"
+    registry = harness.conversation.registry
+    registry.proxy, registry.env = "http://configured:3128", {"NO_PROXY": "localhost"}
+
+    def proxy_of_next_turn() -> str | None:
+        defaults = harness.conversation.defaults
+        provider = registry.create(defaults.provider, base_url=defaults.base_url)
+        return provider.config.proxy
+
+    assert proxy_of_next_turn() is None  # the fake is on localhost: NO_PROXY
     harness.conversation.use(provider="openai")
     defaults = harness.conversation.defaults
     assert (defaults.provider, defaults.base_url, defaults.model) == ("openai", None, None)
-    assert defaults.proxy == "http://proxy-for/api.openai.com/v1"
+    # The proxy is weighed again for the new provider's own host.
+    assert proxy_of_next_turn() == "http://configured:3128"
 
 
 def test_export_leaves_the_target_directory_mode_alone(

@@ -8,7 +8,7 @@ import time
 import pytest
 from aiohttp import web
 
-from chatcli.engine import backoff
+from chatcli.turn import backoff
 from tests.conftest import Isolated, run
 from tests.faults import without_local
 from tests.servers import AppServer, FakeOpenAI

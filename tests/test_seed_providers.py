@@ -218,6 +218,7 @@ def test_cloudflare_page_is_one_clear_error(isolated: Isolated) -> None:
         ("opchatgpts", "no_type", "unexpected stream line", True),
         ("opchatgpts", "cut", "ended before its end event", True),
         ("fakegpt", "empty_accounts", "no shared accounts available", False),
+        ("fakegpt", "all_busy", "no shared accounts available (all are busy)", False),
         ("fakegpt", "no_text", "No valid response", False),
         ("fakegpt", "cut", "ended before [DONE]", True),
         ("fakegpt", "reject_always", "not authorised (HTTP 401", False),

@@ -14,7 +14,12 @@ HEAVY = (
     "rich.markdown",
     "chatcli.engine",
     "chatcli.providers.http",
-    "chatcli.store.browser",
+    # The browser importer (chatcli.browser.names, the names alone, may load: config checks them).
+    "chatcli.browser.importer",
+    "chatcli.browser.profiles",
+    "chatcli.browser.copies",
+    "chatcli.browser.rows",
+    "chatcli.browser.decrypt",
     "cryptography",
     "llama_cpp",
     "numpy",

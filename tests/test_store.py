@@ -195,6 +195,39 @@ def test_a_corrupt_state_file_starts_afresh(tmp_path: Path) -> None:
     assert any(p.name.startswith("fakegpt.json.corrupt-") for p in state.path.parent.iterdir())
 
 
+def test_stores_are_given_what_they_need_and_read_nothing(tmp_path: Path) -> None:
+    import io
+
+    from chatcli.config import Paths, browser_opt_in, load_settings
+    from chatcli.context import AppContext
+
+    paths = Paths.from_env({"CHATCLI_HOME": str(tmp_path)})
+    paths.config_dir.mkdir(parents=True)
+    paths.config_file.write_text('[cookies]\nfrom_browser = "Firefox"\nprofile = "~/ff"\n')
+    # The opt-in is read with the settings, once; Stores never reads config.toml itself.
+    assert Stores.at(paths).browser_source() is None
+    settings = load_settings(paths, {})
+    assert (settings.cookies_browser, settings.cookies_profile) == ("Firefox", "~/ff")
+    env = {"HOME": str(tmp_path / "home")}
+    stores = Stores.at(paths, env=env, browser=browser_opt_in(settings))
+    assert stores.browser_source() == ("Firefox", "~/ff")
+    assert (stores.data_dir, stores.cache_dir, stores.env) == (paths.data_dir, paths.cache_dir, env)
+    ctx = AppContext(
+        stdin=None,
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+        stdin_isatty=False,
+        stdout_isatty=False,
+        stderr_isatty=False,
+        env=env,
+        paths=paths,
+    )
+    from_ctx = Stores.for_context(ctx)
+    assert (from_ctx.env, from_ctx.browser_source()) == (env, ("Firefox", "~/ff"))
+    paths.config_file.write_text("[cookies]\n")
+    assert browser_opt_in(load_settings(paths, {})) is None
+
+
 def test_mask_shows_only_the_length() -> None:
     assert mask("SECRET") == "<6 chars>" and mask("x") == "<1 char>" and mask("") == "<empty>"
 

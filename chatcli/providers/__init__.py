@@ -6,13 +6,19 @@
     >>> registry = Registry.builtin()
     >>> registry.get("ollama").url
     'http://localhost:11434/v1'
+    >>> registry.create("ollama").root
+    'http://localhost:11434/v1'
+
+A registry built for a run (:meth:`Registry.from_settings`) holds what configuring a provider
+needs (the environment snapshot, the configured proxy and timeout, the stores), so that
+:meth:`Registry.create` settles keys, URLs and proxies once, without reading the process.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chatcli.errors import ConfigError
 from chatcli.providers.base import (
@@ -21,9 +27,14 @@ from chatcli.providers.base import (
     BaseProvider,
     Message,
     Messages,
+    ProviderConfig,
     ProviderModelMixin,
     format_prompt,
 )
+
+if TYPE_CHECKING:
+    from chatcli.config import Settings
+    from chatcli.store import Stores
 
 __all__ = [
     "AsyncGeneratorProvider",
@@ -31,6 +42,7 @@ __all__ = [
     "BaseProvider",
     "Message",
     "Messages",
+    "ProviderConfig",
     "ProviderModelMixin",
     "Registry",
     "format_prompt",
@@ -51,8 +63,57 @@ _CLASSES: dict[str, str] = {
 class Registry:
     """Provider classes by name: the built-in ones, plus those ``config.toml`` defines."""
 
-    def __init__(self, entries: Mapping[str, type[BaseProvider] | str]) -> None:
+    def __init__(
+        self,
+        entries: Mapping[str, type[BaseProvider] | str],
+        *,
+        env: Mapping[str, str] | None = None,
+        proxy: str | None = None,
+        timeout: float | None = None,
+        stores: Stores | None = None,
+    ) -> None:
         self._entries: dict[str, type[BaseProvider] | str] = dict(entries)
+        #: The environment snapshot providers are configured from (keys, ``*_PROXY``, URLs).
+        self.env: Mapping[str, str] = env if env is not None else {}
+        #: The configured proxy (config.toml), weighed against ``NO_PROXY`` per provider.
+        self.proxy = proxy
+        #: The configured timeout, for providers created without one.
+        self.timeout = timeout
+        self.stores = stores
+
+    @classmethod
+    def from_settings(cls, settings: Settings, stores: Stores | None = None) -> Registry:
+        """The registry of a run: built-ins and config.toml's providers, configured from
+        ``settings`` (its environment snapshot, proxy and timeout) and ``stores``."""
+        registry = cls.from_config(settings.providers)
+        registry.env = settings.env
+        registry.proxy = settings.proxy
+        registry.timeout = settings.timeout
+        registry.stores = stores
+        return registry
+
+    def create(
+        self,
+        name: str,
+        *,
+        base_url: str | None = None,
+        proxy: str | None = None,
+        timeout: float | None = None,
+    ) -> BaseProvider:
+        """An instance of provider ``name``, its key, URL and proxy settled now. ``proxy``
+        (``--proxy``) wins; else the configured proxy or ``*_PROXY``, unless ``NO_PROXY``
+        exempts the provider's root."""
+        cls = self.get(name)
+        return cls(
+            cls.configure(
+                self.env,
+                base_url=base_url,
+                proxy=proxy,
+                configured_proxy=self.proxy,
+                timeout=timeout if timeout is not None else self.timeout,
+                stores=self.stores,
+            )
+        )
 
     @classmethod
     def builtin(cls) -> Registry:

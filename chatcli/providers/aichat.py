@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
+from chatcli.core import ChatRequest, Event, Finish, OptionSpec, TextDelta
 from chatcli.errors import MissingAuthError, ProtocolError, ProviderError, quote
-from chatcli.providers.base import AsyncProvider, Messages, check_messages, format_prompt
+from chatcli.providers.base import AsyncProvider, check_messages, format_prompt
 from chatcli.providers.web import WebProvider
-from chatcli.store import Stores
 
 
 class Aichat(WebProvider, AsyncProvider):
@@ -26,55 +27,52 @@ class Aichat(WebProvider, AsyncProvider):
     supports_stream = False
     supports_gpt_35_turbo = True
     needs_auth = True
+    # The seed marks it broken (the site stopped answering); it stays selectable, flagged.
+    working = False
+    option_specs = (OptionSpec("top_p", (float,), "nucleus sampling (default 1)"),)
 
-    @classmethod
-    async def create_async(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float | None = None,
-        store: Stores | None = None,
-        cookies: dict[str, str] | None = None,
-        temperature: float = 0.5,
-        top_p: float = 1,
-        **kwargs: Any,
-    ) -> str:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         from chatcli.providers import http
 
-        check_messages(messages, cls.name)
-        stores = cls.stores(store)
+        check_messages(request.messages, self.name)
+        stores = self.stores(self.config.stores)
+        cookies = self.config.cookies
         # In a thread: with the opt-in, a browser's keyring may take a while to answer.
-        jar = dict(cookies) if cookies else await asyncio.to_thread(cls.stored_cookies, stores)
+        jar = dict(cookies) if cookies else await asyncio.to_thread(self.stored_cookies, stores)
         if not jar:
             raise MissingAuthError(
-                f"needs cookies for {cls.cookie_domain}, and none are stored: sign in there in "
+                f"needs cookies for {self.cookie_domain}, and none are stored: sign in there in "
                 f"your browser and run `chatcli cookies import --browser chrome` (or firefox, "
                 f"chromium, …), or export them and run `chatcli cookies import FILE`",
-                provider=cls.name,
+                provider=self.name,
             )
-        root = cls.root_url(base_url)
+        root = self.root
         headers = {
+            "authority": urlsplit(root).netloc,
             "content-type": "application/json",
             "origin": root,
             "referer": f"{root}/chat",
             "user-agent": http.CHROME_USER_AGENT,
             **http.CHROME_CLIENT_HINTS,
         }
+        temperature = request.temperature if request.temperature is not None else 0.5
         body = {
-            "message": format_prompt(messages),
+            "message": format_prompt(request.plain_messages()),
             "temperature": temperature,
             "presence_penalty": 0,
-            "top_p": top_p,
+            "top_p": request.options.get("top_p", 1),
             "frequency_penalty": 0,
         }
         url = f"{root}/api/text"
-        async with cls.browser_session(
-            root=root, store=stores, proxy=proxy, timeout=timeout, headers=headers, cookies=jar
+        async with self.browser_session(
+            root=root,
+            store=stores,
+            proxy=self.config.proxy,
+            timeout=self.config.timeout,
+            headers=headers,
+            cookies=jar,
         ) as session:
-            data = await cls.fetch_json(
+            data = await self.fetch_json(
                 session,
                 "POST",
                 url,
@@ -83,11 +81,15 @@ class Aichat(WebProvider, AsyncProvider):
                 secrets=jar.values(),
             )
         if not isinstance(data, dict):
-            raise ProtocolError(f"unexpected reply: {quote(json.dumps(data))}", provider=cls.name)
+            raise ProtocolError(f"unexpected reply: {quote(json.dumps(data))}", provider=self.name)
         if not data.get("response"):
             reason = data.get("message") or "no reason given"
-            raise ProviderError(f"the site refused: {quote(str(reason))}", provider=cls.name)
+            raise ProviderError(f"the site refused: {quote(str(reason))}", provider=self.name)
         message = data.get("message")
         if not isinstance(message, str):
-            raise ProtocolError(f"reply without text: {quote(json.dumps(data))}", provider=cls.name)
-        return message
+            raise ProtocolError(
+                f"reply without text: {quote(json.dumps(data))}", provider=self.name
+            )
+        if message:
+            yield TextDelta(message)
+        yield Finish()

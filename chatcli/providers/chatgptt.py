@@ -11,20 +11,21 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Final
+from urllib.parse import urlsplit
 
+from chatcli.core import ChatRequest, Event, Finish, TextDelta
 from chatcli.errors import ProtocolError, ProviderError, quote
 from chatcli.providers.base import (
     AsyncGeneratorProvider,
-    Messages,
     ProviderModelMixin,
     check_messages,
     format_prompt,
 )
 from chatcli.providers.web import WebProvider
-from chatcli.store import Stores
 
 _NONCE: Final = re.compile(r"""data-nonce=["']([^"']+)["']""")
 _POST_ID: Final = re.compile(r"""data-post-id=["']([^"']+)["']""")
+_AJAX_PATH: Final = "/wp-admin/admin-ajax.php"
 
 
 class ChatGptt(WebProvider, ProviderModelMixin, AsyncGeneratorProvider):
@@ -38,57 +39,54 @@ class ChatGptt(WebProvider, ProviderModelMixin, AsyncGeneratorProvider):
     supports_message_history = True
     default_model = "gpt-4o"
     models: ClassVar = ["gpt-4", "gpt-4o", "gpt-4o-mini"]
+    #: Where messages are posted (the seed's attribute; with ``base_url``, under that root).
+    api_endpoint: ClassVar[str] = f"{url}{_AJAX_PATH}"
 
-    @classmethod
-    async def create_async_generator(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float | None = None,
-        store: Stores | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[str]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         from chatcli.providers import http
 
-        check_messages(messages, cls.name)
-        cls.get_model(model)  # an unknown model is an error even though it is not sent
-        root = cls.root_url(base_url)
+        check_messages(request.messages, self.name)
+        self.get_model(request.model)  # an unknown model is an error even though it is not sent
+        root = self.root
         headers = {
+            "authority": urlsplit(root).netloc,
             "accept": "application/json",
             "origin": root,
             "referer": f"{root}/chat",
             "user-agent": http.CHROME_USER_AGENT,
         }
-        stores = cls.stores(store)
-        async with cls.browser_session(
-            root=root, store=stores, proxy=proxy, timeout=timeout, headers=headers
+        stores = self.stores(self.config.stores)
+        async with self.browser_session(
+            root=root,
+            store=stores,
+            proxy=self.config.proxy,
+            timeout=self.config.timeout,
+            headers=headers,
         ) as session:
-            with http.http_errors(cls.name, root):
+            with http.http_errors(self.name, root):
                 async with session.get(root) as response:
-                    await http.check_status(response, cls.name)
+                    await http.check_status(response, self.name)
                     page = await response.text(errors="replace")
             nonce, post_id = _NONCE.search(page), _POST_ID.search(page)
             if nonce is None or post_id is None:
                 raise ProtocolError(
-                    "Required authentication tokens not found in page HTML", provider=cls.name
+                    "Required authentication tokens not found in page HTML", provider=self.name
                 )
             form = {
                 "_wpnonce": nonce.group(1),
                 "post_id": post_id.group(1),
                 "url": root,
                 "action": "wpaicg_chat_shortcode_message",
-                "message": format_prompt(messages),
+                "message": format_prompt(request.plain_messages()),
                 "bot_id": "0",
                 "chatbot_identity": "shortcode",
                 "wpaicg_chat_client_id": secrets.token_hex(5),
                 "wpaicg_chat_history": "None",
             }
-            url = f"{root}/wp-admin/admin-ajax.php"
-            data = await cls.fetch_json(session, "POST", url, data=form)
-        yield cls._reply(data)
+            url = f"{root}{_AJAX_PATH}"
+            data = await self.fetch_json(session, "POST", url, data=form)
+        yield TextDelta(self._reply(data))
+        yield Finish()
 
     @classmethod
     def _reply(cls, data: Any) -> str:

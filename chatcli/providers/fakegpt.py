@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 
+from chatcli.core import ChatRequest, Event, Finish, TextDelta
 from chatcli.errors import (
     AuthenticationError,
     ProtocolError,
@@ -24,7 +25,7 @@ from chatcli.errors import (
     StreamInterruptedError,
     quote,
 )
-from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages, format_prompt
+from chatcli.providers.base import AsyncGeneratorProvider, check_messages, format_prompt
 from chatcli.providers.web import WebProvider
 from chatcli.store import Stores
 
@@ -48,37 +49,29 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
     supports_gpt_35_turbo = True
     default_model = SITE_MODEL
 
-    @classmethod
-    async def create_async_generator(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float | None = None,
-        store: Stores | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[str]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         from chatcli.providers import http
 
-        check_messages(messages, cls.name)
-        root = cls.root_url(base_url)
+        check_messages(request.messages, self.name)
+        root = self.root
         headers = {
             "accept-language": "en-US",
             "user-agent": http.CHROME_USER_AGENT,
             "referer": f"{root}/?v=2",
             **http.CHROME_CLIENT_HINTS,
         }
-        stores = cls.stores(store)
-        state = stores.state(cls.name)
+        stores = self.stores(self.config.stores)
+        state = stores.state(self.name)
         body = {
             "action": "next",
             "messages": [
                 {
                     "id": str(uuid.uuid4()),
                     "author": {"role": "user"},
-                    "content": {"content_type": "text", "parts": [format_prompt(messages)]},
+                    "content": {
+                        "content_type": "text",
+                        "parts": [format_prompt(request.plain_messages())],
+                    },
                     "metadata": {},
                 }
             ],
@@ -91,14 +84,19 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
             "arkose_token": "",
             "force_paragen": False,
         }
-        async with cls.browser_session(
-            root=root, store=stores, proxy=proxy, timeout=timeout, headers=headers
+        async with self.browser_session(
+            root=root,
+            store=stores,
+            proxy=self.config.proxy,
+            timeout=self.config.timeout,
+            headers=headers,
         ) as session:
-            token = await cls._access_token(session, root, stores)
+            token = await self._access_token(session, root, stores)
             for attempt in (1, 2):
                 try:
-                    async for piece in cls._converse(session, root, token, body):
-                        yield piece
+                    async for piece in self._converse(session, root, token, body):
+                        yield TextDelta(piece)
+                    yield Finish()
                     return
                 except AuthenticationError:
                     # Refused before any text: drop token and cookies, log in once, retry once.
@@ -108,7 +106,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
                                 state.clear()
                         raise
                     log.debug("fakegpt: access token refused, logging in again")
-                    token = await cls._access_token(session, root, stores, refused=token)
+                    token = await self._access_token(session, root, stores, refused=token)
 
     @classmethod
     async def _access_token(
@@ -144,9 +142,17 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
             raise ProtocolError(
                 f"unexpected account list: {quote(json.dumps(data))}", provider=cls.name
             )
-        accounts = [a["token_id"] for a in loads if isinstance(a, dict) and a.get("token_id")]
+        # Only an idle account (``count`` 0) is used, as the site's own client did: a busy
+        # one is shared with someone chatting right now.
+        accounts = [
+            a["token_id"]
+            for a in loads
+            if isinstance(a, dict) and a.get("token_id") and _count(a.get("count")) == 0
+        ]
         if not accounts:
-            raise ProviderError("no shared accounts available; try again later", provider=cls.name)
+            raise ProviderError(
+                "no shared accounts available (all are busy); try again later", provider=cls.name
+            )
         form = {
             "token_key": str(random.choice(accounts)),
             "session_password": "".join(random.choices(_PASSWORD_ALPHABET, k=10)),
@@ -220,3 +226,8 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
         if not isinstance(parts, list) or not parts or not isinstance(parts[0], str):
             return None
         return parts[0]
+
+
+def _count(value: Any) -> int | None:
+    """An account's ``count`` (how busy it is), if it is a whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

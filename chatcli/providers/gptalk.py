@@ -15,15 +15,16 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+from chatcli.core import ChatRequest, Event, Finish, TextDelta
 from chatcli.errors import (
     AuthenticationError,
     ProtocolError,
     StreamInterruptedError,
     quote,
 )
-from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages, format_prompt
+from chatcli.providers.base import AsyncGeneratorProvider, check_messages, format_prompt
 from chatcli.providers.web import WebProvider
-from chatcli.store import StateStore, Stores
+from chatcli.store import StateStore
 
 if TYPE_CHECKING:
     import aiohttp
@@ -44,24 +45,13 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
     supports_gpt_35_turbo = True
     default_model = "gpt-3.5-turbo"
 
-    @classmethod
-    async def create_async_generator(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float | None = None,
-        store: Stores | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[str]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         from chatcli.providers import http
 
-        check_messages(messages, cls.name)
-        root = cls.root_url(base_url)
-        stores = cls.stores(store)
-        state = stores.state(cls.name)
+        check_messages(request.messages, self.name)
+        root = self.root
+        stores = self.stores(self.config.stores)
+        state = stores.state(self.name)
         user_agent = http.CHROME_USER_AGENT
         # GPTalk signs every request of one chat with the same timestamp.
         timestamp = int(time.time())
@@ -76,26 +66,31 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
             "content-type": "application/json",
         }
         body = {
-            "content": format_prompt(messages),
+            "content": format_prompt(request.plain_messages()),
             "accept": "stream",
             "from": 1,
-            "model": model or cls.default_model,
+            "model": request.model or self.default_model,
             "is_mobile": 0,
             "user_agent": user_agent,
             "is_open_ctx": 0,
             "prompt": "",
             "roid": 111,
-            "temperature": 0,
+            # The site's own client sends 0; a temperature the caller chose goes instead.
+            "temperature": request.temperature if request.temperature is not None else 0,
             "ctx_msg_count": 3,
             "created_at": timestamp,
         }
-        async with cls.browser_session(
-            root=root, store=stores, proxy=proxy, timeout=timeout, headers=headers
+        async with self.browser_session(
+            root=root,
+            store=stores,
+            proxy=self.config.proxy,
+            timeout=self.config.timeout,
+            headers=headers,
         ) as session:
-            token = await cls._reserve_use(session, root, state)
+            token = await self._reserve_use(session, root, state)
             for attempt in (1, 2):
                 try:
-                    stream_token = await cls._request_stream(session, root, token, body)
+                    stream_token = await self._request_stream(session, root, token, body)
                     break
                 except AuthenticationError:
                     # A 401 means the site forgot the token: log in once more and retry once.
@@ -105,9 +100,10 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
                     if attempt == 2:
                         raise
                     log.debug("gptalk: token refused, logging in again")
-                    token = await cls._reserve_use(session, root, state)
-            async for piece in cls._read_stream(session, root, stream_token):
-                yield piece
+                    token = await self._reserve_use(session, root, state)
+            async for piece in self._read_stream(session, root, stream_token):
+                yield TextDelta(piece)
+        yield Finish()
 
     @classmethod
     async def _reserve_use(

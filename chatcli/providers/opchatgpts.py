@@ -11,12 +11,12 @@ import json
 import random
 import string
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Final
 
+from chatcli.core import ChatRequest, Event, Finish, TextDelta
 from chatcli.errors import ProtocolError, ProviderError, StreamInterruptedError, quote
-from chatcli.providers.base import AsyncGeneratorProvider, Messages, check_messages
+from chatcli.providers.base import AsyncGeneratorProvider, check_messages
 from chatcli.providers.web import WebProvider
-from chatcli.store import Stores
 
 _ID_ALPHABET: Final = string.ascii_lowercase + string.digits
 
@@ -31,22 +31,12 @@ class Opchatgpts(WebProvider, AsyncGeneratorProvider):
     supports_message_history = True
     supports_gpt_35_turbo = True
 
-    @classmethod
-    async def create_async_generator(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = None,
-        *,
-        base_url: str | None = None,
-        timeout: float | None = None,
-        store: Stores | None = None,
-        **kwargs: Any,
-    ) -> AsyncIterator[str]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         from chatcli.providers import http
 
-        check_messages(messages, cls.name)
-        root = cls.root_url(base_url)
+        check_messages(request.messages, self.name)
+        messages = request.plain_messages()
+        root = self.root
         headers = {
             "user-agent": http.CHROME_USER_AGENT,
             "accept": "*/*",
@@ -58,37 +48,42 @@ class Opchatgpts(WebProvider, AsyncGeneratorProvider):
             "chatId": "".join(random.choices(_ID_ALPHABET, k=10)),
             "contextId": 28,
             "customId": None,
-            "messages": list(messages),
+            "messages": messages,
             "newMessage": messages[-1]["content"],
             "session": "N/A",
             "stream": True,
         }
         url = f"{root}/wp-json/mwai-ui/v1/chats/submit"
         ended = False
-        async with cls.browser_session(
-            root=root, store=cls.stores(store), proxy=proxy, timeout=timeout, headers=headers
+        async with self.browser_session(
+            root=root,
+            store=self.stores(self.config.stores),
+            proxy=self.config.proxy,
+            timeout=self.config.timeout,
+            headers=headers,
         ) as session:
-            with http.http_errors(cls.name, url):
+            with http.http_errors(self.name, url):
                 async with session.post(url, json=body) as response:
-                    await http.check_status(response, cls.name)
+                    await http.check_status(response, self.name)
                     async for event in http.iter_sse(response):
-                        kind, data = cls._event(event.data)
+                        kind, data = self._event(event.data)
                         if kind == "live":
                             if data:
-                                yield data
+                                yield TextDelta(data)
                         elif kind == "end":
                             ended = True
                             break
                         elif kind == "error":
                             raise ProviderError(
                                 f"the site reported: {quote(data or 'an error')}",
-                                provider=cls.name,
+                                provider=self.name,
                             )
         if not ended:
             raise StreamInterruptedError(
                 "the stream ended before its end event; the answer is incomplete",
-                provider=cls.name,
+                provider=self.name,
             )
+        yield Finish()
 
     @classmethod
     def _event(cls, line: str) -> tuple[str, str]:

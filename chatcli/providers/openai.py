@@ -9,10 +9,11 @@ Protocol notes:
 * ``POST {base}/chat/completions`` with ``model``, ``messages``, ``stream`` and any extra options
   (``-o max_tokens 100`` becomes ``"max_tokens": 100``). ``Authorization: Bearer KEY`` when a key
   is known.
-* A streamed reply is SSE: ``choices[0].delta.content`` pieces, a ``finish_reason`` on the last
-  choice, then ``data: [DONE]``. A stream that ends with neither is *interrupted*, not complete
-  (proxies and crashing servers end streams early and cleanly). A payload with an ``error`` key
-  is an in-band error.
+* A streamed reply is SSE: ``choices[0].delta.content`` pieces (``reasoning_content`` or
+  ``reasoning`` beside them are the model's thinking), a ``finish_reason`` on the last choice,
+  maybe a ``usage`` object, then ``data: [DONE]``. A stream that ends with neither is
+  *interrupted*, not complete (proxies and crashing servers end streams early and cleanly).
+  A payload with an ``error`` key is an in-band error.
 * Some servers ignore ``stream: true`` and answer with one JSON object; that is accepted.
 * ``GET {base}/models`` lists models as ``{"data": [{"id": ...}, ...]}``.
 """
@@ -22,11 +23,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from chatcli.core import (
+    ChatRequest,
+    Event,
+    OptionSpec,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+    finish_from,
+)
 from chatcli.errors import (
     ConfigError,
     MissingAuthError,
@@ -37,7 +46,7 @@ from chatcli.errors import (
     quote,
     redact_url,
 )
-from chatcli.providers.base import CORE_KWARGS, AsyncGeneratorProvider, Messages, check_messages
+from chatcli.providers.base import AsyncGeneratorProvider, ProviderConfig, check_messages
 
 if TYPE_CHECKING:
     import aiohttp
@@ -110,6 +119,17 @@ class OpenAICompatible(AsyncGeneratorProvider):
     supports_stream = True
     supports_system_message = True
     supports_message_history = True
+    lists_models = True
+    # Any other option goes to the service as a body field: each service has its own.
+    open_options = True
+    option_specs = (
+        OptionSpec("max_tokens", (int,), "the longest answer, in tokens"),
+        OptionSpec("top_p", (float,), "nucleus sampling"),
+        OptionSpec("seed", (int,), "a seed for repeatable sampling"),
+        OptionSpec("stop", (str, list), "text (or a list of texts) that ends the answer"),
+        OptionSpec("presence_penalty", (float,)),
+        OptionSpec("frequency_penalty", (float,)),
+    )
     key_env: ClassVar[str | None] = None
     key_required: ClassVar[bool] = False
     base_url_env: ClassVar[str | None] = None
@@ -118,174 +138,127 @@ class OpenAICompatible(AsyncGeneratorProvider):
     # -- configuration ----------------------------------------------------------------------
 
     @classmethod
-    def root_url(cls, base_url: str | None = None) -> str:  # the API root, for this family
-        """``base_url``, else the service's variable (``OPENAI_BASE_URL``), else the row's URL."""
-        root = base_url or (os.environ.get(cls.base_url_env) if cls.base_url_env else None)
-        return (root or cls.url).rstrip("/")
+    def configure(
+        cls,
+        env: Mapping[str, str],
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        **rest: Any,
+    ) -> ProviderConfig:
+        """Also settles the key (``api_key``, else the service's variable) and the API root
+        (``base_url``, else the service's variable such as ``OPENAI_BASE_URL``)."""
+        if not base_url and cls.base_url_env:
+            base_url = env.get(cls.base_url_env) or None
+        if not api_key and cls.key_env:
+            api_key = env.get(cls.key_env) or None
+        return super().configure(env, base_url=base_url, api_key=api_key, **rest)
 
-    @classmethod
-    def api_key(cls, api_key: str | None = None) -> str | None:
-        """``api_key`` if given, else the value of the service's key variable."""
-        if api_key:
-            return api_key
-        return (os.environ.get(cls.key_env) or None) if cls.key_env else None
-
-    @classmethod
-    def _headers(cls, key: str | None) -> dict[str, str]:
+    def _headers(self) -> dict[str, str]:
         from chatcli import __version__
 
         headers = {
             "Accept": "application/json, text/event-stream",
             "User-Agent": f"chatcli/{__version__}",
         }
+        key = self.config.api_key
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        elif cls.key_required:
+        elif self.key_required:
             raise MissingAuthError(
-                f"no API key: set {cls.key_env} (or api_key_env in config.toml)", provider=cls.name
+                f"no API key: set {self.key_env} (or api_key_env in config.toml)",
+                provider=self.name,
             )
         return headers
 
-    @classmethod
     @contextlib.asynccontextmanager
     async def _call(
-        cls,
-        method: str,
-        path: str,
-        *,
-        base_url: str | None,
-        api_key: str | None,
-        proxy: str | None,
-        timeout: float | None,
-        body: Any = None,
+        self, method: str, path: str, *, body: Any = None
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """One request to the API, its HTTP errors raised; failures while reading it mapped."""
         from chatcli.providers import http
 
-        url = f"{cls.root_url(base_url)}/{path}"
-        key = cls.api_key(api_key)
-        headers = cls._headers(key)
+        url = f"{self.root}/{path}"
+        headers = self._headers()
         log.debug("%s %s", method, redact_url(url))
-        with http.http_errors(cls.name, url):
+        with http.http_errors(self.name, url):
             async with (
-                http.open_session(base_url=url, proxy=proxy, timeout=timeout) as session,
+                http.open_session(
+                    base_url=url, proxy=self.config.proxy, timeout=self.config.timeout
+                ) as session,
                 session.request(method, url, json=body, headers=headers) as response,
             ):
                 await http.check_status(
-                    response, cls.name, auth_hint=cls._auth_hint(), secrets=[key]
+                    response, self.name, auth_hint=self._auth_hint(), secrets=[self.config.api_key]
                 )
                 yield response
 
-    @classmethod
-    def _auth_hint(cls) -> str:
-        return f"check {cls.key_env}" if cls.key_env else ""
+    def _auth_hint(self) -> str:
+        return f"check {self.key_env}" if self.key_env else ""
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         facts = super().describe()
-        facts["url"] = cls.root_url()
-        facts["key_env"] = cls.key_env
-        facts["key_set"] = bool(cls.api_key())
-        facts["description"] = cls.description
+        facts["url"] = self.root
+        facts["key_env"] = self.key_env
+        facts["key_set"] = bool(self.config.api_key)
+        facts["description"] = self.description
+        facts["options"] = None  # any: they go to the service as they are
         return facts
 
     # -- models -----------------------------------------------------------------------------
 
-    @classmethod
-    async def list_models(
-        cls,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        proxy: str | None = None,
-        timeout: float | None = None,
-    ) -> list[str]:
+    async def list_models(self) -> list[str]:
         """The model ids the service offers (``GET /models``)."""
         from chatcli.providers import http
 
-        async with cls._call(
-            "GET", "models", base_url=base_url, api_key=api_key, proxy=proxy, timeout=timeout
-        ) as response:
-            data = await http.read_json(response, cls.name)
+        async with self._call("GET", "models") as response:
+            data = await http.read_json(response, self.name)
         items = data.get("data") if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise ProtocolError(
-                f"unexpected model list: {quote(json.dumps(data))}", provider=cls.name
+                f"unexpected model list: {quote(json.dumps(data))}", provider=self.name
             )
         ids = [item["id"] for item in items if isinstance(item, dict) and "id" in item]
         return sorted(str(i) for i in ids)
 
-    @classmethod
-    async def pick_model(
-        cls,
-        model: str | None,
-        *,
-        proxy: str | None = None,
-        base_url: str | None = None,
-        timeout: float | None = None,
-        api_key: str | None = None,
-    ) -> str:
+    async def pick_model(self, model: str | None) -> str:
         """``model``, else the configured default, else the first model the server lists."""
-        if model or cls.default_model:
-            return model or cls.default_model
-        models = await cls.list_models(
-            base_url=base_url, api_key=api_key, proxy=proxy, timeout=timeout
-        )
+        if model or self.default_model:
+            return model or self.default_model
+        models = await self.list_models()
         if not models:
             raise ConfigError(
-                f"{cls.name}: no model given and the server lists none; pass -m MODEL"
+                f"{self.name}: no model given and the server lists none; pass -m MODEL"
             )
-        log.debug("%s: no model given, using the first listed: %s", cls.name, models[0])
+        log.debug("%s: no model given, using the first listed: %s", self.name, models[0])
         return models[0]
 
     # -- chat -------------------------------------------------------------------------------
 
-    @classmethod
-    async def create_async_generator(
-        cls,
-        model: str,
-        messages: Messages,
-        proxy: str | None = None,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float | None = None,
-        stream: bool = True,
-        temperature: float | None = None,
-        **options: Any,
-    ) -> AsyncIterator[str]:
-        """Yield the answer's text as the service sends it."""
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        """Yield the answer as the service sends it."""
         from chatcli.providers import http
 
-        check_messages(messages, cls.name)
-        model = await cls.pick_model(
-            model, base_url=base_url, api_key=api_key, proxy=proxy, timeout=timeout
-        )
-        body: dict[str, Any] = {"model": model, "messages": list(messages), "stream": stream}
-        if temperature is not None:
-            body["temperature"] = temperature
-        body.update({k: v for k, v in options.items() if k not in CORE_KWARGS})
-        async with cls._call(
-            "POST",
-            "chat/completions",
-            base_url=base_url,
-            api_key=api_key,
-            proxy=proxy,
-            timeout=timeout,
-            body=body,
-        ) as response:
+        check_messages(request.messages, self.name)
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.plain_messages(),
+            "stream": request.stream,
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        body.update(request.options)
+        async with self._call("POST", "chat/completions", body=body) as response:
             # Servers do not always honour ``stream``: read what was sent, not what was asked.
             if "text/event-stream" in response.headers.get("Content-Type", ""):
-                async for piece in cls._read_stream(response):
-                    yield piece
+                async for event in self._read_stream(response):
+                    yield event
             else:
-                data = await http.read_json(response, cls.name)
-                text = cls._whole_reply_text(data)
-                if text:
-                    yield text
+                data = await http.read_json(response, self.name)
+                for event in self._whole_reply(data):
+                    yield event
 
-    @classmethod
-    async def _read_stream(cls, response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async def _read_stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         from chatcli.providers import http
 
         done = False
@@ -301,54 +274,90 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 chunk = json.loads(data)
             except ValueError:
                 raise ProtocolError(
-                    f"malformed JSON in the stream: {quote(data)}", provider=cls.name
+                    f"malformed JSON in the stream: {quote(data)}", provider=self.name
                 ) from None
             if not isinstance(chunk, dict):
-                raise ProtocolError(f"unexpected stream event: {quote(data)}", provider=cls.name)
+                raise ProtocolError(f"unexpected stream event: {quote(data)}", provider=self.name)
             if chunk.get("error"):
                 message = http.error_message_from_body(data) or "error event in the stream"
-                raise ProviderError(f"the service reported: {quote(message)}", provider=cls.name)
+                raise ProviderError(f"the service reported: {quote(message)}", provider=self.name)
+            usage = _usage(chunk.get("usage"))
+            if usage is not None:
+                yield usage
             choices = chunk.get("choices")
             if not isinstance(choices, list):
+                if usage is not None:
+                    continue  # the usage-only chunk some servers send last
                 raise ProtocolError(
-                    f"stream event without choices: {quote(data)}", provider=cls.name
+                    f"stream event without choices: {quote(data)}", provider=self.name
                 )
             for choice in choices[:1]:  # n=1: one answer
                 if not isinstance(choice, dict):
-                    raise ProtocolError(f"malformed choice: {quote(data)}", provider=cls.name)
+                    raise ProtocolError(f"malformed choice: {quote(data)}", provider=self.name)
                 delta = choice.get("delta") or {}
-                content = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(content, str) and content:
-                    yield content
+                if isinstance(delta, dict):
+                    # DeepSeek, llama.cpp and vLLM say reasoning_content; OpenRouter and
+                    # Ollama say reasoning. Either is thinking, never answer text.
+                    for key in ("reasoning_content", "reasoning"):
+                        thought = delta.get(key)
+                        if isinstance(thought, str) and thought:
+                            yield ReasoningDelta(thought)
+                            break
+                    content = delta.get("content")
+                    if isinstance(content, str) and content:
+                        yield TextDelta(content)
                 if choice.get("finish_reason"):
                     finish_reason = str(choice["finish_reason"])
         if not done and finish_reason is None:
             raise StreamInterruptedError(
                 "the stream ended before its end marker; the answer is incomplete",
-                provider=cls.name,
+                provider=self.name,
             )
-        if finish_reason == "length":
-            log.warning(
-                "%s: the answer was cut at the token limit (finish_reason=length)", cls.name
-            )
+        yield finish_from(finish_reason)
 
-    @classmethod
-    def _whole_reply_text(cls, data: Any) -> str:
+    def _whole_reply(self, data: Any) -> list[Event]:
         try:
-            message = data["choices"][0]["message"]
+            choice = data["choices"][0]
+            message = choice["message"]
             content = message.get("content")
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ProtocolError(
                 f"unexpected reply: {quote(json.dumps(data))}",
-                provider=cls.name,
+                provider=self.name,
             ) from None
-        if content is None:
-            return ""
-        if not isinstance(content, str):
+        if content is not None and not isinstance(content, str):
             raise ProtocolError(
-                f"reply content is not text: {quote(json.dumps(data))}", provider=cls.name
+                f"reply content is not text: {quote(json.dumps(data))}", provider=self.name
             )
-        return content
+        events: list[Event] = []
+        for key in ("reasoning_content", "reasoning"):
+            thought = message.get(key)
+            if isinstance(thought, str) and thought:
+                events.append(ReasoningDelta(thought))
+                break
+        if content:
+            events.append(TextDelta(content))
+        usage = _usage(data.get("usage"))
+        if usage is not None:
+            events.append(usage)
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        events.append(finish_from(str(reason) if reason else None))
+        return events
+
+
+def _usage(raw: Any) -> Usage | None:
+    """Token counts from an OpenAI ``usage`` object, when it holds any."""
+    if not isinstance(raw, dict):
+        return None
+
+    def count(key: str) -> int | None:
+        value = raw.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    prompt, completion = count("prompt_tokens"), count("completion_tokens")
+    if prompt is None and completion is None:
+        return None
+    return Usage(input_tokens=prompt, output_tokens=completion)
 
 
 def make_provider(preset: Preset) -> type[OpenAICompatible]:

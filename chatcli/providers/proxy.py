@@ -21,18 +21,15 @@ _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 def resolve_proxy(
     url: str,
-    explicit: str | None = None,
-    env: Mapping[str, str] | None = None,
+    explicit: str | None,
+    env: Mapping[str, str],
     *,
     configured: str | None = None,
 ) -> str | None:
-    """The proxy URL to use for ``url``, or ``None`` to connect directly."""
+    """The proxy URL to use for ``url``, or ``None`` to connect directly. ``env`` is the
+    environment snapshot the caller was given (nothing here reads the process's own)."""
     if explicit:
         return explicit
-    if env is None:
-        import os
-
-        env = os.environ
 
     def get(name: str) -> str:
         return env.get(name.lower()) or env.get(name.upper()) or ""

@@ -31,6 +31,7 @@ class WebProvider(BaseProvider):
     """Base of the providers that drive a chat website."""
 
     kind = "web"
+    uses_stores = True
     #: The domain whose cookies this provider uses and saves, whatever root it talks to.
     cookie_domain: ClassVar[str] = ""
 
@@ -42,10 +43,24 @@ class WebProvider(BaseProvider):
         parts = urlsplit(cls.url)
         return f"{parts.scheme}://{parts.netloc}"
 
+    def describe(self) -> dict[str, Any]:
+        facts = super().describe()
+        if self.needs_cookies():
+            stores = self.config.stores
+            facts["cookie_domain"] = self.cookie_domain
+            facts["cookies_stored"] = (
+                len(stores.cookies.for_domain(self.cookie_domain)) if stores is not None else 0
+            )
+        return facts
+
     @staticmethod
     def stores(store: Stores | None) -> Stores:
-        """The stores given by the caller, else the ones the environment points at."""
-        return store if store is not None else Stores.default()
+        """The stores it was configured with, else the ones the environment points at."""
+        if store is not None:
+            return store
+        from chatcli.providers.base import default_stores
+
+        return default_stores()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -124,11 +139,18 @@ class WebProvider(BaseProvider):
         if source is None:
             return {}
         browser, profile = source
-        from chatcli.store.browser import import_from_browser
+        from chatcli.browser import import_from_browser
 
         why = "cookies.from_browser in config.toml"
         try:
-            import_from_browser(store.cookies, browser, [cls.cookie_domain], profile=profile)
+            import_from_browser(
+                store.cookies,
+                browser,
+                [cls.cookie_domain],
+                env=store.env,
+                cache_dir=store.cache_dir,
+                profile=profile,
+            )
         except UsageError as exc:
             if have:
                 # Dropped, so that neither a retry nor the next run reads the browser again.

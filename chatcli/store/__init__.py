@@ -1,23 +1,31 @@
 """Everything chatcli keeps on disk, usable from Python without the CLI.
 
+    >>> from chatcli.config import Paths, environment
     >>> from chatcli.store import Stores
-    >>> stores = Stores.default()          # CHATCLI_HOME or the platform's data dir
+    >>> env = environment()
+    >>> stores = Stores.at(Paths.from_env(env), env=env)   # CHATCLI_HOME or the platform's dirs
     >>> stores.cookies.for_domain("chat-gpt.org")
+
+``Stores`` reads neither the environment nor config.toml: it is given what it needs.
 
 Files live under the data directory with owner-only permissions (see :mod:`chatcli.store.files`).
 """
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from chatcli.config import Paths
+from chatcli.config import Paths, browser_opt_in
 from chatcli.store.cookies import Cookie, CookieStore
 from chatcli.store.sessions import Session, SessionStore, StoredMessage
 from chatcli.store.state import StateStore
+
+if TYPE_CHECKING:
+    from chatcli.context import AppContext
 
 __all__ = [
     "Cookie",
@@ -32,11 +40,17 @@ __all__ = [
 
 @dataclass(slots=True)
 class Stores:
-    """The stores under one data directory."""
+    """The stores under one data directory, and what reading a browser for cookies needs."""
 
     data_dir: Path
-    #: config.toml, where the ``[cookies] from_browser`` opt-in is read (``None``: never).
-    config_file: Path | None = None
+    #: chatcli's cache dir, where a locked browser database is copied to be read (``None``: the
+    #: system's temporary directory).
+    cache_dir: Path | None = None
+    #: The environment chatcli runs in: where a browser keeps its profiles, the session bus.
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: The ``[cookies] from_browser`` opt-in and its profile, as config.toml gave them (already
+    #: read: see :func:`chatcli.config.browser_opt_in`); ``None``: never read a browser.
+    browser: tuple[str, str | None] | None = None
     cookies: CookieStore = field(init=False)
     sessions: SessionStore = field(init=False)
 
@@ -50,25 +64,27 @@ class Stores:
         return StateStore(self.data_dir / "providers" / f"{safe}.json")
 
     def browser_source(self) -> tuple[str, str | None] | None:
-        """``[cookies] from_browser`` (and ``profile``) of config.toml, when the user opted in.
-
-        Read only when asked (a provider found no cookies), so the config is not parsed for it
-        otherwise; a broken file is a :class:`~chatcli.errors.ConfigError` as everywhere.
-        """
-        if self.config_file is None:
-            return None
-        from chatcli.config import read_config_file
-
-        table = read_config_file(self.config_file).get("cookies", {})
-        browser = table.get("from_browser")
-        return (browser, table.get("profile")) if browser else None
+        """``[cookies] from_browser`` (and ``profile``) of config.toml, when the user opted in."""
+        return self.browser
 
     @classmethod
-    def at(cls, paths: Paths) -> Stores:
-        """The stores of these paths; their config.toml may opt in to reading a browser."""
-        return cls(paths.data_dir, config_file=paths.config_file)
+    def at(
+        cls,
+        paths: Paths,
+        *,
+        env: Mapping[str, str] | None = None,
+        browser: tuple[str, str | None] | None = None,
+    ) -> Stores:
+        """The stores of these paths; ``env`` and the ``browser`` opt-in as :class:`Stores`."""
+        return cls(
+            paths.data_dir,
+            cache_dir=paths.cache_dir,
+            env=env if env is not None else {},
+            browser=browser,
+        )
 
     @classmethod
-    def default(cls) -> Stores:
-        """The stores the environment points at (``CHATCLI_HOME`` or platform dirs)."""
-        return cls.at(Paths.from_env(os.environ))
+    def for_context(cls, ctx: AppContext) -> Stores:
+        """The stores of a command: its paths and environment, and config.toml's opt-in to
+        read a browser (the settings are read here if the command has not read them yet)."""
+        return cls.at(ctx.paths, env=ctx.env, browser=browser_opt_in(ctx.settings))

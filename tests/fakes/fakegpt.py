@@ -41,7 +41,10 @@ class FakeFakeGpt(SeedFake):
     """chat-shared2.zhile.io: ``/api/loads`` -> ``/auth/login`` (302 + cookie) ->
     ``/api/auth/session`` (access token) -> ``/api/conversation`` (SSE, cumulative).
 
-    Modes: "ok", "empty_accounts", "reject_once", "reject_always", "no_text", "cut".
+    Modes: "ok", "empty_accounts", "all_busy", "reject_once", "reject_always", "no_text", "cut".
+
+    ``/api/loads`` lists busy accounts (``count`` above 0) around the idle ones; a login with a
+    busy account is a violation: the site's own client only ever took an idle one.
     """
 
     COOKIE = "session"
@@ -52,15 +55,18 @@ class FakeFakeGpt(SeedFake):
         #: What ``/api/loads`` offers.
         self.accounts: list[dict[str, Any]] = [
             {"token_id": "tk-7f3a9c", "count": 12},
-            {"token_id": "tk-2b8e41", "count": 3},
+            {"token_id": "tk-2b8e41", "count": 0},
             {"token_id": "tk-d05c66", "count": 27},
+            {"token_id": "tk-91ce07", "count": 0},
+            {"token_id": "tk-40aa5d", "count": 3},
         ]
         #: When set, the conversation's ``parts[0]`` must equal it (format_prompt(messages)).
         self.expected_prompt: str | None = None
         #: Completed login flows (a session cookie traded for an access token).
         self.logins = 0
-        #: Every token_id ever offered, and every login form.
+        #: Every idle token_id ever offered, the busy ones, and every login form.
         self.offered: set[str] = set()
+        self.busy: set[str] = set()
         self.login_forms: list[dict[str, str]] = []
         #: Session cookie -> the access token it got (None until /api/auth/session).
         self.sessions: dict[str, str | None] = {}
@@ -96,8 +102,12 @@ class FakeFakeGpt(SeedFake):
             self.expect_fresh_timestamp("loads t", seen.query["t"])
         if self.mode == "empty_accounts":
             return web.json_response({"loads": []})
-        self.offered.update(str(account["token_id"]) for account in self.accounts)
-        return web.json_response({"loads": self.accounts})
+        accounts = self.accounts
+        if self.mode == "all_busy":
+            accounts = [{**account, "count": account["count"] or 1} for account in accounts]
+        self.offered.update(str(a["token_id"]) for a in accounts if a["count"] == 0)
+        self.busy.update(str(a["token_id"]) for a in accounts if a["count"] != 0)
+        return web.json_response({"loads": accounts})
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
         seen = await self.record(request)
@@ -108,7 +118,12 @@ class FakeFakeGpt(SeedFake):
             return web.json_response({"detail": "bad login form"}, status=400)
         self.login_forms.append(form)
         offered = form["token_key"] in self.offered
-        self.expect(offered, f"login token_key {form['token_key']!r} was not offered by /api/loads")
+        if form["token_key"] in self.busy:
+            self.expect(False, f"login with the busy account {form['token_key']!r} (count > 0)")
+        else:
+            self.expect(
+                offered, f"login token_key {form['token_key']!r} was not offered by /api/loads"
+            )
         password = self.expect_match("login session_password", form["session_password"], RANDOM10)
         if not offered or not password:
             return web.json_response({"detail": "bad login form"}, status=400)

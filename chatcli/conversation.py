@@ -1,236 +1,25 @@
-"""One conversation turn: resolve the provider, stream its answer into a renderer, return it.
+"""A conversation: its history, where it is kept, and who answers it.
 
-``ask`` and the REPL both call :func:`run_turn`. The engine owns cancellation: when the task is
-cancelled (Ctrl-C) or the stream fails, the renderer is finished cleanly and the partial answer is
-kept on the :class:`Turn`, whose ``status`` then says what happened. The caller decides what to
-store and which exit code to use.
+``ask``, the REPL and :class:`chatcli.Chat` talk through :class:`Conversation`; each question
+becomes one turn (:mod:`chatcli.turn`). Persistence follows the session store's rules: the
+question is committed before the request and the answer when it ends, whatever ends it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
-from chatcli.errors import (
-    ProtocolError,
-    ProviderError,
-    StorageError,
-    StreamInterruptedError,
-    UsageError,
-)
+from chatcli.core import ChatMessage, Event, Message
+from chatcli.errors import StorageError, UsageError
 from chatcli.providers import Registry
-from chatcli.providers.base import CORE_KWARGS, BaseProvider, Message
 from chatcli.render import Renderer
 from chatcli.store.sessions import Session, SessionStore, Status
+from chatcli.turn import Turn, TurnRequest, run_turn
 
-log = logging.getLogger("chatcli.engine")
-
-TurnStatus = Literal["pending", "complete", "interrupted", "error"]
-
-
-@dataclass(kw_only=True, slots=True)
-class TurnRequest:
-    """Everything needed to ask one provider for one answer."""
-
-    provider: str
-    messages: list[Message]
-    model: str | None = None
-    temperature: float | None = None
-    #: ``-o KEY VALUE`` pairs, passed to the provider as keyword arguments.
-    options: dict[str, Any] = field(default_factory=dict)
-    stream: bool = True
-    proxy: str | None = None
-    base_url: str | None = None
-    timeout: float | None = None
-    #: Where web providers keep cookies and tokens (``None``: the default location).
-    store: Any = None
-    #: How often a failure before any text is retried (per provider).
-    retries: int = 2
-    #: Providers to try, in order, when this one fails before any text.
-    fallback: list[str] = field(default_factory=list)
-
-
-@dataclass(kw_only=True, slots=True)
-class Turn:
-    """The answer as it stands: filled in while streaming, final when :func:`run_turn` ends."""
-
-    provider: str
-    model: str = ""
-    #: The answer's pieces as they arrived (joined on demand: appending to one string would
-    #: copy the whole answer on every piece).
-    pieces: list[str] = field(default_factory=list)
-    status: TurnStatus = "pending"
-    error: str | None = None
-    started: float = field(default_factory=time.monotonic)
-    first_piece_at: float | None = None
-    ended: float | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
-
-    @property
-    def duration(self) -> float:
-        return (self.ended or time.monotonic()) - self.started
-
-
-#: Retry delays: 0.5 s, 1 s, 2 s ... capped, each cut by up to a quarter at random (jitter).
-BACKOFF_BASE: Final = 0.5
-BACKOFF_CAP: Final = 8.0
-#: The longest ``Retry-After`` waited for; a longer one fails (or falls back) at once.
-RETRY_AFTER_LIMIT: Final = 60.0
-
-
-def backoff(attempt: int, retry_after: float | None = None) -> float | None:
-    """Seconds to wait before retry ``attempt`` (0-based); ``None``: the server asks too much."""
-    if retry_after is not None:
-        return retry_after if retry_after <= RETRY_AFTER_LIMIT else None
-    delay: float = min(BACKOFF_BASE * 2**attempt, BACKOFF_CAP)
-    return delay * (1 - 0.25 * random.random())
-
-
-async def run_turn(
-    request: TurnRequest,
-    registry: Registry,
-    renderer: Renderer,
-    *,
-    turn: Turn | None = None,
-    notice: Callable[[str], None] | None = None,
-) -> Turn:
-    """Run one turn. Raises the provider's error (or ``CancelledError``) after recording it.
-
-    Failures before any text are retried (``request.retries`` times, with backoff, honouring
-    ``Retry-After``) when they are worth it (connection errors, timeouts, 408, 409, 429, 5xx),
-    then the next provider of ``request.fallback`` is tried. Once text has been shown nothing
-    is retried: the partial answer stays and the turn is marked interrupted. ``notice`` gets a
-    line for each retry and fallback (the CLI prints it on stderr).
-
-    Pass ``turn`` to keep a handle on the partial answer from outside (e.g. for Ctrl-C).
-    """
-    turn = turn or Turn(provider=request.provider)
-    renderer.start()
-    try:
-        await _run_chain(request, registry, renderer, turn, notice or (lambda text: None))
-    except asyncio.CancelledError:
-        _end(turn, "interrupted", "interrupted")
-        renderer.finish(interrupted=True)
-        raise
-    except ProviderError as exc:
-        if isinstance(exc, StreamInterruptedError):
-            exc.partial = turn.text
-        _end(turn, "interrupted" if turn.pieces else "error", str(exc))
-        renderer.finish(interrupted=True)
-        raise
-    except BaseException as exc:
-        _end(turn, "interrupted" if turn.pieces else "error", str(exc) or type(exc).__name__)
-        renderer.finish(interrupted=True)
-        raise
-    _end(turn, "complete", None)
-    renderer.finish()
-    log.debug(
-        "turn done: %s answered, %d chars in %.2f s (first piece after %s)",
-        turn.provider,
-        len(turn.text),
-        turn.duration,
-        f"{turn.first_piece_at - turn.started:.2f} s" if turn.first_piece_at else "-",
-    )
-    return turn
-
-
-async def _run_chain(
-    request: TurnRequest,
-    registry: Registry,
-    renderer: Renderer,
-    turn: Turn,
-    notice: Callable[[str], None],
-) -> None:
-    chain = [request.provider, *request.fallback]
-    failures: list[ProviderError] = []
-    for index, name in enumerate(chain):
-        provider = registry.get(name)
-        # The model, URL and proxy were chosen for the first provider; the others use their own.
-        attempt_request = (
-            request
-            if index == 0
-            else replace(request, provider=provider.name, model=None, base_url=None, proxy=None)
-        )
-        attempt = 0
-        while True:
-            turn.provider = provider.name
-            try:
-                await _attempt(provider, attempt_request, renderer, turn)
-                if index:
-                    log.info("answered by %s", provider.name)
-                return
-            except ProviderError as exc:
-                if exc.provider is None:
-                    exc.provider = provider.name
-                if turn.pieces:
-                    raise  # text was shown: never retried silently
-                delay = backoff(attempt, getattr(exc, "retry_after", None))
-                if exc.retryable and attempt < request.retries and delay is not None:
-                    attempt += 1
-                    notice(f"{exc}; retrying in {delay:.1f} s ({attempt}/{request.retries})")
-                    await asyncio.sleep(delay)
-                    continue
-                failures.append(exc)
-                if index + 1 < len(chain):
-                    notice(f"{exc}; trying {chain[index + 1]}")
-                break
-    if len(failures) == 1:
-        raise failures[0]
-    reasons = "; ".join(str(f) for f in failures)
-    raise ProviderError(f"every provider failed: {reasons}")
-
-
-async def _attempt(
-    provider: type[BaseProvider], request: TurnRequest, renderer: Renderer, turn: Turn
-) -> None:
-    # Options never override what the request fixes (the CLI refuses such keys up front).
-    kwargs: dict[str, Any] = {k: v for k, v in request.options.items() if k not in CORE_KWARGS}
-    kwargs.update(stream=request.stream, timeout=request.timeout)
-    if request.base_url:
-        kwargs["base_url"] = request.base_url
-    if request.temperature is not None:
-        kwargs["temperature"] = request.temperature
-    if request.store is not None:
-        kwargs["store"] = request.store
-    model = await provider.pick_model(
-        request.model, proxy=request.proxy, base_url=request.base_url, timeout=request.timeout
-    )
-    turn.model = model
-    log.debug("turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages))
-    stream = provider.stream(model, request.messages, proxy=request.proxy, **kwargs)
-    try:
-        async for piece in stream:
-            if not piece:
-                continue
-            if turn.first_piece_at is None:
-                turn.first_piece_at = time.monotonic()
-            turn.pieces.append(piece)
-            renderer.feed(piece)
-    finally:
-        await _close(stream)
-    if not any(piece.strip() for piece in turn.pieces):
-        source = "the model" if provider.kind == "offline" else "the service"
-        raise ProtocolError(f"{source} sent an empty answer", provider=provider.name)
-
-
-def _end(turn: Turn, status: TurnStatus, error: str | None) -> None:
-    turn.status = status
-    turn.error = error
-    turn.ended = time.monotonic()
-
-
-async def _close(stream: Any) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
+log = logging.getLogger("chatcli.conversation")
 
 
 @dataclass(slots=True)
@@ -273,7 +62,7 @@ class Conversation:
         session: Session | None = None,
         system: str | None = None,
         name: str | None = None,
-        proxy_for: Callable[[str], str | None] | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.defaults = defaults
@@ -283,13 +72,13 @@ class Conversation:
         self.system = system
         #: The name to give the session when it is created (``-S NAME`` for a new one).
         self.pending_name = name
-        #: Chooses the proxy for a provider's root URL when the provider changes.
-        self.proxy_for = proxy_for
         #: Where lines about retries and fallbacks go (the CLI: stderr).
-        self.notice: Callable[[str], None] | None = None
+        self.notice = notice
         self._entries: list[_Entry] = []
         #: The model that answered last (the provider may pick one when none was chosen).
         self.last_model: str | None = None
+        #: The latest turn, as it stands: after an error or Ctrl-C it holds the partial answer.
+        self.last_turn: Turn | None = None
         if session is not None and store is not None:
             self._load(session)
 
@@ -315,21 +104,17 @@ class Conversation:
     def use(self, *, provider: str | None = None, model: str | None = None) -> None:
         """Switch provider and/or model for the next turns.
 
-        A new provider starts from its own URL and model: the old ``--base-url`` (and the
-        proxy chosen for it) would send the new provider's key to the old host.
+        A new provider starts from its own URL and model: the old ``--base-url`` would send
+        the new provider's key to the old host.
         """
         if provider is not None and self.registry.get(provider).name == self.provider:
             provider = None  # the same provider: keep its URL; only the model may change
         if model:  # a model the provider surely cannot use is refused now, not at send
-            store = self.defaults.store
-            self.registry.get(provider or self.provider).check_model(
-                model, data_dir=getattr(store, "data_dir", None)
-            )
+            self.registry.create(provider or self.provider).check_model(model)
         if provider is not None:
             cls = self.registry.get(provider)  # an unknown name is an error now, not at send
-            proxy = self.proxy_for(cls.root_url(None)) if self.proxy_for else None
             self.defaults = replace(
-                self.defaults, provider=cls.name, model=model or None, base_url=None, proxy=proxy
+                self.defaults, provider=cls.name, model=model or None, base_url=None
             )
             self.last_model = None  # the old provider's choice says nothing of the new one
         elif model is not None:
@@ -380,26 +165,40 @@ class Conversation:
         self.session = self.store.rename(self.session.id, name)
         return self.session
 
-    def messages(self, user_text: str | None = None) -> list[Message]:
+    def messages(self, user_text: str | None = None) -> tuple[ChatMessage, ...]:
         """What the provider receives: system prompt, history, and the new message."""
-        messages: list[Message] = []
+        messages: list[ChatMessage] = []
         if self.system:
-            messages.append({"role": "system", "content": self.system})
-        messages.extend(self.history)
+            messages.append(ChatMessage.text("system", self.system))
+        messages.extend(ChatMessage.text(e.role, e.content) for e in self._entries)
         if user_text is not None:
-            messages.append({"role": "user", "content": user_text})
-        return messages
+            messages.append(ChatMessage.text("user", user_text))
+        return tuple(messages)
 
     # -- turns ------------------------------------------------------------------------------
 
-    async def send(self, text: str, renderer: Renderer, *, turn: Turn | None = None) -> Turn:
-        """Ask ``text``; the answer streams into ``renderer`` and is kept whatever happens."""
+    async def send(
+        self,
+        text: str,
+        renderer: Renderer,
+        *,
+        turn: Turn | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Turn:
+        """Ask ``text``; the answer streams into ``renderer`` (and its events to ``on_event``)
+        and is kept whatever happens."""
         request = replace(self.defaults, messages=self.messages(text))
         self._entries.append(_Entry("user", text, provider=self.provider, model=self.model))
         self._save_pending()
-        return await self._answer(request, renderer, turn)
+        return await self._answer(request, renderer, turn, on_event)
 
-    async def retry(self, renderer: Renderer, *, turn: Turn | None = None) -> Turn:
+    async def retry(
+        self,
+        renderer: Renderer,
+        *,
+        turn: Turn | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> Turn:
         """Ask the last question again. Its old answer goes only once a new one arrives."""
         if not self._entries:
             raise UsageError("nothing to retry yet")
@@ -413,7 +212,7 @@ class Conversation:
         request = replace(self.defaults, messages=self.messages())
         before = len(self._entries)
         try:
-            turn = await self._answer(request, renderer, turn)
+            turn = await self._answer(request, renderer, turn, on_event)
         finally:
             answered = len(self._entries) > before
             if old is not None and not answered:
@@ -435,10 +234,24 @@ class Conversation:
         if ids and self.save and self.store is not None:
             self.store.delete_messages(ids)
 
-    async def _answer(self, request: TurnRequest, renderer: Renderer, turn: Turn | None) -> Turn:
+    async def _answer(
+        self,
+        request: TurnRequest,
+        renderer: Renderer,
+        turn: Turn | None,
+        on_event: Callable[[Event], None] | None,
+    ) -> Turn:
         turn = turn or Turn(provider=request.provider)
+        self.last_turn = turn
         try:
-            await run_turn(request, self.registry, renderer, turn=turn, notice=self.notice)
+            await run_turn(
+                request,
+                self.registry,
+                renderer,
+                turn=turn,
+                notice=self.notice,
+                on_event=on_event,
+            )
         finally:
             # Runs on success, on errors and on cancellation alike: nothing shown is lost.
             if turn.model:

@@ -1,0 +1,264 @@
+"""The typed core every provider speaks: messages made of parts, a request, options, events.
+
+A provider instance turns one :class:`ChatRequest` into a stream of :data:`Event` objects::
+
+    request = ChatRequest(messages=(ChatMessage.text("user", "Hi"),), model="llama3.2")
+    async for event in provider.stream(request):
+        match event:
+            case TextDelta(text=text): ...        # a piece of the answer
+            case ReasoningDelta(text=text): ...   # a piece of what the model thought first
+            case Usage(): ...                      # token counts, when the service gives them
+            case Finish(reason=reason): ...        # the answer ended, and why
+
+A stream that stops without a :class:`Finish` did not end: the engine reports it as
+interrupted. Nothing here does I/O or imports a third-party module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias, TypedDict
+
+from chatcli.errors import UsageError
+
+Role = Literal["system", "user", "assistant"]
+
+
+class Message(TypedDict):
+    """One chat message as the seed protocols exchange them: a role and its text."""
+
+    role: str
+    content: str
+
+
+#: A conversation in the seed providers' shape: oldest message first.
+Messages = Sequence[Message]
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """Text in a message."""
+
+    text: str
+
+
+#: What a message is made of. Text now; images and files join this union.
+Part: TypeAlias = TextPart
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of a conversation: a role and its parts, in order."""
+
+    role: Role
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def text(cls, role: Role, text: str) -> ChatMessage:
+        return cls(role, (TextPart(text),))
+
+    @classmethod
+    def from_dict(cls, message: Mapping[str, Any]) -> ChatMessage:
+        """A ``{"role": ..., "content": ...}`` dict (the seed shape) as a message."""
+        role = message.get("role")
+        content = message.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise UsageError(f"a message's role must be system, user or assistant, not {role!r}")
+        if not isinstance(content, str):
+            raise UsageError(f"a message's content must be text, not {type(content).__name__}")
+        return cls.text(role, content)
+
+    @property
+    def content(self) -> str:
+        """The message's text: its text parts joined."""
+        return "".join(part.text for part in self.parts if isinstance(part, TextPart))
+
+    def as_dict(self) -> Message:
+        return {"role": self.role, "content": self.content}
+
+
+# -- options --------------------------------------------------------------------------------------
+
+#: Keys with a meaning of their own in every request, never provider options (``-o``): why each
+#: is refused there. The one list of them.
+RESERVED_OPTIONS: Final[Mapping[str, str]] = {
+    "model": "use -m/--model",
+    "messages": "the conversation is built by chatcli",
+    "stream": "use --no-stream",
+    "proxy": "use --proxy",
+    "timeout": "use --timeout",
+    "base_url": "use --base-url",
+    "temperature": "use --temperature",
+    "api_key": "set the provider's key variable",
+    "store": "reserved",
+    "cookies": "use chatcli cookies import",
+}
+
+_TYPE_WORDS: Final[dict[type, str]] = {
+    int: "a whole number",
+    float: "a number",
+    str: "text",
+    bool: "true or false",
+    list: "a list",
+    dict: "an object",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSpec:
+    """One ``-o KEY VALUE`` option a provider takes, and the JSON types its value may have."""
+
+    name: str
+    types: tuple[type, ...]
+    help: str = ""
+
+    def check(self, value: Any, provider: str) -> Any:
+        """``value`` if it has one of :attr:`types` (an int passes for a float); else an error."""
+        wanted = self.types
+        ok = isinstance(value, wanted) and not (isinstance(value, bool) and bool not in wanted)
+        if not ok and float in wanted and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            words = " or ".join(_TYPE_WORDS.get(t, t.__name__) for t in wanted)
+            raise UsageError(f"{provider}: -o {self.name} {value!r}: expected {words}")
+        return value
+
+
+def check_options(
+    options: Mapping[str, Any],
+    specs: Iterable[OptionSpec],
+    *,
+    provider: str,
+    open_ended: bool = False,
+) -> dict[str, Any]:
+    """``options`` checked against the ``specs`` a provider declares.
+
+    An unknown key is a usage error naming the options the provider takes; with ``open_ended``
+    (a protocol that forwards extra fields to its service) unknown keys pass as they are.
+    Reserved keys are always refused.
+    """
+    known = {spec.name: spec for spec in specs}
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in RESERVED_OPTIONS:
+            raise UsageError(f"-o {key}: not a provider option ({RESERVED_OPTIONS[key]})")
+        spec = known.get(key)
+        if spec is not None:
+            checked[key] = spec.check(value, provider)
+        elif open_ended:
+            checked[key] = value
+        else:
+            takes = ", ".join(known) if known else "none: it takes no -o options"
+            raise UsageError(f"{provider}: unknown option -o {key} (known: {takes})")
+    return checked
+
+
+# -- the request ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """What one provider is asked: the conversation, the model, and how to answer."""
+
+    messages: tuple[ChatMessage, ...]
+    #: The model to use, already chosen (the engine resolves defaults before asking).
+    model: str = ""
+    temperature: float | None = None
+    #: Provider options (``-o``), checked against what the provider declares.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    #: ``False`` asks for one whole reply where the protocol has a choice.
+    stream: bool = True
+
+    def plain_messages(self) -> list[Message]:
+        """The conversation as ``{"role", "content"}`` dicts, for protocols that take text."""
+        return [message.as_dict() for message in self.messages]
+
+
+# -- events ---------------------------------------------------------------------------------------
+
+FinishReason = Literal["stop", "length", "context", "content_filter", "tool_calls"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """The next piece of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    """The next piece of what the model thought before answering (never part of the answer)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts for the turn, as the service reported them (or estimated, when marked)."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call the model makes: its arguments arrive as JSON text in pieces."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The answer ended, and why: ``stop`` (complete), ``length`` (cut at the token limit),
+    ``context`` (cut by the context size), ``content_filter``, ``tool_calls``. ``raw`` is the
+    service's own word for it, when it gave one."""
+
+    reason: FinishReason = "stop"
+    raw: str | None = None
+
+
+Event: TypeAlias = TextDelta | ReasoningDelta | Usage | ToolCallDelta | Finish
+
+#: The OpenAI protocol's ``finish_reason`` values (and a few servers' variants) as reasons.
+FINISH_REASONS: Final[Mapping[str, FinishReason]] = {
+    "stop": "stop",
+    "eos": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "content_filter": "content_filter",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+}
+
+
+def finish_from(raw: str | None) -> Finish:
+    """A :class:`Finish` from a service's reason; an unknown word counts as a normal stop."""
+    return Finish(FINISH_REASONS.get(raw or "stop", "stop"), raw)
+
+
+# -- capabilities ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider can do, as data: shown by ``chatcli providers`` and checked by callers."""
+
+    stream: bool = False
+    system_message: bool = False
+    message_history: bool = False
+    images: bool = False
+    tools: bool = False
+    #: Asks its service which models exist (``chatcli models``); else it has a fixed list.
+    model_listing: bool = False

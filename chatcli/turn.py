@@ -1,0 +1,289 @@
+"""One turn: ask a provider (retrying, falling back), stream its events into a renderer.
+
+``ask``, the REPL, ``providers --check`` and the Python API all call :func:`run_turn`. It owns
+retries, fallback and cancellation: when the task is cancelled (Ctrl-C) or the stream fails,
+the renderer is finished cleanly and the partial answer is kept on the :class:`Turn`, whose
+``status`` then says what happened. The caller decides what to store and which exit code to
+use. Conversation history and persistence live in :mod:`chatcli.conversation`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+
+from chatcli.core import (
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finish,
+    FinishReason,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+)
+from chatcli.errors import ProtocolError, ProviderError, StreamInterruptedError, UsageError
+from chatcli.providers import Registry
+from chatcli.providers.base import BaseProvider
+from chatcli.render import Renderer
+
+log = logging.getLogger("chatcli.turn")
+
+TurnStatus = Literal["pending", "complete", "interrupted", "error"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TurnRequest:
+    """Everything needed to ask for one answer, settled before the turn starts."""
+
+    provider: str
+    messages: tuple[ChatMessage, ...] = ()
+    model: str | None = None
+    temperature: float | None = None
+    #: ``-o KEY VALUE`` pairs, checked against what each provider of the chain takes.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    stream: bool = True
+    #: ``--proxy``: wins over the configured proxy and the environment, for every provider.
+    proxy: str | None = None
+    #: ``--base-url``: the first provider's root (the fallbacks use their own).
+    base_url: str | None = None
+    timeout: float | None = None
+    #: How often a failure before any text is retried (per provider).
+    retries: int = 2
+    #: Providers to try, in order, when this one fails before any text.
+    fallback: tuple[str, ...] = ()
+
+
+@dataclass(kw_only=True, slots=True)
+class Turn:
+    """The answer as it stands: filled in while streaming, final when :func:`run_turn` ends."""
+
+    provider: str
+    model: str = ""
+    #: The answer's pieces as they arrived (joined on demand: appending to one string would
+    #: copy the whole answer on every piece).
+    pieces: list[str] = field(default_factory=list)
+    #: What the model thought before answering, kept apart from the answer.
+    reasoning_pieces: list[str] = field(default_factory=list)
+    usage: Usage | None = None
+    #: Why the answer ended, when the provider said so (``None`` until then).
+    finish_reason: FinishReason | None = None
+    status: TurnStatus = "pending"
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    first_piece_at: float | None = None
+    ended: float | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.reasoning_pieces)
+
+    @property
+    def duration(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
+
+
+#: Retry delays: 0.5 s, 1 s, 2 s ... capped, each cut by up to a quarter at random (jitter).
+BACKOFF_BASE: Final = 0.5
+BACKOFF_CAP: Final = 8.0
+#: The longest ``Retry-After`` waited for; a longer one fails (or falls back) at once.
+RETRY_AFTER_LIMIT: Final = 60.0
+
+
+def backoff(attempt: int, retry_after: float | None = None) -> float | None:
+    """Seconds to wait before retry ``attempt`` (0-based); ``None``: the server asks too much."""
+    if retry_after is not None:
+        return retry_after if retry_after <= RETRY_AFTER_LIMIT else None
+    delay: float = min(BACKOFF_BASE * 2**attempt, BACKOFF_CAP)
+    return delay * (1 - 0.25 * random.random())
+
+
+async def run_turn(
+    request: TurnRequest,
+    registry: Registry,
+    renderer: Renderer,
+    *,
+    turn: Turn | None = None,
+    notice: Callable[[str], None] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> Turn:
+    """Run one turn. Raises the provider's error (or ``CancelledError``) after recording it.
+
+    Failures before any text are retried (``request.retries`` times, with backoff, honouring
+    ``Retry-After``) when they are worth it (connection errors, timeouts, 408, 409, 429, 5xx),
+    then the next provider of ``request.fallback`` is tried. Once text has been shown nothing
+    is retried: the partial answer stays and the turn is marked interrupted. ``notice`` gets a
+    line for each retry and fallback (the CLI prints it on stderr).
+
+    Pass ``turn`` to keep a handle on the partial answer from outside (e.g. for Ctrl-C);
+    ``on_event`` sees every event of the attempt that answers (the Python API streams them).
+    """
+    turn = turn or Turn(provider=request.provider)
+    renderer.start()
+    try:
+        await _run_chain(request, registry, renderer, turn, notice or (lambda text: None), on_event)
+    except asyncio.CancelledError:
+        _end(turn, "interrupted", "interrupted")
+        renderer.finish(interrupted=True)
+        raise
+    except ProviderError as exc:
+        if isinstance(exc, StreamInterruptedError):
+            exc.partial = turn.text
+        _end(turn, "interrupted" if turn.pieces else "error", str(exc))
+        renderer.finish(interrupted=True)
+        raise
+    except BaseException as exc:
+        _end(turn, "interrupted" if turn.pieces else "error", str(exc) or type(exc).__name__)
+        renderer.finish(interrupted=True)
+        raise
+    _end(turn, "complete", None)
+    renderer.finish()
+    if turn.finish_reason == "length":
+        log.warning("%s: the answer was cut at the token limit", turn.provider)
+    log.debug(
+        "turn done: %s answered, %d chars in %.2f s (first piece after %s)",
+        turn.provider,
+        len(turn.text),
+        turn.duration,
+        f"{turn.first_piece_at - turn.started:.2f} s" if turn.first_piece_at else "-",
+    )
+    return turn
+
+
+async def _run_chain(
+    request: TurnRequest,
+    registry: Registry,
+    renderer: Renderer,
+    turn: Turn,
+    notice: Callable[[str], None],
+    on_event: Callable[[Event], None] | None,
+) -> None:
+    chain = [request.provider, *request.fallback]
+    failures: list[ProviderError] = []
+    for index, name in enumerate(chain):
+        # The model and URL were chosen for the first provider; the others use their own.
+        # Each provider is built once for the turn: its proxy is settled there.
+        provider = registry.create(
+            name,
+            base_url=request.base_url if index == 0 else None,
+            proxy=request.proxy,
+            timeout=request.timeout,
+        )
+        options = (
+            provider.check_options(request.options)
+            if index == 0
+            else _options_taken(provider, request.options)
+        )
+        attempt_request = replace(request, model=request.model if index == 0 else None)
+        attempt = 0
+        while True:
+            turn.provider = provider.name
+            try:
+                await _attempt(provider, attempt_request, options, renderer, turn, on_event)
+                if index:
+                    log.info("answered by %s", provider.name)
+                return
+            except ProviderError as exc:
+                if exc.provider is None:
+                    exc.provider = provider.name
+                if turn.pieces:
+                    raise  # text was shown: never retried silently
+                delay = backoff(attempt, getattr(exc, "retry_after", None))
+                if exc.retryable and attempt < request.retries and delay is not None:
+                    attempt += 1
+                    notice(f"{exc}; retrying in {delay:.1f} s ({attempt}/{request.retries})")
+                    await asyncio.sleep(delay)
+                    continue
+                failures.append(exc)
+                if index + 1 < len(chain):
+                    notice(f"{exc}; trying {chain[index + 1]}")
+                break
+    if len(failures) == 1:
+        raise failures[0]
+    reasons = "; ".join(str(f) for f in failures)
+    raise ProviderError(f"every provider failed: {reasons}")
+
+
+def _options_taken(provider: BaseProvider, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A fallback gets the options it takes; those it does not are left out (said in ``-v``)."""
+    taken: dict[str, Any] = {}
+    for key, value in options.items():
+        try:
+            taken.update(provider.check_options({key: value}))
+        except UsageError as exc:  # this provider does not take it
+            log.info("%s: leaving out -o %s (%s)", provider.name, key, exc)
+    return taken
+
+
+async def _attempt(
+    provider: BaseProvider,
+    request: TurnRequest,
+    options: Mapping[str, Any],
+    renderer: Renderer,
+    turn: Turn,
+    on_event: Callable[[Event], None] | None,
+) -> None:
+    model = await provider.pick_model(request.model)
+    turn.model = model
+    log.debug("turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages))
+    chat = ChatRequest(
+        messages=request.messages,
+        model=model,
+        temperature=request.temperature,
+        options=options,
+        stream=request.stream,
+    )
+    stream = provider.stream(chat)
+    finish: Finish | None = None
+    try:
+        async for event in stream:
+            if on_event is not None:
+                on_event(event)
+            if isinstance(event, TextDelta):
+                if not event.text:
+                    continue
+                if turn.first_piece_at is None:
+                    turn.first_piece_at = time.monotonic()
+                turn.pieces.append(event.text)
+                renderer.feed(event.text)
+            elif isinstance(event, ReasoningDelta):
+                turn.reasoning_pieces.append(event.text)
+            elif isinstance(event, Usage):
+                turn.usage = event
+            elif isinstance(event, Finish):
+                finish = event
+            elif isinstance(event, ToolCallDelta):
+                log.debug("%s: a tool call (not run: no tools are offered)", provider.name)
+    finally:
+        await _close(stream)
+    if finish is None:
+        raise StreamInterruptedError(
+            "the answer ended without saying it was finished; it may be incomplete",
+            provider=provider.name,
+        )
+    turn.finish_reason = finish.reason
+    if not any(piece.strip() for piece in turn.pieces):
+        source = "the model" if provider.kind == "offline" else "the service"
+        raise ProtocolError(f"{source} sent an empty answer", provider=provider.name)
+
+
+def _end(turn: Turn, status: TurnStatus, error: str | None) -> None:
+    turn.status = status
+    turn.error = error
+    turn.ended = time.monotonic()
+
+
+async def _close(stream: Any) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
