@@ -152,8 +152,8 @@ def check_options(
         elif open_ended:
             checked[key] = value
         else:
-            takes = ", ".join(known) if known else "none: it takes no -o options"
-            raise UsageError(f"{provider}: unknown option -o {key} (known: {takes})")
+            takes = f"known: {', '.join(known)}" if known else "it takes no -o options"
+            raise UsageError(f"{provider}: unknown option -o {key} ({takes})")
     return checked
 
 

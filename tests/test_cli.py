@@ -382,6 +382,20 @@ def test_reserved_option_keys_exit_2(
     assert fake.requests == []
 
 
+def test_an_option_a_web_provider_does_not_take_exits_2_before_any_request(
+    isolated: Isolated,
+) -> None:
+    # -o max_tokens used to be accepted and silently dropped by the web providers.
+    result = run(["ask", "-p", "gptalk", "--base-url", "http://localhost:9", "-o", "max_tokens",
+                  "5", "hi"], isolated)  # fmt: skip
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "gptalk: unknown option -o max_tokens", "no -o options")
+    # A provider that takes options names them.
+    result = run(["ask", "-p", "aichat", "-o", "max_tokens", "5", "hi"], isolated)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "aichat: unknown option -o max_tokens", "known: top_p")
+
+
 def test_config_provider_names_are_case_insensitive(fake: FakeOpenAI, isolated: Isolated) -> None:
     isolated.write_config(f'[providers.MyBox]\ntype = "openai"\nbase_url = "{fake.base_url}"\n')
     for name in ("MyBox", "mybox"):

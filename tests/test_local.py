@@ -16,8 +16,8 @@ import pytest
 from chatcli.conversation import Conversation
 from chatcli.errors import ProviderError, UsageError
 from chatcli.providers import ProviderConfig, Registry, local
-from chatcli.store import Stores
 from chatcli.render import PlainRenderer
+from chatcli.store import Stores
 from chatcli.turn import TurnRequest
 from tests.conftest import Isolated, run
 from tests.faults import without_local
