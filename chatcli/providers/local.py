@@ -350,15 +350,42 @@ def acquire_model(path: Path, *, threads: int, n_ctx: int) -> LoadedModel:
 
 
 def load_llama(path: Path, *, threads: int, n_ctx: int) -> Any:
+    """The model loaded by llama.cpp (the caller holds ``_LOAD_LOCK``)."""
+    import llama_cpp.llama_cpp as native
     from llama_cpp import Llama
 
-    return Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_threads=threads,
-        n_threads_batch=threads,
-        verbose=False,
-    )
+    defaults = native.llama_model_default_params
+    if _has_amx(native):
+        # llama.cpp built for a CPU with AMX (a native build on a recent Xeon) puts weights in
+        # an AMX buffer that crashes (SIGSEGV) on the first prompt of several tokens, seen with
+        # llama-cpp-python 0.3.36. Without the extra buffer types it runs, on the usual kernels.
+        def without_extra_buffers() -> Any:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        native.llama_model_default_params = without_extra_buffers
+    try:
+        return Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+    finally:
+        native.llama_model_default_params = defaults
+
+
+def _has_amx(native: Any) -> bool:
+    """Whether this llama.cpp build uses AMX (its system info says ``AMX_INT8 = 1``), and its
+    model parameters can leave the extra buffer types out."""
+    try:
+        info = native.llama_print_system_info().decode("utf-8", "replace")
+    except (AttributeError, TypeError, ValueError):
+        return False
+    fields = getattr(native.llama_model_params, "_fields_", ())
+    return "AMX_INT8 = 1" in info and any(name == "use_extra_bufts" for name, *_ in fields)
 
 
 def unload_models(wait: float = 0) -> None:
