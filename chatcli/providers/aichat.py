@@ -35,7 +35,7 @@ class Aichat(WebProvider, AsyncProvider):
         from chatcli.providers import http
 
         check_messages(request.messages, self.name)
-        stores = self.stores(self.config.stores)
+        stores = self.site_stores
         cookies = self.config.cookies
         # In a thread: with the opt-in, a browser's keyring may take a while to answer.
         jar = dict(cookies) if cookies else await asyncio.to_thread(self.stored_cookies, stores)
@@ -64,14 +64,7 @@ class Aichat(WebProvider, AsyncProvider):
             "frequency_penalty": 0,
         }
         url = f"{root}/api/text"
-        async with self.browser_session(
-            root=root,
-            store=stores,
-            proxy=self.config.proxy,
-            timeout=self.config.timeout,
-            headers=headers,
-            cookies=jar,
-        ) as session:
+        async with self.site_session(headers, cookies=jar) as session:
             data = await self.fetch_json(
                 session,
                 "POST",

@@ -55,14 +55,7 @@ class ChatGptt(WebProvider, ProviderModelMixin, AsyncGeneratorProvider):
             "referer": f"{root}/chat",
             "user-agent": http.CHROME_USER_AGENT,
         }
-        stores = self.stores(self.config.stores)
-        async with self.browser_session(
-            root=root,
-            store=stores,
-            proxy=self.config.proxy,
-            timeout=self.config.timeout,
-            headers=headers,
-        ) as session:
+        async with self.site_session(headers) as session:
             with http.http_errors(self.name, root):
                 async with session.get(root) as response:
                     await http.check_status(response, self.name)

@@ -60,7 +60,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
             "referer": f"{root}/?v=2",
             **http.CHROME_CLIENT_HINTS,
         }
-        stores = self.stores(self.config.stores)
+        stores = self.site_stores
         state = stores.state(self.name)
         body = {
             "action": "next",
@@ -84,13 +84,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
             "arkose_token": "",
             "force_paragen": False,
         }
-        async with self.browser_session(
-            root=root,
-            store=stores,
-            proxy=self.config.proxy,
-            timeout=self.config.timeout,
-            headers=headers,
-        ) as session:
+        async with self.site_session(headers) as session:
             token = await self._access_token(session, root, stores)
             for attempt in (1, 2):
                 try:

@@ -50,7 +50,7 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
 
         check_messages(request.messages, self.name)
         root = self.root
-        stores = self.stores(self.config.stores)
+        stores = self.site_stores
         state = stores.state(self.name)
         user_agent = http.CHROME_USER_AGENT
         # GPTalk signs every request of one chat with the same timestamp.
@@ -80,13 +80,7 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
             "ctx_msg_count": 3,
             "created_at": timestamp,
         }
-        async with self.browser_session(
-            root=root,
-            store=stores,
-            proxy=self.config.proxy,
-            timeout=self.config.timeout,
-            headers=headers,
-        ) as session:
+        async with self.site_session(headers) as session:
             token = await self._reserve_use(session, root, state)
             for attempt in (1, 2):
                 try:

@@ -55,13 +55,7 @@ class Opchatgpts(WebProvider, AsyncGeneratorProvider):
         }
         url = f"{root}/wp-json/mwai-ui/v1/chats/submit"
         ended = False
-        async with self.browser_session(
-            root=root,
-            store=self.stores(self.config.stores),
-            proxy=self.config.proxy,
-            timeout=self.config.timeout,
-            headers=headers,
-        ) as session:
+        async with self.site_session(headers) as session:
             with http.http_errors(self.name, url):
                 async with session.post(url, json=body) as response:
                     await http.check_status(response, self.name)

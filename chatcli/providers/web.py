@@ -10,6 +10,7 @@ that domain for the next process.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -52,6 +53,24 @@ class WebProvider(BaseProvider):
                 len(stores.cookies.for_domain(self.cookie_domain)) if stores is not None else 0
             )
         return facts
+
+    @functools.cached_property
+    def site_stores(self) -> Stores:
+        """Where this instance keeps cookies and login state (found once per instance)."""
+        return self.stores(self.config.stores)
+
+    def site_session(
+        self, headers: Mapping[str, str], *, cookies: Mapping[str, str] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientSession]:
+        """:meth:`browser_session` at this instance's root, through its proxy and timeout."""
+        return self.browser_session(
+            root=self.root,
+            store=self.site_stores,
+            proxy=self.config.proxy,
+            timeout=self.config.timeout,
+            headers=headers,
+            cookies=cookies,
+        )
 
     @staticmethod
     def stores(store: Stores | None) -> Stores:
