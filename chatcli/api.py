@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from chatcli.chat import ChatOptions, conversation_from
-from chatcli.config import Paths, Settings, browser_opt_in, environment, load_settings
+from chatcli.config import Paths, Settings, environment, load_settings
 from chatcli.core import Event, FinishReason, Message, Usage
 from chatcli.render import NullRenderer
 from chatcli.store import Session, StoredMessage, Stores
@@ -68,7 +68,7 @@ def _settle(home: str | Path | None, env: Mapping[str, str] | None) -> tuple[Set
         snapshot["CHATCLI_HOME"] = str(home)
     paths = Paths.from_env(snapshot)
     settings = load_settings(paths, snapshot)
-    return settings, Stores.at(paths, env=snapshot, browser=browser_opt_in(settings))
+    return settings, Stores.for_settings(paths, settings)
 
 
 class Chat:

@@ -288,12 +288,12 @@ def default_stores() -> Stores:
     """The stores the process environment points at (``CHATCLI_HOME`` or the platform's
     directories, with config.toml's ``[cookies]`` opt-in): for the seed API, and for providers
     built without stores. An edge, like the command line: it reads the environment."""
-    from chatcli.config import Paths, browser_opt_in, environment, load_settings
+    from chatcli.config import Paths, environment, load_settings
     from chatcli.store import Stores
 
     env = environment()
     paths = Paths.from_env(env)
-    return Stores.at(paths, env=env, browser=browser_opt_in(load_settings(paths, env)))
+    return Stores.for_settings(paths, load_settings(paths, env))
 
 
 def _seed_override(cls: type[BaseProvider]) -> Any:

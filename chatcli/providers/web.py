@@ -56,8 +56,13 @@ class WebProvider(BaseProvider):
 
     @functools.cached_property
     def site_stores(self) -> Stores:
-        """Where this instance keeps cookies and login state (found once per instance)."""
-        return self.stores(self.config.stores)
+        """Where this instance keeps cookies and login state: the stores it was configured
+        with, else the ones the environment points at (found once per instance)."""
+        if self.config.stores is not None:
+            return self.config.stores
+        from chatcli.providers.base import default_stores
+
+        return default_stores()
 
     def site_session(
         self, headers: Mapping[str, str], *, cookies: Mapping[str, str] | None = None
@@ -71,15 +76,6 @@ class WebProvider(BaseProvider):
             headers=headers,
             cookies=cookies,
         )
-
-    @staticmethod
-    def stores(store: Stores | None) -> Stores:
-        """The stores it was configured with, else the ones the environment points at."""
-        if store is not None:
-            return store
-        from chatcli.providers.base import default_stores
-
-        return default_stores()
 
     @classmethod
     @contextlib.asynccontextmanager

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chatcli.config import Paths, browser_opt_in
+from chatcli.config import Paths, Settings, browser_opt_in
 from chatcli.store.cookies import Cookie, CookieStore
 from chatcli.store.sessions import Session, SessionStore, StoredMessage
 from chatcli.store.state import StateStore
@@ -84,7 +84,12 @@ class Stores:
         )
 
     @classmethod
+    def for_settings(cls, paths: Paths, settings: Settings) -> Stores:
+        """The stores of these paths, with the settings' environment and config.toml's opt-in
+        to read a browser."""
+        return cls.at(paths, env=settings.env, browser=browser_opt_in(settings))
+
+    @classmethod
     def for_context(cls, ctx: AppContext) -> Stores:
-        """The stores of a command: its paths and environment, and config.toml's opt-in to
-        read a browser (the settings are read here if the command has not read them yet)."""
-        return cls.at(ctx.paths, env=ctx.env, browser=browser_opt_in(ctx.settings))
+        """The stores of a command (the settings are read here if the command has not yet)."""
+        return cls.for_settings(ctx.paths, ctx.settings)
