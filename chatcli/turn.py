@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from chatcli.core import (
@@ -184,12 +184,15 @@ async def _run_chain(
             if index == 0
             else _options_taken(provider, request.options)
         )
-        attempt_request = replace(request, model=request.model if index == 0 else None)
+        # Picked once per provider (a service without a chosen model is asked for its list);
+        # a retry after a failed pick picks again.
+        model = request.model if index == 0 else None
+        turn.model = ""
         attempt = 0
         while True:
             turn.provider = provider.name
             try:
-                await _attempt(provider, attempt_request, options, renderer, turn, on_event)
+                await _attempt(provider, request, model, options, renderer, turn, on_event)
                 if index:
                     log.info("answered by %s", provider.name)
                 return
@@ -201,6 +204,7 @@ async def _run_chain(
                 delay = backoff(attempt, getattr(exc, "retry_after", None))
                 if exc.retryable and attempt < request.retries and delay is not None:
                     attempt += 1
+                    model = turn.model or model
                     notice(f"{exc}; retrying in {delay:.1f} s ({attempt}/{request.retries})")
                     await asyncio.sleep(delay)
                     continue
@@ -228,12 +232,13 @@ def _options_taken(provider: BaseProvider, options: Mapping[str, Any]) -> dict[s
 async def _attempt(
     provider: BaseProvider,
     request: TurnRequest,
+    model: str | None,
     options: Mapping[str, Any],
     renderer: Renderer,
     turn: Turn,
     on_event: Callable[[Event], None] | None,
 ) -> None:
-    model = await provider.pick_model(request.model)
+    model = await provider.pick_model(model)
     turn.model = model
     log.debug("turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages))
     chat = ChatRequest(

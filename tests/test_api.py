@@ -173,3 +173,16 @@ def test_the_readme_python_api_examples_run(fake: FakeOpenAI, isolated: Isolated
     assert outputs[1] == "Hello, world!\n[stop]\n"
     assert "TextDelta(text='Hello')" in outputs[2] and "Finish(reason='stop'" in outputs[2]
     assert all(r.body["model"] == "llama3.2" for r in fake.requests if r.body)
+
+
+def test_a_model_picked_from_the_list_is_not_asked_again_on_retry(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    # No model chosen: the service's first listed model is used, found once per turn.
+    point_ollama_at(isolated, fake)
+    fake.faults.set("503", "/chat/completions")
+    with pytest.raises(ProviderError, match="503"):
+        chat(isolated, model=None, save=False, retries=1).ask("Hi")
+    paths = [r.path for r in fake.requests]
+    assert paths.count("/v1/models") == 1
+    assert fake.faults.hits == 2  # the first try and one retry
