@@ -249,22 +249,15 @@ class Local(AsyncGeneratorProvider):
 
 
 def parse_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
-    """``-o`` options as (sampling keyword arguments, threads, context length)."""
-    sampling: dict[str, Any] = {}
-    for key, value in options.items():
-        if key in _LOADING:
-            continue
-        types = _SAMPLING.get(key)
-        if types is None:
-            known = ", ".join([*_SAMPLING, *_LOADING])
-            raise UsageError(f"local: unknown option -o {key} (known: {known})")
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise UsageError(f"local: -o {key} {value!r}: expected {types[0].__name__}")
-        if key == "stop" and isinstance(value, list) and not all(isinstance(v, str) for v in value):
-            raise UsageError(f"local: -o stop {value!r}: expected a string or a list of strings")
-        sampling[key] = value
-    threads = _positive(options, "threads", default_threads())
-    n_ctx = _positive(options, "n_ctx", DEFAULT_CONTEXT)
+    """``-o`` options as (sampling keyword arguments, threads, context length): checked
+    against what :class:`Local` declares, then for what a type alone cannot say."""
+    checked = Local.check_options(options)
+    sampling = {key: value for key, value in checked.items() if key not in _LOADING}
+    stop = sampling.get("stop")
+    if isinstance(stop, list) and not all(isinstance(v, str) for v in stop):
+        raise UsageError(f"local: -o stop {stop!r}: expected a string or a list of strings")
+    threads = _positive(checked, "threads", default_threads())
+    n_ctx = _positive(checked, "n_ctx", DEFAULT_CONTEXT)
     if "max_tokens" in sampling and sampling["max_tokens"] < 1:
         raise UsageError("local: -o max_tokens must be at least 1")
     return sampling, threads, n_ctx
