@@ -296,13 +296,9 @@ class OpenAICompatible(AsyncGeneratorProvider):
                     raise ProtocolError(f"malformed choice: {quote(data)}", provider=self.name)
                 delta = choice.get("delta") or {}
                 if isinstance(delta, dict):
-                    # DeepSeek, llama.cpp and vLLM say reasoning_content; OpenRouter and
-                    # Ollama say reasoning. Either is thinking, never answer text.
-                    for key in ("reasoning_content", "reasoning"):
-                        thought = delta.get(key)
-                        if isinstance(thought, str) and thought:
-                            yield ReasoningDelta(thought)
-                            break
+                    thought = _thought(delta)
+                    if thought:
+                        yield ReasoningDelta(thought)
                     content = delta.get("content")
                     if isinstance(content, str) and content:
                         yield TextDelta(content)
@@ -330,11 +326,9 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 f"reply content is not text: {quote(json.dumps(data))}", provider=self.name
             )
         events: list[Event] = []
-        for key in ("reasoning_content", "reasoning"):
-            thought = message.get(key)
-            if isinstance(thought, str) and thought:
-                events.append(ReasoningDelta(thought))
-                break
+        thought = _thought(message)
+        if thought:
+            events.append(ReasoningDelta(thought))
         if content:
             events.append(TextDelta(content))
         usage = _usage(data.get("usage"))
@@ -343,6 +337,16 @@ class OpenAICompatible(AsyncGeneratorProvider):
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         events.append(finish_from(str(reason) if reason else None))
         return events
+
+
+def _thought(message: dict[str, Any]) -> str | None:
+    """The model's thinking in a delta or a message, never answer text: DeepSeek, llama.cpp
+    and vLLM say ``reasoning_content``; OpenRouter and Ollama say ``reasoning``."""
+    for key in ("reasoning_content", "reasoning"):
+        thought = message.get(key)
+        if isinstance(thought, str) and thought:
+            return thought
+    return None
 
 
 def _usage(raw: Any) -> Usage | None:
