@@ -108,23 +108,22 @@ def open_session(
     client_timeout = aiohttp.ClientTimeout(
         total=None, connect=limits.connect, sock_connect=limits.connect, sock_read=limits.read
     )
-    proxy_url = proxy
     connector: aiohttp.BaseConnector | None = None
     session_proxy: str | None = None
-    if proxy_url:
-        scheme = urlsplit(proxy_url).scheme.lower()
+    if proxy:
+        scheme = urlsplit(proxy).scheme.lower()
         if scheme in ("http", "https"):
             # aiohttp speaks HTTP proxies itself: absolute-form requests for http://, CONNECT
             # for https://; credentials in the URL become Proxy-Authorization.
-            session_proxy = proxy_url
+            session_proxy = proxy
         elif scheme in ("socks4", "socks4a", "socks5", "socks5h"):
-            connector = _socks_connector(proxy_url, scheme)
+            connector = _socks_connector(proxy, scheme)
         else:
             raise ConfigError(
-                f"unsupported proxy scheme {scheme!r} in {redact_url(proxy_url)}: "
+                f"unsupported proxy scheme {scheme!r} in {redact_url(proxy)}: "
                 "use http://, socks5:// or socks4://"
             )
-        log.debug("proxy for %s: %s", base_url, redact_url(proxy_url))
+        log.debug("proxy for %s: %s", base_url, redact_url(proxy))
     return aiohttp.ClientSession(
         connector=connector,
         timeout=client_timeout,
