@@ -200,7 +200,7 @@ def ask(
     """Ask one question and stream the answer to stdout."""
     import asyncio
 
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     log_handler = setup_logging(ctx, verbose)
     with boundary(ctx, verbose=verbose):
         message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
@@ -227,7 +227,12 @@ def ask(
             notice=lambda text: say(ctx, text),
         )
         renderer = choose(
-            ctx.stdout, is_terminal=ctx.stdout_isatty, raw=raw, markdown=markdown, json=json_out
+            ctx.stdout,
+            is_terminal=ctx.stdout_isatty,
+            raw=raw,
+            markdown=markdown,
+            json=json_out,
+            env=ctx.env,
         )
         try:
             with log_handler.held(renderer.live):
@@ -263,7 +268,7 @@ def repl(
     """Chat interactively: Enter sends, Ctrl-C stops an answer, /help lists commands."""
     import asyncio
 
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     log_handler = setup_logging(ctx, verbose)
     with boundary(ctx, verbose=verbose):
         if not (ctx.stdin_isatty and ctx.stdout_isatty):
@@ -294,7 +299,7 @@ def repl(
             conversation,
             stdout=ctx.stdout,
             make_renderer=lambda: choose(
-                ctx.stdout, is_terminal=True, raw=raw, markdown=markdown, json=False
+                ctx.stdout, is_terminal=True, raw=raw, markdown=markdown, json=False, env=ctx.env
             ),
             history_path=history_file(ctx.paths.state_dir),
             hold_logs=log_handler.held,
@@ -358,7 +363,7 @@ def _check_providers(
                 f"{r.total:.2f} s",
                 sanitize(redact_credentials(r.error or "")),
             )
-        console = make_console(ctx.stdout)
+        console = make_console(ctx.stdout, env=ctx.env)
         if not ctx.stdout_isatty:
             console.width = 200
         console.print(table)
@@ -392,7 +397,7 @@ def providers(
     timeout: TimeoutOpt = None,
 ) -> None:
     """List providers and what each can do; --check tries them."""
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     setup_logging(ctx, False)
     with boundary(ctx):
         from chatcli.providers import Registry
@@ -448,7 +453,7 @@ def providers(
                 _auth_label(row),
                 flag(row["working"]),
             )
-        console = make_console(ctx.stdout)
+        console = make_console(ctx.stdout, env=ctx.env)
         if not ctx.stdout_isatty:
             console.width = 160
         console.print(table)
@@ -467,7 +472,7 @@ def models(
     """List the models a provider offers (asks the service where it can)."""
     import asyncio
 
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     setup_logging(ctx, False)
     with boundary(ctx):
         from chatcli.providers import Registry
@@ -497,7 +502,7 @@ def models(
 @app.command()
 def paths(json_out: JsonOpt = False) -> None:
     """Show where chatcli keeps its config, data, cache and state."""
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     setup_logging(ctx, False)
     where = ctx.paths.as_dict()
     if json_out:
@@ -573,7 +578,7 @@ def cookies_import(
     from chatcli.store import Stores
     from chatcli.store.cookies import import_cookies
 
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     setup_logging(ctx, False)
     with boundary(ctx):
         if file is not None and browser is not None:
@@ -634,7 +639,7 @@ def cookies_list(json_out: JsonOpt = False) -> None:
     from chatcli.store import Stores
     from chatcli.store.cookies import mask
 
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     setup_logging(ctx, False)
     with boundary(ctx):
         cookies = Stores.at(ctx.paths).cookies.all()
@@ -675,7 +680,7 @@ def cookies_clear(
     """Delete stored cookies: all of them, or one domain's."""
     from chatcli.store import Stores
 
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     setup_logging(ctx, False)
     with boundary(ctx):
         removed = Stores.at(ctx.paths).cookies.clear(domain)
@@ -705,10 +710,11 @@ def build_command() -> Any:
     return command
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
-    """The ``chatcli`` entry point."""
+def main(argv: list[str] | None = None, ctx: AppContext | None = None) -> NoReturn:
+    """The ``chatcli`` entry point; ``ctx`` (default: the real process's) is what commands see."""
     try:
-        build_command()(args=argv, prog_name="chatcli")
+        with (ctx or AppContext.from_process()).using():
+            build_command()(args=argv, prog_name="chatcli")
     except SystemExit as exc:
         raise SystemExit(exc.code if exc.code is not None else EXIT_OK) from None
     raise SystemExit(EXIT_OK)

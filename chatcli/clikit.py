@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,7 +55,7 @@ def boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:
         # The reader went away (`chatcli ask ... | head`): stop quietly, as other tools do.
-        silence_stdout()
+        silence_stdout(ctx)
         raise typer.Exit(EXIT_OK) from None
     except typer.Exit:
         raise  # a command's own exit code (an Exception subclass too: not a bug)
@@ -70,10 +69,11 @@ def boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
         raise typer.Exit(EXIT_ERROR) from None
 
 
-def silence_stdout() -> None:
+def silence_stdout(ctx: AppContext) -> None:
+    """Point stdout's file descriptor at /dev/null, so that flushing at exit cannot fail again."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, ctx.stdout.fileno())
     except (OSError, ValueError):
         pass
 
@@ -146,7 +146,7 @@ def complete_provider(incomplete: str) -> list[str]:
     try:
         from chatcli.providers import Registry
 
-        ctx = AppContext.from_process()
+        ctx = AppContext.current()
         # -p a,b,c: complete the last name of the list.
         done, _, last = incomplete.rpartition(",")
         prefix = f"{done}," if done else ""
@@ -161,7 +161,7 @@ def complete_model(ctx: typer.Context, incomplete: str) -> list[str]:
     try:
         from chatcli.providers import Registry
 
-        app = AppContext.from_process()
+        app = AppContext.current()
         name = ctx.params.get("provider") or app.settings.provider
         if not name:
             return []
@@ -178,7 +178,7 @@ def complete_session(incomplete: str) -> list[str]:
     try:
         from chatcli.store import Stores
 
-        sessions = Stores.at(AppContext.from_process().paths).sessions
+        sessions = Stores.at(AppContext.current().paths).sessions
         if not sessions.path.exists():
             return []
         recent = sessions.recent(200)

@@ -32,6 +32,7 @@ them. Nothing here runs at import time.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,10 +94,20 @@ class Paths:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Paths:
+        """The directories ``env`` names: ``CHATCLI_HOME``, else the platform's (on Linux and
+        the BSDs the XDG variables, read from ``env`` like everything else)."""
         home = env.get("CHATCLI_HOME")
         if home:
             root = Path(home).expanduser()
             return cls(root / "config", root / "data", root / "cache", root / "state")
+        platform: str = sys.platform  # (a variable: checked on every platform, not just this)
+        if platform not in ("darwin", "win32"):
+            return cls(
+                _xdg(env, "XDG_CONFIG_HOME", ".config"),
+                _xdg(env, "XDG_DATA_HOME", ".local/share"),
+                _xdg(env, "XDG_CACHE_HOME", ".cache"),
+                _xdg(env, "XDG_STATE_HOME", ".local/state"),
+            )
         import platformdirs
 
         return cls(
@@ -114,6 +125,16 @@ class Paths:
             "cache": str(self.cache_dir),
             "state": str(self.state_dir),
         }
+
+
+def _xdg(env: Mapping[str, str], variable: str, default: str) -> Path:
+    """``$variable/chatcli`` when it is an absolute path (the XDG rule), else ``~/default``."""
+    value = env.get(variable, "").strip()
+    if value and Path(value).is_absolute():
+        return Path(value) / APP_NAME
+    home = env.get("HOME", "").strip()
+    base = Path(home) if home else Path.home()
+    return base / default / APP_NAME
 
 
 @dataclass(frozen=True, slots=True)

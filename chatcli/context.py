@@ -1,13 +1,17 @@
 """The one context object a command runs with: streams, terminal facts, environment, paths.
 
-``main()`` builds it from the real process with :meth:`AppContext.from_process`; tests build their
-own. Nothing below the CLI reads ``sys.stdout`` or ``os.environ`` for these facts.
+``main()`` builds it once from the real process with :meth:`AppContext.from_process`, or takes
+the one it is given (tests run commands in-process with their own streams, terminal facts and
+environment); each command gets it with :meth:`AppContext.current`. Nothing below the CLI reads
+``sys.stdout`` or ``os.environ`` for these facts.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -47,6 +51,21 @@ class AppContext:
             paths=Paths.from_env(env),
         )
 
+    @classmethod
+    def current(cls) -> AppContext:
+        """The context of the command being run: the one :meth:`using` set, else the process's."""
+        ctx = _CURRENT.get()
+        return ctx if ctx is not None else cls.from_process()
+
+    @contextmanager
+    def using(self) -> Iterator[AppContext]:
+        """Make this the context commands run with, inside the block."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
     @property
     def settings(self) -> Settings:
         """Config file and environment, read on first use (errors are :class:`ConfigError`)."""
@@ -57,3 +76,6 @@ class AppContext:
     @property
     def debug(self) -> bool:
         return self.env.get("CHATCLI_DEBUG", "") not in ("", "0")
+
+
+_CURRENT: ContextVar[AppContext | None] = ContextVar("chatcli_context", default=None)

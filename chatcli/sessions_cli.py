@@ -37,7 +37,7 @@ RefArg = Annotated[
 def _start() -> tuple[AppContext, SessionStore]:
     from chatcli.store import Stores
 
-    ctx = AppContext.from_process()
+    ctx = AppContext.current()
     setup_logging(ctx, False)
     return ctx, Stores.at(ctx.paths).sessions
 
@@ -90,7 +90,7 @@ def list_sessions(
             table.add_column(title, overflow="ellipsis", no_wrap=title != "NAME / TITLE")
         for row in rows:
             table.add_row(*row)
-        make_console(ctx.stdout).print(table)
+        make_console(ctx.stdout, env=ctx.env).print(table)
 
 
 @sessions_app.command("show")
@@ -111,7 +111,7 @@ def show(ref: RefArg, json_out: JsonOpt = False) -> None:
             return
         from chatcli.render import fast_markdown, make_console, sanitize
 
-        make_console(ctx.stdout).print(fast_markdown(sanitize(text)))
+        make_console(ctx.stdout, env=ctx.env).print(fast_markdown(sanitize(text)))
 
 
 @sessions_app.command("rm")

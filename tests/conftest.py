@@ -1,11 +1,15 @@
-"""Shared fixtures: isolated directories, the fake service, and running the real ``chatcli``."""
+"""Shared fixtures: isolated directories, the fake service, and running ``chatcli``: in this
+process through an injected context (:func:`run`), or as the real binary (:func:`run_binary`)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +60,12 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Isolated:
 
 
 @pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry delays of milliseconds, for in-process tests that count retries, not seconds."""
+    monkeypatch.setattr("chatcli.turn.BACKOFF_BASE", 0.01)
+
+
+@pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
     service = FakeOpenAI()
     server = AppServer(service.app())
@@ -68,7 +78,133 @@ def fake() -> Iterator[FakeOpenAI]:
     assert not service.violations, f"the fake saw malformed requests: {service.violations}"
 
 
+class _GuardedEnviron(MutableMapping[str, str]):
+    """``os.environ`` that notes every access made from chatcli's own code.
+
+    In-process commands get their environment from the context; a read of the process's own
+    would make a test pass for the wrong reason (and break the one-frozen-settings promise).
+    """
+
+    _PASS_THROUGH = (os.__file__, contextlib.__file__, __file__, MutableMapping.__module__)
+
+    def __init__(self, real: MutableMapping[str, str]) -> None:
+        self.real = real
+        self.reads: list[str] = []
+
+    def _note(self, what: str) -> None:
+        frame = sys._getframe(2)
+        while frame is not None and (
+            frame.f_code.co_filename in self._PASS_THROUGH
+            or frame.f_code.co_filename.endswith("_collections_abc.py")
+        ):
+            frame = frame.f_back  # type: ignore[assignment]
+        if frame is not None and frame.f_code.co_filename.startswith(_CHATCLI_SOURCE):
+            self.reads.append(f"{what} at {frame.f_code.co_filename}:{frame.f_lineno}")
+
+    def __getitem__(self, key: str) -> str:
+        self._note(key)
+        return self.real[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._note(key)
+        self.real[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._note(key)
+        del self.real[key]
+
+    def __contains__(self, key: object) -> bool:
+        self._note(str(key))
+        return key in self.real
+
+    def __iter__(self) -> Iterator[str]:
+        self._note("(all of it)")
+        return iter(self.real)
+
+    def __len__(self) -> int:
+        return len(self.real)
+
+    def copy(self) -> dict[str, str]:
+        self._note("(a copy)")
+        return dict(self.real)
+
+
+_CHATCLI_SOURCE = str(Path(__file__).resolve().parent.parent / "chatcli") + os.sep
+
+
+@contextlib.contextmanager
+def _guarded_environ() -> Iterator[_GuardedEnviron]:
+    real = os.environ
+    guard = _GuardedEnviron(real)
+    os.environ = guard  # type: ignore[assignment]  # noqa: B003 (a stand-in, not a clear)
+    try:
+        yield guard
+    finally:
+        os.environ = real  # noqa: B003
+
+
+class _Output(io.StringIO):
+    """A captured stream: text, as a pipe would carry it (never a terminal)."""
+
+    def isatty(self) -> bool:
+        return False
+
+
 def run(
+    args: list[str],
+    isolated: Isolated,
+    *,
+    input: str | bytes | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``chatcli args`` in this process through an injected context.
+
+    stdin is ``input`` (or empty), stdout and stderr are captured, none is a terminal, the
+    environment is the isolated one plus ``env``, and the test fails if chatcli's code reads
+    ``os.environ`` on the way (everything comes from the context).
+    """
+    from chatcli.cli import main
+    from chatcli.config import Paths
+    from chatcli.context import AppContext
+
+    full_env = dict(isolated.env)
+    full_env.update(env or {})
+    data = input.encode() if isinstance(input, str) else (input or b"")
+    out, err = _Output(), _Output()
+    ctx = AppContext(
+        stdin=io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"),
+        stdout=out,
+        stderr=err,
+        stdin_isatty=False,
+        stdout_isatty=False,
+        stderr_isatty=False,
+        env=full_env,
+        paths=Paths.from_env(full_env),
+    )
+    logger = logging.getLogger("chatcli")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    code: int | str | None = 0
+    try:
+        with (
+            _guarded_environ() as guard,
+            contextlib.chdir(isolated.root),
+            contextlib.redirect_stdout(out),  # what click prints itself: --help, usage errors
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                main(args, ctx)
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    assert not guard.reads, f"chatcli read the process environment in-process: {guard.reads}"
+    returncode = code if isinstance(code, int) else (0 if code is None else 1)
+    return subprocess.CompletedProcess(
+        ["chatcli", *args], returncode, out.getvalue(), err.getvalue()
+    )
+
+
+def run_binary(
     args: list[str],
     isolated: Isolated,
     *,

@@ -6,8 +6,12 @@ These read the source (with :mod:`ast`), so that a new module cannot quietly bre
 from __future__ import annotations
 
 import ast
+import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.conftest import Isolated, run
+from tests.servers import FakeOpenAI
 
 PACKAGE = Path(__file__).resolve().parent.parent / "chatcli"
 
@@ -109,3 +113,31 @@ def test_no_import_cycles() -> None:
     assert "chatcli.config" in graph["chatcli.store"]
     cycles = [c for name in sorted(graph) if (c := cycle_from(name)) is not None]
     assert cycles == [], " -> ".join(cycles[0]) if cycles else ""
+
+
+# -- at run time ----------------------------------------------------------------------------------
+
+
+def test_the_in_process_runner_catches_a_read_of_the_process_environment() -> None:
+    from chatcli.config import environment
+    from tests.conftest import _guarded_environ
+
+    with _guarded_environ() as guard:
+        environment()  # the edge's reader: exactly what a command run in-process must not reach
+    assert guard.reads and "chatcli/config.py" in guard.reads[0]
+    assert not isinstance(os.environ, type(guard))  # and the real one is back
+
+
+def test_an_in_process_ask_with_a_proxy_and_a_session_reads_only_its_context(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    # run() fails the test on any read of os.environ from chatcli's code; this run goes
+    # through settings, the proxy choice, the provider, the session store and the renderer.
+    result = run(
+        ["ask", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, "-S", "s", "-v", "hi"],
+        isolated,
+        env={"NO_PROXY": "*", "HTTP_PROXY": "http://localhost:9", "CHATCLI_DEBUG": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello, world!\n"
+    assert "chatcli" in result.stderr  # -v and CHATCLI_DEBUG (from the context) were seen

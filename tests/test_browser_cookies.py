@@ -39,7 +39,7 @@ from tests.browsers import (
     snapshot,
     visit_with_chromium,
 )
-from tests.conftest import Isolated, assert_one_line_error, run
+from tests.conftest import Isolated, assert_one_line_error, run, run_binary
 from tests.fakes.aichat import FakeAichat
 from tests.servers import AppServer
 
@@ -357,7 +357,7 @@ def test_a_locked_database_that_cannot_be_copied_is_one_line(isolated: Isolated)
     try:
         holder.execute("BEGIN EXCLUSIVE")
         args = ["cookies", "import", "--browser", "firefox", "--profile", str(profile)]
-        result = run(args, isolated, env={"PYTHONPATH": str(site)})
+        result = run_binary(args, isolated, env={"PYTHONPATH": str(site)})
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -458,7 +458,7 @@ def test_missing_cryptography_says_what_to_install(isolated: Isolated) -> None:
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
     args = ["cookies", "import", "--browser", "chrome", "--profile", str(database)]
-    result = run(args, isolated, env={"PYTHONPATH": str(shadow.parent)})
+    result = run_binary(args, isolated, env={"PYTHONPATH": str(shadow.parent)})
     assert result.returncode == 2
     assert_one_line_error(
         result.stderr, "needs the cryptography package", "pip install 'chatcli[browser]'"

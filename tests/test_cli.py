@@ -1,4 +1,5 @@
-"""The real ``chatcli`` binary in subprocesses: pipes, streams, exit codes, isolation."""
+"""`chatcli` on the command line: pipes, streams, exit codes, isolation (in-process, and the
+real binary where only a process can show it: Ctrl-C, a closed pipe, concurrent writers)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 
 from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run
 from tests.servers import FakeOpenAI, ForwardProxy, Socks5Proxy
+
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 def ask(fake: FakeOpenAI, *args: str) -> list[str]:

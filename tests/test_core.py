@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +36,7 @@ from chatcli.providers import (
 from chatcli.providers.http import describe_error_body, parse_retry_after
 from chatcli.providers.proxy import resolve_proxy
 from chatcli.render import sanitize
+from chatcli.turn import backoff
 
 # -- format_prompt and the model mixin ------------------------------------------------------------
 
@@ -346,6 +348,37 @@ def test_paths_under_chatcli_home(tmp_path: Path) -> None:
     assert {paths.cache_dir.parent, paths.state_dir.parent} == {tmp_path}
 
 
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="the XDG rules are Linux's")
+@pytest.mark.parametrize("xdg", [False, True])
+def test_paths_follow_the_given_environment_as_platformdirs_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, xdg: bool
+) -> None:
+    import platformdirs
+
+    env = {"HOME": str(tmp_path / "home")}
+    if xdg:
+        for name in ("CONFIG", "DATA", "CACHE", "STATE"):
+            env[f"XDG_{name}_HOME"] = str(tmp_path / name.lower())
+    paths = Paths.from_env(env)
+    # The same directories platformdirs gives when the process itself has that environment.
+    for key in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    expected = (
+        platformdirs.user_config_dir("chatcli", appauthor=False),
+        platformdirs.user_data_dir("chatcli", appauthor=False),
+        platformdirs.user_cache_dir("chatcli", appauthor=False),
+        platformdirs.user_state_dir("chatcli", appauthor=False),
+    )
+    found = (paths.config_dir, paths.data_dir, paths.cache_dir, paths.state_dir)
+    assert tuple(map(str, found)) == expected
+    assert str(paths.data_dir).startswith(str(tmp_path / ("data" if xdg else "home")))
+    # A relative XDG value is ignored, as the specification says.
+    relative = Paths.from_env({"HOME": str(tmp_path), "XDG_DATA_HOME": "rel/dir"})
+    assert relative.data_dir == tmp_path / ".local" / "share" / "chatcli"
+
+
 def test_settings_precedence(tmp_path: Path) -> None:
     paths = Paths.from_env({"CHATCLI_HOME": str(tmp_path)})
     paths.config_dir.mkdir(parents=True)
@@ -422,3 +455,14 @@ def test_sanitize_makes_every_control_character_visible() -> None:
     for char in "\x1b\x07\r\x08\x7f\x9b\x90":
         assert char not in shown
     assert "␛]52;c;ZXZpbA==" in shown and "\\x9b" in shown
+
+
+# -- retries --------------------------------------------------------------------------------------
+
+
+def test_backoff_grows_with_jitter_and_caps() -> None:
+    delays = [backoff(n) for n in range(8)]
+    assert all(d is not None for d in delays)
+    assert 0.375 <= delays[0] <= 0.5 and 0.75 <= delays[1] <= 1.0  # type: ignore[operator]
+    assert all(d <= 8.0 for d in delays if d is not None)
+    assert backoff(0, retry_after=7.0) == 7.0 and backoff(0, retry_after=61.0) is None

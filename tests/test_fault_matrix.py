@@ -111,7 +111,7 @@ def test_http_faults(name: str, fault: str, isolated: Isolated) -> None:
     for fake, root in served(name, isolated):
         path = PROTOCOLS[name][1]
         fake.faults.set(fault, path)
-        extra = ["--timeout", "1"] if fault == "stall" else []
+        extra = ["--timeout", "0.5"] if fault == "stall" else []
         result = run(ask(name, root, *extra), isolated)
         assert fake.faults.hits >= 1, "the fault was never reached"
         check(result, name, HTTP_FAULTS[fault], isolated)
@@ -142,7 +142,7 @@ def test_connect_timeout(name: str, isolated: Isolated) -> None:
     hanging = HangingPort()
     try:
         root = f"http://localhost:{hanging.port}" + PROTOCOLS[name][2]
-        result = run(ask(name, root, "--timeout", "1"), isolated)
+        result = run(ask(name, root, "--timeout", "0.5"), isolated)
     finally:
         hanging.close()
     check(result, name, "timed out connecting", isolated)
@@ -163,6 +163,6 @@ def test_a_stream_cut_before_its_end_marker_keeps_the_part(name: str, isolated: 
 def test_a_stall_mid_stream_keeps_the_part(isolated: Isolated) -> None:
     for fake, root in served("ollama", isolated):
         fake.mode, fake.stall_seconds = "stall", 10
-        result = run(ask("ollama", root, "--timeout", "1"), isolated)
+        result = run(ask("ollama", root, "--timeout", "0.5"), isolated)
         check(result, "ollama", "went silent", isolated, answer="".join(fake.pieces))
         assert result.stdout == "Hello\n"

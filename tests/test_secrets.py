@@ -6,10 +6,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from chatcli.store import Cookie, Stores
 from tests.conftest import Isolated, run
 from tests.fakes.aichat import FakeAichat
 from tests.servers import FakeOpenAI, ForwardProxy
+
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 KEY = "sk-CANARY-KEY-7f3a9b2c"
 COOKIE = "CANARY-COOKIE-51d2e8"

@@ -39,6 +39,8 @@ FAKES: dict[str, type[SeedFake]] = {
 }
 AICHAT_COOKIES = {"cf_clearance": "abc123", "session": "s1"}
 
+pytestmark = pytest.mark.usefixtures("fast_retries")
+
 
 def expected_answer(fake: Any) -> str:
     return "".join(fake.pieces) if hasattr(fake, "pieces") else str(fake.answer)

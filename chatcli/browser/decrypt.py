@@ -232,17 +232,21 @@ def _gcm_decrypt(key: bytes, nonce: bytes, data: bytes) -> bytes | None:
 def _linux_keyring_password(browser: Browser, *, env: Mapping[str, str]) -> bytes | None:
     """The "NAME Safe Storage" password from the Secret Service or KWallet, if either has it.
 
-    The Secret Service is asked only when ``env`` names a session bus (secretstorage then
-    connects to the process's own, which is the same one when ``env`` is the process's).
+    The Secret Service is asked only when ``env`` names a session bus, and on that bus (not on
+    whatever the process's own environment says).
     """
     label = f"{browser.keyring_linux} Safe Storage"
-    if env.get("DBUS_SESSION_BUS_ADDRESS") and not _module_missing("secretstorage"):
+    bus = env.get("DBUS_SESSION_BUS_ADDRESS")
+    if bus and not _module_missing("secretstorage"):
         import importlib
 
         secretstorage: Any = importlib.import_module("secretstorage")
         try:
-            connection = secretstorage.dbus_init()
+            # secretstorage.dbus_init() without the process environment: the same two steps.
+            blocking: Any = importlib.import_module("jeepney.io.blocking")
+            connection = blocking.open_dbus_connection(bus=bus)
             try:
+                secretstorage.util.add_match_rules(connection)
                 collection = secretstorage.get_default_collection(connection)
                 for item in collection.get_all_items():
                     if item.get_label() == label and not item.is_locked():

@@ -18,6 +18,7 @@ importable from here too.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Final, Protocol
 
 from chatcli.render.markdown import BlockSplitter, MarkdownRenderer, fast_markdown
@@ -117,8 +118,17 @@ class PlainRenderer:
         self._stream.flush()
 
 
-def make_console(stream: IO[str], *, force_terminal: bool | None = None) -> Console:
-    """A Rich console for model output: no markup, no highlighting of model text."""
+def make_console(
+    stream: IO[str],
+    *,
+    force_terminal: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Console:
+    """A Rich console for model output: no markup, no highlighting of model text.
+
+    ``env`` is the environment whose ``NO_COLOR``, ``COLUMNS``, ``TERM`` and the like it obeys
+    (the command's, from its context; ``None``: the process's).
+    """
     from rich.console import Console
 
     return Console(
@@ -127,19 +137,28 @@ def make_console(stream: IO[str], *, force_terminal: bool | None = None) -> Cons
         markup=False,
         highlight=False,
         emoji=False,
+        _environ=env,  # Rich's own parameter for this (rich is pinned below its next major)
     )
 
 
 def choose(
-    stream: IO[str], *, is_terminal: bool, raw: bool, markdown: bool, json: bool
+    stream: IO[str],
+    *,
+    is_terminal: bool,
+    raw: bool,
+    markdown: bool,
+    json: bool,
+    env: Mapping[str, str] | None = None,
 ) -> Renderer:
     """The renderer for these output settings (see the module docstring)."""
     if json:
         return NullRenderer()
     if markdown and not raw:
-        return MarkdownRenderer(make_console(stream, force_terminal=True), live=is_terminal)
+        return MarkdownRenderer(
+            make_console(stream, force_terminal=True, env=env), live=is_terminal
+        )
     if not is_terminal:
         return PlainRenderer(stream, safe=False)
     if raw:
         return PlainRenderer(stream, safe=True)
-    return MarkdownRenderer(make_console(stream), live=True)
+    return MarkdownRenderer(make_console(stream, env=env), live=True)

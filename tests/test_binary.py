@@ -1,0 +1,78 @@
+"""The installed binary, as a shell runs it: real pipes, the process's exit codes, the locale.
+
+Most command-line tests run in-process (``tests.conftest.run``); these prove that the real
+process behaves the same where only a process can show it. Ctrl-C, a closed pipe and
+concurrent writers are in ``test_cli``; the terminal itself in ``test_terminal`` and
+``test_repl_terminal``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+
+import pytest
+
+from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run, run_binary
+from tests.servers import FakeOpenAI
+
+
+def ask(fake: FakeOpenAI, *args: str) -> list[str]:
+    return ["ask", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, *args]
+
+
+def test_a_shell_pipeline_feeds_stdin_and_reads_stdout(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    fake.pieces = ["line one\n", "line two\n", "line three"]
+    command = " ".join(shlex.quote(a) for a in [str(CHATCLI), *ask(fake, "explain")])
+    script = f"set -o pipefail; printf 'a diff\\n+added\\n' | {command} | tr a-z A-Z | head -n 2"
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env=isolated.env, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "LINE ONE\nLINE TWO\n"
+    assert result.stderr == ""
+    assert fake.requests[-1].body["messages"][-1]["content"] == "a diff\n+added\n\nexplain"
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "code", "fragment"),
+    [
+        ("ok", ["hi"], 0, None),
+        ("status", ["--retries", "0", "hi"], 1, "HTTP 500"),
+        ("cut", ["hi"], 1, "incomplete"),
+        ("ok", ["-o", "temperature", "1", "hi"], 2, "not a provider option"),
+    ],
+)
+def test_the_process_exits_as_the_in_process_run_says(
+    fake: FakeOpenAI,
+    isolated: Isolated,
+    setup: str,
+    args: list[str],
+    code: int,
+    fragment: str | None,
+) -> None:
+    fake.mode = setup
+    real = run_binary(ask(fake, *args), isolated)
+    inside = run(ask(fake, *args), isolated)
+    assert real.returncode == inside.returncode == code
+    assert (real.stdout, real.stderr) == (inside.stdout, inside.stderr)
+    if fragment is None:
+        assert real.stdout == "Hello, world!\n" and real.stderr == ""
+    else:
+        assert_one_line_error(real.stderr, fragment)
+
+
+def test_a_c_locale_still_writes_utf8(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.pieces = ["café ", "→ ", "日本"]
+    env = {"LC_ALL": "C", "LANG": "C"}
+    result = subprocess.run(
+        [str(CHATCLI), *ask(fake, "hi")],
+        capture_output=True,
+        env={**isolated.env, **env},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode("utf-8") == "café → 日本\n"
