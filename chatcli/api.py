@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chatcli.chat import ChatOptions, conversation_from
+from chatcli.chat import conversation_from
 from chatcli.config import Paths, Settings, environment, load_settings
-from chatcli.core import Event, FinishReason, Message, Usage
+from chatcli.core import ChatOptions, Event, FinishReason, Message, Usage
 from chatcli.render import NullRenderer
 from chatcli.store import Session, StoredMessage, Stores
 from chatcli.turn import Turn, TurnStatus

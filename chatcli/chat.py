@@ -9,37 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from chatcli.config import PROXY_SCHEMES, Settings
 from chatcli.context import AppContext
 from chatcli.conversation import Conversation
+from chatcli.core import ChatOptions
 from chatcli.errors import ConfigError, UsageError, check_url
 from chatcli.providers import Registry
 from chatcli.store import Session, Stores
 from chatcli.turn import TurnRequest
 
 log = logging.getLogger("chatcli.chat")
-
-
-@dataclass(kw_only=True)
-class ChatOptions:
-    """What the user chose on the command line (``None``: not given)."""
-
-    provider: str | None = None
-    model: str | None = None
-    system: str | None = None
-    temperature: float | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    stream: bool = True
-    proxy: str | None = None
-    base_url: str | None = None
-    timeout: float | None = None
-    session: str | None = None
-    continue_last: bool = False
-    save: bool = True
-    retries: int | None = None
 
 
 def open_conversation(

@@ -13,28 +13,19 @@ import typer
 
 from chatcli import __version__
 from chatcli.clikit import (
-    BaseUrlOpt,
-    ContinueOpt,
     JsonOpt,
     MarkdownOpt,
-    ModelOpt,
-    NoSaveOpt,
-    NoStreamOpt,
-    OptionOpt,
     ProviderOpt,
-    ProxyOpt,
     RawOpt,
-    RetriesOpt,
-    SessionOpt,
-    SystemOpt,
-    TemperatureOpt,
     TimeoutOpt,
     VerboseOpt,
     boundary,
     say,
     setup_logging,
+    with_chat_options,
 )
 from chatcli.context import AppContext
+from chatcli.core import ChatOptions
 from chatcli.errors import (
     EXIT_ERROR,
     EXIT_OK,
@@ -77,14 +68,6 @@ def _root(
 # -- ask ----------------------------------------------------------------------------------------
 
 
-def parse_option_value(value: str) -> Any:
-    """``-o KEY VALUE``: JSON literals (numbers, true/false/null, lists, objects), else text."""
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
-
-
 def compose_message(prompt: str, piped: str | None) -> str:
     """The user message: piped text, a blank line, then the prompt (either may be absent)."""
     piped = piped if piped and piped.strip() else None
@@ -118,57 +101,8 @@ def read_piped_stdin(ctx: AppContext) -> str | None:
         return text
 
 
-def parse_options(pairs: list[Any]) -> dict[str, Any]:
-    """``-o KEY VALUE`` pairs as provider options; reserved keys are refused. (Whether the
-    provider takes them is checked once it is known.)"""
-    from chatcli.core import RESERVED_OPTIONS
-
-    options: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in RESERVED_OPTIONS:
-            raise UsageError(f"-o {key}: not a provider option ({RESERVED_OPTIONS[key]})")
-        if not key.isidentifier():
-            raise UsageError(f"-o {key!r}: option names are words like max_tokens or top_p")
-        options[key] = parse_option_value(value)
-    return options
-
-
-def _chat_options(
-    provider: str | None,
-    model: str | None,
-    system: str | None,
-    temperature: float | None,
-    option: list[Any] | None,
-    no_stream: bool,
-    proxy: str | None,
-    base_url: str | None,
-    timeout: float | None,
-    session: str | None,
-    continue_last: bool,
-    no_save: bool,
-    retries: int | None,
-) -> Any:
-    """The conversation choices ``ask`` and ``repl`` share, from their options."""
-    from chatcli.chat import ChatOptions
-
-    return ChatOptions(
-        provider=provider,
-        model=model,
-        system=system,
-        temperature=temperature,
-        options=parse_options(option or []),
-        stream=not no_stream,
-        proxy=proxy,
-        base_url=base_url,
-        timeout=timeout,
-        session=session,
-        continue_last=continue_last,
-        save=not no_save,
-        retries=retries,
-    )
-
-
 @app.command()
+@with_chat_options
 def ask(
     prompt: Annotated[
         list[str] | None,
@@ -176,25 +110,14 @@ def ask(
             metavar="PROMPT", help="The question. Piped stdin is read too and goes before it."
         ),
     ] = None,
-    provider: ProviderOpt = None,
-    model: ModelOpt = None,
-    system: SystemOpt = None,
-    temperature: TemperatureOpt = None,
-    option: OptionOpt = None,
-    base_url: BaseUrlOpt = None,
-    proxy: ProxyOpt = None,
-    timeout: TimeoutOpt = None,
-    retries: RetriesOpt = None,
-    no_stream: NoStreamOpt = False,
+    *,
+    chat: ChatOptions,
     raw: RawOpt = False,
     markdown: MarkdownOpt = False,
     json_out: Annotated[
         bool,
         typer.Option("--json", help="Print one JSON object at the end: text, provider, model."),
     ] = False,
-    session: SessionOpt = None,
-    continue_last: ContinueOpt = False,
-    no_save: NoSaveOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
@@ -207,25 +130,7 @@ def ask(
         from chatcli.chat import open_conversation
         from chatcli.render import choose
 
-        conversation = open_conversation(
-            ctx,
-            _chat_options(
-                provider,
-                model,
-                system,
-                temperature,
-                option,
-                no_stream,
-                proxy,
-                base_url,
-                timeout,
-                session,
-                continue_last,
-                no_save,
-                retries,
-            ),
-            notice=lambda text: say(ctx, text),
-        )
+        conversation = open_conversation(ctx, chat, notice=lambda text: say(ctx, text))
         renderer = choose(
             ctx.stdout,
             is_terminal=ctx.stdout_isatty,
@@ -247,22 +152,12 @@ def ask(
 
 
 @app.command()
+@with_chat_options
 def repl(
-    provider: ProviderOpt = None,
-    model: ModelOpt = None,
-    system: SystemOpt = None,
-    session: SessionOpt = None,
-    continue_last: ContinueOpt = False,
-    temperature: TemperatureOpt = None,
-    option: OptionOpt = None,
-    base_url: BaseUrlOpt = None,
-    proxy: ProxyOpt = None,
-    timeout: TimeoutOpt = None,
-    retries: RetriesOpt = None,
-    no_stream: NoStreamOpt = False,
+    *,
+    chat: ChatOptions,
     raw: RawOpt = False,
     markdown: MarkdownOpt = False,
-    no_save: NoSaveOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Chat interactively: Enter sends, Ctrl-C stops an answer, /help lists commands."""
@@ -277,24 +172,7 @@ def repl(
         from chatcli.render import choose
         from chatcli.repl import Repl, history_file
 
-        conversation = open_conversation(
-            ctx,
-            _chat_options(
-                provider,
-                model,
-                system,
-                temperature,
-                option,
-                no_stream,
-                proxy,
-                base_url,
-                timeout,
-                session,
-                continue_last,
-                no_save,
-                retries,
-            ),
-        )
+        conversation = open_conversation(ctx, chat)
         loop = Repl(
             conversation,
             stdout=ctx.stdout,

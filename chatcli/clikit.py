@@ -7,21 +7,26 @@ and an exit code.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import logging
 import os
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any, Final
 
 import typer
 
 from chatcli.context import AppContext
+from chatcli.core import RESERVED_OPTIONS, ChatOptions
 from chatcli.errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
     ChatcliError,
+    UsageError,
     redact_credentials,
 )
 
@@ -284,3 +289,96 @@ RetriesOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+# -- the chat options ``ask`` and ``repl`` share, declared once --------------------------------
+
+
+def parse_option_value(value: str) -> Any:
+    """``-o KEY VALUE``: JSON literals (numbers, true/false/null, lists, objects), else text."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def parse_options(pairs: Iterable[Sequence[str]]) -> dict[str, Any]:
+    """``-o KEY VALUE`` pairs as provider options; reserved keys are refused. (Whether the
+    provider takes them is checked once it is known.)"""
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in RESERVED_OPTIONS:
+            raise UsageError(f"-o {key}: not a provider option ({RESERVED_OPTIONS[key]})")
+        if not key.isidentifier():
+            raise UsageError(f"-o {key!r}: option names are words like max_tokens or top_p")
+        options[key] = parse_option_value(value)
+    return options
+
+
+def _chat_parameter(name: str, annotation: Any, default: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+#: The options, in the order ``--help`` shows them; :func:`with_chat_options` gives them to
+#: a command, and :func:`chat_options` turns their values into one :class:`ChatOptions`.
+CHAT_OPTIONS: Final = (
+    _chat_parameter("provider", ProviderOpt, None),
+    _chat_parameter("model", ModelOpt, None),
+    _chat_parameter("system", SystemOpt, None),
+    _chat_parameter("temperature", TemperatureOpt, None),
+    _chat_parameter("option", OptionOpt, None),
+    _chat_parameter("base_url", BaseUrlOpt, None),
+    _chat_parameter("proxy", ProxyOpt, None),
+    _chat_parameter("timeout", TimeoutOpt, None),
+    _chat_parameter("retries", RetriesOpt, None),
+    _chat_parameter("no_stream", NoStreamOpt, False),
+    _chat_parameter("session", SessionOpt, None),
+    _chat_parameter("continue_last", ContinueOpt, False),
+    _chat_parameter("no_save", NoSaveOpt, False),
+)
+
+
+def chat_options(values: Mapping[str, Any]) -> ChatOptions:
+    """The :class:`ChatOptions` of the shared options' values (``-o`` pairs are parsed here)."""
+    return ChatOptions(
+        provider=values["provider"],
+        model=values["model"],
+        system=values["system"],
+        temperature=values["temperature"],
+        options=parse_options(values["option"] or []),
+        stream=not values["no_stream"],
+        proxy=values["proxy"],
+        base_url=values["base_url"],
+        timeout=values["timeout"],
+        session=values["session"],
+        continue_last=values["continue_last"],
+        save=not values["no_save"],
+        retries=values["retries"],
+    )
+
+
+def with_chat_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the shared chat options in place of its ``chat: ChatOptions`` parameter.
+
+    Typer reads the signature this returns: the command's own parameters with :data:`CHAT_OPTIONS`
+    where ``chat`` was. The command is called with ``chat`` built from their values; a bad
+    ``-o`` is reported like any usage error.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = list(signature.parameters.values())
+    at = [p.name for p in own].index("chat")
+    parameters = [*own[:at], *CHAT_OPTIONS, *own[at + 1 :]]
+    names = [p.name for p in CHAT_OPTIONS]
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        values = {name: kwargs.pop(name) for name in names}
+        with boundary(AppContext.current()):
+            chosen = chat_options(values)
+        command(*args, chat=chosen, **kwargs)
+
+    run.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run

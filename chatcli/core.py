@@ -262,3 +262,29 @@ class Capabilities:
     tools: bool = False
     #: Asks its service which models exist (``chatcli models``); else it has a fixed list.
     model_listing: bool = False
+
+
+# -- what a conversation is asked to be -----------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ChatOptions:
+    """What the caller chose for a conversation (``None``: not given, so settings decide).
+
+    ``ask`` and ``repl`` build it from their shared options (``clikit.with_chat_options``),
+    :class:`chatcli.Chat` from its arguments; ``chat.conversation_from`` applies it.
+    """
+
+    provider: str | None = None
+    model: str | None = None
+    system: str | None = None
+    temperature: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    stream: bool = True
+    proxy: str | None = None
+    base_url: str | None = None
+    timeout: float | None = None
+    session: str | None = None
+    continue_last: bool = False
+    save: bool = True
+    retries: int | None = None

@@ -584,3 +584,25 @@ def test_concurrent_ask_with_one_new_session_name_loses_nothing(
     rows = stored(isolated)
     assert len({row[0] for row in rows}) == 1 and len(rows) == 8
     assert sorted(r[2] for r in rows if r[1] == "user") == [f"question {i}" for i in range(4)]
+
+
+# -- the shared chat options ----------------------------------------------------------------------
+
+
+def test_ask_and_repl_take_the_one_table_of_chat_options(isolated: Isolated) -> None:
+    from chatcli.cli import build_command
+    from chatcli.clikit import CHAT_OPTIONS
+
+    commands = build_command().commands
+    declared = {
+        name: {p.name: (tuple(p.opts), p.nargs, p.help) for p in commands[name].params}
+        for name in ("ask", "repl")
+    }
+    for option in CHAT_OPTIONS:
+        assert declared["ask"][option.name] == declared["repl"][option.name]
+    assert declared["ask"]["option"][1] == 2  # -o KEY VALUE
+    # A bad -o is one usage error for both, before repl even looks for a terminal.
+    for command in ("ask", "repl"):
+        result = run([command, "-p", "ollama", "-o", "temperature", "1"], isolated)
+        assert result.returncode == 2
+        assert_one_line_error(result.stderr, "-o temperature: not a provider option")

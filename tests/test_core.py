@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from chatcli.cli import compose_message, parse_option_value, parse_options
+from chatcli.cli import compose_message
+from chatcli.clikit import parse_option_value, parse_options
 from chatcli.config import Paths, load_settings
 from chatcli.core import Capabilities, ChatMessage, ChatRequest, Finish, TextDelta
 from chatcli.errors import (
