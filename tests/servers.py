@@ -11,7 +11,7 @@ import json
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -44,7 +44,7 @@ class ServerThread:
     def url(self) -> str:
         return f"http://localhost:{self.port}"
 
-    def __enter__(self) -> ServerThread:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

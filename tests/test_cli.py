@@ -455,8 +455,8 @@ def test_ctrl_c_mid_stream_keeps_the_partial_answer_and_exits_130(
 # -- sessions through ask -------------------------------------------------------------------------
 
 
-def stored(isolated: Isolated) -> list[tuple[str, str, str]]:
-    """(session id, role, content) of every stored message, oldest first."""
+def stored(isolated: Isolated) -> list[tuple[str, str, str, str]]:
+    """(session id, role, content, status) of every stored message, oldest first."""
     import sqlite3
 
     db = sqlite3.connect(isolated.chatcli_home / "data" / "sessions.db")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -94,7 +95,7 @@ def test_both_seed_kinds_stream_events_through_the_typed_entry_point() -> None:
         name = "pieces"
 
         @classmethod
-        async def create_async_generator(  # type: ignore[override]
+        async def create_async_generator(
             cls, model: str, messages: Any, proxy: Any = None, **kw: Any
         ) -> Any:
             for part in ("a", "b"):
@@ -119,7 +120,7 @@ def test_a_provider_with_no_stream_of_its_own_says_so() -> None:
         name = "nothing"
 
     with pytest.raises(NotImplementedError):
-        asyncio.run(Nothing().stream(ChatRequest(messages=())).__anext__())
+        asyncio.run(first_event(Nothing().stream(ChatRequest(messages=()))))
 
 
 def test_options_are_checked_against_what_the_provider_declares() -> None:
@@ -158,6 +159,10 @@ def test_provider_errors_are_runtime_errors_as_the_seeds_were() -> None:
     for error in (ProviderError("x"), ProtocolError("x"), StreamInterruptedError("x")):
         assert isinstance(error, RuntimeError)
     assert not isinstance(UsageError("x"), RuntimeError)
+
+
+async def first_event(events: AsyncIterator[Any]) -> Any:
+    return await anext(events)
 
 
 # -- registry -------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from chatcli.conversation import Conversation
+from chatcli.core import Message
 from chatcli.errors import ProviderError, UsageError
 from chatcli.providers import ProviderConfig, Registry, local
 from chatcli.render import PlainRenderer
@@ -28,7 +30,7 @@ needs_model = pytest.mark.skipif(
 )
 
 
-def collect(model: str, messages: list[dict[str, str]], **kwargs: Any) -> list[str]:
+def collect(model: str, messages: list[Message], **kwargs: Any) -> list[str]:
     async def go() -> list[str]:
         return [p async for p in local.Local.create_async_generator(model, messages, **kwargs)]
 
@@ -102,7 +104,7 @@ def test_streams_pieces_through_the_chat_template_with_history(
     fake_model: tuple[FakeLlama, Path],
 ) -> None:
     llama, path = fake_model
-    messages = [
+    messages: list[Message] = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": "answer"},
@@ -248,9 +250,9 @@ def test_bad_options_are_refused_before_loading(
 def test_threads_default_to_one_fewer_than_the_usable_cpus(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert local.default_threads() == 3
-    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5}, raising=False)
     assert local.default_threads() == 1
     assert local.parse_options({})[1] == 1
     assert local.parse_options({"threads": 2})[1] == 2
@@ -424,7 +426,8 @@ def test_ctrl_c_stops_the_real_model_and_keeps_the_partial_answer(
 @needs_model
 def test_stopping_the_real_model_mid_prompt_frees_it_at_once() -> None:
     path = local.Local().model_path(None)
-    messages = [{"role": "user", "content": "Summarise: " + "The fox jumps over the dog. " * 1400}]
+    text = "Summarise: " + "The fox jumps over the dog. " * 1400
+    messages: list[Message] = [{"role": "user", "content": text}]
 
     async def start_then_stop() -> None:
         stream = local.Local.create_async_generator(

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from chatcli.core import Message
 from chatcli.errors import (
     AuthenticationError,
     MissingAuthError,
@@ -18,11 +19,11 @@ from chatcli.errors import (
     ResponseStatusError,
     StreamInterruptedError,
 )
-from chatcli.providers import Registry, get_provider
+from chatcli.providers import AsyncGeneratorProvider, Registry, get_provider
 from tests.conftest import Isolated
 from tests.servers import FakeOpenAI
 
-MESSAGES = [
+MESSAGES: list[Message] = [
     {"role": "system", "content": "Be brief"},
     {"role": "user", "content": "Hi"},
     {"role": "assistant", "content": "Hello"},
@@ -32,6 +33,7 @@ MESSAGES = [
 
 def collect(name: str, model: str = "", **kwargs: Any) -> list[str]:
     provider = get_provider(name)
+    assert issubclass(provider, AsyncGeneratorProvider)
 
     async def go() -> list[str]:
         return [p async for p in provider.create_async_generator(model, MESSAGES, **kwargs)]
@@ -143,7 +145,7 @@ def test_http_errors_become_one_clear_error(
     explanation = {500: "model crashed", 502: "502 Bad Gateway", 404: "not found"}.get(status)
     assert explanation is None or explanation in message
     if status == 429:
-        assert info.value.retry_after == 3.0
+        assert isinstance(info.value, RateLimitError) and info.value.retry_after == 3.0
 
 
 def test_cut_stream_is_interrupted_not_complete(fake: FakeOpenAI, isolated: Isolated) -> None:

@@ -19,7 +19,7 @@ from tests.servers import FakeOpenAI
 COLUMNS, ROWS = 100, 30
 
 
-class AnsweringScreen(pyte.Screen):  # type: ignore[misc]
+class AnsweringScreen(pyte.Screen):
     """A screen that answers the program's queries (cursor position reports), as terminals do."""
 
     def __init__(self, columns: int, rows: int) -> None:

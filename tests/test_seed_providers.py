@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from chatcli.core import Message
 from chatcli.errors import MissingAuthError, ModelNotSupportedError, ProviderError
 from chatcli.providers import Registry, format_prompt
 from chatcli.providers.aichat import Aichat
@@ -70,7 +71,7 @@ def ask(name: str, fake: Any, *args: str) -> list[str]:
 
 
 def collect(
-    provider: Any, messages: list[dict[str, str]], model: str | None = None, **kwargs: Any
+    provider: Any, messages: list[Message], model: str | None = None, **kwargs: Any
 ) -> list[str]:
     model = provider.default_model if model is None else model
 
@@ -121,7 +122,7 @@ def test_python_api_two_turns_carry_the_first_exchange(
     name, fake = served
     provider = CLASSES[name]
     store = Stores(isolated.chatcli_home / "data")
-    first = [{"role": "user", "content": "What is 2+2?"}]
+    first: list[Message] = [{"role": "user", "content": "What is 2+2?"}]
     pieces = collect(provider, first, base_url=fake.base_url, store=store)
     answer = "".join(pieces)
     assert answer == expected_answer(fake)
@@ -129,7 +130,7 @@ def test_python_api_two_turns_carry_the_first_exchange(
         assert len(pieces) > 1, "a streaming provider yields the answer in pieces"
     assert sent_prompt(name, fake) == (first if name == "opchatgpts" else "What is 2+2?")
 
-    second = [
+    second: list[Message] = [
         *first,
         {"role": "assistant", "content": answer},
         {"role": "user", "content": "And 3+3?"},
@@ -138,7 +139,7 @@ def test_python_api_two_turns_carry_the_first_exchange(
     if name == "opchatgpts":
         assert sent_prompt(name, fake) == second  # the message list, as given
     else:
-        assert sent_prompt(name, fake) == format_prompt(second)  # type: ignore[arg-type]
+        assert sent_prompt(name, fake) == format_prompt(second)
         assert sent_prompt(name, fake) == (
             f"User: What is 2+2?\nAssistant: {answer}\nUser: And 3+3?\nAssistant:"
         )
@@ -146,7 +147,10 @@ def test_python_api_two_turns_carry_the_first_exchange(
 
 def test_system_message_reaches_each_protocol(served: tuple[str, Any], isolated: Isolated) -> None:
     name, fake = served
-    messages = [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}]
+    messages: list[Message] = [
+        {"role": "system", "content": "Be brief"},
+        {"role": "user", "content": "Hi"},
+    ]
     store = Stores(isolated.chatcli_home / "data")
     collect(CLASSES[name], messages, base_url=fake.base_url, store=store)
     expected = messages if name == "opchatgpts" else "System: Be brief\nUser: Hi\nAssistant:"

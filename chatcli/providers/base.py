@@ -26,7 +26,7 @@ keys and directories) once per call. Nothing below it does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -356,7 +356,7 @@ class AsyncGeneratorProvider(BaseProvider):
     @classmethod
     async def create_async_generator(
         cls, model: str, messages: Messages, proxy: str | None = None, **kwargs: Any
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield the answer's text as it arrives (the seed providers' API)."""
         provider, request = await cls._seed_call(model, messages, proxy, kwargs)
         async for event in provider.stream(request):
