@@ -590,8 +590,13 @@ def build_command() -> Any:
 
 def main(argv: list[str] | None = None, ctx: AppContext | None = None) -> NoReturn:
     """The ``chatcli`` entry point; ``ctx`` (default: the real process's) is what commands see."""
+    from contextlib import redirect_stderr
+
+    ctx = ctx or AppContext.from_process()
     try:
-        with (ctx or AppContext.from_process()).using():
+        # What the parser prints itself (usage errors quote the arguments) goes through the
+        # context's sanitizing stderr too.
+        with ctx.using(), redirect_stderr(ctx.stderr):
             build_command()(args=argv, prog_name="chatcli")
     except SystemExit as exc:
         raise SystemExit(exc.code if exc.code is not None else EXIT_OK) from None

@@ -34,10 +34,9 @@ from chatcli.errors import (
 
 
 def say(ctx: AppContext, message: str) -> None:
-    """One line on stderr: made safe for a terminal, with any credentials in URLs blanked."""
-    from chatcli.render import sanitize
-
-    ctx.stderr.write(f"chatcli: {sanitize(redact_credentials(message))}\n")
+    """One line on stderr, with any credentials in URLs blanked (the context's stderr makes it
+    safe for a terminal)."""
+    ctx.stderr.write(f"chatcli: {redact_credentials(message)}\n")
     ctx.stderr.flush()
 
 
@@ -99,14 +98,12 @@ class StderrHandler(logging.Handler):
         self._held: list[str] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        from chatcli.render import sanitize
-
         # A notice (``extra={"notice": True}``) tells what chatcli did: no "warning:" label.
         if getattr(record, "notice", False) and not self._debug:
             text = "chatcli: " + record.getMessage()
         else:
             text = self.format(record)
-        line = sanitize(redact_credentials(text)) + "\n"
+        line = redact_credentials(text) + "\n"  # made safe by the context's stderr
         if self._held is not None:
             self._held.append(line)
         else:

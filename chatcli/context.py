@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from chatcli.config import Paths, Settings, environment, load_settings
+from chatcli.render.sanitize import SafeStream
 
 
 def _isatty(stream: object) -> bool:
@@ -36,6 +37,14 @@ class AppContext:
     env: Mapping[str, str]
     paths: Paths
     _settings: Settings | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # The one sanitizing sink: stderr always, stdout when a person reads it on a terminal
+        # (into a pipe or file the answer goes byte for byte). See render.sanitize.
+        if not isinstance(self.stderr, SafeStream):
+            self.stderr = SafeStream(self.stderr)
+        if self.stdout_isatty and not isinstance(self.stdout, SafeStream):
+            self.stdout = SafeStream(self.stdout)
 
     @classmethod
     def from_process(cls) -> AppContext:

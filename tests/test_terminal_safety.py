@@ -130,3 +130,19 @@ def test_stored_text_stays_raw_and_titles_are_shown_safe(
     assert not leaks(listed) and "question ␛]0;pwned" in listed
     found = run(["sessions", "search", "answer"], isolated).stdout
     assert not leaks(found) and "answer ␛]52" in found
+
+
+def test_code_shows_the_characters_that_hide_or_reorder_it_and_prose_keeps_them() -> None:
+    # "Trojan Source": a right-to-left override inside code makes the shown order differ
+    # from the order that runs; zero-width characters hide text.
+    source = (
+        "Prose keeps \u202eRTL\u202c and zero\u200bwidth.\n\n"
+        "```python\nif access_level != 'user\u202e \u2066# admin\u2069 \u2066':\n```\n\n"
+        "Inline `is_admin\u200b = True` too.\n"
+    )
+    output = OURS.sub("", render_split(source, len(source), "markdown"))
+    assert "Prose keeps \u202eRTL\u202c and zero\u200bwidth." in output
+    assert "'user<U+202E> <U+2066># admin<U+2069> <U+2066>'" in output
+    assert "is_admin<U+200B> = True" in output
+    code = output[output.index("access_level") :]
+    assert not any(char in code for char in "\u202e\u2066\u2069\u200b")

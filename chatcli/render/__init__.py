@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Final, Protocol
 
 from chatcli.render.markdown import BlockSplitter, MarkdownRenderer, fast_markdown
-from chatcli.render.sanitize import sanitize
+from chatcli.render.sanitize import SafeStream, reveal_in_code, sanitize, unwrapped
 from chatcli.render.terminal import QuietTerminal, SuspendGuard, call_later
 
 if TYPE_CHECKING:
@@ -35,11 +35,14 @@ __all__ = [
     "PlainRenderer",
     "QuietTerminal",
     "Renderer",
+    "SafeStream",
     "SuspendGuard",
     "choose",
     "fast_markdown",
     "make_console",
+    "reveal_in_code",
     "sanitize",
+    "unwrapped",
 ]
 
 
@@ -124,21 +127,44 @@ def make_console(
     force_terminal: bool | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Console:
-    """A Rich console for model output: no markup, no highlighting of model text.
+    """A Rich console for text from outside: no markup, no highlighting, and every piece of
+    text made safe (:func:`sanitize`) as it is turned into output, while Rich's own styles and
+    cursor controls are kept. Given a :class:`SafeStream`, it writes to the stream under it.
 
     ``env`` is the environment whose ``NO_COLOR``, ``COLUMNS``, ``TERM`` and the like it obeys
     (the command's, from its context; ``None``: the process's).
     """
-    from rich.console import Console
-
-    return Console(
-        file=stream,
+    return _safe_console_class()(
+        file=unwrapped(stream),
         force_terminal=force_terminal,
         markup=False,
         highlight=False,
         emoji=False,
         _environ=env,  # Rich's own parameter for this (rich is pinned below its next major)
     )
+
+
+_SAFE_CONSOLE: type[Console] | None = None
+
+
+def _safe_console_class() -> type[Console]:
+    """Rich's ``Console`` with each text segment sanitized where output is put together."""
+    global _SAFE_CONSOLE
+    if _SAFE_CONSOLE is None:
+        from collections.abc import Iterable
+
+        from rich.console import Console
+        from rich.segment import Segment
+
+        class SafeConsole(Console):
+            def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+                return super()._render_buffer(
+                    segment if segment.control else segment._replace(text=sanitize(segment.text))
+                    for segment in buffer
+                )
+
+        _SAFE_CONSOLE = SafeConsole
+    return _SAFE_CONSOLE
 
 
 def choose(
@@ -150,9 +176,14 @@ def choose(
     json: bool,
     env: Mapping[str, str] | None = None,
 ) -> Renderer:
-    """The renderer for these output settings (see the module docstring)."""
+    """The renderer for these output settings (see the module docstring).
+
+    The renderers make the answer safe themselves, as it streams: given a :class:`SafeStream`
+    they write to the stream under it, so the text is not sanitized twice on its hot path.
+    """
     if json:
         return NullRenderer()
+    stream = unwrapped(stream)
     if markdown and not raw:
         return MarkdownRenderer(
             make_console(stream, force_terminal=True, env=env), live=is_terminal

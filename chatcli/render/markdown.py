@@ -16,7 +16,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
-from chatcli.render.sanitize import sanitize
+from chatcli.render.sanitize import reveal_in_code, sanitize
 from chatcli.render.terminal import QuietTerminal, SuspendGuard, call_later
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def fast_markdown(source: str, env: dict[str, Any] | None = None) -> Any:
     cls = _markdown_class()
     markdown = cls.__new__(cls)
     markdown.markup = source
-    markdown.parsed = _PARSER.parse(source, env)
+    markdown.parsed = _reveal_in_code(_PARSER.parse(source, env))
     markdown.code_theme = "monokai"
     markdown.justify = None
     markdown.style = "none"
@@ -236,6 +236,19 @@ def fast_markdown(source: str, env: dict[str, Any] | None = None) -> Any:
     markdown.inline_code_lexer = None
     markdown.inline_code_theme = "monokai"
     return markdown
+
+
+def _reveal_in_code(tokens: list[Any]) -> list[Any]:
+    """Code blocks and code spans show the characters that hide or reorder text (prose keeps
+    them): see :data:`~chatcli.render.sanitize.INVISIBLE_IN_CODE`."""
+    for token in tokens:
+        if token.type in ("fence", "code_block"):
+            token.content = reveal_in_code(token.content)
+        elif token.type == "inline" and token.children:
+            for child in token.children:
+                if child.type == "code_inline":
+                    child.content = reveal_in_code(child.content)
+    return tokens
 
 
 def _print_to_text(console: Console, renderable: Any) -> str:
