@@ -20,6 +20,7 @@ from chatcli.clikit import (
     TimeoutOpt,
     VerboseOpt,
     boundary,
+    run_async,
     say,
     setup_logging,
     with_chat_options,
@@ -121,7 +122,6 @@ def ask(
     verbose: VerboseOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
-    import asyncio
 
     ctx = AppContext.current()
     log_handler = setup_logging(ctx, verbose)
@@ -141,7 +141,7 @@ def ask(
         )
         try:
             with log_handler.held(renderer.live):
-                asyncio.run(conversation.send(message, renderer))
+                run_async(conversation.send(message, renderer))
         except (ProviderError, KeyboardInterrupt):
             turn = conversation.last_turn
             if json_out and turn is not None and turn.pieces:
@@ -161,7 +161,6 @@ def repl(
     verbose: VerboseOpt = False,
 ) -> None:
     """Chat interactively: Enter sends, Ctrl-C stops an answer, /help lists commands."""
-    import asyncio
 
     ctx = AppContext.current()
     log_handler = setup_logging(ctx, verbose)
@@ -183,7 +182,7 @@ def repl(
             hold_logs=log_handler.held,
             editor=ctx.env.get("VISUAL") or ctx.env.get("EDITOR") or None,
         )
-        asyncio.run(loop.run())
+        run_async(loop.run())
 
 
 def _print_json(ctx: AppContext, turn: Any, conversation: Any) -> None:
@@ -207,7 +206,6 @@ def _print_json(ctx: AppContext, turn: Any, conversation: Any) -> None:
 def _check_providers(
     ctx: AppContext, registry: Any, chosen: str | None, timeout: float | None, json_out: bool
 ) -> None:
-    import asyncio
 
     from chatcli.health import check, configured
 
@@ -220,7 +218,7 @@ def _check_providers(
             "no provider is configured to check: name some with -p a,b (see chatcli providers)"
         )
     wait = timeout if timeout is not None else (ctx.settings.timeout or 30.0)
-    results = asyncio.run(check(names, registry, timeout=wait))
+    results = run_async(check(names, registry, timeout=wait))
     if json_out:
         ctx.stdout.write(json.dumps([r.as_dict() for r in results], indent=2) + "\n")
     else:
@@ -348,7 +346,6 @@ def models(
     json_out: JsonOpt = False,
 ) -> None:
     """List the models a provider offers (asks the service where it can)."""
-    import asyncio
 
     ctx = AppContext.current()
     setup_logging(ctx, False)
@@ -363,7 +360,7 @@ def models(
         settings = ctx.settings
         registry = Registry.from_settings(settings, Stores.for_context(ctx))
         chosen = registry.create(resolve_provider_name(settings, provider), base_url=base_url)
-        found: list[str] = asyncio.run(chosen.list_models())
+        found: list[str] = run_async(chosen.list_models())
         cls = type(chosen)
         if json_out:
             data = {"provider": cls.name, "default": cls.default_model or None, "models": found}

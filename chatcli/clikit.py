@@ -7,15 +7,17 @@ and an exit code.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
 import logging
 import os
+import signal
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Annotated, Any, Final
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Annotated, Any, Final, TypeVar
 
 import typer
 
@@ -29,6 +31,8 @@ from chatcli.errors import (
     UsageError,
     redact_credentials,
 )
+
+T = TypeVar("T")
 
 # -- the error boundary -----------------------------------------------------------------------
 
@@ -57,6 +61,15 @@ def boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         say(ctx, "interrupted")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Terminated as exc:
+        # What was shown is saved already; the terminal may be gone (SIGHUP): say it if we can.
+        with suppress(OSError, ValueError):
+            say(ctx, f"stopped by {signal.Signals(exc.signum).name}")
+        try:
+            ctx.stdout.flush()
+        except (OSError, ValueError):
+            silence_stdout(ctx)  # else the exit's own flush fails again, and the code is lost
+        raise typer.Exit(128 + exc.signum) from None
     except BrokenPipeError:
         # The reader went away (`chatcli ask ... | head`): stop quietly, as other tools do.
         silence_stdout(ctx)
@@ -71,6 +84,57 @@ def boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
         else:
             say(ctx, f"internal error: {type(exc).__name__}: {exc} (run with -v for details)")
         raise typer.Exit(EXIT_ERROR) from None
+
+
+#: Signals that stop a command as Ctrl-C does, keeping what was shown (see :func:`run_async`).
+STOP_SIGNALS: Final = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class Terminated(Exception):
+    """The command was stopped by one of :data:`STOP_SIGNALS`; the exit code is 128 + it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+def run_async(work: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(work)``, with SIGTERM and SIGHUP handled as Ctrl-C is.
+
+    A ``timeout``, a closed terminal or tmux window, or a killed job cancels the running task, so
+    a turn ends as interrupted with the part shown saved, and then :class:`Terminated` is raised
+    (the boundary exits 143 or 129).
+    """
+
+    async def guarded() -> T:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        received: list[int] = []
+
+        def stop(signum: int) -> None:
+            if not received:
+                received.append(signum)
+                task.cancel()
+
+        for signum in STOP_SIGNALS:
+            with suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await work
+        except (asyncio.CancelledError, Exception):
+            # After a hang-up, ending the answer on the terminal that is gone fails too (EIO).
+            if received:
+                raise Terminated(received[0]) from None
+            raise
+        finally:
+            for signum in STOP_SIGNALS:
+                with suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.remove_signal_handler(signum)
+
+    return asyncio.run(guarded())
 
 
 def silence_stdout(ctx: AppContext) -> None:

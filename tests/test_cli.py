@@ -565,6 +565,57 @@ def test_ctrl_c_keeps_the_partial_answer_in_the_session(
     ]
 
 
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_keep_the_partial_answer_as_ctrl_c_does(
+    fake: FakeOpenAI, isolated: Isolated, signum: int, code: int
+) -> None:
+    # A `timeout`, a closed terminal or tmux window, a killed job.
+    fake.mode, fake.stall_seconds = "stall", 20.0
+    process = subprocess.Popen(
+        [str(CHATCLI), *ask(fake), "-S", "cut", "hi"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=isolated.env,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert os.read(process.stdout.fileno(), 100) == b"Hello"
+    process.send_signal(signum)
+    rest, stderr = process.communicate(timeout=15)
+    assert process.returncode == code
+    assert rest == b"\n"  # the line is ended, as for Ctrl-C
+    name = signal.Signals(signum).name
+    assert stderr.decode() == f"chatcli: stopped by {name}\n"
+    assert [(r[1], r[2], r[3]) for r in stored(isolated)] == [
+        ("user", "hi", "complete"),
+        ("assistant", "Hello", "interrupted"),
+    ]
+
+
+def test_sighup_with_the_terminal_gone_still_saves_and_exits_129(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    fake.mode, fake.stall_seconds = "stall", 20.0
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [str(CHATCLI), *ask(fake), "--raw", "-S", "cut", "hi"],
+        stdin=terminal, stdout=terminal, stderr=terminal, env=isolated.env,
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 15
+        while b"Hello" not in seen and time.monotonic() < deadline:
+            seen += os.read(controller, 100)
+    finally:
+        os.close(controller)  # the terminal window closes...
+    process.send_signal(signal.SIGHUP)  # ...and the kernel hangs up on the job
+    assert process.wait(timeout=15) == 129
+    assert [(r[1], r[2], r[3]) for r in stored(isolated)][-1] == (
+        "assistant",
+        "Hello",
+        "interrupted",
+    )
+
+
 def test_concurrent_ask_with_one_new_session_name_loses_nothing(
     fake: FakeOpenAI, isolated: Isolated
 ) -> None:

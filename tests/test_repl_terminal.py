@@ -6,13 +6,16 @@ import fcntl
 import os
 import pty
 import select
+import signal
 import sqlite3
 import struct
 import termios
 import time
 
 import pyte
+import pytest
 
+from chatcli.store import Stores
 from tests.conftest import CHATCLI, Isolated
 from tests.servers import FakeOpenAI
 
@@ -179,3 +182,28 @@ def test_a_question_typed_during_an_answer_is_sent_by_its_enter(
     assert asked == ["first question", "second question"]
     first_answer = terminal.text().split("> first question", 1)[1].split("> second", 1)[0]
     assert "second question" not in first_answer  # not echoed into the streaming answer
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_or_sighup_during_an_answer_keeps_the_part_shown(
+    fake: FakeOpenAI, isolated: Isolated, signum: int, code: int
+) -> None:
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    args = ["repl", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, "-S", "held"]
+    terminal = Terminal(args, env)
+    try:
+        terminal.wait_prompt()
+        fake.mode, fake.stall_seconds = "stall", 20.0
+        terminal.type("tell me\r")
+        terminal.wait_for("Hello")
+        os.kill(terminal.pid, signum)
+        assert terminal.wait_exit() == code
+    finally:
+        terminal.close()
+    rows = Stores(isolated.chatcli_home / "data").sessions
+    session = rows.find_or_none("held")
+    assert session is not None
+    saved = [(m.role, m.content, m.status) for m in rows.messages(session.id)]
+    assert saved == [("user", "tell me", "complete"), ("assistant", "Hello", "interrupted")]
+    # The answer was ended on screen as for Ctrl-C: the cursor it hid is shown again.
+    assert b"\x1b[?25h" in terminal.raw[terminal.raw.rindex(b"Hello") :]
