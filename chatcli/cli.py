@@ -7,6 +7,7 @@ that need them, so ``chatcli --version`` and ``--help`` start fast.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -585,16 +586,32 @@ def build_command() -> Any:
     return command
 
 
+def decoded_arguments(ctx: AppContext, argv: list[str]) -> list[str]:
+    """The arguments as text: bytes that are not UTF-8 (which Python keeps as lone surrogates,
+    and which no file or database can then store) become U+FFFD, with one warning."""
+    fixed = [_repaired(arg) for arg in argv]
+    if fixed != argv:
+        say(ctx, "warning: an argument is not valid UTF-8; undecodable bytes became U+FFFD")
+    return fixed
+
+
+def _repaired(arg: str) -> str:
+    if not any("\udc80" <= char <= "\udcff" for char in arg):
+        return arg
+    return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def main(argv: list[str] | None = None, ctx: AppContext | None = None) -> NoReturn:
     """The ``chatcli`` entry point; ``ctx`` (default: the real process's) is what commands see."""
     from contextlib import redirect_stderr
 
     ctx = ctx or AppContext.from_process()
+    args = decoded_arguments(ctx, sys.argv[1:] if argv is None else argv)
     try:
         # What the parser prints itself (usage errors quote the arguments) goes through the
         # context's sanitizing stderr too.
         with ctx.using(), redirect_stderr(ctx.stderr):
-            build_command()(args=argv, prog_name="chatcli")
+            build_command()(args=args, prog_name="chatcli")
     except SystemExit as exc:
         raise SystemExit(exc.code if exc.code is not None else EXIT_OK) from None
     raise SystemExit(EXIT_OK)

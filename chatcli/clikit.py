@@ -12,6 +12,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
 import signal
 import traceback
@@ -33,6 +34,9 @@ from chatcli.errors import (
 )
 
 T = TypeVar("T")
+
+#: The longest ``--timeout`` (a day): a wait for a connection, or for the next piece.
+MAX_TIMEOUT: Final = 86400.0
 
 # -- the error boundary -----------------------------------------------------------------------
 
@@ -298,10 +302,24 @@ SystemOpt = Annotated[
     str | None,
     typer.Option("--system", metavar="TEXT", help="System prompt.", show_default=False),
 ]
+
+
+def _finite(value: float | None) -> float | None:
+    """A number option's check that ranges cannot make: ``nan`` compares false with both ends."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number chatcli can use")
+    return value
+
+
 TemperatureOpt = Annotated[
     float | None,
     typer.Option(
-        "--temperature", metavar="X", min=0.0, max=2.0, help="Sampling temperature (0-2)."
+        "--temperature",
+        metavar="X",
+        min=0.0,
+        max=2.0,
+        callback=_finite,
+        help="Sampling temperature (0-2).",
     ),
 ]
 #: ``-o KEY VALUE``, repeatable. Typer cannot declare a list of pairs: this is declared as a
@@ -333,6 +351,8 @@ TimeoutOpt = Annotated[
         "--timeout",
         metavar="SECONDS",
         min=0.001,
+        max=MAX_TIMEOUT,
+        callback=_finite,
         help="Seconds to connect, and of silence while reading.",
     ),
 ]
@@ -356,11 +376,32 @@ RetriesOpt = Annotated[
 
 
 def parse_option_value(value: str) -> Any:
-    """``-o KEY VALUE``: JSON literals (numbers, true/false/null, lists, objects), else text."""
+    """``-o KEY VALUE``: JSON literals (numbers, true/false/null, lists, objects), else text.
+
+    A number must be finite: ``NaN``, ``Infinity`` and ``1e400`` (which overflows to infinity)
+    are refused, wherever they sit in the value.
+    """
     try:
-        return json.loads(value)
-    except ValueError:
+        return json.loads(value, parse_constant=_not_finite, parse_float=_finite_float)
+    except _NotFinite as exc:
+        raise UsageError(f"{exc} is not a finite number") from None
+    except (ValueError, RecursionError):
         return value
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _not_finite(word: str) -> Any:
+    raise _NotFinite(word)
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotFinite(text)
+    return number
 
 
 def parse_options(pairs: Iterable[Sequence[str]]) -> dict[str, Any]:
@@ -372,7 +413,10 @@ def parse_options(pairs: Iterable[Sequence[str]]) -> dict[str, Any]:
             raise UsageError(f"-o {key}: not a provider option ({RESERVED_OPTIONS[key]})")
         if not key.isidentifier():
             raise UsageError(f"-o {key!r}: option names are words like max_tokens or top_p")
-        options[key] = parse_option_value(value)
+        try:
+            options[key] = parse_option_value(value)
+        except UsageError as exc:
+            raise UsageError(f"-o {key} {value}: {exc}") from None
     return options
 
 

@@ -8,6 +8,7 @@ concurrent writers are in ``test_cli``; the terminal itself in ``test_terminal``
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 
@@ -76,3 +77,42 @@ def test_a_c_locale_still_writes_utf8(fake: FakeOpenAI, isolated: Isolated) -> N
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode("utf-8") == "café → 日本\n"
+
+
+def test_arguments_that_are_not_utf8_are_repaired_with_a_warning(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    # Python keeps such bytes as lone surrogates, which no database can store: before, this
+    # was an internal error that left an empty session behind.
+    args = [str(CHATCLI).encode(), *(a.encode() for a in ask(fake)), b"-S", b"n\xff", b"caf\xe9"]
+    result = subprocess.run(
+        args, capture_output=True, env=isolated.env, stdin=subprocess.DEVNULL, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode() == (
+        "chatcli: warning: an argument is not valid UTF-8; undecodable bytes became U+FFFD\n"
+    )
+    assert fake.requests[-1].body["messages"][-1]["content"] == "caf\ufffd"
+    listed = run(["sessions", "list", "--json"], isolated)
+    sessions = json.loads(listed.stdout)
+    assert [(s["name"], s["messages"]) for s in sessions] == [("n\ufffd", 2)]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--temperature", "nan"], "nan is not a number chatcli can use"),
+        (["--timeout", "nan"], "nan is not a number chatcli can use"),
+        (["--timeout", "inf"], "0.001<=x<=86400.0"),
+        (["-o", "max_tokens", "NaN"], "-o max_tokens NaN: NaN is not a finite number"),
+        (["-o", "top_p", "1e400"], "-o top_p 1e400: 1e400 is not a finite number"),
+        (["-o", "stop", "[1, -Infinity]"], "-Infinity is not a finite number"),
+    ],
+)
+def test_numbers_that_are_not_finite_are_usage_errors(
+    fake: FakeOpenAI, isolated: Isolated, args: list[str], fragment: str
+) -> None:
+    result = run_binary(ask(fake, *args, "hi"), isolated)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and "internal error" not in result.stderr
+    assert not fake.requests
