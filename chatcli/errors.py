@@ -14,22 +14,29 @@ with ``error.exit_code``::
         ├── ModelNotSupportedError          the provider does not offer that model
         ├── ProviderConnectionError         connect failed / refused / DNS (``retryable``)
         │   └── ProviderTimeoutError        connect or idle-read timeout (``retryable``)
+        ├── CertificateError                TLS verification failed (never retried)
         ├── ResponseStatusError             an HTTP error status; carries ``status``
         │   ├── AuthenticationError         401 / 403
         │   ├── RateLimitError              429; carries ``retry_after``
         │   └── BlockedError                a Cloudflare challenge page
         ├── ProtocolError                   a reply that does not follow the protocol
+        │   └── LimitError                  the server sent more than chatcli reads; ``limit``
         └── StreamInterruptedError          the stream broke off; ``partial`` holds the text so far
 
 Messages are one line, name the provider and the cause, and where possible the next step.
-They never contain secrets: callers pass URLs through :func:`redact_url` first.
+They never contain secrets: callers pass URLs through :func:`redact_url` first, server text
+goes through :func:`quote`, and every line bound for stderr through
+:func:`redact_credentials`; the last two blank out the secrets noted with
+:func:`note_secrets` (a proxy's password, in every spelling) wherever they appear, whether a
+server, a proxy or a library wrote them.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
@@ -40,7 +47,16 @@ EXIT_INTERRUPTED: Final = 130
 QUOTE_LIMIT: Final = 200
 
 #: ``scheme://user:password@`` anywhere in a text (libraries quote proxy URLs in their errors).
-_CREDENTIALS: Final = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@'\"]*:)[^\s/@'\"]*@")
+#: A password may hold any character but whitespace, ``/`` and ``@`` (those must be
+#: percent-encoded in a URL); quotes and brackets are legal in it, so they do not end it.
+_CREDENTIALS: Final = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]*@")
+
+#: Secrets shorter than this are not blanked out on their own: "ab" would blank out half
+#: of every message. (A short password is still blanked out with its user name.)
+_SECRET_MIN: Final = 4
+
+#: The secrets this process was given (see :func:`note_secrets`).
+_SECRETS: set[str] = set()
 
 
 class ChatcliError(Exception):
@@ -143,8 +159,24 @@ class BlockedError(ResponseStatusError):
     """The site answered with a Cloudflare (or similar) challenge page instead of the API."""
 
 
+class CertificateError(ProviderError):
+    """The server's TLS certificate failed verification. Not retried: it would fail the same."""
+
+
 class ProtocolError(ProviderError):
     """The server's reply does not follow the protocol (bad JSON, missing fields)."""
+
+
+class LimitError(ProtocolError):
+    """The server sent more than chatcli reads (an SSE line or event, a whole reply), so
+    reading stopped there. Not retried: the same server would send the same again."""
+
+    def __init__(self, what: str, limit: int, *, provider: str | None = None) -> None:
+        super().__init__(
+            f"the server sent {what} over {format_size(limit)}; stopped (limit)",
+            provider=provider,
+        )
+        self.limit = limit
 
 
 class StreamInterruptedError(ProviderError):
@@ -161,8 +193,9 @@ def one_line(text: str) -> str:
 
 
 def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
-    """A server's text made fit to quote in an error: one line, cut to ``limit`` characters."""
-    text = one_line(text)
+    """A server's text made fit to quote in an error: one line, credentials blanked out (a
+    server may echo them), cut to ``limit`` characters."""
+    text = one_line(redact_credentials(text))
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
@@ -184,11 +217,57 @@ def redact_url(url: str) -> str:
 
 
 def redact_credentials(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` replaced by ``***``.
+    """``text`` with every noted secret, and the password of every
+    ``scheme://user:password@host``, replaced by ``***``.
 
-    Applied to everything chatcli writes to stderr, since libraries quote URLs in their errors.
+    Applied to everything chatcli writes to stderr, since libraries quote URLs in their errors
+    and servers echo what they were sent.
     """
+    for secret in sorted(_SECRETS, key=len, reverse=True):  # "user:pw" before "pw"
+        if secret in text:
+            text = text.replace(secret, "***")
     return _CREDENTIALS.sub(r"\1***@", text)
+
+
+def note_secrets(*secrets: str | None) -> None:
+    """Blank these out of every message from now on (:func:`redact_credentials`, :func:`quote`).
+
+    For what this process was given to send (a proxy's password): a server or a proxy that
+    repeats it back, or a library that prints it, cannot get it onto the screen, into a log
+    or into the session database (which keeps a turn's error).
+    """
+    _SECRETS.update(s for s in secrets if s and len(s) >= _SECRET_MIN)
+
+
+def note_url_credentials(url: str) -> None:
+    """Note the credentials in ``url`` (a proxy's) in every spelling they may come back in:
+    as written, percent-decoded, as ``user:password``, and base64-encoded as in a
+    ``Proxy-Authorization: Basic`` header."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    if parts.password is None:
+        return
+    raw_user, raw_password = parts.username or "", parts.password
+    user, password = unquote(raw_user), unquote(raw_password)
+    pairs = {f"{raw_user}:{raw_password}", f"{user}:{password}"}
+    encoded = set()
+    for pair in pairs:
+        for charset in ("latin-1", "utf-8"):
+            try:
+                encoded.add(base64.b64encode(pair.encode(charset)).decode("ascii"))
+            except UnicodeEncodeError:
+                continue
+    note_secrets(raw_password, password, *pairs, *encoded)
+
+
+def format_size(size: int) -> str:
+    """A byte count as people read it: ``8 MiB``, ``64 KiB``, ``1.5 MiB``, ``100 bytes``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
 
 
 def check_url(

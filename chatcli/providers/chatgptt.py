@@ -59,7 +59,7 @@ class ChatGptt(WebProvider, ProviderModelMixin, AsyncGeneratorProvider):
             with http.http_errors(self.name, root):
                 async with session.get(root) as response:
                     await http.check_status(response, self.name)
-                    page = await response.text(errors="replace")
+                    page = await http.read_text(response, self.name)
             nonce, post_id = _NONCE.search(page), _POST_ID.search(page)
             if nonce is None or post_id is None:
                 raise ProtocolError(

@@ -155,7 +155,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
         with http.http_errors(cls.name, url):
             async with session.post(url, data=form) as response:  # follows its redirect
                 await http.check_status(response, cls.name)
-                await response.read()
+                await http.read_body(response, cls.name)
         url = f"{root}/api/auth/session"
         data = await cls.fetch_json(session, "GET", url)
         token = data.get("accessToken") if isinstance(data, dict) else None
@@ -177,7 +177,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
         with http.http_errors(cls.name, url):
             async with session.post(url, json=body, headers=headers) as response:
                 await http.check_status(response, cls.name, secrets=[token])
-                async for event in http.iter_sse(response):
+                async for event in http.iter_sse(response, cls.name):
                     data = event.data.strip()
                     # The original compared the line with its newline attached and never
                     # matched; the decoder gives the bare value.

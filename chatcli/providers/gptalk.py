@@ -192,7 +192,7 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
         with http.http_errors(cls.name, url):
             async with session.get(url, params={"token": stream_token}) as response:
                 await http.check_status(response, cls.name, secrets=[stream_token])
-                async for event in http.iter_sse(response):
+                async for event in http.iter_sse(response, cls.name):
                     data = event.data.strip()
                     if data == "[DONE]":
                         done = True

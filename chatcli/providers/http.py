@@ -1,12 +1,19 @@
-"""The HTTP layer every provider shares: one session factory, error mapping, SSE reading.
+"""The HTTP layer every provider shares: one session factory, error mapping, bounded reading.
 
 * :func:`open_session` builds an :class:`aiohttp.ClientSession` with the chosen proxy (HTTP, or
   SOCKS through ``aiohttp-socks``), a connect timeout and an
   idle-read timeout but **no total limit**, so a long answer that keeps streaming is never cut.
+  It follows at most :data:`MAX_REDIRECTS` redirects.
 * :func:`http_errors` turns aiohttp's exceptions into chatcli's error tree, naming the URL.
 * :func:`check_status` turns an HTTP error reply into one clear error (JSON error bodies, HTML
   pages, Cloudflare challenges, rate limits).
-* :func:`iter_sse` yields Server-Sent Events from a response however its bytes are split.
+* :func:`iter_sse` yields Server-Sent Events from a response however its bytes are split;
+  :func:`read_json`, :func:`read_text` and :func:`read_body` read a whole reply.
+
+Every byte of a reply is read through :func:`iter_body`, which stops at
+:data:`MAX_REPLY_BYTES`, counted after decompression; :func:`iter_sse` also stops at an SSE
+line or event over :data:`MAX_EVENT_BYTES`. Whatever a server sends, memory stays bounded: the
+reply ends with a :class:`~chatcli.errors.LimitError` (and the text already shown is kept).
 
 This module imports aiohttp at the top: provider modules import it inside their methods so that
 ``import chatcli.providers`` stays cheap.
@@ -14,14 +21,17 @@ This module imports aiohttp at the top: provider modules import it inside their 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import email.utils
 import json
 import logging
+import math
 import re
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -30,13 +40,16 @@ import aiohttp
 from chatcli.errors import (
     AuthenticationError,
     BlockedError,
+    CertificateError,
     ConfigError,
+    LimitError,
     ProtocolError,
     ProviderConnectionError,
     ProviderTimeoutError,
     RateLimitError,
     ResponseStatusError,
     StreamInterruptedError,
+    note_url_credentials,
     quote,
     redact_credentials,
     redact_url,
@@ -47,6 +60,15 @@ log = logging.getLogger("chatcli.http")
 
 DEFAULT_CONNECT_TIMEOUT: Final = 20.0
 DEFAULT_READ_TIMEOUT: Final = 120.0
+
+#: The most one SSE line, or one SSE event's data, may hold. A real event is a few hundred
+#: bytes; a web service that resends the whole answer in every event stays far below too.
+MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
+#: The most one reply may hold, counted after decompression: a whole stream, a JSON answer, a
+#: page. Millions of words: no real answer comes near it.
+MAX_REPLY_BYTES: Final = 64 * 1024 * 1024
+#: Redirects followed before giving up (a site's login redirects once; a loop never ends).
+MAX_REDIRECTS: Final = 5
 
 #: A current desktop Chrome; web providers send it because their sites expect a browser.
 CHROME_USER_AGENT: Final = (
@@ -104,6 +126,8 @@ def open_session(
     ``None`` connects directly.
     """
     limits = Timeouts.from_option(timeout)
+    if proxy:
+        note_url_credentials(proxy)  # a proxy may echo them back: blank them out everywhere
     # ``connect`` covers name resolution and the proxy as well as the socket connect.
     client_timeout = aiohttp.ClientTimeout(
         total=None, connect=limits.connect, sock_connect=limits.connect, sock_read=limits.read
@@ -133,7 +157,30 @@ def open_session(
         # unsafe=True keeps cookies of sites reached by IP address (a mirror, a test fake).
         cookie_jar=aiohttp.CookieJar(unsafe=True),
         trust_env=False,  # the environment was read where the proxy was chosen
+        trace_configs=[_redirect_limit()],
     )
+
+
+def _redirect_limit() -> aiohttp.TraceConfig:
+    """Every request of a session follows at most :data:`MAX_REDIRECTS` redirects.
+
+    aiohttp takes the limit per request only (10 unless told); a trace sees every request of
+    the session, so no call can forget it. The context is per request: it keeps the history.
+    """
+
+    async def on_redirect(
+        session: aiohttp.ClientSession,
+        context: SimpleNamespace,
+        params: aiohttp.TraceRequestRedirectParams,
+    ) -> None:
+        history = context.__dict__.setdefault("redirects", [])
+        history.append(params.response)
+        if len(history) > MAX_REDIRECTS:
+            raise aiohttp.TooManyRedirects(history[0].request_info, tuple(history))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(on_redirect)
+    return trace
 
 
 def _socks_connector(proxy_url: str, scheme: str) -> aiohttp.BaseConnector:
@@ -169,25 +216,48 @@ def http_errors(provider: str, url: str) -> Iterator[None]:
         ) from exc
     except aiohttp.ClientConnectorDNSError as exc:
         raise ProviderConnectionError(
-            f"cannot resolve the host of {shown}; check the URL or your network", provider=provider
+            f"cannot resolve the host of {_failed_url(exc, url)}; check the URL or your network",
+            provider=provider,
         ) from exc
     except aiohttp.ClientProxyConnectionError as exc:
         raise ProviderConnectionError(
             f"cannot connect to the proxy for {shown}: {_reason(exc)}", provider=provider
         ) from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        why = getattr(exc.certificate_error, "verify_message", "") or _reason(exc)
+        raise CertificateError(
+            f"certificate verify failed for {exc.host} ({quote(str(why), 120)}) at "
+            f"{_failed_url(exc, url)}; chatcli always verifies TLS certificates",
+            provider=provider,
+        ) from exc
     except aiohttp.ClientSSLError as exc:
         raise ProviderConnectionError(
-            f"TLS failed talking to {shown}: {_reason(exc)}", provider=provider
+            f"TLS failed talking to {_failed_url(exc, url)}: {_reason(exc)}", provider=provider
         ) from exc
     except aiohttp.ClientConnectorError as exc:
         raise ProviderConnectionError(
-            f"cannot connect to {shown} ({_reason(exc)}); is the server running there?",
+            f"cannot connect to {_failed_url(exc, url)} ({_reason(exc)}); is the server "
+            "running there?",
             provider=provider,
         ) from exc
     except aiohttp.ClientHttpProxyError as exc:
         hint = "; check the proxy's user and password" if exc.status == 407 else ""
         raise ProviderConnectionError(
             f"the proxy refused the request to {shown} (HTTP {exc.status} {exc.message}){hint}",
+            provider=provider,
+        ) from exc
+    except aiohttp.TooManyRedirects as exc:
+        last = redact_url(str(exc.history[-1].url)) if exc.history else shown
+        raise ProtocolError(
+            f"too many redirects from {shown} (more than {MAX_REDIRECTS}; the last from "
+            f"{last}); stopped",
+            provider=provider,
+        ) from exc
+    except aiohttp.RedirectClientError as exc:
+        # A Location that is not a URL, or not an http(s) one: name it, not only where we began.
+        target = quote(str(exc.args[0]) if exc.args else "", 120)
+        raise ProtocolError(
+            f"{shown} redirected to {target!r}, which is not an http(s) URL; stopped",
             provider=provider,
         ) from exc
     except aiohttp.InvalidURL as exc:
@@ -209,6 +279,20 @@ def http_errors(provider: str, url: str) -> Iterator[None]:
         raise
 
 
+def _failed_url(exc: aiohttp.ClientConnectorError, url: str) -> str:
+    """``url``, or where a redirect from it led when the connection that failed went elsewhere."""
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        asked = (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except ValueError:
+        return shown
+    if not exc.host or (exc.host, exc.port) == asked:
+        return shown
+    host = f"[{exc.host}]" if ":" in exc.host else exc.host
+    return f"{host}:{exc.port} (redirected from {shown})"
+
+
 def _reason(exc: BaseException) -> str:
     os_error = getattr(exc, "os_error", None)
     if isinstance(os_error, ConnectionRefusedError):
@@ -219,8 +303,12 @@ def _reason(exc: BaseException) -> str:
     return quote(text, 120) if text else type(exc).__name__
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds asked by ``Retry-After`` (a number or an HTTP date), capped; ``None`` if absent."""
+def retry_after_asked(value: str | None, *, now: float | None = None) -> float | None:
+    """The seconds ``Retry-After`` asks for (a number or an HTTP date), however many.
+
+    ``None`` when it is absent, not a number or a date, or asks for no wait at all (0, a
+    negative number, a date in the past): the caller's own backoff applies then.
+    """
     if not value:
         return None
     value = value.strip()
@@ -229,12 +317,30 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+        try:
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not math.isfinite(seconds) or seconds <= 0:
         return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+    return seconds
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """:func:`retry_after_asked`, capped at :data:`RETRY_AFTER_CAP`: a wait the turn may
+    honour. ``None``: no usable wait was asked for (the normal backoff applies)."""
+    seconds = retry_after_asked(value, now=now)
+    return None if seconds is None else min(seconds, RETRY_AFTER_CAP)
+
+
+def format_wait(seconds: float) -> str:
+    """``45 s``, ``90 s``, ``15 min``, ``3 h``, ``12 days``: a wait as people say it."""
+    for unit, scale in (("days", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= 2 * scale:
+            return f"{seconds / scale:.0f} {unit}"
+    return f"{seconds:.0f} s"
 
 
 def error_message_from_body(body: str) -> str | None:
@@ -310,7 +416,7 @@ async def check_status(
             raw += chunk
     except (aiohttp.ClientError, TimeoutError):
         pass  # explain what did arrive
-    body = redact_secrets(raw.decode("utf-8", errors="replace"), secrets)
+    body = redact_credentials(redact_secrets(raw.decode("utf-8", errors="replace"), secrets))
     content_type = response.headers.get("Content-Type", "")
     status = response.status
     reason = f"HTTP {status}" + (f" {response.reason}" if response.reason else "")
@@ -323,8 +429,11 @@ async def check_status(
         )
     what = describe_error_body(body, content_type)
     if status == 429:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        wait = f"; the server asks to wait {retry_after:.0f} s" if retry_after else ""
+        header = response.headers.get("Retry-After")
+        asked = retry_after_asked(header)
+        # Said as the server asked (an hour is an hour), though the wait honoured is capped.
+        wait = f"; the server asks to wait {format_wait(asked)}" if asked else ""
+        retry_after = parse_retry_after(header)
         raise RateLimitError(
             f"rate limited ({reason}): {what}{wait}",
             status=status,
@@ -339,19 +448,74 @@ async def check_status(
     raise ResponseStatusError(f"{reason} from {url}: {what}", status=status, provider=provider)
 
 
-async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[SSEEvent]:
-    """The events of an SSE response body, as they complete."""
-    decoder = SSEDecoder()
+async def iter_body(
+    response: aiohttp.ClientResponse, provider: str | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The body's bytes as they arrive, and no more than :data:`MAX_REPLY_BYTES` of them.
+
+    aiohttp inflates gzip and deflate (and brotli or zstd, when their modules are installed)
+    a bounded step at a time, and the count here is taken after it: it counts what came out,
+    not what went in, so a small compressed body cannot grow into a huge one unseen.
+    """
+    limit = MAX_REPLY_BYTES
+    total = 0
     async for chunk in response.content.iter_any():
-        for event in decoder.feed(chunk):
-            yield event
+        total += len(chunk)
+        if total > limit:
+            raise LimitError("a reply", limit, provider=provider)
+        yield chunk
+
+
+async def iter_sse(
+    response: aiohttp.ClientResponse, provider: str | None = None
+) -> AsyncIterator[SSEEvent]:
+    """The events of an SSE response body, as they complete.
+
+    The events that completed before a line or an event outgrew :data:`MAX_EVENT_BYTES` are
+    delivered first; then :class:`LimitError` ends the stream.
+    """
+    limit = MAX_EVENT_BYTES
+    decoder = SSEDecoder(max_event=limit)
+    body = iter_body(response, provider)
+    async with contextlib.aclosing(body):
+        async for chunk in body:
+            for event in decoder.feed(chunk):
+                yield event
+            if decoder.overflow:
+                raise LimitError(f"an SSE {decoder.overflow}", limit, provider=provider)
     for event in decoder.close():
         yield event
 
 
+async def read_body(response: aiohttp.ClientResponse, provider: str | None = None) -> bytearray:
+    """The whole body of a reply (at most :data:`MAX_REPLY_BYTES`, else :class:`LimitError`)."""
+    data = bytearray()
+    body = iter_body(response, provider)
+    async with contextlib.aclosing(body):
+        async for chunk in body:
+            data += chunk
+    return data
+
+
+async def read_text(response: aiohttp.ClientResponse, provider: str | None = None) -> str:
+    """The whole body as text, in the charset the reply names (else UTF-8); bounded as
+    :func:`read_body` is."""
+    return (await read_body(response, provider)).decode(_charset(response), errors="replace")
+
+
+def _charset(response: aiohttp.ClientResponse) -> str:
+    charset = response.charset or "utf-8"
+    try:
+        codecs.lookup(charset)
+    except LookupError:
+        return "utf-8"
+    return charset
+
+
 async def read_json(response: aiohttp.ClientResponse, provider: str) -> Any:
-    """The JSON body of a successful reply; a clear :class:`ProtocolError` when it is not JSON."""
-    text = await response.text(errors="replace")
+    """The JSON body of a successful reply; a clear :class:`ProtocolError` when it is not JSON.
+    Bounded as :func:`read_body` is."""
+    text = await read_text(response, provider)
     try:
         return json.loads(text)
     except ValueError:

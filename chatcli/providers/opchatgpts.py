@@ -59,7 +59,7 @@ class Opchatgpts(WebProvider, AsyncGeneratorProvider):
             with http.http_errors(self.name, url):
                 async with session.post(url, json=body) as response:
                     await http.check_status(response, self.name)
-                    async for event in http.iter_sse(response):
+                    async for event in http.iter_sse(response, self.name):
                         kind, data = self._event(event.data)
                         if kind == "live":
                             if data:

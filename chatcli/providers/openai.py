@@ -263,7 +263,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
 
         done = False
         finish_reason: str | None = None
-        async for event in http.iter_sse(response):
+        async for event in http.iter_sse(response, self.name):
             data = event.data.strip()
             if not data:
                 continue

@@ -9,6 +9,11 @@ lines of one event are joined with ``\\n``.
 One leniency: at the end of the stream, an event whose last line was complete but which lacked
 the closing blank line is still delivered (some servers end with ``data: [DONE]\\n``). A line cut
 off without its line end is dropped, so a stream cut mid-line never yields half a payload.
+
+Given ``max_event``, the decoder holds no more than that many bytes of one line, or of one
+event's data lines: past it, it drops what it holds, stops decoding and sets
+:attr:`SSEDecoder.overflow`. The events completed before are still returned, so the caller
+delivers them and then stops the stream (see ``chatcli.providers.http.iter_sse``).
 """
 
 from __future__ import annotations
@@ -32,9 +37,25 @@ class SSEEvent:
 class SSEDecoder:
     """Feed bytes with :meth:`feed`, finish with :meth:`close`; both return the events completed."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_pending_cr", "_retry", "_saw_field")
+    __slots__ = (
+        "_buffer",
+        "_data",
+        "_event",
+        "_id",
+        "_max",
+        "_pending_cr",
+        "_retry",
+        "_saw_field",
+        "_size",
+        "overflow",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_event: int | None = None) -> None:
+        #: What outgrew ``max_event`` ("line" or "event"); once set, input is ignored.
+        self.overflow: str | None = None
+        self._max = max_event
+        #: Bytes of the current event's data lines.
+        self._size = 0
         self._buffer = bytearray()
         self._pending_cr = False
         self._data: list[str] = []
@@ -45,6 +66,8 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
+        if self.overflow:
+            return events
         if self._pending_cr:
             # The previous chunk ended in "\r": a "\n" here belongs to that same line end.
             self._pending_cr = False
@@ -61,11 +84,14 @@ class SSEDecoder:
                 self._buffer.clear()
             else:
                 line = chunk[pos:begin]
-            self._line(line, events)
+            if not self._line(line, events):
+                return events  # something outgrew max_event: decode no more
             pos = end
         if pos and chunk[-1] == 0x0D:
             self._pending_cr = True
         self._buffer += chunk[pos:]
+        if self._max is not None and len(self._buffer) > self._max:
+            self._stop("line")
         return events
 
     def close(self) -> list[SSEEvent]:
@@ -73,20 +99,36 @@ class SSEDecoder:
         events: list[SSEEvent] = []
         self._buffer.clear()
         self._pending_cr = False
-        self._dispatch(events)
+        if not self.overflow:
+            self._dispatch(events)
         return events
 
-    def _line(self, raw: bytes, events: list[SSEEvent]) -> None:
+    def _stop(self, what: str) -> None:
+        """Something outgrew ``max_event``: forget the event and the line, decode no more."""
+        self.overflow = what
+        self._buffer.clear()
+        self._data = []
+        self._saw_field = False
+
+    def _line(self, raw: bytes, events: list[SSEEvent]) -> bool:
+        """Take one line; ``False`` once something outgrew ``max_event`` (see :meth:`_stop`)."""
         if not raw:
             self._dispatch(events)
-            return
+            return True
+        if self._max is not None and len(raw) > self._max:
+            self._stop("line")
+            return False
         line = raw.decode("utf-8", errors="replace")
         if line.startswith(":"):
-            return
+            return True
         name, sep, value = line.partition(":")
         if sep and value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self._size += len(raw)
+            if self._max is not None and self._size > self._max:
+                self._stop("event")
+                return False
             self._data.append(value)
             self._saw_field = True
         elif name == "event":
@@ -97,6 +139,7 @@ class SSEDecoder:
         elif name == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
         # Any other field name is ignored, as the standard says.
+        return True
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
         if self._saw_field:
@@ -109,6 +152,7 @@ class SSEDecoder:
                 )
             )
         self._data = []
+        self._size = 0
         self._event = ""
         self._retry = None
         self._saw_field = False
