@@ -31,7 +31,9 @@ them. Nothing here runs at import time.
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +43,15 @@ from typing import Any, Final
 from chatcli.errors import ConfigError, check_url
 
 APP_NAME: Final = "chatcli"
+
+#: The largest config.toml read (a config file is a few hundred bytes; this is far beyond any).
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+#: Longest ``timeout`` in config.toml, in seconds (a day of silence).
+MAX_TIMEOUT: Final = 86_400.0
+#: Shortest ``timeout``, as ``--timeout`` takes it.
+MIN_TIMEOUT: Final = 0.001
+#: The sampling temperatures chatcli sends, as ``--temperature`` takes them.
+TEMPERATURE_RANGE: Final = (0.0, 2.0)
 
 #: The proxy URL schemes chatcli speaks (``--proxy``, ``proxy`` in config.toml).
 PROXY_SCHEMES: Final = ("http", "https", "socks5", "socks5h", "socks4", "socks4a")
@@ -164,23 +175,80 @@ class Settings:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The parsed config file, ``{}`` when it does not exist. Errors name the file and line."""
+    """The parsed config file, ``{}`` when it does not exist. Errors name the file and line.
+
+    config.toml says where requests (and keys) go, so it is read only when no one else could
+    have written it (see :func:`check_trusted`): the file, its directory, and, when it is a
+    symbolic link (a dotfiles checkout), the real file's directory. Links are followed: this
+    directory is the user's to arrange, and chatcli never writes in it.
+    """
     import tomllib
 
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        raw = _read_trusted(fd, path)
+    finally:
+        os.close(fd)
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     _validate(data, path)
     return data
+
+
+def _read_trusted(fd: int, path: Path) -> bytes:
+    """The bytes of the open config file ``fd`` once it has passed :func:`check_trusted`."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path} is not a regular file")
+    real = Path(os.path.realpath(path))
+    check_trusted(real, st)
+    for directory in dict.fromkeys((path.parent, real.parent)):
+        check_trusted(directory, directory.stat())
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_CONFIG_BYTES:
+        chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+    raise ConfigError(
+        f"{path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB; a config file is a few lines"
+    )
+
+
+def check_trusted(path: Path, st: os.stat_result) -> None:
+    """Refuse ``path`` (its status ``st``) when another user could have written it, as ssh does.
+
+    A file or directory chatcli takes settings or credentials from must belong to the current
+    user or to root, and must not be writable by its group or by others. The error (exit 2)
+    names the file and the command that fixes it.
+    """
+    import shlex
+
+    uid = os.getuid()
+    shown = shlex.quote(str(path))
+    if st.st_uid not in (uid, 0):
+        sudo = "" if uid == 0 else "sudo "
+        raise ConfigError(
+            f"{path} belongs to another user (uid {st.st_uid}); delete it, or if you trust it "
+            f"run: {sudo}chown {uid} {shown}"
+        )
+    loose = stat.S_IMODE(st.st_mode) & 0o022
+    if loose:
+        who = {0o020: "its group", 0o002: "others"}.get(loose, "its group and others")
+        raise ConfigError(f"{path} is writable by {who}; run: chmod go-w {shown}")
 
 
 def _validate(data: Mapping[str, Any], path: Path) -> None:
@@ -228,10 +296,10 @@ def _check_type(value: Any, types: tuple[type, ...], where: str) -> None:
 def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
     """Defaults < ``config.toml`` < ``CHATCLI_PROVIDER``/``CHATCLI_MODEL``."""
     data = read_config_file(paths.config_file)
-    temperature = data.get("temperature")
-    timeout = data.get("timeout")
-    if timeout is not None and timeout <= 0:
-        raise ConfigError(f"{paths.config_file}: timeout must be a positive number of seconds")
+    temperature = _number(data, "temperature", *TEMPERATURE_RANGE, paths.config_file, "a number")
+    timeout = _number(
+        data, "timeout", MIN_TIMEOUT, MAX_TIMEOUT, paths.config_file, "a positive number of seconds"
+    )
     retries = data.get("retries")
     if retries is not None and not 0 <= retries <= 10:
         raise ConfigError(f"{paths.config_file}: retries must be between 0 and 10")
@@ -249,8 +317,8 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
         provider=env.get("CHATCLI_PROVIDER") or data.get("provider"),
         model=env.get("CHATCLI_MODEL") or data.get("model"),
         system=data.get("system"),
-        temperature=float(temperature) if temperature is not None else None,
-        timeout=float(timeout) if timeout is not None else None,
+        temperature=temperature,
+        timeout=timeout,
         proxy=data.get("proxy"),
         retries=retries,
         fallback=tuple(fallback),
@@ -260,6 +328,23 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
         cookies_browser=data.get("cookies", {}).get("from_browser"),
         cookies_profile=data.get("cookies", {}).get("profile"),
     )
+
+
+def _number(
+    data: Mapping[str, Any], key: str, low: float, high: float, path: Path, what: str
+) -> float | None:
+    """``data[key]`` as a float, when it is a finite number from ``low`` to ``high``.
+
+    TOML has ``nan`` and ``inf``: ``timeout = nan`` would make every connection time out at
+    once, so a number out of range is an error naming the file, not a value sent on.
+    """
+    value = data.get(key)
+    if value is None:
+        return None
+    number = float(value)
+    if not (math.isfinite(number) and low <= number <= high):
+        raise ConfigError(f"{path}: {key} must be {what} ({low:g} to {high:g}), not {value!r}")
+    return number
 
 
 def browser_opt_in(settings: Settings) -> tuple[str, str | None] | None:

@@ -31,9 +31,9 @@ from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
 from chatcli.conversation import Conversation
-from chatcli.errors import ChatcliError, StorageError, UsageError
+from chatcli.errors import ChatcliError, UsageError
 from chatcli.render import QuietTerminal, Renderer, SuspendGuard, sanitize
-from chatcli.store.files import FILE_MODE, private_dir
+from chatcli.store.files import private_file
 from chatcli.turn import Turn
 
 if TYPE_CHECKING:
@@ -71,16 +71,12 @@ _BY_NAME: Final = {c.name: c for c in COMMANDS} | {"quit": COMMANDS[-1]}
 
 
 def history_file(state_dir: Path) -> Path:
-    """The input history file, created owner-only before prompt_toolkit appends to it."""
-    private_dir(state_dir)
-    path = state_dir / HISTORY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
-        os.fchmod(fd, FILE_MODE)
-        os.close(fd)
-    except OSError as exc:
-        raise StorageError(f"cannot create {path}: {exc.strerror or exc}") from exc
-    return path
+    """The input history file, created owner-only before prompt_toolkit appends to it.
+
+    The state directory is chatcli's own (0700, and neither it nor the file is ever a link:
+    see ``private_file``), so prompt_toolkit can then open the file by name.
+    """
+    return private_file(state_dir / HISTORY_FILE)
 
 
 class SlashCompleter(Completer):

@@ -163,11 +163,17 @@ def export(
     ] = "md",
     output: Annotated[
         str | None,
-        typer.Option("-o", "--output", metavar="FILE", help="Write to FILE instead of stdout."),
+        typer.Option(
+            "-o", "--output", metavar="FILE", help="Write to FILE instead of stdout (- is stdout)."
+        ),
     ] = None,
 ) -> None:
-    """Export a conversation as Markdown or JSON."""
-    from chatcli.store.files import write_private
+    """Export a conversation as Markdown or JSON.
+
+    A regular FILE is replaced atomically (0600); a FIFO, a terminal or /dev/stdout is written
+    to as it is.
+    """
+    from chatcli.store.files import write_user_file
     from chatcli.transcript import to_json, to_markdown
 
     ctx, store = _start()
@@ -186,7 +192,7 @@ def export(
         path = Path(output).expanduser()
         if path.is_dir():
             raise UsageError(f"{output} is a directory; give a file name")
-        write_private(path, text.encode(), own_directory=False)  # a conversation may be private
+        write_user_file(path, text.encode())  # a new or regular file is 0600: it may be private
         say(ctx, f"wrote {len(messages)} message(s) to {path}")
 
 

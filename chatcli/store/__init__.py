@@ -8,7 +8,8 @@
 
 ``Stores`` reads neither the environment nor config.toml: it is given what it needs.
 
-Files live under the data directory with owner-only permissions (see :mod:`chatcli.store.files`).
+Files live under the data directory with owner-only permissions, and nothing in it is followed
+through a symbolic link (see :mod:`chatcli.store.files`).
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ class Stores:
     sessions: SessionStore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.cookies = CookieStore(self.data_dir / "cookies.json")
+        # The data directory is the top of chatcli's tree here: nothing in it is a link.
+        self.cookies = CookieStore(self.data_dir / "cookies.json", base=self.data_dir)
         # Opened (and migrated) only when first used.
-        self.sessions = SessionStore(self.data_dir / "sessions.db")
+        self.sessions = SessionStore(self.data_dir / "sessions.db", base=self.data_dir)
 
     def state(self, provider: str) -> StateStore:
         safe = re.sub(r"[^a-z0-9_.-]", "_", provider.lower())
-        return StateStore(self.data_dir / "providers" / f"{safe}.json")
+        return StateStore(self.data_dir / "providers" / f"{safe}.json", base=self.data_dir)
 
     def browser_source(self) -> tuple[str, str | None] | None:
         """``[cookies] from_browser`` (and ``profile``) of config.toml, when the user opted in."""

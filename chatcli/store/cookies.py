@@ -5,24 +5,40 @@ the file is written atomically with owner-only permissions. Expired cookies are 
 out. Two import formats are read: the Netscape ``cookies.txt`` that browser extensions
 export, and a JSON list of ``{domain, name, value, ...}`` objects (``expirationDate`` or
 ``expires`` in Unix seconds, as extensions write them).
+
+An expiry is a finite Unix time up to the end of year 9999 (:data:`MAX_EXPIRY`): an import
+with ``inf`` or ``nan`` is refused, a stored row with one is skipped, and a browser's "never"
+beyond year 9999 is kept as that last second. A file over 8 MiB is refused before it is read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 from chatcli.errors import UsageError
-from chatcli.store.files import locked, quarantine, read_json, write_json
+from chatcli.store.files import (
+    MAX_FILE_BYTES,
+    FileTooLargeError,
+    locked,
+    read_json,
+    read_limited,
+    set_aside,
+    write_json,
+)
 
 log = logging.getLogger("chatcli.store")
 
 FORMAT_VERSION: Final = 1
+#: The last second of year 9999 (UTC): the latest expiry kept, and one any clock can show.
+MAX_EXPIRY: Final = 253_402_300_799.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +82,22 @@ def mask(value: str) -> str:
 
 
 class CookieStore:
-    """The cookie file. Every change is written at once; nothing is cached between calls."""
+    """The cookie file. Every change is written at once; nothing is cached between calls.
 
-    def __init__(self, path: Path) -> None:
+    ``base``: the top of chatcli's tree the file is in (the data directory; by default the
+    file's own directory)."""
+
+    def __init__(self, path: Path, *, base: Path | None = None) -> None:
         self.path = path
+        self.base = base if base is not None else path.parent
 
     def all(self) -> list[Cookie]:
-        data = read_json(self.path, what="the cookie file")
+        data = read_json(self.path, what="the cookie file", base=self.base)
         if data is None:
             return []
         rows = data.get("cookies") if isinstance(data, dict) else None
         if not isinstance(rows, list):
-            aside = quarantine(self.path)
-            log.warning("the cookie file %s had no cookie list; moved it to %s", self.path, aside)
+            set_aside(self.path, "the cookie file", "without a cookie list")
             return []
         cookies = []
         for index, row in enumerate(rows):
@@ -109,11 +128,14 @@ class CookieStore:
         return self._drop(lambda c: c.matches(target) and c.expired(now))
 
     def save(self, cookies: Iterable[Cookie]) -> int:
-        """Add or replace (by domain, path and name); returns how many were given."""
-        new = list(cookies)
+        """Add or replace (by domain, path and name); returns how many were given.
+
+        An expiry beyond :data:`MAX_EXPIRY` is kept as that; one that is no finite number is
+        a :class:`UsageError` (the parsers refuse those first)."""
+        new = [_in_range(cookie) for cookie in cookies]
         if not new:
             return 0
-        with locked(self.path):
+        with locked(self.path, base=self.base):
             merged = {c.key: c for c in self.all()}
             for cookie in new:
                 merged[cookie.key] = cookie
@@ -133,7 +155,7 @@ class CookieStore:
         return self._drop(lambda c: c.domain == target or c.domain.endswith("." + target))
 
     def _drop(self, doomed: Callable[[Cookie], bool]) -> int:
-        with locked(self.path):
+        with locked(self.path, base=self.base):
             current = self.all()
             kept = [c for c in current if not doomed(c)]
             if len(kept) != len(current):
@@ -144,7 +166,18 @@ class CookieStore:
         now = time.time()
         kept = sorted((c for c in cookies if not c.expired(now)), key=lambda c: c.key)
         rows = [asdict(c) for c in kept]
-        write_json(self.path, {"version": FORMAT_VERSION, "cookies": rows})
+        write_json(self.path, {"version": FORMAT_VERSION, "cookies": rows}, base=self.base)
+
+
+def _in_range(cookie: Cookie) -> Cookie:
+    """``cookie`` with an expiry past :data:`MAX_EXPIRY` brought back to it."""
+    if cookie.expires is None:
+        return cookie
+    if not math.isfinite(cookie.expires):
+        raise UsageError(
+            f"cookie {cookie.name!r} of {cookie.domain}: expiry {cookie.expires} is not a time"
+        )
+    return replace(cookie, expires=MAX_EXPIRY) if cookie.expires > MAX_EXPIRY else cookie
 
 
 def _row_to_cookie(row: Any) -> Cookie | None:
@@ -155,7 +188,11 @@ def _row_to_cookie(row: Any) -> Cookie | None:
     if not all(isinstance(row.get(key, "/"), str) for key in texts):
         return None
     expires = row.get("expires")
-    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
+    if expires is not None and (
+        isinstance(expires, bool)
+        or not isinstance(expires, int | float)
+        or not 0 <= expires <= MAX_EXPIRY  # NaN fails this too
+    ):
         return None
     flags = ("secure", "http_only", "include_subdomains")
     if not all(isinstance(row.get(key, False), bool) for key in flags):
@@ -178,11 +215,23 @@ def _row_to_cookie(row: Any) -> Cookie | None:
 
 
 def parse_cookie_file(path: Path) -> list[Cookie]:
-    """Cookies from a Netscape ``cookies.txt`` or a JSON export. Errors are one line (exit 2)."""
+    """Cookies from a Netscape ``cookies.txt`` or a JSON export. Errors are one line (exit 2).
+
+    A file over 8 MiB is refused before it is read (real exports are kilobytes).
+    """
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if size > MAX_FILE_BYTES:
+                raise FileTooLargeError(f"{path} is larger than {MAX_FILE_BYTES // 2**20} MiB")
+            text = read_limited(fd, path).decode("utf-8-sig")
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise UsageError(f"no such file: {path}") from None
+    except FileTooLargeError as exc:
+        raise UsageError(f"{exc}; a cookie export is kilobytes: is it the right file?") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     stripped = text.lstrip()
@@ -214,6 +263,7 @@ def parse_netscape_cookies(text: str, *, source: str = "cookies.txt") -> list[Co
             expiry = float(expires)
         except ValueError:
             raise UsageError(f"{source} line {number}: expiry {expires!r} is no number") from None
+        _check_expiry(expiry, f"{source} line {number}")
         cookies.append(
             Cookie(
                 domain=normalise_domain(domain),
@@ -235,6 +285,8 @@ def parse_json_cookies(text: str, *, source: str = "cookies.json") -> list[Cooki
         data: Any = json.loads(text)
     except ValueError as exc:
         raise UsageError(f"{source}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{source}: not a cookie export (nested too deeply)") from None
     if isinstance(data, dict) and isinstance(data.get("cookies"), list):
         data = data["cookies"]
     if not isinstance(data, list):
@@ -251,8 +303,12 @@ def parse_json_cookies(text: str, *, source: str = "cookies.json") -> list[Cooki
         session = bool(item.get("session")) or raw_expiry in (None, "", 0, -1)
         try:
             expiry = None if session else float(raw_expiry)
+        except OverflowError:  # an integer beyond any float
+            expiry = math.inf  # out of range, said below
         except (TypeError, ValueError):
             raise UsageError(f"{where}: expiry {raw_expiry!r} is not a number") from None
+        if expiry is not None:
+            _check_expiry(expiry, where)
         domain = item["domain"]
         host_only = item.get("hostOnly")
         cookies.append(
@@ -268,6 +324,14 @@ def parse_json_cookies(text: str, *, source: str = "cookies.json") -> list[Cooki
             )
         )
     return cookies
+
+
+def _check_expiry(expiry: float, where: str) -> None:
+    """Refuse an expiry that is no finite time within year 9999 (either way from 1970)."""
+    if not (math.isfinite(expiry) and abs(expiry) <= MAX_EXPIRY):
+        raise UsageError(
+            f"{where}: expiry {expiry} is out of range (Unix seconds, at most {MAX_EXPIRY:.0f})"
+        )
 
 
 def import_cookies(

@@ -4,8 +4,14 @@
   is one short ``BEGIN IMMEDIATE`` transaction (never held across network I/O).
 * The schema is versioned with ``PRAGMA user_version`` and migrated forward under an exclusive
   lock at open; a database from a newer chatcli is refused, never touched.
-* The file is created 0600 (SQLite gives its ``-wal`` and ``-shm`` files the same mode).
+* The file is created 0600 (SQLite gives its ``-wal`` and ``-shm`` files the same mode), by
+  chatcli, never through a symbolic link: a link at the database or its ``-wal``, ``-shm`` or
+  ``-journal`` names is refused, and SQLite is never asked to create a file.
 * A damaged or locked database is an error that names the file; it is never overwritten.
+* Where the database cannot be written (a read-only directory or file: a snapshot, a mounted
+  backup), it is opened read-only (``mode=ro``; ``immutable=1`` when the WAL index cannot be
+  made) with no migration and no journal change: reading works, and a write is one error line.
+  A database that does not exist there reads as empty.
 
 Messages record role, text, provider, model, time, duration and status (``complete``,
 ``interrupted`` or ``error``). No secret is ever stored: keys and cookies are not part of a turn.
@@ -13,18 +19,30 @@ Messages record role, text, provider, model, time, duration and status (``comple
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
+from urllib.parse import quote
 
 from chatcli.errors import StorageError, UsageError
-from chatcli.store.files import FILE_MODE, private_dir
+from chatcli.store.files import (
+    FILE_MODE,
+    UNWRITABLE_ERRNOS,
+    check_own_file,
+    check_tree,
+    link_error,
+    private_dir,
+)
+
+log = logging.getLogger("chatcli.store")
 
 Status = Literal["complete", "interrupted", "error"]
 
@@ -34,6 +52,18 @@ BUSY_TIMEOUT_MS: Final = 10_000
 TITLE_LENGTH: Final = 60
 #: Shortest id prefix accepted when addressing a session.
 MIN_PREFIX: Final = 4
+#: The largest row count SQLite takes as a limit (a larger one, say ``-n 1e30``, means all).
+MAX_LIMIT: Final = 2**63 - 1
+#: Longest session name, in characters.
+NAME_LENGTH: Final = 100
+#: Unicode categories a session name may not hold: control characters (a tab would break
+#: ``sessions list``'s columns) and line or paragraph separators.
+_NAME_FORBIDDEN: Final = frozenset({"Cc", "Zl", "Zp"})
+#: The files SQLite keeps next to the database.
+_COMPANIONS: Final = ("-wal", "-shm", "-journal")
+#: SQLite's words, while opening, for a database it cannot write or open here (a read-only
+#: place; a full disk fails making the WAL index with "disk I/O error"): it is then read-only.
+_READ_ONLY_WORDS: Final = ("readonly", "read-only", "unable to open", "disk is full", "disk I/O")
 
 #: Forward migrations: the script at index N takes the schema from version N to N + 1.
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -107,6 +137,20 @@ class SearchHit:
     line: str
 
 
+def check_session_name(name: str) -> str:
+    """``name`` without surrounding spaces, when it can name a session: not empty, at most
+    :data:`NAME_LENGTH` characters, no control character. Else one :class:`UsageError` line."""
+    name = name.strip()
+    if not name:
+        raise UsageError("a session name cannot be empty")
+    if len(name) > NAME_LENGTH:
+        raise UsageError(f"a session name is at most {NAME_LENGTH} characters, not {len(name)}")
+    bad = next((c for c in name if unicodedata.category(c) in _NAME_FORBIDDEN), None)
+    if bad is not None:
+        raise UsageError(f"a session name cannot hold control characters (it has {bad!a})")
+    return name
+
+
 def make_title(text: str) -> str:
     """A title from a first message: its first non-empty line, one-spaced, cut to length."""
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
@@ -117,11 +161,20 @@ def make_title(text: str) -> str:
 
 
 class SessionStore:
-    """The session database. Opens (and migrates) on first use; one connection per store."""
+    """The session database. Opens (and migrates) on first use; one connection per store.
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    ``base``: the top of chatcli's tree the database is in (the data directory; by default the
+    database's own directory). ``read_only`` says why, once opened, the database could only be
+    opened for reading (``None``: it is writable).
+    """
+
+    def __init__(
+        self, path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, base: Path | None = None
+    ) -> None:
         self.path = path
+        self.base = base if base is not None else path.parent
         self.busy_timeout_ms = busy_timeout_ms
+        self.read_only: str | None = None
         self._db: sqlite3.Connection | None = None
 
     # -- opening and migrating -------------------------------------------------------------
@@ -138,34 +191,143 @@ class SessionStore:
             self._db = None
 
     def _open(self) -> sqlite3.Connection:
-        private_dir(self.path.parent)
-        if not self.path.exists():
-            # Create it owner-only before SQLite does, with the umask's say removed.
+        self._check_files()
+        reason = self._not_writable()
+        if reason is None:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, FILE_MODE)
-                os.fchmod(fd, FILE_MODE)
-                os.close(fd)
-            except OSError as exc:
-                raise StorageError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
+                return self._open_writable()
+            except _ReadOnlyError as exc:
+                reason = str(exc)
+        self.read_only = reason
+        return self._open_read_only()
+
+    def _check_files(self) -> None:
+        """Refuse links (and files of others) at the database's names before SQLite opens one:
+        SQLite follows links, and would create a database (or its journal) wherever one led."""
+        if not check_tree(self.path.parent, self.base):
+            return
+        check_own_file(self.path)
+        for suffix in _COMPANIONS:
+            companion = self.path.with_name(self.path.name + suffix)
+            if companion.is_symlink():
+                raise link_error(companion)
+
+    def _not_writable(self) -> str | None:
+        """Why the database cannot be written here, or ``None``. The kernel's answer
+        (``access``): a read-only mount or an immutable file is read-only even to root."""
+        if self.path.exists():
+            for place in (self.path, self.path.parent):  # WAL makes files next to it
+                if not os.access(place, os.W_OK):
+                    return f"{place} is not writable"
+            return None
+        place = self.path.parent
+        while not place.exists() and place != place.parent:
+            place = place.parent
+        return None if os.access(place, os.W_OK) else f"{place} is not writable"
+
+    def _open_writable(self) -> sqlite3.Connection:
         try:
-            db = sqlite3.connect(
-                self.path, timeout=self.busy_timeout_ms / 1000, isolation_level=None
-            )
-        except sqlite3.Error as exc:
-            raise self._error("cannot open", exc) from exc
+            private_dir(self.path.parent, base=self.base)
+            self._create()
+        except StorageError as exc:
+            if isinstance(exc.__cause__, OSError) and exc.__cause__.errno in UNWRITABLE_ERRNOS:
+                raise _ReadOnlyError(str(exc)) from exc
+            raise
+        db = self._connect("rw")
         try:
-            db.row_factory = sqlite3.Row
-            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            db.execute("PRAGMA foreign_keys = ON")
             # Refuse a newer schema before anything (even the journal mode) changes the file.
             self._check_not_newer(db.execute("PRAGMA user_version").fetchone()[0])
             self._prepare(db)
         except sqlite3.Error as exc:
             db.close()
+            if any(word in str(exc) for word in _READ_ONLY_WORDS):
+                raise _ReadOnlyError(f"{self.path}: {exc}") from exc
             raise self._error("cannot use", exc) from exc
         except BaseException:
             db.close()
             raise
+        return db
+
+    def _create(self) -> None:
+        """Create the file owner-only before SQLite opens it (the umask's say removed), never
+        through a link; SQLite itself never creates it (``mode=rw``)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot create {self.path}: {exc.strerror or exc}") from exc
+        try:
+            os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The database for reading only: no file made, no migration, no journal change."""
+        if not self.path.exists():
+            return self._empty()
+        try:
+            return self._open_for_reading("ro")
+        except sqlite3.OperationalError as exc:
+            if "unable to open" not in str(exc) and "disk I/O" not in str(exc):
+                raise self._error("cannot open", exc) from exc
+        # With no WAL index (-shm) and no room or right to make one, SQLite cannot open a WAL
+        # database read-only; as no one can write here, it is read as it is.
+        self._warn_unread_wal()
+        try:
+            return self._open_for_reading("ro&immutable=1")
+        except sqlite3.Error as exc:
+            raise self._error("cannot open", exc) from exc
+
+    def _open_for_reading(self, mode: str) -> sqlite3.Connection:
+        db = self._connect(mode)
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            self._check_not_newer(version)
+            if version == 0:  # made, never migrated: nothing was saved in it
+                db.close()
+                return self._empty()
+            if version < SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path} is from an older chatcli and can only be read here; run "
+                    "chatcli once where it can be written to upgrade it"
+                )
+            db.execute("SELECT COUNT(*) FROM sessions").fetchone()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _warn_unread_wal(self) -> None:
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            log.warning(
+                "%s cannot be read here (read-only or full); the newest changes it holds are "
+                "not shown",
+                wal,
+            )
+
+    def _connect(self, mode: str) -> sqlite3.Connection:
+        uri = f"file:{quote(str(self.path))}?mode={mode}"
+        try:
+            db = sqlite3.connect(
+                uri, uri=True, timeout=self.busy_timeout_ms / 1000, isolation_level=None
+            )
+        except sqlite3.Error as exc:
+            if mode == "rw" and any(word in str(exc) for word in _READ_ONLY_WORDS):
+                raise _ReadOnlyError(f"{self.path}: {exc}") from exc
+            raise self._error("cannot open", exc) from exc
+        db.row_factory = sqlite3.Row
+        db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        db.execute("PRAGMA foreign_keys = ON")
+        return db
+
+    def _empty(self) -> sqlite3.Connection:
+        """An empty database in memory: what a read of a database that is not there sees."""
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        db.row_factory = sqlite3.Row
+        for script in MIGRATIONS:
+            db.executescript(script)
         return db
 
     def _prepare(self, db: sqlite3.Connection) -> None:
@@ -235,6 +397,11 @@ class SessionStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction, taken at once (no read-then-upgrade deadlock)."""
         db = self.db
+        if self.read_only is not None:
+            raise StorageError(
+                f"cannot write to the session database {self.path}: it could only be opened for "
+                f"reading here ({self.read_only})"
+            )
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -273,6 +440,8 @@ class SessionStore:
         """A new session. With ``reuse_name``, a session already so named (say, created by
         another ``ask -S NAME`` a moment ago) is returned instead of an error."""
         now = time.time()
+        if name is not None:
+            name = check_session_name(name)
         with self._write() as db:
             if name is not None:
                 self._check_name(name)
@@ -339,20 +508,18 @@ class SessionStore:
         params: tuple[object, ...] = ()
         if limit is not None:
             sql += " LIMIT ?"
-            params = (limit,)
+            params = (min(limit, MAX_LIMIT),)
         return [_session(row) for row in self._read(sql, params)]
 
     def exists(self, session_id: str) -> bool:
         return bool(self._read("SELECT 1 FROM sessions WHERE id = ?", (session_id,)))
 
     def _check_name(self, name: str) -> None:
-        if not name.strip():
-            raise UsageError("a session name cannot be empty")
         if self._read("SELECT 1 FROM sessions WHERE id = ?", (name.lower(),)):
             raise UsageError(f"{name!r} is another session's id; choose another name")
 
     def rename(self, session_id: str, name: str) -> Session:
-        name = name.strip()
+        name = check_session_name(name)
         with self._write() as db:
             self._check_name(name)
             other = self._by_name(name)
@@ -425,7 +592,7 @@ class SessionStore:
         rows = self._read(
             "SELECT * FROM messages WHERE instr(lower(content), lower(?)) > 0"
             " ORDER BY created_at DESC, id DESC" + (" LIMIT ?" if limit else ""),
-            (text, limit) if limit else (text,),
+            (text, min(limit, MAX_LIMIT)) if limit else (text,),
         )
         hits: list[SearchHit] = []
         sessions: dict[str, Session] = {}
@@ -440,6 +607,10 @@ class SessionStore:
             )
             hits.append(SearchHit(sessions[message.session_id], message, line.strip()))
         return hits
+
+
+class _ReadOnlyError(Exception):
+    """The database cannot be opened for writing here; the message says why."""
 
 
 _SESSION_QUERY: Final = (
