@@ -56,7 +56,13 @@ def toml_string(text: str) -> str:
 
 
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(model=HOSTILE, answer=HOSTILE, error=HOSTILE, name=HOSTILE, cookie=HOSTILE)
+@given(
+    model=HOSTILE,
+    answer=HOSTILE,
+    error=HOSTILE,
+    name=HOSTILE.map(lambda name: name.replace(",", ";")),  # -p a,b names a fallback chain
+    cookie=HOSTILE,
+)
 @example(
     model="m\x1b]52;c;ZXZpbA==\x07", answer="a\x9b2J", error="e\x1b]0;t\x07",
     name="p\x1b[2J", cookie="c\x1b[?1049h",
