@@ -17,6 +17,7 @@ from chatcli.core import ChatOptions
 from chatcli.errors import ConfigError, UsageError, check_url
 from chatcli.providers import Registry
 from chatcli.store import Session, Stores
+from chatcli.store.sessions import check_session_name
 from chatcli.turn import TurnRequest
 
 log = logging.getLogger("chatcli.chat")
@@ -57,9 +58,7 @@ def conversation_from(
     elif chosen.session is not None:
         session = sessions.find_or_none(chosen.session)
         if session is None:
-            new_name = chosen.session.strip()
-            if not new_name:
-                raise UsageError("-S needs a session name")
+            new_name = check_session_name(chosen.session)  # before anything is sent
 
     # -p a,b,c: a first, then b and c when it fails before any text.
     chain = [n.strip() for n in (chosen.provider or "").split(",") if n.strip()]

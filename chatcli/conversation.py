@@ -16,7 +16,7 @@ from chatcli.core import ChatMessage, Event, Message
 from chatcli.errors import StorageError, UsageError
 from chatcli.providers import Registry
 from chatcli.render import Renderer
-from chatcli.store.sessions import Session, SessionStore, Status
+from chatcli.store.sessions import Session, SessionStore, Status, check_session_name
 from chatcli.turn import Turn, TurnRequest, run_turn
 
 log = logging.getLogger("chatcli.conversation")
@@ -79,6 +79,8 @@ class Conversation:
         self.last_model: str | None = None
         #: The latest turn, as it stands: after an error or Ctrl-C it holds the partial answer.
         self.last_turn: Turn | None = None
+        #: A save failed and was reported; the messages wait in memory for the next one.
+        self._save_failed = False
         if session is not None and store is not None:
             self._load(session)
 
@@ -160,7 +162,7 @@ class Conversation:
         if self.store is None or not self.save:
             raise UsageError("sessions are not being saved (--no-save)")
         if self.session is None:
-            self.pending_name = name.strip() or None
+            self.pending_name = check_session_name(name)
             raise UsageError("nothing to rename yet: the session starts with your first message")
         self.session = self.store.rename(self.session.id, name)
         return self.session
@@ -292,13 +294,20 @@ class Conversation:
                     error=entry.error,
                 )
         except StorageError as exc:
-            log.warning(
-                "could not save %d message(s) (%s); this chat keeps them and saves them with "
-                "its next message if it can",
-                sum(1 for e in self._entries if e.id is None),
-                exc,
-            )
+            unsaved = sum(1 for e in self._entries if e.id is None)
+            if self._save_failed:  # said once is enough (a read-only home fails every time)
+                log.debug("still could not save %d message(s): %s", unsaved, exc)
+            else:
+                log.warning(
+                    "could not save this conversation (%s); it is kept in memory, and saved "
+                    "with a later message if that can be",
+                    exc,
+                )
+            self._save_failed = True
             return
+        if self._save_failed:
+            log.warning("the messages that could not be saved before are saved now")
+            self._save_failed = False
         if self.session is not None and not self.session.title:
             self.session = self.store.get(self.session.id)  # the first message gave it a title
 

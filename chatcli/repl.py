@@ -346,7 +346,7 @@ class Repl:
             self.say(f"{who}> {message['content']}")
 
     async def _cmd_export(self, argument: str) -> None:
-        from chatcli.store.files import write_private
+        from chatcli.store.files import write_user_file
         from chatcli.transcript import to_markdown
 
         conversation = self.conversation
@@ -355,7 +355,7 @@ class Repl:
         session = conversation.store.get(conversation.session.id)
         text = to_markdown(session, conversation.store.messages(session.id))
         path = Path(argument).expanduser()
-        write_private(path, text.encode(), own_directory=False)
+        write_user_file(path, text.encode())
         self.say(f"wrote {path}")
 
     async def _cmd_edit(self, _: str) -> None:

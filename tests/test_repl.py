@@ -393,10 +393,12 @@ def test_an_answer_that_cannot_be_saved_yet_is_kept_and_saved_later(
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
-    assert "could not save" in caplog.text
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert ["could not save" in r.getMessage() for r in warned] == [True]  # once, not twice
     assert harness.conversation.unsaved == 2
     harness.run(f"later{ENTER}")
     assert harness.conversation.unsaved == 0
+    assert "could not be saved before are saved now" in caplog.records[-1].getMessage()
     assert [m[1] for m in stored_rows(harness)] == [
         "warm up", "Hello, world!", "while locked", "Hello, world!", "later", "Hello, world!",
     ]  # fmt: skip

@@ -95,7 +95,7 @@ _STALE_COPY_SECONDS: Final = 600
 
 def _copies_dir(cache_dir: Path) -> Path:
     """``CACHE/browser-copies`` (0700): where a locked database is copied to be read."""
-    folder = private_dir(cache_dir / "browser-copies")
+    folder = private_dir(cache_dir / "browser-copies", base=cache_dir)
     now = time.time()
     for leftover in folder.iterdir():  # a killed import cannot clean up after itself
         with contextlib.suppress(OSError):

@@ -152,7 +152,11 @@ def check_session_name(name: str) -> str:
 
 
 def make_title(text: str) -> str:
-    """A title from a first message: its first non-empty line, one-spaced, cut to length."""
+    """A title from a first message: its first non-empty line, one-spaced, cut to length.
+
+    Only the message's start is read: a long message (a piped file) costs no more than a short.
+    """
+    text = text[: TITLE_LENGTH * 20]
     line = next((ln for ln in text.splitlines() if ln.strip()), "")
     line = " ".join(line.split())
     if len(line) > TITLE_LENGTH:
@@ -565,12 +569,13 @@ class SessionStore:
                 " duration, status, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session_id, role, content, provider, model, now, duration, status, error),
             )
+            title = make_title(content) if role == "user" else ""
             db.execute(
                 "UPDATE sessions SET updated_at = ?, provider = COALESCE(?, provider),"
                 " model = COALESCE(?, model),"
                 " title = CASE WHEN title = '' AND ? = 'user' THEN ? ELSE title END"
                 " WHERE id = ?",
-                (now, provider, model, role, make_title(content), session_id),
+                (now, provider, model, role, title, session_id),
             )
             if cursor.lastrowid is None:  # pragma: no cover - sqlite always sets it
                 raise StorageError("the message was not stored")
