@@ -16,6 +16,7 @@ format:
 bench:
 	python bench/startup.py
 	python bench/stream.py
+	python bench/memory.py
 
 bench-local:  # needs the local extra
 	python bench/local.py
