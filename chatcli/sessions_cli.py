@@ -190,8 +190,6 @@ def export(
             _write(ctx, text)
             return
         path = Path(output).expanduser()
-        if path.is_dir():
-            raise UsageError(f"{output} is a directory; give a file name")
         write_user_file(path, text.encode())  # a new or regular file is 0600: it may be private
         say(ctx, f"wrote {len(messages)} message(s) to {path}")
 

@@ -332,6 +332,25 @@ def test_export_writes_through_a_fifo(isolated: Isolated, tmp_path: Path) -> Non
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO, not a file in its place
 
 
+@pytest.mark.parametrize(
+    ("output", "fragment", "code"),
+    [
+        ("a" * 5000, "File name too long", 1),
+        ("/tmp/" + "d/" * 3000 + "x", "File name too long", 1),
+        ("/tmp", "/tmp is a directory; give a file name", 2),
+        ("/nonexistent/dir/x.md", "cannot write /nonexistent/dir/x.md", 1),
+    ],
+)
+def test_export_to_a_path_that_cannot_be_written_is_one_short_line(
+    isolated: Isolated, output: str, fragment: str, code: int
+) -> None:
+    make_session(isolated)
+    result = run_binary(["sessions", "export", "notes", "-o", output], isolated)
+    assert result.returncode == code
+    assert_one_line_error(result.stderr, fragment)
+    assert len(result.stderr) < 300  # a long path is shortened, not quoted whole
+
+
 @pytest.mark.parametrize("output", ["-", "/dev/stdout"])
 def test_export_to_stdout(isolated: Isolated, output: str) -> None:
     make_session(isolated)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from chatcli.config import check_trusted
-from chatcli.errors import ConfigError, StorageError
+from chatcli.errors import ConfigError, StorageError, UsageError
 
 log = logging.getLogger("chatcli.store")
 
@@ -282,6 +282,10 @@ def write_user_file(path: Path, data: bytes) -> None:
         st: os.stat_result | None = os.lstat(path)
     except FileNotFoundError:
         st = None
+    except OSError as exc:  # a name too long, a parent that is a file, no permission
+        raise StorageError(f"cannot write {_shown(path)}: {exc.strerror or exc}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{_shown(path)} is a directory; give a file name")
     if st is None or stat.S_ISREG(st.st_mode):
         write_private(path, data, own_directory=False)
         return
@@ -292,7 +296,13 @@ def write_user_file(path: Path, data: bytes) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise StorageError(f"cannot write {_shown(path)}: {exc.strerror or exc}") from exc
+
+
+def _shown(path: Path, limit: int = 120) -> str:
+    """``path`` fit for a one-line message: a very long one keeps its start and its end."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[: limit // 2]}…{text[-limit // 3 :]}"
 
 
 def _write_all(fd: int, data: bytes) -> None:
