@@ -180,7 +180,7 @@ class ChatRequest:
 
 # -- events ---------------------------------------------------------------------------------------
 
-FinishReason = Literal["stop", "length", "context", "content_filter", "tool_calls"]
+FinishReason = Literal["stop", "length", "context", "content_filter", "repetition", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +219,8 @@ class ToolCallDelta:
 @dataclass(frozen=True, slots=True)
 class Finish:
     """The answer ended, and why: ``stop`` (complete), ``length`` (cut at the token limit),
-    ``context`` (cut by the context size), ``content_filter``, ``tool_calls``. ``raw`` is the
+    ``context`` (cut by the context size), ``content_filter``, ``repetition`` (stopped by
+    chatcli because the model repeated itself verbatim), ``tool_calls``. ``raw`` is the
     service's own word for it, when it gave one."""
 
     reason: FinishReason = "stop"
