@@ -29,6 +29,7 @@ from chatcli.clikit import (
 from chatcli.context import AppContext
 from chatcli.core import ChatOptions
 from chatcli.errors import (
+    EXIT_CUT,
     EXIT_ERROR,
     EXIT_OK,
     ProviderError,
@@ -118,7 +119,9 @@ def ask(
     markdown: MarkdownOpt = False,
     json_out: Annotated[
         bool,
-        typer.Option("--json", help="Print one JSON object at the end: text, provider, model."),
+        typer.Option(
+            "--json", help="Print one JSON object at the end: text, status, provider, model."
+        ),
     ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -130,6 +133,7 @@ def ask(
         message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
         from chatcli.chat import open_conversation
         from chatcli.render import choose
+        from chatcli.turn import CUT
 
         conversation = open_conversation(ctx, chat, notice=lambda text: say(ctx, text))
         renderer = choose(
@@ -148,8 +152,11 @@ def ask(
             if json_out and turn is not None and turn.pieces:
                 _print_json(ctx, turn, conversation)  # scripts get the partial answer too
             raise
-        if json_out and conversation.last_turn is not None:
-            _print_json(ctx, conversation.last_turn, conversation)
+        turn = conversation.last_turn
+        if json_out and turn is not None:
+            _print_json(ctx, turn, conversation)
+        if turn is not None and turn.status in CUT:
+            raise typer.Exit(EXIT_CUT)  # the line saying why was logged when the turn ended
 
 
 @app.command()
@@ -193,6 +200,7 @@ def _print_json(ctx: AppContext, turn: Any, conversation: Any) -> None:
         "provider": turn.provider,
         "model": turn.model,
         "status": turn.status,
+        "finish_reason": turn.finish_reason,
         "session": session.id if session is not None else None,
     }
     if turn.error:

@@ -265,7 +265,7 @@ class Conversation:
                         turn.text,
                         provider=turn.provider,
                         model=turn.model or None,
-                        status="complete" if turn.status == "complete" else "interrupted",
+                        status="interrupted" if turn.status == "pending" else turn.status,
                         duration=turn.duration,
                         error=turn.error,
                     )

@@ -41,6 +41,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
+#: The answer arrived but is not whole: cut at the token limit or the context, withheld by a
+#: content filter, or stopped because the model kept repeating itself.
+EXIT_CUT: Final = 3
 EXIT_INTERRUPTED: Final = 130
 
 #: Longest piece of server text quoted in an error message.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from chatcli.store import Session, StoredMessage
 
@@ -18,15 +18,27 @@ def when(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
+#: How an answer that is not whole is marked in its heading.
+STATUS_WORDS: Final = {
+    "length": "cut at the token limit",
+    "context": "cut: the context was full",
+    "content_filter": "withheld by a content filter",
+    "repetition": "stopped: it kept repeating itself",
+    "interrupted": "interrupted",
+    "error": "failed",
+}
+
+
 def message_heading(message: StoredMessage) -> str:
-    """``You`` or ``Assistant · provider · model``, with ``(interrupted)`` when it broke off."""
+    """``You`` or ``Assistant · provider · model``, with why it is not whole when it is not:
+    ``(interrupted)``, ``(cut at the token limit)``, ..."""
     if message.role == "user":
         heading = "You"
     else:
         parts = ["Assistant", message.provider, message.model]
         heading = " · ".join(p for p in parts if p)
     if message.status != "complete":
-        heading += f" ({message.status})"
+        heading += f" ({STATUS_WORDS.get(message.status, message.status)})"
     return heading
 
 

@@ -35,7 +35,26 @@ from chatcli.render import Renderer
 
 log = logging.getLogger("chatcli.turn")
 
-TurnStatus = Literal["pending", "complete", "interrupted", "error"]
+#: How a turn ended: ``complete``; cut by a limit (see :data:`CUT`); ``interrupted`` (Ctrl-C, a
+#: signal, a failure after some text); ``error`` (failed before any text).
+TurnStatus = Literal[
+    "pending",
+    "complete",
+    "length",
+    "context",
+    "content_filter",
+    "repetition",
+    "interrupted",
+    "error",
+]
+
+#: The statuses of an answer that ended normally but is not whole, and the line that says so.
+CUT: Final[Mapping[str, str]] = {
+    "length": "the answer was cut at the token limit (-o max_tokens N allows more)",
+    "context": "the answer was cut: the conversation filled the model's context",
+    "content_filter": "the service's content filter withheld the rest of the answer",
+    "repetition": "the answer was stopped: the model kept repeating itself",
+}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -146,10 +165,11 @@ async def run_turn(
         _end(turn, "interrupted" if turn.pieces else "error", str(exc) or type(exc).__name__)
         renderer.finish(interrupted=True)
         raise
-    _end(turn, "complete", None)
+    status = _ended_as(turn.finish_reason)
+    _end(turn, status, None)
     renderer.finish()
-    if turn.finish_reason == "length":
-        log.warning("%s: the answer was cut at the token limit", turn.provider)
+    if status in CUT:
+        log.warning("%s: %s", turn.provider, CUT[status])
     log.debug(
         "turn done: %s answered, %d chars in %.2f s (first piece after %s)",
         turn.provider,
@@ -280,6 +300,13 @@ async def _attempt(
     if not any(piece.strip() for piece in turn.pieces):
         source = "the model" if provider.kind == "offline" else "the service"
         raise ProtocolError(f"{source} sent an empty answer", provider=provider.name)
+
+
+def _ended_as(reason: FinishReason | None) -> TurnStatus:
+    """The status of an answer that ended with ``reason`` (none given: a normal stop)."""
+    if reason in ("length", "context", "content_filter", "repetition"):
+        return reason
+    return "complete"
 
 
 def _end(turn: Turn, status: TurnStatus, error: str | None) -> None:

@@ -68,7 +68,7 @@ def test_a_cut_answer_says_why(fake: FakeOpenAI, isolated: Isolated) -> None:
     point_ollama_at(isolated, fake)
     fake.finish_reason = "length"
     answer = chat(isolated, save=False).ask("Hi")
-    assert answer.finish_reason == "length"
+    assert (answer.finish_reason, answer.status) == ("length", "length")
 
 
 def test_stream_yields_events_in_order(fake: FakeOpenAI, isolated: Isolated) -> None:

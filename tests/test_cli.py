@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from chatcli.transcript import STATUS_WORDS
+from chatcli.turn import CUT
 from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run
 from tests.servers import FakeOpenAI, ForwardProxy, Socks5Proxy
 
@@ -139,11 +141,39 @@ def test_json_output(fake: FakeOpenAI, isolated: Isolated) -> None:
         "provider": "ollama",
         "model": "m",
         "status": "complete",
+        "finish_reason": "stop",
     }
     assert isinstance(session, str) and len(session) == 12
     unsaved = json.loads(run([*ask(fake), "--json", "--no-save", "hi"], isolated).stdout)
     assert unsaved["session"] is None
     assert result.stdout.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "note"),
+    [
+        ("length", "length", "cut at the token limit (-o max_tokens N allows more)"),
+        ("max_tokens", "length", "cut at the token limit"),
+        ("content_filter", "content_filter", "content filter withheld the rest"),
+    ],
+)
+def test_a_cut_answer_is_never_passed_off_as_complete(
+    fake: FakeOpenAI, isolated: Isolated, raw: str, status: str, note: str
+) -> None:
+    fake.finish_reason = raw
+    result = run([*ask(fake), "-S", "cut", "--json", "Write a long poem"], isolated)
+    assert result.returncode == 3  # the answer came, but not whole
+    data = json.loads(result.stdout)
+    assert (data["status"], data["finish_reason"], data["text"]) == (
+        status, status, "Hello, world!",
+    )  # fmt: skip
+    assert result.stderr == f"chatcli: warning: ollama: {CUT[status]}\n" and note in result.stderr
+    # The session keeps why, and shows it.
+    assert stored(isolated)[-1][1:] == ("assistant", "Hello, world!", status)
+    shown = run(["sessions", "show", "cut"], isolated).stdout
+    assert f"## Assistant · ollama · m ({STATUS_WORDS[status]})" in shown
+    plain = run([*ask(fake), "Write a long poem"], isolated)
+    assert plain.returncode == 3 and plain.stdout == "Hello, world!\n"
 
 
 def test_raw_into_a_pipe_has_no_escape_codes(fake: FakeOpenAI, isolated: Isolated) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chatcli.errors import StorageError, UsageError
-from chatcli.store.sessions import SCHEMA_VERSION, SessionStore, make_title
+from chatcli.store.sessions import MIGRATIONS, SCHEMA_VERSION, SessionStore, make_title
 
 
 @pytest.fixture
@@ -33,6 +33,39 @@ def test_migrates_an_empty_file_and_a_missing_one(tmp_path: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.close()
+
+
+def test_a_first_release_database_is_migrated_keeping_every_row(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    path.touch(mode=0o600)
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])  # the first release's schema, with its data
+    db.execute("INSERT INTO sessions VALUES ('abcdef123456', 'old', 'T', NULL, 'p', 'm', 1, 2)")
+    db.executemany(
+        "INSERT INTO messages (id, session_id, role, content, created_at, status)"
+        " VALUES (?, 'abcdef123456', ?, ?, 1, ?)",
+        [(7, "user", "q", "complete"), (9, "assistant", "part", "interrupted")],
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    with pytest.raises(sqlite3.IntegrityError):  # the old schema cannot say "cut"
+        db.execute("UPDATE messages SET status = 'length' WHERE id = 9")
+    db.close()
+    store = SessionStore(path)
+    assert [(m.role, m.content, m.status) for m in store.messages("abcdef123456")] == [
+        ("user", "q", "complete"),
+        ("assistant", "part", "interrupted"),
+    ]
+    new = store.add_message("abcdef123456", "assistant", "cut", status="length")
+    assert new == 10  # ids carry on where they were
+    assert store.messages("abcdef123456")[-1].status == "length"
+    with pytest.raises(StorageError):
+        store.add_message("abcdef123456", "assistant", "x", status="sideways")  # type: ignore[arg-type]
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+    db.close()
 
 
 def test_a_newer_schema_is_refused_and_left_untouched(tmp_path: Path) -> None:

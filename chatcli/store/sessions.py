@@ -44,7 +44,13 @@ from chatcli.store.files import (
 
 log = logging.getLogger("chatcli.store")
 
-Status = Literal["complete", "interrupted", "error"]
+#: How an answer ended: ``complete``; cut by a limit (``length``: the token limit, ``context``:
+#: the model's context, ``content_filter``: the service withheld the rest, ``repetition``:
+#: chatcli stopped a model repeating itself); ``interrupted`` (Ctrl-C, a signal, a dropped
+#: stream); ``error`` (failed before any text). A question is ``complete``.
+Status = Literal[
+    "complete", "length", "context", "content_filter", "repetition", "interrupted", "error"
+]
 
 #: How long a writer waits for another process's transaction (milliseconds).
 BUSY_TIMEOUT_MS: Final = 10_000
@@ -93,6 +99,31 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX messages_by_session ON messages (session_id, id);
     CREATE INDEX sessions_by_update ON sessions (updated_at);
+    """,
+    # 2: an answer's status says why it ended (SQLite cannot widen a CHECK: the table is
+    # rebuilt, rows and ids kept).
+    """
+    CREATE TABLE messages_v2 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id  TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content     TEXT NOT NULL,
+        provider    TEXT,
+        model       TEXT,
+        created_at  REAL NOT NULL,
+        duration    REAL,
+        status      TEXT NOT NULL DEFAULT 'complete'
+                    CHECK (status IN ('complete', 'length', 'context', 'content_filter',
+                                      'repetition', 'interrupted', 'error')),
+        error       TEXT
+    );
+    INSERT INTO messages_v2 (id, session_id, role, content, provider, model, created_at,
+                             duration, status, error)
+        SELECT id, session_id, role, content, provider, model, created_at, duration, status,
+               error FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v2 RENAME TO messages;
+    CREATE INDEX messages_by_session ON messages (session_id, id);
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
