@@ -9,6 +9,7 @@ concurrent writers are in ``test_cli``; the terminal itself in ``test_terminal``
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 
@@ -116,3 +117,27 @@ def test_numbers_that_are_not_finite_are_usage_errors(
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr and "internal error" not in result.stderr
     assert not fake.requests
+
+
+def test_a_reader_that_goes_away_mid_answer_ends_chatcli_quietly_and_keeps_the_session(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    # `chatcli ask ... | less`, then q while the answer streams (or `| head -c 5`). The case
+    # where the closed pipe meets the flush timer is made deterministic in test_render.
+    fake.pieces = ["Hello", " there", " more", " and", " more", " text"]
+    fake.delay = 0.2
+    process = subprocess.Popen(
+        [str(CHATCLI), *ask(fake, "-S", "piped", "hi")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=isolated.env,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    assert os.read(process.stdout.fileno(), 5) == b"Hello"
+    process.stdout.close()  # the reader quits; the next pieces meet a closed pipe
+    assert process.wait(timeout=30) == 0
+    assert process.stderr.read() == b""  # no "Exception in callback", no traceback
+    process.stderr.close()
+    shown = json.loads(run(["sessions", "show", "piped", "--json"], isolated).stdout)
+    answer = shown["messages"][-1]
+    assert answer["role"] == "assistant" and answer["content"].startswith("Hello")
+    assert answer["status"] == "interrupted"  # the rest never reached anyone

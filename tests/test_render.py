@@ -293,3 +293,39 @@ def test_raw_output_is_flushed_in_batches_not_per_token() -> None:
     asyncio.run(stream_tokens())
     assert buffer.getvalue() == "tok " * 1000 + "\n"
     assert Counting.flushes < 20
+
+
+class _ClosedPipe(io.StringIO):
+    """A stdout whose reader went away after the first flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        if self.flushes > 1:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_pipe_closed_before_a_timed_flush_is_raised_by_the_next_piece_not_the_loop() -> None:
+    # `chatcli ask ... | less`, then q: the flush the timer runs meets the closed pipe.
+    stream = _ClosedPipe()
+    renderer = render.PlainRenderer(stream, safe=False)
+    problems: list[dict[str, Any]] = []
+
+    async def answer() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: problems.append(context)
+        )
+        renderer.feed("first")  # flushed at once
+        renderer.feed(" second")  # within the interval: flushed by the timer
+        await asyncio.sleep(renderer.FLUSH_INTERVAL * 3)
+        renderer.feed(" third")
+
+    with pytest.raises(BrokenPipeError):
+        asyncio.run(answer())
+    assert problems == []  # nothing went to the loop's handler ("Exception in callback")
+    assert stream.flushes == 2
+    with pytest.raises(BrokenPipeError):
+        renderer.finish(interrupted=True)

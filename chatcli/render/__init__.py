@@ -92,11 +92,15 @@ class PlainRenderer:
         self._last = ""
         self._last_flush = 0.0
         self._flush_due = False
+        #: What a timed flush ran into (a closed pipe), raised by the next piece.
+        self._failed: OSError | None = None
 
     def start(self) -> None:
         pass
 
     def feed(self, text: str) -> None:
+        if self._failed is not None:
+            raise self._failed
         if not text:
             return
         self._stream.write(sanitize(text) if self._safe else text)
@@ -105,9 +109,18 @@ class PlainRenderer:
         if wait <= 0:
             self._flush()
         elif not self._flush_due:
-            self._flush_due = call_later(wait, self._flush)
+            self._flush_due = call_later(wait, self._timed_flush)
             if not self._flush_due:
                 self._flush()
+
+    def _timed_flush(self) -> None:
+        """The timer's flush. A pipe closed meanwhile (``| head``, ``q`` in ``less``) is kept
+        for the next piece to raise in the turn's own code, which ends quietly and keeps the
+        session; raised here, in an event-loop callback, it would print a traceback."""
+        try:
+            self._flush()
+        except OSError as exc:
+            self._failed = exc
 
     def _flush(self) -> None:
         self._flush_due = False
@@ -115,6 +128,8 @@ class PlainRenderer:
         self._last_flush = time.monotonic()
 
     def finish(self, *, interrupted: bool = False) -> None:
+        if self._failed is not None:
+            raise self._failed
         # End with a newline so the shell prompt starts on its own line.
         if self._last and self._last != "\n":
             self._stream.write("\n")

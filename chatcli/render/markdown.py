@@ -300,6 +300,8 @@ class MarkdownRenderer:
         self._renderers: dict[int, Console] = {}
         self._started = False
         self._finished = False
+        #: What a timed redraw ran into (the terminal gone), raised by the next piece.
+        self._failed: OSError | None = None
 
     # -- rendering to text -------------------------------------------------------------------
 
@@ -400,6 +402,8 @@ class MarkdownRenderer:
         self._stream.flush()
 
     def feed(self, text: str) -> None:
+        if self._failed is not None:
+            raise self._failed
         if not text:
             return
         for block in self._splitter.feed(sanitize(text)):
@@ -423,7 +427,15 @@ class MarkdownRenderer:
     def _schedule_frame(self, delay: float) -> None:
         """Draw what arrived even if the stream then pauses (the model thinking mid-answer)."""
         # Outside an event loop the next piece, or finish(), draws it.
-        self._frame_due = call_later(delay, self._frame)
+        self._frame_due = call_later(delay, self._timed_frame)
+
+    def _timed_frame(self) -> None:
+        """The timer's redraw; a terminal gone meanwhile is raised by the next piece instead
+        (raised in an event-loop callback, it would only print a traceback)."""
+        try:
+            self._frame()
+        except OSError as exc:
+            self._failed = exc
 
     def finish(self, *, interrupted: bool = False) -> None:
         self._finished = True
