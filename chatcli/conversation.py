@@ -35,6 +35,8 @@ class _Entry:
     error: str | None = None
     #: The database id; ``None`` while unsaved (no store, ``--no-save``, or a failed write).
     id: int | None = None
+    #: For an answer: the question it answers (stored as its ``reply_to``).
+    question: _Entry | None = None
 
 
 class Conversation:
@@ -81,6 +83,8 @@ class Conversation:
         self.last_turn: Turn | None = None
         #: A save failed and was reported; the messages wait in memory for the next one.
         self._save_failed = False
+        #: How many unanswered questions the user was told are not sent again.
+        self._unanswered_told = 0
         if session is not None and store is not None:
             self._load(session)
 
@@ -168,14 +172,35 @@ class Conversation:
         return self.session
 
     def messages(self, user_text: str | None = None) -> tuple[ChatMessage, ...]:
-        """What the provider receives: system prompt, history, and the new message."""
+        """What the provider receives: system prompt, history, and the new message.
+
+        An earlier question that got no answer (its provider failed) stays in the session but
+        is not sent again unseen, as a run of questions in a row: ``/retry`` asks it. (Without
+        ``user_text`` the last question is the one being asked again, and it is sent.)
+        """
         messages: list[ChatMessage] = []
         if self.system:
             messages.append(ChatMessage.text("system", self.system))
-        messages.extend(ChatMessage.text(e.role, e.content) for e in self._entries)
+        entries = self._entries
+        last = len(entries) - 1 if user_text is None else len(entries)
+        for index, entry in enumerate(entries):
+            answered = index + 1 < len(entries) and entries[index + 1].role == "assistant"
+            if entry.role == "user" and not answered and index != last:
+                continue
+            messages.append(ChatMessage.text(entry.role, entry.content))
         if user_text is not None:
             messages.append(ChatMessage.text("user", user_text))
         return tuple(messages)
+
+    def unanswered(self) -> int:
+        """How many earlier questions got no answer (and are therefore not sent again)."""
+        entries = self._entries
+        return sum(
+            1
+            for index, entry in enumerate(entries)
+            if entry.role == "user"
+            and not (index + 1 < len(entries) and entries[index + 1].role == "assistant")
+        )
 
     # -- turns ------------------------------------------------------------------------------
 
@@ -190,6 +215,15 @@ class Conversation:
         """Ask ``text``; the answer streams into ``renderer`` (and its events to ``on_event``)
         and is kept whatever happens."""
         request = replace(self.defaults, messages=self.messages(text))
+        skipped = self.unanswered()
+        if skipped > self._unanswered_told:  # said once per new unanswered question
+            self._unanswered_told = skipped
+            log.warning(
+                "%d earlier question(s) of this session got no answer and are not sent again "
+                "(in the REPL, /retry asks the last one)",
+                skipped,
+                extra={"notice": True},
+            )
         self._entries.append(_Entry("user", text, provider=self.provider, model=self.model))
         self._save_pending()
         return await self._answer(request, renderer, turn, on_event)
@@ -245,6 +279,7 @@ class Conversation:
     ) -> Turn:
         turn = turn or Turn(provider=request.provider)
         self.last_turn = turn
+        question = next((e for e in reversed(self._entries) if e.role == "user"), None)
         try:
             await run_turn(
                 request,
@@ -268,6 +303,7 @@ class Conversation:
                         status="interrupted" if turn.status == "pending" else turn.status,
                         duration=turn.duration,
                         error=turn.error,
+                        question=question,
                     )
                 )
                 self._save_pending()
@@ -292,6 +328,7 @@ class Conversation:
                     status=entry.status,
                     duration=entry.duration,
                     error=entry.error,
+                    reply_to=entry.question.id if entry.question is not None else None,
                 )
         except StorageError as exc:
             unsaved = sum(1 for e in self._entries if e.id is None)

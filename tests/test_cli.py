@@ -665,6 +665,16 @@ def test_concurrent_ask_with_one_new_session_name_loses_nothing(
     rows = stored(isolated)
     assert len({row[0] for row in rows}) == 1 and len(rows) == 8
     assert sorted(r[2] for r in rows if r[1] == "user") == [f"question {i}" for i in range(4)]
+    # Each answer is linked to its own question, and follows it: q, a, q, a, ...
+    import sqlite3
+
+    db = sqlite3.connect(isolated.chatcli_home / "data" / "sessions.db")
+    links = db.execute("SELECT reply_to FROM messages WHERE role = 'assistant'").fetchall()
+    questions = db.execute("SELECT id FROM messages WHERE role = 'user'").fetchall()
+    db.close()
+    assert sorted(link for (link,) in links) == sorted(q for (q,) in questions)
+    shown = json.loads(run(["sessions", "show", "fresh", "--json"], isolated).stdout)
+    assert [m["role"] for m in shown["messages"]] == ["user", "assistant"] * 4
 
 
 # -- the shared chat options ----------------------------------------------------------------------
@@ -687,3 +697,40 @@ def test_ask_and_repl_take_the_one_table_of_chat_options(isolated: Isolated) -> 
         result = run([command, "-p", "ollama", "-o", "temperature", "1"], isolated)
         assert result.returncode == 2
         assert_one_line_error(result.stderr, "-o temperature: not a provider option")
+
+
+def test_a_failed_question_never_rewrites_the_sessions_provider_and_model(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    assert run([*ask(fake), "-S", "s", "first"], isolated).returncode == 0
+    # Another provider, not running: the question is kept, the session's pair is not touched.
+    down = ["-p", "vllm", "-m", "other", "--base-url", "http://localhost:9/v1", "--retries", "0"]
+    assert run(["ask", "-S", "s", *down, "second"], isolated).returncode == 1
+    listed = json.loads(run(["sessions", "list", "--json"], isolated).stdout)
+    assert [(s["provider"], s["model"]) for s in listed] == [("ollama", "m")]
+    # So the session carries on with what last answered, as one choice.
+    again = run(["ask", "-S", "s", "--base-url", fake.base_url, "third"], isolated)
+    assert again.returncode == 0, again.stderr
+    assert fake.requests[-1].body["model"] == "m"
+
+
+def test_an_unanswered_question_is_not_sent_again_unseen(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    assert run([*ask(fake), "-S", "s", "first"], isolated).returncode == 0
+    fake.mode, fake.status = "status", 500
+    assert run([*ask(fake), "-S", "s", "--retries", "0", "lost"], isolated).returncode == 1
+    fake.mode = "ok"
+    result = run([*ask(fake), "-S", "s", "third"], isolated)
+    assert result.returncode == 0
+    sent = [(m["role"], m["content"]) for m in fake.requests[-1].body["messages"]]
+    assert sent == [("user", "first"), ("assistant", "Hello, world!"), ("user", "third")]
+    assert result.stderr == (
+        "chatcli: 1 earlier question(s) of this session got no answer and are not sent again "
+        "(in the REPL, /retry asks the last one)\n"
+    )
+    # The session keeps the question that got no answer.
+    shown = json.loads(run(["sessions", "show", "s", "--json"], isolated).stdout)
+    assert [m["content"] for m in shown["messages"] if m["role"] == "user"] == [
+        "first", "lost", "third",
+    ]  # fmt: skip

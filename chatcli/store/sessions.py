@@ -125,6 +125,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE messages_v2 RENAME TO messages;
     CREATE INDEX messages_by_session ON messages (session_id, id);
     """,
+    # 3: an answer names the question it answers, so that answers to questions asked at the
+    # same time from several processes each follow their own question.
+    """
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER REFERENCES messages(id) ON DELETE CASCADE;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -159,6 +164,9 @@ class StoredMessage:
     duration: float | None
     status: str
     error: str | None
+    #: The question an answer answers (``None`` for a question, and for answers stored
+    #: before chatcli linked them).
+    reply_to: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,29 +599,43 @@ class SessionStore:
         status: Status = "complete",
         duration: float | None = None,
         error: str | None = None,
+        reply_to: int | None = None,
     ) -> int:
-        """Append a message and touch its session, in one transaction. Returns the message id."""
+        """Append a message and touch its session, in one transaction. Returns the message id.
+
+        An answer (``reply_to``: its question's id) sets the session's provider and model, as
+        one pair: the session then continues with what last answered. A question changes
+        neither, so a question that fails (a provider not running) rewrites nothing.
+        """
         now = time.time()
+        answer = role == "assistant"
         with self._write() as db:
             cursor = db.execute(
                 "INSERT INTO messages (session_id, role, content, provider, model, created_at,"
-                " duration, status, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (session_id, role, content, provider, model, now, duration, status, error),
-            )
+                " duration, status, error, reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (session_id, role, content, provider, model, now, duration, status, error,
+                 reply_to if answer else None),
+            )  # fmt: skip
             title = make_title(content) if role == "user" else ""
             db.execute(
-                "UPDATE sessions SET updated_at = ?, provider = COALESCE(?, provider),"
-                " model = COALESCE(?, model),"
+                "UPDATE sessions SET updated_at = ?,"
+                " provider = CASE WHEN ? THEN ? ELSE provider END,"
+                " model = CASE WHEN ? THEN ? ELSE model END,"
                 " title = CASE WHEN title = '' AND ? = 'user' THEN ? ELSE title END"
                 " WHERE id = ?",
-                (now, provider, model, role, title, session_id),
+                (now, answer, provider, answer, model, role, title, session_id),
             )
             if cursor.lastrowid is None:  # pragma: no cover - sqlite always sets it
                 raise StorageError("the message was not stored")
             return cursor.lastrowid
 
     def messages(self, session_id: str) -> list[StoredMessage]:
-        rows = self._read("SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,))
+        """The session's messages in conversation order: each answer right after its question
+        (questions asked at once from two processes are not followed by both answers)."""
+        rows = self._read(
+            "SELECT * FROM messages WHERE session_id = ? ORDER BY COALESCE(reply_to, id), id",
+            (session_id,),
+        )
         return [_message(row) for row in rows]
 
     def delete_messages(self, message_ids: Iterable[int]) -> None:
@@ -681,6 +703,7 @@ def _message(row: sqlite3.Row) -> StoredMessage:
         duration=row["duration"],
         status=row["status"],
         error=row["error"],
+        reply_to=row["reply_to"] if "reply_to" in row.keys() else None,  # noqa: SIM118 (a Row)
     )
 
 
