@@ -17,7 +17,7 @@ from chatcli.errors import StorageError, UsageError
 from chatcli.providers import Registry
 from chatcli.render import Renderer
 from chatcli.store.sessions import Session, SessionStore, Status, check_session_name
-from chatcli.turn import Turn, TurnRequest, run_turn
+from chatcli.turn import Turn, TurnRequest, preflight, run_turn
 
 log = logging.getLogger("chatcli.conversation")
 
@@ -215,6 +215,7 @@ class Conversation:
         """Ask ``text``; the answer streams into ``renderer`` (and its events to ``on_event``)
         and is kept whatever happens."""
         request = replace(self.defaults, messages=self.messages(text))
+        preflight(request, self.registry)  # a request that cannot leave stores nothing
         skipped = self.unanswered()
         if skipped > self._unanswered_told:  # said once per new unanswered question
             self._unanswered_told = skipped

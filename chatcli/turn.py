@@ -28,7 +28,13 @@ from chatcli.core import (
     ToolCallDelta,
     Usage,
 )
-from chatcli.errors import ProtocolError, ProviderError, StreamInterruptedError, UsageError
+from chatcli.errors import (
+    ChatcliError,
+    ProtocolError,
+    ProviderError,
+    StreamInterruptedError,
+    UsageError,
+)
 from chatcli.providers import Registry
 from chatcli.providers.base import BaseProvider
 from chatcli.render import Renderer
@@ -300,6 +306,30 @@ async def _attempt(
     if not any(piece.strip() for piece in turn.pieces):
         source = "the model" if provider.kind == "offline" else "the service"
         raise ProtocolError(f"{source} sent an empty answer", provider=provider.name)
+
+
+def preflight(request: TurnRequest, registry: Registry) -> None:
+    """Raise what would stop every provider of the chain before a request leaves (no key, a
+    missing runtime, a model it cannot use): the first one's error, when none is ready."""
+    chain = [request.provider, *request.fallback]
+    first: ChatcliError | None = None
+    for index, name in enumerate(chain):
+        try:
+            provider = registry.create(
+                name,
+                base_url=request.base_url if index == 0 else None,
+                proxy=request.proxy,
+                timeout=request.timeout,
+            )
+            provider.preflight()
+            if index == 0 and request.model:
+                provider.check_model(request.model)
+            provider.check_fits(request.messages, request.options)
+            return
+        except ChatcliError as exc:
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _ended_as(reason: FinishReason | None) -> TurnStatus:

@@ -734,3 +734,23 @@ def test_an_unanswered_question_is_not_sent_again_unseen(
     assert [m["content"] for m in shown["messages"] if m["role"] == "user"] == [
         "first", "lost", "third",
     ]  # fmt: skip
+
+
+def test_a_command_that_fails_before_any_request_leaves_creates_no_session(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    for args in (["ask", "-p", "openai", "hi"], ["ask", "-p", "groq", "-m", "x", "-S", "n", "hi"]):
+        result = run(args, isolated)
+        assert result.returncode == 1
+        assert_one_line_error(result.stderr, "no API key")
+    assert json.loads(run(["sessions", "list", "--json"], isolated).stdout) == []
+    assert not fake.requests
+    # A chain is ready when one of its providers is: the question is stored and answered.
+    isolated.write_config(
+        f'[providers.mine]\ntype = "openai"\nbase_url = "{fake.base_url}"\nmodel = "m"\n'
+    )
+    chain = run(["ask", "-p", "openai,mine", "-S", "c", "hi"], isolated)
+    assert chain.returncode == 0, chain.stderr
+    assert [
+        s["name"] for s in json.loads(run(["sessions", "list", "--json"], isolated).stdout)
+    ] == ["c"]

@@ -472,3 +472,26 @@ def test_backoff_grows_with_jitter_and_caps() -> None:
     assert 0.375 <= delays[0] <= 0.5 and 0.75 <= delays[1] <= 1.0  # type: ignore[operator]
     assert all(d <= 8.0 for d in delays if d is not None)
     assert backoff(0, retry_after=7.0) == 7.0 and backoff(0, retry_after=61.0) is None
+
+
+# -- before a request leaves ----------------------------------------------------------------------
+
+
+def test_a_conversation_that_surely_overflows_the_context_is_refused_before_anything() -> None:
+    from chatcli.providers.base import BaseProvider
+
+    class Small(BaseProvider):
+        name = "small"
+
+        def context_tokens(self, options: Any) -> int | None:
+            return int(options.get("n_ctx", 100))
+
+    provider = Small()
+    fits = (ChatMessage.text("user", "x" * 300),)  # at least 75 tokens: under 100
+    provider.check_fits(fits, {})
+    too_big = (ChatMessage.text("system", "s" * 100), ChatMessage.text("user", "é" * 200))
+    with pytest.raises(UsageError) as info:
+        provider.check_fits(too_big, {})  # 500 bytes: at least 125 tokens
+    assert "at least 125 tokens, more than the 100" in str(info.value)
+    provider.check_fits(too_big, {"n_ctx": 1000})  # a larger context takes it
+    BaseProvider().check_fits(too_big, {})  # a provider that cannot tell refuses nothing

@@ -228,6 +228,30 @@ class BaseProvider:
         """Refuse a model this provider surely cannot use, before any request (``/model``).
         Most cannot tell without asking their service: they accept anything."""
 
+    def preflight(self) -> None:
+        """Raise now what would stop the request before it leaves (no API key, a missing
+        runtime). Checked before the question is stored: such a failure leaves no session."""
+
+    def context_tokens(self, options: Mapping[str, Any]) -> int | None:
+        """How many tokens the model's context holds with these options, when the provider
+        knows (a service's model may hold anything: ``None``)."""
+        return None
+
+    def check_fits(self, messages: Sequence[ChatMessage], options: Mapping[str, Any]) -> None:
+        """Refuse a conversation that surely cannot fit the model's context, before anything
+        is stored or sent. The estimate is low on purpose (four bytes a token; real text
+        takes more tokens), so that only what certainly overflows is refused."""
+        limit = self.context_tokens(options)
+        if limit is None:
+            return
+        estimate = sum(len(m.content.encode()) for m in messages) // 4
+        if estimate >= limit:
+            raise UsageError(
+                f"{self.name}: the input is at least {estimate:,} tokens, more than the "
+                f"{limit:,} its model's context holds; shorten it, or use a provider with a "
+                f"larger context (-p NAME)"
+            )
+
     async def pick_model(self, model: str | None) -> str:
         """The model to use, where finding it may need the service (an API that lists models)."""
         return self.resolve_model(model)

@@ -164,12 +164,16 @@ class OpenAICompatible(AsyncGeneratorProvider):
         key = self.config.api_key
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        elif self.key_required:
+        else:
+            self.preflight()
+        return headers
+
+    def preflight(self) -> None:
+        if self.key_required and not self.config.api_key:
             raise MissingAuthError(
                 f"no API key: set {self.key_env} (or api_key_env in config.toml)",
                 provider=self.name,
             )
-        return headers
 
     @contextlib.asynccontextmanager
     async def _call(
