@@ -151,6 +151,22 @@ class Conversation:
         self._load(session)
         self.pending_name = None
 
+    def refresh(self) -> int:
+        """Take in the messages another process added to this session meanwhile (an ``ask -S``
+        in another terminal); returns how many. Nothing changes while messages of this one
+        wait to be saved (they would be out of order)."""
+        if self.store is None or self.session is None or self.unsaved:
+            return 0
+        known = {entry.id for entry in self._entries}
+        try:
+            stored = self.store.messages(self.session.id)
+            added = sum(1 for message in stored if message.id not in known)
+            if added:
+                self._load(self.store.get(self.session.id))
+        except (StorageError, UsageError):  # unreadable, or deleted meanwhile: carry on
+            return 0
+        return added
+
     def new(self) -> None:
         """Start afresh; the next message opens a new session."""
         self.session = None

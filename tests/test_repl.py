@@ -452,3 +452,20 @@ def test_ctrl_c_while_the_editor_runs_does_not_end_the_repl(
     harness.editor = f"{sys.executable} {script}"
     harness.run(f"/edit{ENTER}")
     assert harness.sent()[-1]["content"] == "survived the interrupt\n"
+
+
+def test_refresh_takes_in_turns_another_process_added(harness: Harness) -> None:
+    harness.run(f"mine{ENTER}")
+    conversation = harness.conversation
+    assert conversation.refresh() == 0  # nothing new
+    session = conversation.session
+    assert session is not None
+    other = harness.stores.sessions  # another process writing to the same database
+    question = other.add_message(session.id, "user", "from elsewhere")
+    other.add_message(session.id, "assistant", "its answer", reply_to=question)
+    assert conversation.refresh() == 2
+    assert [m["content"] for m in conversation.history] == [
+        "mine", "Hello, world!", "from elsewhere", "its answer",
+    ]  # fmt: skip
+    harness.run(f"next{ENTER}")
+    assert [m["content"] for m in harness.sent()][-3:] == ["from elsewhere", "its answer", "next"]
