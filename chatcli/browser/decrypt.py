@@ -11,7 +11,7 @@
 
 From database version 24 (the ``meta`` table) the plaintext starts with the SHA-256 of the
 cookie's host; it is checked (a wrong key fails it) and removed. AES needs the ``cryptography``
-package (``pip install 'chatcli[browser]'``), imported only when a value is decrypted.
+package (the ``browser`` extra), imported only when a value is decrypted.
 
 The environment is passed in (``env``): whether there is a desktop session bus to ask the
 keyring is read from it, never from the process.
@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from chatcli import install_hint
 from chatcli.browser.profiles import Browser
 from chatcli.errors import UsageError
 
@@ -37,7 +38,7 @@ from chatcli.errors import UsageError
 log = logging.getLogger("chatcli.store")
 
 #: What to install for Chrome's encrypted values (said in the error when it is missing).
-INSTALL_HINT: Final = "pip install 'chatcli[browser]' (or: pip install cryptography)"
+INSTALL_HINT: Final = f"{install_hint('browser')}, or: pip install cryptography"
 
 
 def _pbkdf2(password: bytes, iterations: int) -> bytes:
@@ -112,7 +113,7 @@ class ChromiumKeys:
             elif _module_missing("secretstorage") and not shutil.which("kwallet-query"):
                 why = (
                     f"reading the keyring item {label!r} needs the secretstorage package: "
-                    f"pip install 'chatcli[browser]' (or: pip install secretstorage)"
+                    f"{install_hint('browser')}, or: pip install secretstorage"
                 )
             elif not self.env.get("DBUS_SESSION_BUS_ADDRESS") and not shutil.which("kwallet-query"):
                 why = (
