@@ -145,11 +145,23 @@ class Conversation:
         ]
 
     def load(self, session: Session) -> None:
-        """Continue ``session`` (history and system prompt)."""
+        """Continue ``session``: its history, system prompt, and the provider and model that
+        last answered in it, as one pair (a provider no longer known keeps the current one)."""
         if self.store is None:
             raise UsageError("sessions are not being saved (--no-save)")
         self._load(session)
         self.pending_name = None
+        if session.provider and session.provider in self.registry:
+            cls = self.registry.get(session.provider)
+            same = cls.name == self.provider
+            self.defaults = replace(
+                self.defaults,
+                provider=cls.name,
+                model=session.model or None,
+                base_url=self.defaults.base_url if same else None,  # no key to another host
+            )
+            if not same:
+                self.last_model = None
 
     def refresh(self) -> int:
         """Take in the messages another process added to this session meanwhile (an ``ask -S``

@@ -469,3 +469,21 @@ def test_refresh_takes_in_turns_another_process_added(harness: Harness) -> None:
     ]  # fmt: skip
     harness.run(f"next{ENTER}")
     assert [m["content"] for m in harness.sent()][-3:] == ["from elsewhere", "its answer", "next"]
+
+
+def test_loading_a_session_takes_its_provider_and_model_as_one_pair(harness: Harness) -> None:
+    conversation = harness.conversation
+    sessions = harness.stores.sessions
+    fruits = sessions.create(name="fruits", provider="lmstudio", model="qwen")
+    question = sessions.add_message(fruits.id, "user", "apples?")
+    sessions.add_message(
+        fruits.id, "assistant", "red", provider="lmstudio", model="qwen", reply_to=question
+    )
+    conversation.use(model="something-else")
+    conversation.load(sessions.find("fruits"))
+    assert (conversation.provider, conversation.model) == ("lmstudio", "qwen")
+    assert conversation.defaults.base_url is None  # the old provider's URL does not follow
+    # A session whose pair has no model takes the provider's default, not the current model.
+    plain = sessions.create(name="plain", provider="lmstudio", model=None)
+    conversation.load(plain)
+    assert (conversation.provider, conversation.model) == ("lmstudio", None)
