@@ -1,4 +1,4 @@
-"""The Python API (``chatcli.Chat``) and the README's examples of it, against the fake service."""
+"""The Python API (``chatcli.Chat``) and docs/python-api.md's examples of it, against the fake."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from chatcli.errors import ProviderError, UsageError
 from tests.conftest import Isolated
 from tests.servers import FakeOpenAI
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PYTHON_API = Path(__file__).resolve().parent.parent / "docs" / "python-api.md"
 
 
 def point_ollama_at(isolated: Isolated, fake: FakeOpenAI) -> None:
@@ -137,18 +137,16 @@ def test_the_environment_given_is_the_one_used(fake: FakeOpenAI, isolated: Isola
     assert (answer.provider, answer.model) == ("ollama", "from-env")
 
 
-def _python_blocks(section: str) -> list[str]:
-    text = README.read_text()
-    start = text.index(f"## {section}\n")
-    end = text.index("\n## ", start + 1)
-    return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
+def _python_blocks() -> list[str]:
+    """Every Python example of docs/python-api.md, in order."""
+    return re.findall(r"```python\n(.*?)```", PYTHON_API.read_text(), re.S)
 
 
 def test_the_readme_python_api_examples_run(fake: FakeOpenAI, isolated: Isolated) -> None:
     # Each example runs as a user would run it (a fresh interpreter), with ollama pointed at the
     # fake by config.toml and the model named "llama3.2" in the examples answered by it.
     point_ollama_at(isolated, fake)
-    blocks = _python_blocks("Python API")
+    blocks = _python_blocks()
     assert len(blocks) == 3
     env = dict(isolated.env)
     outputs = []
