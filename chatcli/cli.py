@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Final, NoReturn
 
 import typer
 
@@ -301,49 +301,97 @@ def providers(
         for name in registry.names():
             row = registry.create(name).describe()
             row["default"] = row["name"] == default_name
+            row["site_offline"] = _site_offline(row["url"])
             rows.append(row)
         if json_out:
             ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
             return
-        from rich.table import Table
-
         from chatcli.render import make_console
 
-        def flag(value: Any) -> str:
-            return "yes" if value else "-"
-
-        table = Table(box=None, pad_edge=False, show_edge=False)
-        columns = (
-            "name",
-            "kind",
-            "url",
-            "stream",
-            "system",
-            "history",
-            "gpt-3.5",
-            "auth",
-            "working",
-        )
-        for title in columns:
-            table.add_column(title.upper(), overflow="fold")
-        for row in rows:
-            table.add_row(
-                row["name"] + (" *" if row["default"] else ""),
-                row["kind"],
-                row["url"],
-                flag(row["supports_stream"]),
-                flag(row["supports_system_message"]),
-                flag(row["supports_message_history"]),
-                flag(row["supports_gpt_35_turbo"]),
-                _auth_label(row),
-                flag(row["working"]),
-            )
         console = make_console(ctx.stdout, env=ctx.env)
         if not ctx.stdout_isatty:
             console.width = 160
+        table, left_out = _providers_table(rows, console.width)
         console.print(table)
         if any(row["default"] for row in rows):
             console.print("* the default provider")
+        if any(row["site_offline"] for row in rows):
+            console.print(
+                "site offline: the service's own site is gone; kept for compatibility "
+                "(a mirror works with --base-url)"
+            )
+        if left_out:
+            console.print(f"(left out to fit: {', '.join(left_out).lower()}; --json has them)")
+
+
+#: The hosts of the web services chatcli grew out of: all five sites are offline today (README,
+#: "Web chat services"). Their providers stay, for compatibility and for mirrors.
+OFFLINE_SITES: Final = frozenset(
+    {"gptalk.net", "chatgptt.me", "opchatgpts.net", "chat-shared2.zhile.io", "chat-gpt.org"}
+)
+
+
+def _site_offline(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return host in OFFLINE_SITES
+
+
+def _working_label(row: dict[str, Any]) -> str:
+    if row["site_offline"]:
+        return "site offline"
+    return "yes" if row["working"] else "no"
+
+
+#: Columns left out, in this order, when the terminal is too narrow for the whole table. NAME
+#: and URL always stay, and a URL is never broken: it is what one copies.
+_DROPPED_FIRST: Final = ("HISTORY", "SYSTEM", "STREAM", "KIND", "AUTH", "WORKING")
+
+
+def _providers_table(rows: list[dict[str, Any]], width: int) -> tuple[Any, list[str]]:
+    """The table of ``chatcli providers`` for a terminal ``width`` columns wide, and the
+    columns left out to fit it."""
+    from rich.cells import cell_len
+    from rich.table import Table
+
+    def flag(value: Any) -> str:
+        return "yes" if value else "-"
+
+    columns: dict[str, list[str]] = {
+        "NAME": [row["name"] + (" *" if row["default"] else "") for row in rows],
+        "KIND": [row["kind"] for row in rows],
+        "URL": [row["url"] for row in rows],
+        "STREAM": [flag(row["supports_stream"]) for row in rows],
+        "SYSTEM": [flag(row["supports_system_message"]) for row in rows],
+        "HISTORY": [flag(row["supports_message_history"]) for row in rows],
+        "AUTH": [_auth_label(row) for row in rows],
+        "WORKING": [_working_label(row) for row in rows],
+    }
+    wraps = {"AUTH"}  # "OPENAI_API_KEY (not set)" may take two lines, at its spaces
+
+    def needed(title: str) -> int:
+        cells = [title, *columns[title]]
+        if title in wraps:
+            return max(cell_len(word) for cell in cells for word in cell.split())
+        return max(cell_len(cell) for cell in cells)
+
+    shown = list(columns)
+    left_out: list[str] = []
+    for title in _DROPPED_FIRST:
+        if sum(needed(t) for t in shown) + 2 * (len(shown) - 1) <= width:
+            break
+        shown.remove(title)
+        left_out.append(title)
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for title in shown:
+        table.add_column(title, no_wrap=title not in wraps, overflow="fold")
+    for index in range(len(rows)):
+        table.add_row(*(columns[title][index] for title in shown))
+    return table, left_out
 
 
 @app.command()

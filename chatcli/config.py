@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import sys
 from collections.abc import Mapping
@@ -195,15 +196,60 @@ def read_config_file(path: Path) -> dict[str, Any]:
     finally:
         os.close(fd)
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        hint = _toml_hint(text, str(exc))
+        raise ConfigError(f"{path}: {exc}{'; ' + hint if hint else ''}") from exc
     except RecursionError:
         raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
     _validate(data, path)
     return data
+
+
+#: A value TOML takes without quotes: a number, a date, a boolean, a string, an array, a table.
+_TOML_VALUE: Final = re.compile(r"""[-+0-9"'\[{]|(true|false|inf|nan)\b""")
+
+
+def _toml_hint(text: str, error: str) -> str:
+    """What probably went wrong on the line a TOML error names, said as the fix; or ``""``.
+
+    The common mistakes: a string without quotes (``model = llama3``), ``key: value``, a
+    Windows path's backslashes in double quotes, a string not closed on its line, a key or a
+    table given twice.
+    """
+    import json
+
+    where = re.search(r"at line (\d+)", error)
+    lines = text.splitlines()
+    if where is None or not 0 < int(where.group(1)) <= len(lines):
+        return ""
+    line = lines[int(where.group(1)) - 1].strip()
+    key, equals, value = (part.strip() for part in line.partition("="))
+    if error.startswith("Expected '=' after a key"):
+        return "write key = value"
+    if error.startswith(("Cannot overwrite a value", "Cannot declare")):
+        return "each key and each [table] may be given only once"
+    if "hex value" in error or "escape" in error or "Unescaped" in error:
+        return "a backslash in double quotes starts an escape: put a path in single quotes"
+    if error.startswith("Illegal character '\\n'") and '"' in value:
+        return "a string ends on its own line, with the quote it began with"
+    if not equals or not value:
+        return ""
+    if _TOML_VALUE.match(value) is None:
+        bare = value.split("#")[0].strip()
+        return f"strings need quotes: {key} = {json.dumps(bare, ensure_ascii=False)}"
+    if value.startswith("[") and value.endswith("]"):
+        items = [item.strip() for item in value[1:-1].split(",") if item.strip()]
+        if any(_TOML_VALUE.match(item) is None for item in items):
+            quoted = ", ".join(
+                item if _TOML_VALUE.match(item) else json.dumps(item, ensure_ascii=False)
+                for item in items
+            )
+            return f"strings need quotes: {key} = [{quoted}]"
+    return ""
 
 
 def _read_trusted(fd: int, path: Path) -> bytes:
@@ -313,9 +359,16 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
             schemes=PROXY_SCHEMES,
             error=ConfigError,
         )
+    # A provider and its model are one choice: CHATCLI_PROVIDER naming another provider than
+    # config.toml's does not inherit the model config.toml chose for that one.
+    provider = env.get("CHATCLI_PROVIDER") or data.get("provider")
+    model = env.get("CHATCLI_MODEL") or data.get("model")
+    configured = str(data.get("provider") or "").strip().lower()
+    if not env.get("CHATCLI_MODEL") and str(provider or "").strip().lower() != configured:
+        model = None
     return Settings(
-        provider=env.get("CHATCLI_PROVIDER") or data.get("provider"),
-        model=env.get("CHATCLI_MODEL") or data.get("model"),
+        provider=provider,
+        model=model,
         system=data.get("system"),
         temperature=temperature,
         timeout=timeout,

@@ -17,18 +17,26 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.completion import (
+    CompleteEvent,
+    Completer,
+    Completion,
+    get_common_complete_suffix,
+)
 from prompt_toolkit.document import Document
 from prompt_toolkit.filters import is_searching
 from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.history import FileHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.key_binding.bindings.completion import generate_completions
+from prompt_toolkit.utils import get_cwidth
 
 from chatcli.conversation import Conversation
 from chatcli.errors import ChatcliError, UsageError
@@ -41,6 +49,14 @@ if TYPE_CHECKING:
     from prompt_toolkit.output import Output
 
 HISTORY_FILE: Final = "repl_history"
+#: The least room the toolbar leaves a model's name (a longer one loses its middle).
+TOOLBAR_MODEL: Final = 12
+#: The toolbar's key hint, the longest that fits.
+TOOLBAR_HINTS: Final = (
+    "  Enter send · Alt-Enter newline · Ctrl-C stop · Ctrl-D quit · /help",
+    "  Alt-Enter newline · Ctrl-D quit · /help",
+    "  /help",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +72,8 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("sessions", "/sessions", "list recent sessions"),
     Command("load", "/load NAME", "continue a session (name, id or id prefix)"),
     Command("rename", "/rename NAME", "name the current session"),
-    Command("provider", "/provider NAME", "switch provider"),
-    Command("model", "/model NAME", "switch model"),
+    Command("provider", "/provider NAME", "switch provider (no name: show it and the others)"),
+    Command("model", "/model NAME", "switch model (no name: show it and the known ones)"),
     Command("system", "/system TEXT", "set the system prompt (no text: show it; '-': remove it)"),
     Command("retry", "/retry", "ask the last question again"),
     Command("undo", "/undo", "forget the last question and its answer"),
@@ -68,6 +84,8 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("exit", "/exit", "leave (Ctrl-D does too)"),
 )
 _BY_NAME: Final = {c.name: c for c in COMMANDS} | {"quit": COMMANDS[-1]}
+#: Commands that, given no argument, show what they would change.
+_SHOWN_WITHOUT_ARGUMENT: Final = ("system", "provider", "model")
 
 
 def history_file(state_dir: Path) -> Path:
@@ -115,6 +133,26 @@ def key_bindings() -> KeyBindings:
     def _newline(event: KeyPressEvent) -> None:
         event.current_buffer.insert_text("\n")
 
+    # As in a shell: one match is put in at once. (The menu shown while typing would otherwise
+    # take Tab for "highlight the first entry", leaving the match to be accepted.)
+    @bindings.add("tab", filter=~is_searching)
+    def _complete(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        state = buffer.complete_state
+        if buffer.completer is None or (state is not None and state.complete_index is not None):
+            generate_completions(event)  # moving through the menu
+            return
+        document = buffer.document
+        found = list(
+            buffer.completer.get_completions(document, CompleteEvent(completion_requested=True))
+        )
+        if len(found) == 1:
+            buffer.apply_completion(found[0])
+        elif common := get_common_complete_suffix(document, found):
+            buffer.insert_text(common)
+        else:
+            generate_completions(event)
+
     return bindings
 
 
@@ -156,16 +194,34 @@ class Repl:
     # -- what the user sees ------------------------------------------------------------------
 
     def toolbar(self) -> FormattedText:
+        """Provider, model and session on one line: the session's title is kept whole, a long
+        model name is shortened (a .gguf path to its file name), and the key hint goes first
+        when the line is too narrow for it."""
+        from chatcli.sessions_cli import short_model
+
         conversation = self.conversation
         session = conversation.session
         where = session.label if session is not None else "new session"
         if not conversation.save:
             where += " (not saved)"
+        provider, where = sanitize(conversation.provider), sanitize(where)
+        width = self.width()
+        room = width - get_cwidth(f" {provider} ·  · {where} ")
+        model = short_model(sanitize(self.current_model()), max(TOOLBAR_MODEL, room))
+        text = f" {provider} · {model} · {where} "
+        left = width - get_cwidth(text)
+        hint = next((h for h in TOOLBAR_HINTS if get_cwidth(h) <= left), "")
+        return FormattedText([("bold", text), ("", hint)])
+
+    def width(self) -> int:
+        """The terminal's width, in columns."""
+        return self.session.output.get_size().columns
+
+    def current_model(self) -> str:
+        """The model the next question goes to, as far as it is known before it is sent."""
+        conversation = self.conversation
         default = conversation.registry.get(conversation.provider).default_model
-        model = conversation.model or conversation.last_model or default or "default model"
-        text = f" {conversation.provider} · {model} · {where} "
-        hint = "  Enter send · Alt-Enter newline · Ctrl-C stop · Ctrl-D quit · /help"
-        return FormattedText([("bold", sanitize(text)), ("", hint)])
+        return conversation.model or conversation.last_model or default or "default model"
 
     def say(self, text: str) -> None:
         """A line of chatcli's own (notes, command output) on stdout, safe for the terminal."""
@@ -181,18 +237,25 @@ class Repl:
         if command == "provider":
             return conversation.registry.names()
         if command == "model":
-            provider = conversation.registry.get(conversation.provider)
-            names = list(provider.models)
-            if provider.default_model:
-                names.append(provider.default_model)
-            if conversation.model:
-                names.append(conversation.model)
-            return sorted(set(names))
+            return self.known_models()
         if command in ("load", "rm") and conversation.store is not None:
             with contextlib.suppress(ChatcliError):
                 sessions = conversation.store.recent(50)
                 return [s.name for s in sessions if s.name] + [s.id for s in sessions]
         return []
+
+    def known_models(self) -> list[str]:
+        """The models the current provider is known to offer, without asking its service: its
+        own list and default (the offline model: the files it finds), and those in use."""
+        conversation = self.conversation
+        provider = conversation.registry.get(conversation.provider)
+        names = [*provider.models, provider.default_model]
+        names += [conversation.model or "", conversation.last_model or ""]
+        with contextlib.suppress(ChatcliError):
+            found = getattr(conversation.registry.create(provider.name), "known_models", None)
+            if found is not None:
+                names += found()
+        return sorted({name for name in names if name})
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -207,6 +270,9 @@ class Repl:
             "chatcli: Enter sends, Alt-Enter adds a line, /help lists commands, Ctrl-D leaves."
         )
         while self.running:
+            added = self.conversation.refresh()  # another process may have used the session
+            if added:
+                self.say(f"({added} message(s) added to this session elsewhere; see /history)")
             try:
                 text = await self.read()
             except KeyboardInterrupt:
@@ -267,7 +333,7 @@ class Repl:
         if command is None:
             raise UsageError(f"unknown command /{name}; /help lists them")
         takes_argument = " " in command.usage
-        if takes_argument and not argument and command.name not in ("system",):
+        if takes_argument and not argument and command.name not in _SHOWN_WITHOUT_ARGUMENT:
             raise UsageError(f"usage: {command.usage} ({command.help})")
         if not takes_argument and argument:
             raise UsageError(f"usage: {command.usage} (takes no argument)")
@@ -303,9 +369,7 @@ class Repl:
         if store is None:
             raise UsageError("no session store")
         session = store.find(argument)
-        self.conversation.load(session)
-        if session.provider and session.provider in self.conversation.registry:
-            self.conversation.use(provider=session.provider, model=session.model)
+        self.conversation.load(session)  # with the provider and model that last answered there
         self.say(f"continuing {session.label} ({session.message_count} messages)")
 
     async def _cmd_rename(self, argument: str) -> None:
@@ -313,12 +377,26 @@ class Repl:
         self.say(f"session {session.id} is now named {session.name!r}")
 
     async def _cmd_provider(self, argument: str) -> None:
+        if not argument:
+            self.say(f"provider: {self.conversation.provider}")
+            names = ", ".join(self.conversation.registry.names())
+            self.say(f"providers: {names} (/provider NAME switches)")
+            return
         self.conversation.use(provider=argument)
         self.say(f"provider: {self.conversation.provider}")
 
     async def _cmd_model(self, argument: str) -> None:
-        self.conversation.use(model=argument)
-        self.say(f"model: {self.conversation.model}")
+        if argument:
+            self.conversation.use(model=argument)
+            self.say(f"model: {self.conversation.model}")
+            return
+        provider = self.conversation.registry.get(self.conversation.provider)
+        self.say(f"model: {self.current_model()}")
+        known = self.known_models()
+        choices = ", ".join(known) if known else "none known here"
+        self.say(f"models of {provider.name}: {choices} (/model NAME switches)")
+        if provider.lists_models and provider.kind != "offline":
+            self.say(f"the service may offer more: chatcli models -p {provider.name} asks it")
 
     async def _cmd_system(self, argument: str) -> None:
         if not argument:
@@ -339,11 +417,12 @@ class Repl:
     async def _cmd_history(self, _: str) -> None:
         if not self.conversation.history:
             self.say("(no messages yet)")
+        width = self.width()
         if self.conversation.system:
-            self.say(f"system> {self.conversation.system}")
+            self.say(wrap(f"system> {self.conversation.system}", width))
         for message in self.conversation.history:
             who = "you" if message["role"] == "user" else "assistant"
-            self.say(f"{who}> {message['content']}")
+            self.say(wrap(f"{who}> {message['content']}", width))
 
     async def _cmd_export(self, argument: str) -> None:
         from chatcli.store.files import write_user_file
@@ -394,6 +473,22 @@ class Repl:
             if code != 0:
                 raise UsageError(f"the editor {editor!r} exited with status {code}; nothing sent")
             return path.read_text()
+
+
+def wrap(text: str, width: int) -> str:
+    """``text`` made safe for the terminal, its lines broken between words to fit ``width``
+    columns; a word longer than that (a URL) is kept whole, and fenced code is left as it is."""
+    lines: list[str] = []
+    fenced = False
+    for line in sanitize(text).split("\n"):
+        fence = line.lstrip().startswith(("```", "~~~"))
+        fenced = fenced != fence
+        if fence or fenced or get_cwidth(line) <= width:
+            lines.append(line)
+            continue
+        broken = textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False)
+        lines += broken or [""]
+    return "\n".join(lines)
 
 
 class _TypeAhead:

@@ -7,8 +7,11 @@ Output meant for people is rendered on a terminal and plain in a pipe; ``--json`
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 
@@ -17,7 +20,7 @@ from chatcli.context import AppContext
 from chatcli.errors import EXIT_ERROR, UsageError
 
 if TYPE_CHECKING:
-    from chatcli.store import SessionStore
+    from chatcli.store import Session, SessionStore
 
 sessions_app = typer.Typer(
     help="List, show, search, rename, export and delete saved conversations.",
@@ -55,8 +58,7 @@ def list_sessions(
     json_out: JsonOpt = False,
 ) -> None:
     """List sessions, most recently updated first."""
-    from chatcli.render import sanitize
-    from chatcli.transcript import session_dict, when
+    from chatcli.transcript import session_dict
 
     ctx, store = _start()
     with boundary(ctx):
@@ -67,17 +69,7 @@ def list_sessions(
         if not sessions:
             say(ctx, "no saved sessions yet")
             return
-        rows = [
-            (
-                s.id,
-                sanitize(s.label),
-                s.provider or "-",
-                s.model or "-",
-                str(s.message_count),
-                when(s.updated_at),
-            )
-            for s in sessions
-        ]
+        rows = [_row(s) for s in sessions]
         if not ctx.stdout_isatty:
             _write(ctx, "".join("\t".join(row) + "\n" for row in rows))
             return
@@ -85,12 +77,87 @@ def list_sessions(
 
         from chatcli.render import make_console
 
+        console = make_console(ctx.stdout, env=ctx.env)
+        shown, model_width = _layout(rows, console.width)
         table = Table(box=None, pad_edge=False, show_edge=False)
-        for title in ("ID", "NAME / TITLE", "PROVIDER", "MODEL", "MSGS", "UPDATED"):
-            table.add_column(title, overflow="ellipsis", no_wrap=title != "NAME / TITLE")
+        for index in shown:
+            title = _COLUMNS[index]
+            table.add_column(title, overflow="ellipsis", no_wrap=index != _TITLE)
         for row in rows:
-            table.add_row(*row)
-        make_console(ctx.stdout, env=ctx.env).print(table)
+            cells = [*row[:_MODEL], short_model(row[_MODEL], model_width), *row[_MODEL + 1 :]]
+            table.add_row(*(cells[index] for index in shown))
+        console.print(table)
+
+
+_COLUMNS: Final = ("ID", "NAME / TITLE", "PROVIDER", "MODEL", "MSGS", "UPDATED")
+_TITLE, _PROVIDER, _MODEL, _COUNT, _UPDATED = 1, 2, 3, 4, 5
+
+
+def _row(session: Session) -> tuple[str, ...]:
+    from chatcli.render import sanitize
+    from chatcli.transcript import when
+
+    return (
+        session.id,
+        sanitize(session.label),
+        session.provider or "-",
+        session.model or "-",
+        str(session.message_count),
+        when(session.updated_at),
+    )
+
+
+#: The model column's width on a terminal: never narrower (a name cut shorter tells nothing),
+#: never wider (the title comes first).
+MODEL_WIDTH: Final = (12, 32)
+#: The title's width before the model gets more than its least, and the least it gets.
+TITLE_WIDTH: Final = (16, 40)
+
+
+def _layout(rows: list[tuple[str, ...]], width: int) -> tuple[list[int], int]:
+    """The columns shown at ``width`` and the model's width: the title comes first, then the
+    model, then the other columns; the update time, the count and the provider give way first
+    on a very narrow terminal."""
+    title = max(len(row[_TITLE]) for row in rows)
+    low, high = MODEL_WIDTH
+    least, most = TITLE_WIDTH
+    shown = list(range(len(_COLUMNS)))
+
+    def fixed() -> int:  # the columns other than the title and the model, and the gaps
+        others = [i for i in shown if i not in (_TITLE, _MODEL)]
+        widest = [max(len(_COLUMNS[i]), *(len(row[i]) for row in rows)) for i in others]
+        return sum(widest) + 2 * (len(shown) - 1)
+
+    for index in (_UPDATED, _COUNT, _PROVIDER):
+        if fixed() + low + min(title, least) <= width:
+            break
+        shown.remove(index)
+    return shown, max(low, min(high, width - fixed() - min(title, most)))
+
+
+def short_model(model: str, width: int) -> str:
+    """``model`` in at most ``width`` characters, still recognisable.
+
+    A file path (llama.cpp's server names its model by the .gguf file it loaded) becomes the
+    file's name without ``.gguf``; a name still too long keeps its start and its end (family
+    and size; quantisation), with "…" for the middle.
+    """
+    name = model
+    if _PATH.match(name) or name.lower().endswith(".gguf"):
+        name = re.split(r"[\\/]", name.rstrip("\\/"))[-1] or name
+        if name.lower().endswith(".gguf"):
+            name = name[: -len(".gguf")] or name
+    if len(name) <= width:
+        return name
+    if width <= 1:
+        return "…"[:width]
+    head = (width - 1) // 2
+    tail = width - 1 - head
+    return name[:head] + "…" + name[len(name) - tail :]
+
+
+#: What a file path looks like: absolute, home-relative, ./ or ../, or a Windows drive.
+_PATH: Final = re.compile(r"^(?:/|~|\.{1,2}[\\/]|[A-Za-z]:[\\/]|\\\\)")
 
 
 @sessions_app.command("show")
@@ -159,39 +226,92 @@ def rename(
 def export(
     ref: RefArg,
     format_: Annotated[
-        str, typer.Option("--format", metavar="md|json", help="Markdown or JSON.")
-    ] = "md",
+        str | None,
+        typer.Option(
+            "--format",
+            metavar="md|json",
+            help="Markdown or JSON (default: from FILE's name, .json or .md; else md).",
+            show_default=False,
+        ),
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(
             "-o", "--output", metavar="FILE", help="Write to FILE instead of stdout (- is stdout)."
         ),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("-f", "--force", help="Replace an existing FILE without asking.")
+    ] = False,
 ) -> None:
     """Export a conversation as Markdown or JSON.
 
-    A regular FILE is replaced atomically (0600); a FIFO, a terminal or /dev/stdout is written
-    to as it is.
+    A regular FILE is replaced atomically (0600), after asking on a terminal; a FIFO, a
+    terminal or /dev/stdout is written to as it is.
     """
     from chatcli.store.files import write_user_file
     from chatcli.transcript import to_json, to_markdown
 
     ctx, store = _start()
     with boundary(ctx):
-        if format_ not in ("md", "json"):
+        if format_ not in (None, "md", "json"):
             raise UsageError(f"--format must be md or json, not {format_!r}")
+        path = None if output is None or output == "-" else Path(output).expanduser()
+        named = _format_of(path) if path is not None else None
+        chosen = format_ or named or "md"
         session = store.find(ref)
         messages = store.messages(session.id)
-        if format_ == "md":
+        if chosen == "md":
             text = to_markdown(session, messages)
         else:
             text = json.dumps(to_json(session, messages), indent=2, ensure_ascii=False) + "\n"
-        if output is None or output == "-":
+        if path is None:
             _write(ctx, text)
             return
-        path = Path(output).expanduser()
+        if not force and _would_replace(ctx, path):
+            _confirm_replace(ctx, path)
+        if named is not None and named != chosen:
+            what = _FORMAT_NAMES[chosen]
+            say(ctx, f"warning: writing {what} to {path}, as --format {chosen} says")
         write_user_file(path, text.encode())  # a new or regular file is 0600: it may be private
         say(ctx, f"wrote {len(messages)} message(s) to {path}")
+
+
+_FORMAT_NAMES: Final = {"md": "Markdown", "json": "JSON"}
+#: File name endings and the format each stands for.
+_SUFFIXES: Final = {".json": "json", ".md": "md", ".markdown": "md"}
+
+
+def _format_of(path: Path) -> str | None:
+    """The format a file name asks for (``notes.json``: JSON), if it asks for one."""
+    return _SUFFIXES.get(path.suffix.lower())
+
+
+def _would_replace(ctx: AppContext, path: Path) -> bool:
+    """``path`` is a file with contents to lose: a regular file (reached directly or through a
+    link), other than chatcli's own stdout (``-o /dev/stdout > file``)."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return False  # nothing there (or nothing reachable): the write says what is wrong
+    if not stat.S_ISREG(st.st_mode):
+        return False  # a FIFO or a terminal is written through, as the shell's > would
+    try:
+        out = os.fstat(ctx.stdout.fileno())
+    except (AttributeError, OSError, ValueError):
+        return True
+    return (out.st_dev, out.st_ino) != (st.st_dev, st.st_ino)
+
+
+def _confirm_replace(ctx: AppContext, path: Path) -> None:
+    """Ask before replacing ``path`` on a terminal; elsewhere refuse, saying how to insist."""
+    if not ctx.stdin_isatty or ctx.stdin is None:
+        raise UsageError(f"{path} already exists; add -f (--force) to replace it")
+    ctx.stderr.write(f"Replace {path}? [y/N] ")
+    ctx.stderr.flush()
+    if ctx.stdin.readline().strip().lower() not in ("y", "yes"):
+        say(ctx, "nothing written")
+        raise typer.Exit(EXIT_ERROR)
 
 
 @sessions_app.command("search")

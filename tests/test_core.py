@@ -511,3 +511,17 @@ def test_install_advice_names_this_project_on_the_index() -> None:
     assert chatcli.install_hint("local") == (
         "pip install 'chatcli-shell[local]' (in a checkout: pip install '.[local]')"
     )
+
+
+def test_a_provider_from_the_environment_does_not_inherit_another_providers_model(
+    tmp_path: Path,
+) -> None:
+    paths = Paths.from_env({"CHATCLI_HOME": str(tmp_path)})
+    paths.config_dir.mkdir(parents=True)
+    paths.config_file.write_text('provider = "ollama"\nmodel = "llama3.2"\n')
+    chosen = load_settings(paths, {"CHATCLI_PROVIDER": "vllm"})
+    assert (chosen.provider, chosen.model) == ("vllm", None)
+    same = load_settings(paths, {"CHATCLI_PROVIDER": "Ollama"})
+    assert (same.provider, same.model) == ("Ollama", "llama3.2")
+    both = load_settings(paths, {"CHATCLI_PROVIDER": "vllm", "CHATCLI_MODEL": "qwen"})
+    assert (both.provider, both.model) == ("vllm", "qwen")

@@ -367,13 +367,18 @@ def test_export_replaces_a_regular_file_atomically_and_writes_through_a_link(
     regular = tmp_path / "notes.md"
     regular.write_text("old\n")
     before = regular.stat().st_ino
-    assert run_binary(["sessions", "export", "notes", "-o", str(regular)], isolated).returncode == 0
+    assert (
+        run_binary(["sessions", "export", "notes", "-f", "-o", str(regular)], isolated).returncode
+        == 0
+    )
     assert regular.read_text().startswith("# notes")
     assert regular.stat().st_ino != before and mode(regular) == 0o600  # a new file, renamed in
     link = tmp_path / "notes-link.md"
     link.symlink_to(regular)
     regular.write_text("old\n")
-    assert run_binary(["sessions", "export", "notes", "-o", str(link)], isolated).returncode == 0
+    assert (
+        run_binary(["sessions", "export", "notes", "-f", "-o", str(link)], isolated).returncode == 0
+    )
     assert link.is_symlink() and regular.read_text().startswith("# notes")
 
 

@@ -487,3 +487,89 @@ def test_loading_a_session_takes_its_provider_and_model_as_one_pair(harness: Har
     plain = sessions.create(name="plain", provider="lmstudio", model=None)
     conversation.load(plain)
     assert (conversation.provider, conversation.model) == ("lmstudio", None)
+
+
+# -- small screens and first steps (issue 14) ------------------------------------------------------
+
+GGUF = "/home/u/models/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf"
+
+
+def toolbar_text(harness: Harness) -> str:
+    repl = Repl(
+        harness.conversation,
+        stdout=harness.out,
+        make_renderer=lambda: PlainRenderer(harness.out, safe=True),
+        output=DummyOutput(),  # 80 columns
+    )
+    return "".join(fragment[1] for fragment in repl.toolbar())
+
+
+def test_the_toolbar_keeps_the_title_when_the_model_is_a_long_path(harness: Harness) -> None:
+    title = "How do I write a Rust macro that counts its arguments?"
+    harness.run(f"{title}{ENTER}")
+    harness.conversation.use(model=GGUF)
+    text = toolbar_text(harness)
+    assert len(text) <= 80, text
+    assert text.startswith(" ollama · Meta-") and text.rstrip().endswith(f"· {title}")
+    assert "Q4_K_M ·" in text and "/home/u" not in text and ".gguf" not in text
+    # Room to spare: the whole file name, and the key hint back.
+    harness.conversation.use(model="/models/tiny.gguf")
+    harness.conversation.rename("rust")
+    text = toolbar_text(harness)
+    assert text == " ollama · tiny · rust   Alt-Enter newline · Ctrl-D quit · /help"
+
+
+def test_model_and_provider_without_a_name_show_the_current_one_and_the_choices(
+    harness: Harness,
+) -> None:
+    out = harness.run(f"/model{ENTER}/provider{ENTER}/provider chatgptt{ENTER}/model{ENTER}")
+    assert "usage:" not in out
+    assert "model: m\nmodels of ollama: m (/model NAME switches)\n" in out
+    assert "the service may offer more: chatcli models -p ollama asks it" in out
+    assert "provider: ollama\nproviders: openai, ollama, lmstudio," in out
+    assert "model: gpt-4o\nmodels of chatgptt: gpt-4, gpt-4o, gpt-4o-mini (/model" in out
+    assert harness.conversation.provider == "chatgptt" and not harness.fake.requests
+
+
+def test_tab_puts_a_single_match_in_at_once(harness: Harness) -> None:
+    # Keys arrive all at once, as from a fast typist: Tab does not wait for the menu.
+    out = harness.run(f"/mod\t other{ENTER}/provider gpta\t{ENTER}")
+    assert "model: other" in out and "provider: gptalk" in out
+    assert "unknown command" not in out
+
+
+def test_tab_fills_in_what_several_matches_share(harness: Harness) -> None:
+    out = harness.run(f"/his\t{ENTER}/model gpt\t{ENTER}")
+    assert "(no messages yet)" in out  # /his -> /history
+    harness.conversation.use(provider="chatgptt")
+    out = harness.run(f"/model gpt-4o-\t{ENTER}")
+    assert "model: gpt-4o-mini" in out
+
+
+def test_history_wraps_between_words_at_the_terminal_width(
+    harness: Harness, fake: FakeOpenAI
+) -> None:
+    question = " ".join(["antidisestablishmentarianism"] * 5)  # 29-letter words, 149 characters
+    fake.pieces = ["Sure: " + " ".join(f"word{n}" for n in range(40)),
+                   "\n```\n" + "x = 1  " * 20 + "\n```"]  # fmt: skip
+    harness.run(f"{question}{ENTER}")
+    out = harness.run(f"/history{ENTER}").split("you> ", 1)[1]
+    lines = ("you> " + out).splitlines()
+    code = "x = 1  " * 20
+    assert code.rstrip() in [line.rstrip() for line in lines]  # fenced code: left alone
+    prose = [line for line in lines if not line.startswith(("x = 1", "```"))]
+    assert all(len(line) <= 80 for line in prose), prose
+    words = " ".join(prose).split()
+    assert words.count("antidisestablishmentarianism") == 5  # no word cut in two
+    assert [w for w in words if w.startswith("word")] == [f"word{n}" for n in range(40)]
+
+
+def test_the_prompt_takes_in_what_another_process_added_and_says_so(harness: Harness) -> None:
+    harness.run(f"mine{ENTER}")
+    session = harness.conversation.session
+    assert session is not None
+    question = harness.stores.sessions.add_message(session.id, "user", "from elsewhere")
+    harness.stores.sessions.add_message(session.id, "assistant", "ok", reply_to=question)
+    out = harness.run(f"next{ENTER}")
+    assert "(2 message(s) added to this session elsewhere; see /history)" in out
+    assert [m["content"] for m in harness.sent()][-3:] == ["from elsewhere", "ok", "next"]

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import Isolated, run, run_binary
-from tests.faults import without_local
+from tests.faults import HangingPort, without_local
 from tests.servers import AppServer, FakeOpenAI
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
@@ -95,11 +95,23 @@ def test_text_already_shown_is_never_retried(fake: FakeOpenAI, isolated: Isolate
     assert result.stdout == "Hello, \n"
 
 
-def test_connection_refused_is_retried(isolated: Isolated) -> None:
-    result = run(["ask", "-p", "ollama", "-m", "m", "--base-url", "http://localhost:9/v1", "hi"],
-                 isolated)  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr.count("retrying in") == 2
+def test_a_refused_loopback_connection_fails_at_once_and_a_timeout_is_retried(
+    isolated: Isolated,
+) -> None:
+    # Nothing listens on this machine's port (Ollama not started): asking again cannot help.
+    refused = run(["ask", "-p", "ollama", "-m", "m", "--base-url", "http://localhost:9/v1", "hi"],
+                  isolated)  # fmt: skip
+    assert refused.returncode == 1
+    assert "retrying" not in refused.stderr and "connection refused" in refused.stderr
+    hanging = HangingPort()
+    try:
+        url = f"http://localhost:{hanging.port}/v1"
+        timed_out = run(["ask", "-p", "ollama", "-m", "m", "--base-url", url, "--timeout", "0.3",
+                         "hi"], isolated)  # fmt: skip
+    finally:
+        hanging.close()
+    assert timed_out.returncode == 1
+    assert timed_out.stderr.count("retrying in") == 2
 
 
 def test_fallback_chain_tries_the_next_provider(fake: FakeOpenAI, isolated: Isolated) -> None:

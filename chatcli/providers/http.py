@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import email.utils
+import ipaddress
 import json
 import logging
 import math
@@ -90,6 +91,16 @@ CLOUDFLARE_MARKERS: Final = (
 )
 
 _TITLE_RE: Final = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+#: Statuses that say the request itself was refused: its body (an option the server does not
+#: take, a value out of range, too long an input), not the server's state.
+PAYLOAD_STATUSES: Final = (400, 413, 422)
+#: How services say the input does not fit the model's context (OpenAI, vLLM, llama.cpp's
+#: server, Groq, Mistral, Anthropic-style proxies).
+_CONTEXT_RE: Final = re.compile(
+    r"context[ _-]?(length|size|window)|maximum context|too many tokens|prompt is too long"
+    r"|reduce the length",
+    re.IGNORECASE,
+)
 #: How much of an error body is read to explain it.
 _ERROR_BODY_LIMIT: Final = 64 * 1024
 #: The longest wait asked by Retry-After that is believed (seconds).
@@ -235,11 +246,14 @@ def http_errors(provider: str, url: str) -> Iterator[None]:
             f"TLS failed talking to {_failed_url(exc, url)}: {_reason(exc)}", provider=provider
         ) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise ProviderConnectionError(
+        error = ProviderConnectionError(
             f"cannot connect to {_failed_url(exc, url)} ({_reason(exc)}); is the server "
             "running there?",
             provider=provider,
-        ) from exc
+        )
+        # Nothing listens on this machine (Ollama not started): asking again will not start it.
+        error.retryable = not _refused_on_loopback(exc)
+        raise error from exc
     except aiohttp.ClientHttpProxyError as exc:
         hint = "; check the proxy's user and password" if exc.status == 407 else ""
         raise ProviderConnectionError(
@@ -277,6 +291,21 @@ def http_errors(provider: str, url: str) -> Iterator[None]:
                 f"the proxy for {shown} failed: {_reason(exc)}", provider=provider
             ) from exc
         raise
+
+
+def _refused_on_loopback(exc: aiohttp.ClientConnectorError) -> bool:
+    """The connection was refused by this machine: localhost, 127.0.0.0/8 or ::1."""
+    if not isinstance(exc.os_error, ConnectionRefusedError):
+        return False
+    host = (exc.host or "").strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _failed_url(exc: aiohttp.ClientConnectorError, url: str) -> str:
@@ -445,7 +474,26 @@ async def check_status(
         raise AuthenticationError(
             f"not authorised ({reason}): {what}{hint}", status=status, provider=provider
         )
+    if status in PAYLOAD_STATUSES:
+        raise ResponseStatusError(
+            f"the server rejected the request: {what} ({reason} from {url}); "
+            f"{_payload_hint(body, status)}",
+            status=status,
+            provider=provider,
+        )
     raise ResponseStatusError(f"{reason} from {url}: {what}", status=status, provider=provider)
+
+
+def _payload_hint(body: str, status: int) -> str:
+    """The likely cause of a request the server refused, said as what to do."""
+    if _CONTEXT_RE.search(body):
+        return (
+            "the input is longer than the model's context: send a shorter one, or start a new "
+            "session"
+        )
+    if status == 413:
+        return "the request is too large: send a shorter input"
+    return "check the -o options and the model name"
 
 
 async def iter_body(

@@ -267,6 +267,8 @@ class OpenAICompatible(AsyncGeneratorProvider):
 
         done = False
         finish_reason: str | None = None
+        events = 0  # payloads other than [DONE]
+        answered = reasoned = False
         async for event in http.iter_sse(response, self.name):
             data = event.data.strip()
             if not data:
@@ -274,6 +276,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
             if data == "[DONE]":
                 done = True
                 break
+            events += 1
             try:
                 chunk = json.loads(data)
             except ValueError:
@@ -302,12 +305,17 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 if isinstance(delta, dict):
                     thought = _thought(delta)
                     if thought:
+                        reasoned = True
                         yield ReasoningDelta(thought)
                     content = delta.get("content")
                     if isinstance(content, str) and content:
+                        answered = True
                         yield TextDelta(content)
                 if choice.get("finish_reason"):
                     finish_reason = str(choice["finish_reason"])
+        if not answered:
+            why = _no_text(events, done, reasoned, finish_reason)
+            raise ProtocolError(why, provider=self.name)
         if not done and finish_reason is None:
             raise StreamInterruptedError(
                 "the stream ended before its end marker; the answer is incomplete",
@@ -341,6 +349,22 @@ class OpenAICompatible(AsyncGeneratorProvider):
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         events.append(finish_from(str(reason) if reason else None))
         return events
+
+
+def _no_text(events: int, done: bool, reasoned: bool, finish_reason: str | None) -> str:
+    """Why a stream the server sent without an error status brought no answer text."""
+    if reasoned:
+        held = "only the model's reasoning"
+    elif events:
+        held = "no answer text"
+    else:
+        held = "only its end marker" if done else "nothing at all"
+    line = f"no text arrived: the server answered with a stream holding {held}"
+    if finish_reason:
+        line += f"; it ended with finish reason {quote(finish_reason, 40)!r}"
+    if finish_reason == "length":
+        line += " (-o max_tokens N allows a longer answer)"
+    return line
 
 
 def _thought(message: dict[str, Any]) -> str | None:

@@ -527,9 +527,14 @@ class SessionStore:
         named = self._by_name(ref)
         if named is not None:
             return named
-        if len(rows) == 1 and len(ref) >= MIN_PREFIX:
+        if rows and len(ref) < MIN_PREFIX:
+            raise UsageError(
+                f"no session named {ref!r}, and {ref!r} is too short for an id prefix: give at "
+                f"least {MIN_PREFIX} characters of the id"
+            )
+        if len(rows) == 1:
             return _session(rows[0])
-        if len(rows) > 1 and len(ref) >= MIN_PREFIX:
+        if len(rows) > 1:
             ids = ", ".join(r["id"] for r in rows[:5])
             raise UsageError(f"{ref!r} matches several sessions ({ids}); give more of the id")
         raise UsageError(f"no session named {ref!r} or with an id starting {ref!r}")
