@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -276,8 +277,13 @@ async def _attempt(
     )
     stream = provider.stream(chat)
     finish: Finish | None = None
+    text, thought = _WholeCharacters(), _WholeCharacters()
     try:
         async for event in stream:
+            if isinstance(event, TextDelta):
+                event = TextDelta(text(event.text))
+            elif isinstance(event, ReasoningDelta):
+                event = ReasoningDelta(thought(event.text))
             if on_event is not None:
                 on_event(event)
             if isinstance(event, TextDelta):
@@ -297,6 +303,9 @@ async def _attempt(
                 log.debug("%s: a tool call (not run: no tools are offered)", provider.name)
     finally:
         await _close(stream)
+    if text.held:  # the stream ended on half a character
+        turn.pieces.append("\ufffd")
+        renderer.feed("\ufffd")
     if finish is None:
         raise StreamInterruptedError(
             "the answer ended without saying it was finished; it may be incomplete",
@@ -306,6 +315,27 @@ async def _attempt(
     if not any(piece.strip() for piece in turn.pieces):
         source = "the model" if provider.kind == "offline" else "the service"
         raise ProtocolError(f"{source} sent an empty answer", provider=provider.name)
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+class _WholeCharacters:
+    """Pieces of text as whole characters. A server's JSON may escape a character outside the
+    Basic Multilingual Plane as a UTF-16 pair, and split the pair across two stream events:
+    the halves are joined; a half with no partner becomes U+FFFD (no file, database or terminal
+    can hold one)."""
+
+    def __init__(self) -> None:
+        self.held = ""
+
+    def __call__(self, piece: str) -> str:
+        piece, self.held = self.held + piece, ""
+        if piece and "\ud800" <= piece[-1] <= "\udbff":  # a first half: its partner may follow
+            piece, self.held = piece[:-1], piece[-1]
+        if _SURROGATE.search(piece):
+            piece = piece.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return piece
 
 
 def preflight(request: TurnRequest, registry: Registry) -> None:

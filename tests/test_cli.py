@@ -754,3 +754,18 @@ def test_a_command_that_fails_before_any_request_leaves_creates_no_session(
     assert [
         s["name"] for s in json.loads(run(["sessions", "list", "--json"], isolated).stdout)
     ] == ["c"]
+
+
+def test_a_character_split_into_utf16_halves_is_joined_and_a_lone_half_replaced(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    # JSON escapes "\\ud83d\\ude00" for an emoji; a server may split the pair across events.
+    fake.pieces = ["Hi ", "\ud83d", "\ude00", " and \udc00 lone ", "\ud83d"]
+    result = run([*ask(fake), "-S", "u", "--json", "hi"], isolated)
+    assert result.returncode == 0, result.stderr
+    expected = "Hi \U0001f600 and \ufffd lone \ufffd"
+    assert json.loads(result.stdout)["text"] == expected
+    shown = json.loads(run(["sessions", "show", "u", "--json"], isolated).stdout)
+    assert shown["messages"][-1]["content"] == expected
+    plain = run([*ask(fake), "hi"], isolated)
+    assert plain.returncode == 0 and plain.stdout == expected + "\n"

@@ -13,13 +13,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import web
 
 from chatcli.errors import note_url_credentials, redact_credentials
 from chatcli.providers import http
 from tests.conftest import Isolated, assert_one_line_error, run, run_binary
 from tests.faults import refusing_port
 from tests.hostile import Hostile, TLSServer, self_signed_certificate
-from tests.servers import FakeOpenAI, ForwardProxy
+from tests.servers import AppServer, FakeOpenAI, ForwardProxy
 
 
 @pytest.fixture
@@ -253,3 +254,25 @@ def test_binary_a_proxy_that_echoes_the_credentials_back_gets_them_blanked(
     for secret in (password, decoded, basic, "Pa$$(word)"):
         assert secret not in result.stdout + result.stderr
         assert secret.encode() not in everything_written(isolated.chatcli_home)
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_json_nested_too_deep_is_one_line_not_an_internal_error(
+    isolated: Isolated, status: int
+) -> None:
+    body = "[" * 100_000  # json.loads raises RecursionError, not ValueError
+
+    async def reply(request: web.Request) -> web.Response:
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", reply)
+    with AppServer(app) as server:
+        args = ["ask", "-p", "ollama", "-m", "m", "--base-url", f"{server.url}/v1", "--no-stream",
+                "--retries", "0", "hi"]  # fmt: skip
+        result = run(args, isolated)
+    assert result.returncode == 1
+    assert "internal error" not in result.stderr and "RecursionError" not in result.stderr
+    assert_one_line_error(result.stderr, "ollama")
+    if status == 500:
+        assert "HTTP 500" in result.stderr

@@ -203,7 +203,7 @@ class FakeGpt(WebProvider, AsyncGeneratorProvider):
         """The cumulative text of an assistant ``next`` event; ``None`` for any other event."""
         try:
             event = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep: not JSON we read
             raise ProtocolError(
                 f"unexpected stream line: {quote(data)}", provider=cls.name
             ) from None

@@ -172,7 +172,7 @@ class GPTalk(WebProvider, AsyncGeneratorProvider):
         """The whole answer so far, from one stream event's data."""
         try:
             content = json.loads(data)["content"]
-        except (ValueError, KeyError, TypeError, IndexError):
+        except (ValueError, RecursionError, KeyError, TypeError, IndexError):
             raise ProtocolError(
                 f"unexpected stream line: {quote(data)}", provider=cls.name
             ) from None

@@ -376,7 +376,7 @@ def error_message_from_body(body: str) -> str | None:
     """The human message inside a JSON error body, in the shapes services use; else ``None``."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep: not JSON we read
         return None
     return _message_in(data)
 
@@ -566,7 +566,7 @@ async def read_json(response: aiohttp.ClientResponse, provider: str) -> Any:
     text = await read_text(response, provider)
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested too deep: not JSON we read
         what = describe_error_body(text, response.headers.get("Content-Type", ""))
         raise ProtocolError(
             f"expected JSON from {redact_url(str(response.url))} but got {what}", provider=provider

@@ -83,7 +83,7 @@ class Opchatgpts(WebProvider, AsyncGeneratorProvider):
     def _event(cls, line: str) -> tuple[str, str]:
         try:
             event = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deep: not JSON we read
             event = None
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             raise ProtocolError(f"unexpected stream line: {quote(line)}", provider=cls.name)

@@ -279,7 +279,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
             events += 1
             try:
                 chunk = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # nested too deep: not JSON we read
                 raise ProtocolError(
                     f"malformed JSON in the stream: {quote(data)}", provider=self.name
                 ) from None
