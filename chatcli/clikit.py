@@ -18,7 +18,7 @@ import signal
 import traceback
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Annotated, Any, Final, TypeVar
+from typing import IO, Annotated, Any, Final, TypeVar
 
 import typer
 
@@ -69,10 +69,11 @@ def boundary(ctx: AppContext, *, verbose: bool = False) -> Iterator[None]:
         # What was shown is saved already; the terminal may be gone (SIGHUP): say it if we can.
         with suppress(OSError, ValueError):
             say(ctx, f"stopped by {signal.Signals(exc.signum).name}")
-        try:
-            ctx.stdout.flush()
-        except (OSError, ValueError):
-            silence_stdout(ctx)  # else the exit's own flush fails again, and the code is lost
+        for stream in (ctx.stdout, ctx.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                silence(stream)  # else the exit's own flush fails again, and the code is lost
         raise typer.Exit(128 + exc.signum) from None
     except BrokenPipeError:
         # The reader went away (`chatcli ask ... | head`): stop quietly, as other tools do.
@@ -109,7 +110,10 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
 
     A ``timeout``, a closed terminal or tmux window, or a killed job cancels the running task, so
     a turn ends as interrupted with the part shown saved, and then :class:`Terminated` is raised
-    (the boundary exits 143 or 129).
+    (the boundary exits 143 or 129). The handlers are plain signal handlers, which run between
+    any two bytecodes: a signal that arrives while the last of the work runs without awaiting
+    (saving the answer) is not lost. A second signal stops chatcli at once, the default way.
+    A signal the user chose to ignore (``nohup``) stays ignored.
     """
 
     async def guarded() -> T:
@@ -118,34 +122,47 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
         assert task is not None
         received: list[int] = []
 
-        def stop(signum: int) -> None:
-            if not received:
-                received.append(signum)
-                task.cancel()
+        def stop(signum: int, _frame: object) -> None:
+            if received:  # asked twice: stop now
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            received.append(signum)
+            loop.call_soon_threadsafe(task.cancel)
 
+        previous: dict[int, Any] = {}
         for signum in STOP_SIGNALS:
-            with suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, stop, signum)
+            with suppress(ValueError, OSError):  # not the main thread: leave them be
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    previous[signum] = signal.signal(signum, stop)
         try:
-            return await work
+            result = await work
         except (asyncio.CancelledError, Exception):
             # After a hang-up, ending the answer on the terminal that is gone fails too (EIO).
             if received:
                 raise Terminated(received[0]) from None
             raise
         finally:
-            for signum in STOP_SIGNALS:
-                with suppress(NotImplementedError, RuntimeError, ValueError):
-                    loop.remove_signal_handler(signum)
+            for signum, handler in previous.items():
+                with suppress(ValueError, OSError):
+                    signal.signal(signum, handler)
+        if received:  # it came after the last await
+            raise Terminated(received[0])
+        return result
 
     return asyncio.run(guarded())
 
 
 def silence_stdout(ctx: AppContext) -> None:
-    """Point stdout's file descriptor at /dev/null, so that flushing at exit cannot fail again."""
+    silence(ctx.stdout)
+
+
+def silence(stream: IO[str]) -> None:
+    """Point the stream's file descriptor at /dev/null, so that flushing at exit cannot fail
+    again (a closed pipe, a terminal that hung up)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, ctx.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
     except (OSError, ValueError):
         pass
 
@@ -189,8 +206,9 @@ class StderrHandler(logging.Handler):
             yield
         finally:
             lines, self._held = self._held, None
-            self._stream.write("".join(lines))
-            self._stream.flush()
+            with suppress(OSError, ValueError):  # stderr gone (a hang-up): keep the real outcome
+                self._stream.write("".join(lines))
+                self._stream.flush()
 
 
 def setup_logging(ctx: AppContext, verbose: bool) -> StderrHandler:

@@ -620,14 +620,17 @@ def test_sigterm_and_sighup_keep_the_partial_answer_as_ctrl_c_does(
     ]
 
 
+@pytest.mark.parametrize("mode", [["--raw"], []])
 def test_sighup_with_the_terminal_gone_still_saves_and_exits_129(
-    fake: FakeOpenAI, isolated: Isolated
+    fake: FakeOpenAI, isolated: Isolated, mode: list[str]
 ) -> None:
     fake.mode, fake.stall_seconds = "stall", 20.0
     controller, terminal = pty.openpty()
+    # Buffered stderr, as for a user (the exit's own flush must not fail and turn 129 into 120).
+    env = {k: v for k, v in isolated.env.items() if k != "PYTHONUNBUFFERED"}
     process = subprocess.Popen(
-        [str(CHATCLI), *ask(fake), "--raw", "-S", "cut", "hi"],
-        stdin=terminal, stdout=terminal, stderr=terminal, env=isolated.env,
+        [str(CHATCLI), *ask(fake), *mode, "-S", "cut", "hi"],
+        stdin=terminal, stdout=terminal, stderr=terminal, env={**env, "TERM": "xterm-256color"},
     )  # fmt: skip
     os.close(terminal)
     try:
@@ -644,6 +647,25 @@ def test_sighup_with_the_terminal_gone_still_saves_and_exits_129(
         "Hello",
         "interrupted",
     )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_a_signal_the_user_ignores_stays_ignored(
+    fake: FakeOpenAI, isolated: Isolated, signum: int
+) -> None:
+    # `nohup chatcli ask ... &`: logging out must not stop it.
+    fake.pieces, fake.delay = ["one ", "two ", "three"], 0.3
+    process = subprocess.Popen(
+        [str(CHATCLI), *ask(fake), "hi"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=isolated.env, preexec_fn=lambda: signal.signal(signum, signal.SIG_IGN),
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert os.read(process.stdout.fileno(), 100) == b"one "
+    process.send_signal(signum)
+    rest, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr
+    assert b"one " + rest == b"one two three\n"
 
 
 def test_concurrent_ask_with_one_new_session_name_loses_nothing(
