@@ -18,6 +18,7 @@ from chatcli.clikit import (
     MarkdownOpt,
     ProviderOpt,
     RawOpt,
+    Terminated,
     TimeoutOpt,
     VerboseOpt,
     boundary,
@@ -136,6 +137,7 @@ def ask(
         from chatcli.turn import CUT
 
         conversation = open_conversation(ctx, chat, notice=lambda text: say(ctx, text))
+        conversation.saves_later = False  # one question: what is not saved now never will be
         renderer = choose(
             ctx.stdout,
             is_terminal=ctx.stdout_isatty,
@@ -147,7 +149,7 @@ def ask(
         try:
             with log_handler.held(renderer.live):
                 run_async(conversation.send(message, renderer))
-        except (ProviderError, KeyboardInterrupt):
+        except (ProviderError, KeyboardInterrupt, Terminated):
             turn = conversation.last_turn
             if json_out and turn is not None and turn.pieces:
                 _print_json(ctx, turn, conversation)  # scripts get the partial answer too

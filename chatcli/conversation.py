@@ -7,6 +7,7 @@ question is committed before the request and the answer when it ends, whatever e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -85,6 +86,9 @@ class Conversation:
         self._save_failed = False
         #: How many unanswered questions the user was told are not sent again.
         self._unanswered_told = 0
+        #: Whether more messages may follow to save what could not be (a REPL), or this is a
+        #: one-shot ``ask`` (what is not saved now never will be).
+        self.saves_later = True
         if session is not None and store is not None:
             self._load(session)
 
@@ -167,7 +171,9 @@ class Conversation:
         """Take in the messages another process added to this session meanwhile (an ``ask -S``
         in another terminal); returns how many. Nothing changes while messages of this one
         wait to be saved (they would be out of order)."""
-        if self.store is None or self.session is None or self.unsaved:
+        if not self.save or self.store is None or self.session is None:
+            return 0  # --no-save: this conversation is its own, whatever the store holds
+        if any(entry.id is None for entry in self._entries):
             return 0
         known = {entry.id for entry in self._entries}
         try:
@@ -363,19 +369,23 @@ class Conversation:
             unsaved = sum(1 for e in self._entries if e.id is None)
             if self._save_failed:  # said once is enough (a read-only home fails every time)
                 log.debug("still could not save %d message(s): %s", unsaved, exc)
-            else:
+            elif self.saves_later:
                 log.warning(
                     "could not save this conversation (%s); it is kept in memory, and saved "
                     "with a later message if that can be",
                     exc,
                 )
+            else:
+                log.warning("could not save this conversation (%s); nothing of it was kept", exc)
             self._save_failed = True
             return
         if self._save_failed:
             log.warning("the messages that could not be saved before are saved now")
             self._save_failed = False
         if self.session is not None and not self.session.title:
-            self.session = self.store.get(self.session.id)  # the first message gave it a title
+            # The first message gave it a title. (Deleted meanwhile: the next save sees it.)
+            with contextlib.suppress(StorageError, UsageError):
+                self.session = self.store.get(self.session.id)
 
     def _ensure_session(self) -> None:
         assert self.store is not None

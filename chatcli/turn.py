@@ -340,7 +340,8 @@ class _WholeCharacters:
 
 def preflight(request: TurnRequest, registry: Registry) -> None:
     """Raise what would stop every provider of the chain before a request leaves (no key, a
-    missing runtime, a model it cannot use): the first one's error, when none is ready."""
+    missing runtime, a model it cannot use): the first one's error, when none is ready.
+    An option the first provider does not take is an error at once, as in :func:`run_turn`."""
     chain = [request.provider, *request.fallback]
     first: ChatcliError | None = None
     for index, name in enumerate(chain):
@@ -351,10 +352,18 @@ def preflight(request: TurnRequest, registry: Registry) -> None:
                 proxy=request.proxy,
                 timeout=request.timeout,
             )
+        except ChatcliError as exc:
+            first = first or exc
+            continue
+        if index == 0:
+            options = provider.check_options(request.options)  # raised, never fallen back on
+        else:
+            options = _options_taken(provider, request.options)
+        try:
             provider.preflight()
             if index == 0 and request.model:
                 provider.check_model(request.model)
-            provider.check_fits(request.messages, request.options)
+            provider.check_fits(request.messages, options)
             return
         except ChatcliError as exc:
             first = first or exc

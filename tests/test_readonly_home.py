@@ -169,6 +169,7 @@ def test_in_a_read_only_home_ask_answers_and_says_it_kept_nothing(
     assert line.startswith("chatcli: warning: could not save this conversation"), line
     assert "could only be opened for reading here (" in line
     assert "sessions.db is not writable" in line
+    assert line.endswith("; nothing of it was kept")  # a one-shot ask: no later message saves it
     assert listing(isolated.chatcli_home) == before
 
 

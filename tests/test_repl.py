@@ -573,3 +573,32 @@ def test_the_prompt_takes_in_what_another_process_added_and_says_so(harness: Har
     out = harness.run(f"next{ENTER}")
     assert "(2 message(s) added to this session elsewhere; see /history)" in out
     assert [m["content"] for m in harness.sent()][-3:] == ["from elsewhere", "ok", "next"]
+
+
+def test_refresh_leaves_a_no_save_conversation_alone(harness: Harness) -> None:
+    harness.run(f"stored{ENTER}")
+    conversation = harness.conversation
+    session = conversation.session
+    assert session is not None
+    conversation.save = False  # from here on, nothing of this chat is written
+    harness.run(f"private{ENTER}")
+    harness.stores.sessions.add_message(session.id, "user", "from elsewhere")
+    assert conversation.refresh() == 0
+    assert [m["content"] for m in conversation.history] == [
+        "stored", "Hello, world!", "private", "Hello, world!",
+    ]  # fmt: skip
+
+
+def test_options_the_new_provider_does_not_take_are_refused_before_anything_is_stored(
+    harness: Harness,
+) -> None:
+    from dataclasses import replace
+
+    harness.run(f"first{ENTER}")
+    conversation = harness.conversation
+    conversation.defaults = replace(conversation.defaults, options={"top_p": 0.5})
+    conversation.use(provider="gptalk")  # a web service that takes no -o options
+    before = stored_rows(harness)
+    out = harness.run(f"second{ENTER}")
+    assert "gptalk: unknown option -o top_p" in out
+    assert stored_rows(harness) == before
