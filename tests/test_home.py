@@ -360,6 +360,25 @@ def test_export_to_stdout(isolated: Isolated, output: str) -> None:
     assert os.path.islink("/dev/stdout")  # written through, never replaced
 
 
+def test_export_to_a_terminal_by_its_path_is_sanitized_like_stdout(isolated: Isolated) -> None:
+    import pty
+
+    store = SessionStore(data_dir(isolated) / "sessions.db")
+    session = store.create(name="hostile")
+    store.add_message(session.id, "assistant", "title \x1b]0;PWNED\x07 and \x9b2J end")
+    store.close()
+    controller, terminal = pty.openpty()
+    try:
+        result = run_binary(["sessions", "export", "hostile", "-o", os.ttyname(terminal)], isolated)
+        shown = os.read(controller, 65536)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 0, result.stderr
+    assert b"title \xe2\x90\x9b]0;PWNED" in shown  # ESC made visible, as on stdout
+    assert b"\x1b" not in shown and b"\x07" not in shown and b"\xc2\x9b" not in shown
+
+
 def test_export_replaces_a_regular_file_atomically_and_writes_through_a_link(
     isolated: Isolated, tmp_path: Path
 ) -> None:

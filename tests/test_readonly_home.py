@@ -293,3 +293,29 @@ def test_a_full_disk_can_still_be_read(isolated: Isolated, tmp_path: Path) -> No
     assert "\tnotes\t" in result.stdout and "A monoid in the category" in result.stdout
     assert result.returncode == 1  # the rename, and only it
     assert_one_line_error(result.stderr, "could only be opened for reading", "disk I/O error")
+
+
+def test_a_read_only_snapshot_of_an_older_schema_is_read_as_it_is(
+    isolated: Isolated, freeze: Callable[[Path], None]
+) -> None:
+    from chatcli.store.sessions import MIGRATIONS
+
+    path = data_dir(isolated) / "sessions.db"
+    path.parent.mkdir(parents=True, mode=0o700)
+    path.touch(mode=0o600)
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])  # the first release's schema, taken before an upgrade
+    db.execute("INSERT INTO sessions VALUES ('abcdef123456', 'old', 'T', NULL, 'p', 'm', 1, 2)")
+    db.executemany(
+        "INSERT INTO messages (session_id, role, content, created_at) VALUES (?, ?, ?, 1)",
+        [("abcdef123456", "user", "an old question"), ("abcdef123456", "assistant", "old answer")],
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    before = listing(isolated.chatcli_home)
+    freeze(isolated.chatcli_home)
+    shown = run_binary(["sessions", "show", "old"], isolated)
+    assert shown.returncode == 0, shown.stderr
+    assert "an old question" in shown.stdout and "old answer" in shown.stdout
+    assert listing(isolated.chatcli_home) == before  # not migrated: left as it was

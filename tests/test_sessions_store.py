@@ -44,7 +44,14 @@ def test_a_first_release_database_is_migrated_keeping_every_row(tmp_path: Path) 
     db.executemany(
         "INSERT INTO messages (id, session_id, role, content, created_at, status)"
         " VALUES (?, 'abcdef123456', ?, ?, 1, ?)",
-        [(7, "user", "q", "complete"), (9, "assistant", "part", "interrupted")],
+        [(7, "user", "q", "complete"), (9, "assistant", "part", "interrupted"),
+         (12, "user", "deleted later", "complete")],
+    )  # fmt: skip
+    db.execute("DELETE FROM messages WHERE id = 12")  # ids go on from 12, not from 9
+    # A message whose session was deleted with foreign keys off (the sqlite3 shell's default).
+    db.execute(
+        "INSERT INTO messages (session_id, role, content, created_at)"
+        " VALUES ('gone', 'user', 'x', 1)"
     )
     db.execute("PRAGMA user_version = 1")
     db.commit()
@@ -57,7 +64,7 @@ def test_a_first_release_database_is_migrated_keeping_every_row(tmp_path: Path) 
         ("assistant", "part", "interrupted"),
     ]
     new = store.add_message("abcdef123456", "assistant", "cut", status="length")
-    assert new == 10  # ids carry on where they were
+    assert new == 14  # ids carry on where they were (13 went to the orphan, not carried over)
     assert store.messages("abcdef123456")[-1].status == "length"
     with pytest.raises(StorageError):
         store.add_message("abcdef123456", "assistant", "x", status="sideways")  # type: ignore[arg-type]

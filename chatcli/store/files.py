@@ -292,6 +292,10 @@ def write_user_file(path: Path, data: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)  # no O_CREAT: what is there
         try:
+            if os.isatty(fd):  # -o /dev/tty: a person reads it, as through the sanitizing stdout
+                from chatcli.render.sanitize import sanitize
+
+                data = sanitize(data.decode("utf-8", "replace")).encode()
             _write_all(fd, data)
         finally:
             os.close(fd)

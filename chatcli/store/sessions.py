@@ -101,7 +101,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX sessions_by_update ON sessions (updated_at);
     """,
     # 2: an answer's status says why it ended (SQLite cannot widen a CHECK: the table is
-    # rebuilt, rows and ids kept).
+    # rebuilt, rows and ids kept, and ids go on from where they were). Messages whose session
+    # is gone (deleted with foreign keys off, say in the sqlite3 shell) cannot be reached:
+    # they are not carried over, or the rebuild would fail on them.
     """
     CREATE TABLE messages_v2 (
         id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -120,7 +122,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     INSERT INTO messages_v2 (id, session_id, role, content, provider, model, created_at,
                              duration, status, error)
         SELECT id, session_id, role, content, provider, model, created_at, duration, status,
-               error FROM messages;
+               error FROM messages WHERE session_id IN (SELECT id FROM sessions);
+    INSERT INTO sqlite_sequence (name, seq)
+        SELECT 'messages_v2', 0 WHERE NOT EXISTS
+            (SELECT 1 FROM sqlite_sequence WHERE name = 'messages_v2');
+    UPDATE sqlite_sequence SET seq = MAX(seq, COALESCE(
+        (SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0))
+        WHERE name = 'messages_v2';
     DROP TABLE messages;
     ALTER TABLE messages_v2 RENAME TO messages;
     CREATE INDEX messages_by_session ON messages (session_id, id);
@@ -218,6 +226,9 @@ class SessionStore:
         self.base = base if base is not None else path.parent
         self.busy_timeout_ms = busy_timeout_ms
         self.read_only: str | None = None
+        #: Whether answers name their question (schema 3); an older database read where it
+        #: cannot be upgraded lists its messages in the order they were written.
+        self._linked = True
         self._db: sqlite3.Connection | None = None
 
     # -- opening and migrating -------------------------------------------------------------
@@ -330,11 +341,9 @@ class SessionStore:
             if version == 0:  # made, never migrated: nothing was saved in it
                 db.close()
                 return self._empty()
-            if version < SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self.path} is from an older chatcli and can only be read here; run "
-                    "chatcli once where it can be written to upgrade it"
-                )
+            # An older schema is read as it is (a snapshot taken before an upgrade).
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            self._linked = "reply_to" in columns
             db.execute("SELECT COUNT(*) FROM sessions").fetchone()
         except BaseException:
             db.close()
@@ -637,9 +646,9 @@ class SessionStore:
     def messages(self, session_id: str) -> list[StoredMessage]:
         """The session's messages in conversation order: each answer right after its question
         (questions asked at once from two processes are not followed by both answers)."""
+        order = "COALESCE(reply_to, id), id" if self._linked else "id"
         rows = self._read(
-            "SELECT * FROM messages WHERE session_id = ? ORDER BY COALESCE(reply_to, id), id",
-            (session_id,),
+            f"SELECT * FROM messages WHERE session_id = ? ORDER BY {order}", (session_id,)
         )
         return [_message(row) for row in rows]
 
