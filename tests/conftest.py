@@ -91,15 +91,24 @@ class _GuardedEnviron(MutableMapping[str, str]):
         self.real = real
         self.reads: list[str] = []
 
+    #: What the process itself is asked, rightly: the shell's completion request and the
+    #: terminal's size for --help (click, in main), the interpreter's own switches (asyncio's
+    #: debug mode), and the settings native libraries read as they load (llama.cpp, numpy).
+    _PROCESS_LEVEL = ("_CHATCLI_COMPLETE", "COLUMNS", "LINES", "PYTHONASYNCIODEBUG")
+    _NATIVE = ("LLAMA_", "GGML_", "OPENBLAS_", "NUMPY_", "NPY_", "OMP_")
+
     def _note(self, what: str) -> None:
+        # chatcli's own read, or one a library makes for it (Path.home, expanduser, tempfile,
+        # shutil.which...): any chatcli frame on the stack counts.
+        if what in self._PROCESS_LEVEL or what.startswith(self._NATIVE):
+            return
         frame = sys._getframe(2)
-        while frame is not None and (
-            frame.f_code.co_filename in self._PASS_THROUGH
-            or frame.f_code.co_filename.endswith("_collections_abc.py")
-        ):
+        while frame is not None:
+            name = frame.f_code.co_filename
+            if name.startswith(_CHATCLI_SOURCE):
+                self.reads.append(f"{what} at {name}:{frame.f_lineno}")
+                return
             frame = frame.f_back  # type: ignore[assignment]
-        if frame is not None and frame.f_code.co_filename.startswith(_CHATCLI_SOURCE):
-            self.reads.append(f"{what} at {frame.f_code.co_filename}:{frame.f_lineno}")
 
     def __getitem__(self, key: str) -> str:
         self._note(key)

@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -110,12 +111,12 @@ class ChromiumKeys:
             label = f"{self.browser.keyring_linux} Safe Storage"
             if self._keyring_found:
                 why = f"the password in the keyring item {label!r} did not open them"
-            elif _module_missing("secretstorage") and not shutil.which("kwallet-query"):
+            elif _module_missing("secretstorage") and not _kwallet(self.env):
                 why = (
                     f"reading the keyring item {label!r} needs the secretstorage package: "
                     f"{install_hint('browser')}, or: pip install secretstorage"
                 )
-            elif not self.env.get("DBUS_SESSION_BUS_ADDRESS") and not shutil.which("kwallet-query"):
+            elif not self.env.get("DBUS_SESSION_BUS_ADDRESS") and not _kwallet(self.env):
                 why = (
                     f"the keyring item {label!r} holds the key, and there is no desktop session "
                     "bus to ask for it (DBUS_SESSION_BUS_ADDRESS is not set): run this in your "
@@ -230,6 +231,11 @@ def _gcm_decrypt(key: bytes, nonce: bytes, data: bytes) -> bytes | None:
 # -- the platforms' key stores -------------------------------------------------------------------
 
 
+def _kwallet(env: Mapping[str, str]) -> str | None:
+    """KWallet's command-line reader, looked up on the PATH of ``env`` (not the process's)."""
+    return shutil.which("kwallet-query", path=env.get("PATH", os.defpath))
+
+
 def _linux_keyring_password(browser: Browser, *, env: Mapping[str, str]) -> bytes | None:
     """The "NAME Safe Storage" password from the Secret Service or KWallet, if either has it.
 
@@ -256,12 +262,13 @@ def _linux_keyring_password(browser: Browser, *, env: Mapping[str, str]) -> byte
                 connection.close()
         except Exception as exc:  # a missing or locked keyring: try the next source
             log.debug("the Secret Service had no %r: %s", label, type(exc).__name__)
-    if shutil.which("kwallet-query"):
+    kwallet = _kwallet(env)
+    if kwallet:
         folder = f"{browser.keyring_linux} Keys"
         for wallet in ("kdewallet",):
             try:
                 done = subprocess.run(
-                    ["kwallet-query", "--read-password", label, "--folder", folder, wallet],
+                    [kwallet, "--read-password", label, "--folder", folder, wallet],
                     capture_output=True,
                     timeout=30,
                     check=False,

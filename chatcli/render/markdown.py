@@ -323,6 +323,7 @@ class MarkdownRenderer:
                 color_system=self._console.color_system,  # type: ignore[arg-type]
                 no_color=self._console.no_color,
                 legacy_windows=False,
+                _environ=self._console._environ,  # the command's environment, as the console's
                 markup=False,
                 highlight=False,
                 emoji=False,
