@@ -121,8 +121,13 @@ def ask(
     json_out: Annotated[
         bool,
         typer.Option(
-            "--json", help="Print one JSON object at the end: text, status, provider, model."
+            "--json",
+            help="Print one JSON object at the end: text, reasoning, status, usage, provider.",
         ),
+    ] = False,
+    usage: Annotated[
+        bool,
+        typer.Option("--usage", help="Say after the answer what it took: tokens, speed, cost."),
     ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -157,6 +162,8 @@ def ask(
         turn = conversation.last_turn
         if json_out and turn is not None:
             _print_json(ctx, turn, conversation)
+        if (usage or verbose) and turn is not None:
+            say(ctx, _usage_line(turn, ctx.settings.providers))
         if turn is not None and turn.status in CUT:
             raise typer.Exit(EXIT_CUT)  # the line saying why was logged when the turn ended
 
@@ -195,14 +202,63 @@ def repl(
         run_async(loop.run())
 
 
+def _usage_of(turn: Any, providers: Any) -> dict[str, Any]:
+    """A turn's tokens, speed and cost, as ``--json`` gives them."""
+    from chatcli.usage import cost, speed
+
+    counts = turn.usage
+    first = turn.first_piece_at - turn.started if turn.first_piece_at is not None else None
+    output = counts.output_tokens if counts else None
+    return {
+        "input_tokens": counts.input_tokens if counts else None,
+        "output_tokens": output,
+        "estimated": counts.estimated if counts else None,
+        "first_token_seconds": round(first, 3) if first is not None else None,
+        "seconds": round(turn.duration, 3),
+        "tokens_per_second": _rounded(speed(output, first, turn.duration)),
+        "cost": cost(
+            providers,
+            turn.provider,
+            turn.model,
+            counts.input_tokens if counts else None,
+            output,
+        ),
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return round(value, 1) if value is not None else None
+
+
+def _usage_line(turn: Any, providers: Any) -> str:
+    """``1,234 tokens in, 56 out · 41 tokens/s · first token 0.8 s · 3.2 s · cost 0.0012``."""
+    used = _usage_of(turn, providers)
+    parts = []
+    if used["input_tokens"] is not None or used["output_tokens"] is not None:
+        about = "about " if used["estimated"] else ""
+        parts.append(
+            f"{about}{used['input_tokens'] or 0:,} tokens in, {used['output_tokens'] or 0:,} out"
+        )
+    if used["tokens_per_second"] is not None:
+        parts.append(f"{used['tokens_per_second']:.0f} tokens/s")
+    if used["first_token_seconds"] is not None:
+        parts.append(f"first token {used['first_token_seconds']:.1f} s")
+    parts.append(f"{used['seconds']:.1f} s")
+    if used["cost"] is not None:
+        parts.append(f"cost {used['cost']:.4f}")
+    return f"{turn.provider} · {turn.model or '-'}: " + " · ".join(parts)
+
+
 def _print_json(ctx: AppContext, turn: Any, conversation: Any) -> None:
     session = conversation.session if conversation.save else None
     result = {
         "text": turn.text,
+        "reasoning": turn.reasoning or None,
         "provider": turn.provider,
         "model": turn.model,
         "status": turn.status,
         "finish_reason": turn.finish_reason,
+        "usage": _usage_of(turn, ctx.settings.providers),
         "session": session.id if session is not None else None,
     }
     if turn.error:
@@ -431,6 +487,72 @@ def models(
         for name in found:
             suffix = "  (default)" if name == cls.default_model and ctx.stdout_isatty else ""
             ctx.stdout.write(f"{name}{suffix}\n")
+
+
+@app.command("usage")
+def usage_command(
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", metavar="SPAN", help="Only answers of the last SPAN: 30m, 12h, 7d, 2w."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Tokens (and cost, where config.toml gives prices) per provider and model."""
+    ctx = AppContext.current()
+    setup_logging(ctx, False)
+    with boundary(ctx):
+        from chatcli.store import Stores
+        from chatcli.usage import cost
+        from chatcli.usage import since as since_time
+
+        start = since_time(since)
+        prices = ctx.settings.providers
+        rows = [
+            {
+                "provider": row.provider,
+                "model": row.model,
+                "turns": row.turns,
+                "input_tokens": row.input_tokens,
+                "output_tokens": row.output_tokens,
+                "estimated_turns": row.estimated,
+                "uncounted_turns": row.uncounted,
+                "cost": cost(prices, row.provider, row.model, row.input_tokens, row.output_tokens),
+            }
+            for row in Stores.for_context(ctx).sessions.usage(start)
+        ]
+        if json_out:
+            ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return
+        if not rows:
+            say(ctx, "no answers saved" + (f" in the last {since}" if since else " yet"))
+            return
+        from rich.table import Table
+
+        from chatcli.render import make_console
+
+        table = Table(box=None, pad_edge=False, show_edge=False)
+        for title in ("PROVIDER", "MODEL", "TURNS", "TOKENS IN", "TOKENS OUT", "COST"):
+            table.add_column(title, justify="left" if title in ("PROVIDER", "MODEL") else "right")
+        for row in rows:
+            marks = "~" if row["estimated_turns"] else ""
+            table.add_row(
+                str(row["provider"]),
+                str(row["model"] or "-"),
+                f"{row['turns']:,}",
+                f"{marks}{row['input_tokens']:,}",
+                f"{marks}{row['output_tokens']:,}",
+                f"{row['cost']:.4f}" if row["cost"] is not None else "-",
+            )
+        console = make_console(ctx.stdout, env=ctx.env)
+        if not ctx.stdout_isatty:
+            console.width = 160
+        console.print(table)
+        if any(row["estimated_turns"] for row in rows):
+            console.print("~ includes chatcli's estimates where the service gave no counts")
+        if any(row["cost"] is None for row in rows):
+            console.print("cost: give prices in config.toml, [providers.NAME.prices]")
 
 
 @app.command()

@@ -83,7 +83,15 @@ _PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "base_url": (str,),
     "api_key_env": (str,),
     "model": (str,),
+    # What its models' contexts hold, in tokens, when the service does not say.
+    "context_length": (int,),
+    # Prices per million tokens, per model: "gpt-4o-mini" = { input = 0.15, output = 0.6 }.
+    "prices": (dict,),
 }
+#: The longest context a provider may be said to have, in tokens (a guard against typos).
+MAX_CONTEXT_LENGTH: Final = 100_000_000
+#: The highest price per million tokens accepted (a guard against a misplaced decimal point).
+MAX_PRICE: Final = 100_000.0
 #: Keys allowed in the ``[cookies]`` table (``Settings.cookies_browser``/``cookies_profile``).
 _COOKIES_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "from_browser": (str,),
@@ -313,6 +321,12 @@ def _validate(data: Mapping[str, Any], path: Path) -> None:
                     f"{path}: unknown setting providers.{name}.{key} (known: {known})"
                 )
             _check_type(value, _PROVIDER_KEYS[key], f"{path}: providers.{name}.{key}")
+        where = f"{path}: providers.{name}"
+        length = table.get("context_length")
+        if length is not None and not 1 <= length <= MAX_CONTEXT_LENGTH:
+            raise ConfigError(f"{where}.context_length must be 1 to {MAX_CONTEXT_LENGTH:,} tokens")
+        for model, price in table.get("prices", {}).items():
+            _check_price(price, f"{where}.prices.{model}")
     cookies = data.get("cookies", {})
     for key, value in cookies.items():
         if key not in _COOKIES_KEYS:
@@ -330,6 +344,18 @@ def _validate(data: Mapping[str, Any], path: Path) -> None:
             )
     elif "profile" in cookies:
         raise ConfigError(f"{path}: cookies.profile needs cookies.from_browser too")
+
+
+def _check_price(price: Any, where: str) -> None:
+    """``{ input = X, output = Y }``: dollars (or any currency) per million tokens."""
+    if not isinstance(price, dict) or set(price) - {"input", "output"} or not price:
+        raise ConfigError(f"{where} must be a table like {{ input = 0.15, output = 0.6 }}")
+    for side, value in price.items():
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number) or not 0 <= number <= MAX_PRICE:
+            raise ConfigError(
+                f"{where}.{side} must be a price per million tokens, 0 to {MAX_PRICE:,.0f}"
+            )
 
 
 def _check_type(value: Any, types: tuple[type, ...], where: str) -> None:

@@ -38,6 +38,13 @@ class _Entry:
     id: int | None = None
     #: For an answer: the question it answers (stored as its ``reply_to``).
     question: _Entry | None = None
+    #: For an answer: what the model thought (kept apart, never sent back), its token counts
+    #: (``estimated``: chatcli's count, the service gave none) and seconds to its first piece.
+    reasoning: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    estimated: bool = False
+    first_token: float | None = None
 
 
 class Conversation:
@@ -144,6 +151,11 @@ class Conversation:
                 duration=m.duration,
                 error=m.error,
                 id=m.id,
+                reasoning=m.reasoning,
+                input_tokens=m.input_tokens,
+                output_tokens=m.output_tokens,
+                estimated=m.usage_estimated,
+                first_token=m.first_token,
             )
             for m in self.store.messages(session.id)
         ]
@@ -339,6 +351,13 @@ class Conversation:
                         duration=turn.duration,
                         error=turn.error,
                         question=question,
+                        reasoning=turn.reasoning or None,
+                        input_tokens=turn.usage.input_tokens if turn.usage else None,
+                        output_tokens=turn.usage.output_tokens if turn.usage else None,
+                        estimated=turn.usage.estimated if turn.usage else False,
+                        first_token=(
+                            turn.first_piece_at - turn.started if turn.first_piece_at else None
+                        ),
                     )
                 )
                 self._save_pending()
@@ -364,6 +383,11 @@ class Conversation:
                     duration=entry.duration,
                     error=entry.error,
                     reply_to=entry.question.id if entry.question is not None else None,
+                    reasoning=entry.reasoning,
+                    input_tokens=entry.input_tokens,
+                    output_tokens=entry.output_tokens,
+                    usage_estimated=entry.estimated,
+                    first_token=entry.first_token,
                 )
         except StorageError as exc:
             unsaved = sum(1 for e in self._entries if e.id is None)

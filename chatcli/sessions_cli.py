@@ -161,7 +161,13 @@ _PATH: Final = re.compile(r"^(?:/|~|\.{1,2}[\\/]|[A-Za-z]:[\\/]|\\\\)")
 
 
 @sessions_app.command("show")
-def show(ref: RefArg, json_out: JsonOpt = False) -> None:
+def show(
+    ref: RefArg,
+    json_out: JsonOpt = False,
+    reasoning: Annotated[
+        bool, typer.Option("--reasoning", help="Show what the model thought, in full.")
+    ] = False,
+) -> None:
     """Show a conversation (rendered on a terminal, Markdown text in a pipe)."""
     from chatcli.transcript import to_json, to_markdown
 
@@ -172,7 +178,7 @@ def show(ref: RefArg, json_out: JsonOpt = False) -> None:
         if json_out:
             _write(ctx, json.dumps(to_json(session, messages), indent=2, ensure_ascii=False) + "\n")
             return
-        text = to_markdown(session, messages)
+        text = to_markdown(session, messages, reasoning=reasoning)
         if not ctx.stdout_isatty:
             _write(ctx, text)
             return

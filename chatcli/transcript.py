@@ -42,7 +42,25 @@ def message_heading(message: StoredMessage) -> str:
     return heading
 
 
-def to_markdown(session: Session, messages: Sequence[StoredMessage]) -> str:
+def about(message: StoredMessage) -> str:
+    """An answer's reasoning and tokens in one line (empty when neither is known):
+    ``thought: 1,204 characters · 830 tokens in, 212 out``."""
+    parts = []
+    if message.reasoning:
+        parts.append(f"thought: {len(message.reasoning):,} characters")
+    if message.input_tokens is not None or message.output_tokens is not None:
+        estimate = "about " if message.usage_estimated else ""
+        parts.append(
+            f"{estimate}{message.input_tokens or 0:,} tokens in, {message.output_tokens or 0:,} out"
+        )
+    return " · ".join(parts)
+
+
+def to_markdown(
+    session: Session, messages: Sequence[StoredMessage], *, reasoning: bool = False
+) -> str:
+    """The session as Markdown; an answer's reasoning is one line, or whole with
+    ``reasoning``."""
     lines = [f"# {session.label}", ""]
     details = [f"session {session.id}", f"started {when(session.created_at)}"]
     if session.name and session.title:
@@ -51,7 +69,14 @@ def to_markdown(session: Session, messages: Sequence[StoredMessage]) -> str:
     if session.system:
         lines += ["**System:**", "", session.system, ""]
     for message in messages:
-        lines += [f"## {message_heading(message)}", "", message.content.rstrip("\n"), ""]
+        lines += [f"## {message_heading(message)}", ""]
+        facts = about(message) if message.role == "assistant" else ""
+        if facts:
+            lines += [f"_{facts}_", ""]
+        if reasoning and message.reasoning:
+            quoted = "\n".join(f"> {line}" for line in message.reasoning.rstrip("\n").splitlines())
+            lines += ["**Thinking:**", "", quoted, ""]
+        lines += [message.content.rstrip("\n"), ""]
     return "\n".join(lines)
 
 
@@ -79,6 +104,13 @@ def message_dict(message: StoredMessage) -> dict[str, Any]:
         "duration": message.duration,
         "status": message.status,
         "error": message.error,
+        "reasoning": message.reasoning,
+        "usage": {
+            "input_tokens": message.input_tokens,
+            "output_tokens": message.output_tokens,
+            "estimated": message.usage_estimated,
+            "first_token_seconds": message.first_token,
+        },
     }
 
 

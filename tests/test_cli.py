@@ -136,13 +136,16 @@ def test_json_output(fake: FakeOpenAI, isolated: Isolated) -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     session = data.pop("session")
+    usage = data.pop("usage")
     assert data == {
         "text": "Hello, world!",
+        "reasoning": None,
         "provider": "ollama",
         "model": "m",
         "status": "complete",
         "finish_reason": "stop",
     }
+    assert usage["seconds"] >= usage["first_token_seconds"] >= 0 and usage["cost"] is None
     assert isinstance(session, str) and len(session) == 12
     unsaved = json.loads(run([*ask(fake), "--json", "--no-save", "hi"], isolated).stdout)
     assert unsaved["session"] is None
@@ -791,3 +794,62 @@ def test_a_character_split_into_utf16_halves_is_joined_and_a_lone_half_replaced(
     assert shown["messages"][-1]["content"] == expected
     plain = run([*ask(fake), "hi"], isolated)
     assert plain.returncode == 0 and plain.stdout == expected + "\n"
+
+
+def test_reasoning_and_usage_are_reported_stored_and_summed(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    isolated.write_config('[providers.ollama]\nprices = { "m" = { input = 1.0, output = 2.0 } }\n')
+    fake.reasoning = ["Let me ", "think."]
+    fake.usage = {"prompt_tokens": 1000, "completion_tokens": 500}
+    result = run([*ask(fake), "-S", "r", "--json", "hi"], isolated)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["reasoning"] == "Let me think." and data["text"] == "Hello, world!"
+    used = data["usage"]
+    assert (used["input_tokens"], used["output_tokens"], used["estimated"]) == (1000, 500, False)
+    assert used["cost"] == 0.002  # 1000 x 1.0 + 500 x 2.0 per million
+    # --usage says it in one line on stderr; stdout stays the answer alone.
+    line = run([*ask(fake), "--usage", "hi"], isolated)
+    assert line.stdout == "Hello, world!\n"
+    assert "1,000 tokens in, 500 out" in line.stderr and "cost 0.0020" in line.stderr
+    # The session keeps the reasoning apart, and never sends it back.
+    shown = json.loads(run(["sessions", "show", "r", "--json"], isolated).stdout)
+    answer = shown["messages"][-1]
+    assert answer["reasoning"] == "Let me think." and answer["content"] == "Hello, world!"
+    assert answer["usage"]["input_tokens"] == 1000
+    collapsed = run(["sessions", "show", "r"], isolated).stdout
+    assert "_thought: 13 characters · 1,000 tokens in, 500 out_" in collapsed
+    assert "Let me think." not in collapsed
+    assert "> Let me think." in run(["sessions", "show", "r", "--reasoning"], isolated).stdout
+    again = run([*ask(fake), "-S", "r", "and?"], isolated)
+    assert again.returncode == 0
+    sent = [m["content"] for m in fake.requests[-1].body["messages"]]
+    assert "Let me think." not in " ".join(sent)
+    # chatcli usage sums them per provider and model.
+    table = json.loads(run(["usage", "--json"], isolated).stdout)
+    assert table == [
+        {
+            "provider": "ollama", "model": "m", "turns": 3, "input_tokens": 3000,
+            "output_tokens": 1500, "estimated_turns": 0, "uncounted_turns": 0, "cost": 0.006,
+        }
+    ]  # fmt: skip
+    assert json.loads(run(["usage", "--since", "1h", "--json"], isolated).stdout) == table
+    bad = run(["usage", "--since", "lately"], isolated)
+    assert bad.returncode == 2 and "30m, 12h, 7d or 2w" in bad.stderr
+
+
+def test_a_configured_context_length_refuses_an_input_that_cannot_fit(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    isolated.write_config(
+        f'[providers.box]\ntype = "openai"\nbase_url = "{fake.base_url}"\nmodel = "m"\n'
+        "context_length = 1000\n"
+    )
+    result = run(["ask", "-p", "box", "-S", "big", "sum up"], isolated, input="x" * 8000)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "at least 2,002 tokens, more than the 1,000")
+    assert (
+        not fake.requests and json.loads(run(["sessions", "list", "--json"], isolated).stdout) == []
+    )
+    assert run(["ask", "-p", "box", "sum up"], isolated, input="x" * 2000).returncode == 0

@@ -525,3 +525,24 @@ def test_a_provider_from_the_environment_does_not_inherit_another_providers_mode
     assert (same.provider, same.model) == ("Ollama", "llama3.2")
     both = load_settings(paths, {"CHATCLI_PROVIDER": "vllm", "CHATCLI_MODEL": "qwen"})
     assert (both.provider, both.model) == ("vllm", "qwen")
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ('prices = { "m" = { input = -1, output = 2 } }', "prices.m.input must be a price"),
+        ('prices = { "m" = { input = nan, output = 2 } }', "prices.m.input must be a price"),
+        ('prices = { "m" = { in = 1 } }', "must be a table like { input = 0.15"),
+        ('prices = { "m" = 3 }', "must be a table like"),
+        ("context_length = 0", "context_length must be 1 to"),
+    ],
+)
+def test_prices_and_context_lengths_in_config_are_checked(
+    tmp_path: Path, table: str, fragment: str
+) -> None:
+    paths = Paths.from_env({"CHATCLI_HOME": str(tmp_path)})
+    paths.config_dir.mkdir(parents=True)
+    paths.config_file.write_text(f"[providers.ollama]\n{table}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(paths, {})
+    assert fragment in str(info.value)

@@ -154,6 +154,11 @@ class Registry:
                 raise ConfigError(
                     f'providers.{name}: unknown type {kind!r} (only "openai" can be defined)'
                 )
+            if "context_length" in table:  # what its models hold, when the service does not say
+                base = registry.get(name)
+                registry._entries[name] = type(
+                    base.__name__, (base,), {"context_length": int(table["context_length"])}
+                )
         return registry
 
     def names(self) -> list[str]:

@@ -109,6 +109,8 @@ class BaseProvider:
     url: ClassVar[str] = ""
     #: ``False`` marks a provider known to be broken; it stays selectable but is flagged.
     working: ClassVar[bool] = True
+    #: Tokens its models' contexts hold, when known (``context_length`` in config.toml).
+    context_length: ClassVar[int | None] = None
     supports_stream: ClassVar[bool] = False
     supports_system_message: ClassVar[bool] = False
     supports_message_history: ClassVar[bool] = False
@@ -234,8 +236,9 @@ class BaseProvider:
 
     def context_tokens(self, options: Mapping[str, Any]) -> int | None:
         """How many tokens the model's context holds with these options, when the provider
-        knows (a service's model may hold anything: ``None``)."""
-        return None
+        knows (``context_length`` in its config.toml table; else a service's model may hold
+        anything: ``None``)."""
+        return self.context_length
 
     def check_fits(self, messages: Sequence[ChatMessage], options: Mapping[str, Any]) -> None:
         """Refuse a conversation that surely cannot fit the model's context, before anything

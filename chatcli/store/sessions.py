@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from chatcli.errors import StorageError, UsageError
@@ -138,6 +138,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE messages ADD COLUMN reply_to INTEGER REFERENCES messages(id) ON DELETE CASCADE;
     """,
+    # 4: what an answer cost and how it came: the model's reasoning (kept apart from the answer,
+    # never sent back), its token counts (``usage_estimated``: counted by chatcli, not the
+    # service) and the seconds to its first piece.
+    """
+    ALTER TABLE messages ADD COLUMN reasoning TEXT;
+    ALTER TABLE messages ADD COLUMN input_tokens INTEGER;
+    ALTER TABLE messages ADD COLUMN output_tokens INTEGER;
+    ALTER TABLE messages ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN first_token REAL;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -175,6 +185,28 @@ class StoredMessage:
     #: The question an answer answers (``None`` for a question, and for answers stored
     #: before chatcli linked them).
     reply_to: int | None = None
+    #: What the model thought before answering (never sent back to it).
+    reasoning: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    #: The counts are chatcli's estimate: the service gave none.
+    usage_estimated: bool = False
+    #: Seconds from the request to the answer's first piece.
+    first_token: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Answers of one provider and model: how many, and their tokens."""
+
+    provider: str
+    model: str
+    turns: int
+    input_tokens: int
+    output_tokens: int
+    #: Answers whose counts are chatcli's estimate, and answers with no counts at all.
+    estimated: int
+    uncounted: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -614,6 +646,11 @@ class SessionStore:
         duration: float | None = None,
         error: str | None = None,
         reply_to: int | None = None,
+        reasoning: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        usage_estimated: bool = False,
+        first_token: float | None = None,
     ) -> int:
         """Append a message and touch its session, in one transaction. Returns the message id.
 
@@ -626,9 +663,12 @@ class SessionStore:
         with self._write() as db:
             cursor = db.execute(
                 "INSERT INTO messages (session_id, role, content, provider, model, created_at,"
-                " duration, status, error, reply_to) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " duration, status, error, reply_to, reasoning, input_tokens, output_tokens,"
+                " usage_estimated, first_token)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session_id, role, content, provider, model, now, duration, status, error,
-                 reply_to if answer else None),
+                 reply_to if answer else None, reasoning or None, input_tokens, output_tokens,
+                 int(usage_estimated), first_token),
             )  # fmt: skip
             title = make_title(content) if role == "user" else ""
             db.execute(
@@ -656,6 +696,36 @@ class SessionStore:
         with self._write() as db:
             for message_id in message_ids:
                 db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+
+    def usage(self, since: float | None = None) -> list[UsageRow]:
+        """Answers and their tokens per provider and model (since ``since``, a Unix time),
+        the most used first. Answers stored before chatcli counted tokens count as turns only."""
+        if not self.path.exists():
+            return []
+        if "input_tokens" not in {row[1] for row in self._read("PRAGMA table_info(messages)")}:
+            return []  # an old snapshot read as it is: no counts were kept then
+        rows = self._read(
+            "SELECT provider, model, COUNT(*) AS turns,"
+            " COALESCE(SUM(input_tokens), 0) AS input_tokens,"
+            " COALESCE(SUM(output_tokens), 0) AS output_tokens,"
+            " SUM(usage_estimated) AS estimated,"
+            " SUM(input_tokens IS NULL OR output_tokens IS NULL) AS uncounted"
+            " FROM messages WHERE role = 'assistant' AND created_at >= ?"
+            " GROUP BY provider, model ORDER BY turns DESC, provider, model",
+            (since or 0.0,),
+        )
+        return [
+            UsageRow(
+                row["provider"] or "?",
+                row["model"] or "",
+                row["turns"],
+                row["input_tokens"],
+                row["output_tokens"],
+                row["estimated"] or 0,
+                row["uncounted"] or 0,
+            )
+            for row in rows
+        ]
 
     def search(self, text: str, limit: int | None = None) -> list[SearchHit]:
         """Messages containing ``text`` (case-insensitive), newest first, with the matching line."""
@@ -706,6 +776,10 @@ def _session(row: sqlite3.Row) -> Session:
 
 
 def _message(row: sqlite3.Row) -> StoredMessage:
+    present = row.keys()
+    later: dict[str, Any] = {key: row[key] for key in _LATER_COLUMNS if key in present}
+    if "usage_estimated" in later:
+        later["usage_estimated"] = bool(later["usage_estimated"])
     return StoredMessage(
         id=row["id"],
         session_id=row["session_id"],
@@ -717,8 +791,20 @@ def _message(row: sqlite3.Row) -> StoredMessage:
         duration=row["duration"],
         status=row["status"],
         error=row["error"],
-        reply_to=row["reply_to"] if "reply_to" in row.keys() else None,  # noqa: SIM118 (a Row)
+        **later,
     )
+
+
+#: Message columns added after the first schema: read when present (an old snapshot read
+#: where it cannot be upgraded has none of them).
+_LATER_COLUMNS: Final = (
+    "reply_to",
+    "reasoning",
+    "input_tokens",
+    "output_tokens",
+    "usage_estimated",
+    "first_token",
+)
 
 
 def _like_prefix(text: str) -> str:
