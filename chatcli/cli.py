@@ -18,6 +18,7 @@ from chatcli.clikit import (
     MarkdownOpt,
     ProviderOpt,
     RawOpt,
+    ReasoningOpt,
     Terminated,
     TimeoutOpt,
     VerboseOpt,
@@ -118,6 +119,7 @@ def ask(
     chat: ChatOptions,
     raw: RawOpt = False,
     markdown: MarkdownOpt = False,
+    reasoning: ReasoningOpt = None,
     json_out: Annotated[
         bool,
         typer.Option(
@@ -150,6 +152,7 @@ def ask(
             markdown=markdown,
             json=json_out,
             env=ctx.env,
+            reasoning=reasoning or ctx.settings.reasoning or "collapse",
         )
         try:
             with log_handler.held(renderer.live):
@@ -175,6 +178,7 @@ def repl(
     chat: ChatOptions,
     raw: RawOpt = False,
     markdown: MarkdownOpt = False,
+    reasoning: ReasoningOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Chat interactively: Enter sends, Ctrl-C stops an answer, /help lists commands."""
@@ -193,12 +197,19 @@ def repl(
             conversation,
             stdout=ctx.stdout,
             make_renderer=lambda: choose(
-                ctx.stdout, is_terminal=True, raw=raw, markdown=markdown, json=False, env=ctx.env
+                ctx.stdout,
+                is_terminal=True,
+                raw=raw,
+                markdown=markdown,
+                json=False,
+                env=ctx.env,
+                reasoning=loop.reasoning,
             ),
             history_path=history_file(ctx.paths.state_dir),
             hold_logs=log_handler.held,
             editor=ctx.env.get("VISUAL") or ctx.env.get("EDITOR") or None,
         )
+        loop.reasoning = reasoning or ctx.settings.reasoning or "collapse"
         run_async(loop.run())
 
 

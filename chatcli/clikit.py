@@ -376,6 +376,26 @@ TimeoutOpt = Annotated[
 ]
 NoStreamOpt = Annotated[bool, typer.Option("--no-stream", help="Ask for the whole answer at once.")]
 RawOpt = Annotated[bool, typer.Option("--raw", help="Plain text, even on a terminal.")]
+
+
+def _reasoning_mode(value: str | None) -> str | None:
+    from chatcli.config import REASONING_MODES
+
+    if value is not None and value not in REASONING_MODES:
+        raise typer.BadParameter(f"{value!r}: give one of {', '.join(REASONING_MODES)}")
+    return value
+
+
+ReasoningOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reasoning",
+        metavar="show|collapse|hide",
+        callback=_reasoning_mode,
+        help="A reasoning model's thinking on a terminal (default: collapse to one line).",
+        show_default=False,
+    ),
+]
 MarkdownOpt = Annotated[bool, typer.Option("--markdown", help="Render Markdown, even into a pipe.")]
 RetriesOpt = Annotated[
     int | None,

@@ -73,6 +73,8 @@ _TOP_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "timeout": (int, float),
     "proxy": (str,),
     "retries": (int,),
+    # How a reasoning model's thinking shows on a terminal: show, collapse or hide.
+    "reasoning": (str,),
     "fallback": (list,),
     "providers": (dict,),
     "cookies": (dict,),
@@ -88,6 +90,8 @@ _PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
     # Prices per million tokens, per model: "gpt-4o-mini" = { input = 0.15, output = 0.6 }.
     "prices": (dict,),
 }
+#: How a reasoning model's thinking shows on a terminal (``--reasoning``, ``reasoning``).
+REASONING_MODES: Final = ("show", "collapse", "hide")
 #: The longest context a provider may be said to have, in tokens (a guard against typos).
 MAX_CONTEXT_LENGTH: Final = 100_000_000
 #: The highest price per million tokens accepted (a guard against a misplaced decimal point).
@@ -168,6 +172,8 @@ class Settings:
     timeout: float | None = None
     proxy: str | None = None
     retries: int | None = None
+    #: ``show``, ``collapse`` or ``hide`` (``--reasoning`` wins).
+    reasoning: str | None = None
     #: Providers to try after the chosen one fails before any text.
     fallback: tuple[str, ...] = ()
     #: ``[providers.NAME]`` tables, validated.
@@ -375,6 +381,12 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
     retries = data.get("retries")
     if retries is not None and not 0 <= retries <= 10:
         raise ConfigError(f"{paths.config_file}: retries must be between 0 and 10")
+    reasoning = data.get("reasoning")
+    if reasoning is not None and reasoning not in REASONING_MODES:
+        raise ConfigError(
+            f"{paths.config_file}: reasoning must be one of {', '.join(REASONING_MODES)}, "
+            f"not {reasoning!r}"
+        )
     fallback = data.get("fallback", [])
     if not all(isinstance(name, str) and name for name in fallback):
         raise ConfigError(f"{paths.config_file}: fallback must be a list of provider names")
@@ -400,6 +412,7 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
         timeout=timeout,
         proxy=data.get("proxy"),
         retries=retries,
+        reasoning=reasoning,
         fallback=tuple(fallback),
         providers=data.get("providers", {}),
         source=paths.config_file if data else None,

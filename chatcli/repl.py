@@ -75,6 +75,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("provider", "/provider NAME", "switch provider (no name: show it and the others)"),
     Command("model", "/model NAME", "switch model (no name: show it and the known ones)"),
     Command("system", "/system TEXT", "set the system prompt (no text: show it; '-': remove it)"),
+    Command("reasoning", "/reasoning MODE", "a model's thinking: show, collapse or hide"),
     Command("retry", "/retry", "ask the last question again"),
     Command("undo", "/undo", "forget the last question and its answer"),
     Command("history", "/history", "show the conversation so far"),
@@ -85,7 +86,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
 )
 _BY_NAME: Final = {c.name: c for c in COMMANDS} | {"quit": COMMANDS[-1]}
 #: Commands that, given no argument, show what they would change.
-_SHOWN_WITHOUT_ARGUMENT: Final = ("system", "provider", "model")
+_SHOWN_WITHOUT_ARGUMENT: Final = ("system", "provider", "model", "reasoning")
 
 
 def history_file(state_dir: Path) -> Path:
@@ -175,6 +176,8 @@ class Repl:
         conversation.notice = lambda text: self.say(f"chatcli: {text}")
         self.stdout = stdout
         self.make_renderer = make_renderer
+        #: How a reasoning model's thinking shows (``/reasoning`` changes it).
+        self.reasoning = "collapse"
         self.hold_logs = hold_logs or (lambda hold: contextlib.nullcontext())
         self.editor = editor
         self.running = True
@@ -384,6 +387,15 @@ class Repl:
             return
         self.conversation.use(provider=argument)
         self.say(f"provider: {self.conversation.provider}")
+
+    async def _cmd_reasoning(self, argument: str) -> None:
+        from chatcli.config import REASONING_MODES
+
+        if argument:
+            if argument not in REASONING_MODES:
+                raise UsageError(f"/reasoning {argument}: give one of {', '.join(REASONING_MODES)}")
+            self.reasoning = argument
+        self.say(f"reasoning: {self.reasoning} (show, collapse or hide)")
 
     async def _cmd_model(self, argument: str) -> None:
         if argument:

@@ -295,6 +295,7 @@ async def _attempt(
                 renderer.feed(event.text)
             elif isinstance(event, ReasoningDelta):
                 turn.reasoning_pieces.append(event.text)
+                renderer.think(event.text)
             elif isinstance(event, Usage):
                 turn.usage = event
             elif isinstance(event, Finish):

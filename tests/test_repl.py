@@ -46,6 +46,8 @@ class Harness:
         self.out = io.StringIO()
         self.history_path = history_file(root / "state")
         self.editor: str | None = None
+        #: The last REPL run.
+        self.repl: Repl | None = None
 
     def run(self, keys: str, *, quit_after_requests: int | None = None) -> str:
         """Type ``keys``, then Ctrl-D (at once, or once the fake has seen that many requests);
@@ -62,6 +64,7 @@ class Harness:
                     output=DummyOutput(),
                     editor=self.editor,
                 )
+                self.repl = repl
                 if quit_after_requests is None:
                     pipe.send_text(keys + CTRL_D)
                 else:
@@ -280,7 +283,7 @@ def complete(harness: Harness, text: str) -> list[str]:
 
 def test_tab_completion_of_commands_providers_models_and_sessions(harness: Harness) -> None:
     harness.run(f"hi{ENTER}/rename project-x{ENTER}")
-    assert complete(harness, "/re") == ["/rename", "/retry"]
+    assert complete(harness, "/re") == ["/reasoning", "/rename", "/retry"]
     assert "ollama" in complete(harness, "/provider ol")
     assert complete(harness, "/provider gpt") == ["gptalk"]
     assert complete(harness, "/load proj") == ["project-x"]
@@ -602,3 +605,11 @@ def test_options_the_new_provider_does_not_take_are_refused_before_anything_is_s
     out = harness.run(f"second{ENTER}")
     assert "gptalk: unknown option -o top_p" in out
     assert stored_rows(harness) == before
+
+
+def test_the_reasoning_command_shows_and_sets_the_mode(harness: Harness) -> None:
+    out = harness.run(f"/reasoning{ENTER}")
+    assert "reasoning: collapse (show, collapse or hide)" in out
+    harness.run(f"/reasoning hide{ENTER}")
+    assert harness.repl is not None and harness.repl.reasoning == "hide"
+    assert "give one of show, collapse, hide" in harness.run(f"/reasoning loud{ENTER}")

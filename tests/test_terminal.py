@@ -10,6 +10,8 @@ import struct
 import termios
 import time
 
+import pytest
+
 from tests.conftest import CHATCLI, Isolated
 from tests.servers import FakeOpenAI
 
@@ -163,3 +165,49 @@ def test_ctrl_z_during_an_answer_gives_the_shell_a_sane_terminal_and_fg_resumes(
     text = "\n".join(line.rstrip() for line in screen.display)
     answer = text[text.index("$ fg") : text.index("it.")]
     assert "Slow first part." in answer and "typed-during" not in answer
+
+
+def screen_of(output: bytes) -> str:
+    import pyte
+
+    screen = pyte.Screen(80, 24)
+    pyte.ByteStream(screen).feed(output)
+    return "\n".join(line.rstrip() for line in screen.display)
+
+
+@pytest.mark.parametrize("mode", ["collapse", "show", "hide"])
+def test_a_models_thinking_streams_above_the_answer_then_collapses_shows_or_hides(
+    fake: FakeOpenAI, isolated: Isolated, mode: str
+) -> None:
+    fake.reasoning = ["The user greets me. ", "I should greet back \x1b]0;pwned\x07politely."]
+    fake.pieces = ["Hello", " there!"]
+    fake.delay = 0.1
+    args = [
+        "ask",
+        "-p",
+        "ollama",
+        "-m",
+        "m",
+        "--base-url",
+        fake.base_url,
+        "--reasoning",
+        mode,
+        "hi",
+    ]
+    code, out = run_in_terminal(args, {**isolated.env, "TERM": "xterm-256color"})
+    assert code == 0, out
+    screen = screen_of(out)
+    assert "Hello there!" in screen
+    assert b"\x1b]0;pwned" not in out  # reasoning is sanitized like any text
+    if mode == "hide":
+        assert b"greets me" not in out and "thought for" not in screen
+    elif mode == "show":
+        assert "The user greets me. I should greet back" in screen
+        assert screen.index("greets me") < screen.index("Hello there!")
+        assert b"\x1b[2m" in out  # dimmed
+    else:
+        assert b"greets me" in out  # it was drawn while the model thought...
+        assert "greets me" not in screen  # ...and on the screen one line stays
+        line = next(line for line in screen.splitlines() if "thought for" in line)
+        assert line.strip().endswith("characters)")
+        assert screen.index("thought for") < screen.index("Hello there!")

@@ -58,6 +58,10 @@ class Renderer(Protocol):
     def feed(self, text: str) -> None:
         """Show one more piece of the answer."""
 
+    def think(self, text: str) -> None:
+        """One more piece of what the model thinks before answering (shown, collapsed or
+        hidden as the renderer was told; never mixed into the answer)."""
+
     def finish(self, *, interrupted: bool = False) -> None:
         """The answer is over (``interrupted``: it broke off); leave the output tidy."""
 
@@ -71,6 +75,9 @@ class NullRenderer:
         pass
 
     def feed(self, text: str) -> None:
+        pass
+
+    def think(self, text: str) -> None:
         pass
 
     def finish(self, *, interrupted: bool = False) -> None:
@@ -112,6 +119,10 @@ class PlainRenderer:
             self._flush_due = call_later(wait, self._timed_flush)
             if not self._flush_due:
                 self._flush()
+
+    def think(self, text: str) -> None:
+        """Plain output is the answer alone: in a pipe stdout carries nothing else, and
+        ``--raw`` on a terminal means the answer's text and no more."""
 
     def _timed_flush(self) -> None:
         """The timer's flush. A pipe closed meanwhile (``| head``, ``q`` in ``less``) is kept
@@ -190,6 +201,7 @@ def choose(
     markdown: bool,
     json: bool,
     env: Mapping[str, str] | None = None,
+    reasoning: str = "collapse",
 ) -> Renderer:
     """The renderer for these output settings (see the module docstring).
 
@@ -201,10 +213,12 @@ def choose(
     stream = unwrapped(stream)
     if markdown and not raw:
         return MarkdownRenderer(
-            make_console(stream, force_terminal=True, env=env), live=is_terminal
+            make_console(stream, force_terminal=True, env=env),
+            live=is_terminal,
+            reasoning=reasoning if is_terminal else "hide",  # into a pipe: the answer alone
         )
     if not is_terminal:
         return PlainRenderer(stream, safe=False)
     if raw:
         return PlainRenderer(stream, safe=True)
-    return MarkdownRenderer(make_console(stream, env=env), live=True)
+    return MarkdownRenderer(make_console(stream, env=env), live=True, reasoning=reasoning)

@@ -16,6 +16,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
+from chatcli.config import REASONING_MODES
 from chatcli.render.sanitize import reveal_in_code, sanitize
 from chatcli.render.terminal import QuietTerminal, SuspendGuard, call_later
 
@@ -285,7 +286,18 @@ class MarkdownRenderer:
 
     FRAMES_PER_SECOND: Final = 15
 
-    def __init__(self, console: Console, *, live: bool) -> None:
+    #: Lines of the model's reasoning shown live while it thinks (its latest ones).
+    THINKING_LINES: Final = 6
+
+    def __init__(self, console: Console, *, live: bool, reasoning: str = "collapse") -> None:
+        """``reasoning``: ``show`` (printed dimmed above the answer), ``collapse`` (live while
+        the model thinks, then one line: how long it thought) or ``hide``."""
+        if reasoning not in REASONING_MODES:
+            raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}")
+        self.reasoning = reasoning
+        self._thought: list[str] = []
+        self._thinking_since: float | None = None
+        self._thought_done = False
         self._console = console
         self.live = live
         self._stream = console.file
@@ -308,9 +320,28 @@ class MarkdownRenderer:
     def _width(self) -> int:
         return max(20, self._console.width)
 
+    def _dim(self, text: str) -> str:
+        """Plain ``text`` (already sanitized) rendered dimmed at the terminal's width."""
+        from rich.text import Text
+
+        return _print_to_text(self._text_console(), Text(text, style="dim"))
+
     def _render(self, source: str, *, spaced: bool = False) -> tuple[str, bool | None]:
         """``source`` rendered with Rich's blank-line flag set (``spaced``) or not at the start,
         and the flag it leaves (see :func:`_flag_after`)."""
+        renderer = self._text_console()
+        markdown = fast_markdown(source, self._env)
+        flag = _flag_after(markdown)
+        if spaced:
+            # An element that prints nothing and sets the flag, as a paragraph would: Rich
+            # keeps HTML blocks as elements it does not render.
+            from markdown_it.token import Token
+
+            markdown.parsed.insert(0, Token("html_block", "", 0, block=True, content=""))
+        return _print_to_text(renderer, markdown), flag
+
+    def _text_console(self) -> Console:
+        """The console that renders to text at the terminal's current width."""
         from rich.console import Console
 
         width = self._width()
@@ -329,15 +360,7 @@ class MarkdownRenderer:
                 emoji=False,
             )
             self._renderers = {width: renderer}
-        markdown = fast_markdown(source, self._env)
-        flag = _flag_after(markdown)
-        if spaced:
-            # An element that prints nothing and sets the flag, as a paragraph would: Rich
-            # keeps HTML blocks as elements it does not render.
-            from markdown_it.token import Token
-
-            markdown.parsed.insert(0, Token("html_block", "", 0, block=True, content=""))
-        return _print_to_text(renderer, markdown), flag
+        return renderer
 
     def _delta(self, source: str) -> tuple[str, bool | None]:
         """What ``source`` adds to the output after the blocks before it, and its flag.
@@ -402,11 +425,50 @@ class MarkdownRenderer:
             self._draw_tail()
         self._stream.flush()
 
+    def think(self, text: str) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if not text or self._thought_done or self.reasoning == "hide":
+            return
+        if self._thinking_since is None:
+            self._thinking_since = time.monotonic()
+        self._thought.append(sanitize(text))
+        if self.live and time.monotonic() - self._last_frame >= 1 / self.FRAMES_PER_SECOND:
+            self._draw_thinking()
+            self._last_frame = time.monotonic()
+            self._stream.flush()
+
+    def _draw_thinking(self) -> None:
+        """The latest lines of the reasoning, dimmed, in the live region above the answer."""
+        lines = self._dim("".join(self._thought)).splitlines(keepends=True)
+        visible = lines[-max(1, min(self.THINKING_LINES, self._console.height - 2)) :]
+        self._clear_tail()
+        self._write("".join(_unpadded(line) for line in visible))
+        self._shown_lines = len(visible)
+
+    def _end_thinking(self) -> None:
+        """The answer begins (or ends): the reasoning is printed whole, or becomes one line."""
+        if self._thought_done:
+            return
+        self._thought_done = True
+        if not self._thought:
+            return
+        if self.live:
+            self._clear_tail()
+        text = "".join(self._thought)
+        if self.reasoning == "show":
+            self._write(self._dim(text.rstrip("\n")) + "\n")
+        else:
+            seconds = time.monotonic() - (self._thinking_since or time.monotonic())
+            self._write(self._dim(f"thought for {seconds:.1f} s ({len(text):,} characters)"))
+            self._write("\n")
+
     def feed(self, text: str) -> None:
         if self._failed is not None:
             raise self._failed
         if not text:
             return
+        self._end_thinking()
         for block in self._splitter.feed(sanitize(text)):
             self._commit(block)
         if self.live:
@@ -439,6 +501,7 @@ class MarkdownRenderer:
             self._failed = exc
 
     def finish(self, *, interrupted: bool = False) -> None:
+        self._end_thinking()  # an answer that never came still says how long it thought
         self._finished = True
         for block in self._splitter.feed("\n"):  # completing the last line may end a block
             self._commit(block)
