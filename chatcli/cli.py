@@ -210,6 +210,7 @@ def repl(
             editor=ctx.env.get("VISUAL") or ctx.env.get("EDITOR") or None,
         )
         loop.reasoning = reasoning or ctx.settings.reasoning or "collapse"
+        loop.prices = ctx.settings.providers
         run_async(loop.run())
 
 

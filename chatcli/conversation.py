@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from chatcli.core import ChatMessage, Event, Message
-from chatcli.errors import StorageError, UsageError
+from chatcli.errors import ChatcliError, StorageError, UsageError
 from chatcli.providers import Registry
 from chatcli.render import Renderer
 from chatcli.store.sessions import Session, SessionStore, Status, check_session_name
@@ -93,6 +93,9 @@ class Conversation:
         self._save_failed = False
         #: How many unanswered questions the user was told are not sent again.
         self._unanswered_told = 0
+        #: The context length of the provider and options last asked (see context_fill).
+        self._context_for: tuple[Any, ...] | None = None
+        self._context_length: int | None = None
         #: Whether more messages may follow to save what could not be (a REPL), or this is a
         #: one-shot ``ask`` (what is not saved now never will be).
         self.saves_later = True
@@ -178,6 +181,44 @@ class Conversation:
             )
             if not same:
                 self.last_model = None
+
+    def tokens(self) -> int:
+        """Tokens this conversation's answers took so far (in and out, as counted)."""
+        return sum((e.input_tokens or 0) + (e.output_tokens or 0) for e in self._entries)
+
+    def context_fill(self) -> float | None:
+        """How full the model's context was at the last answer (its prompt and answer against
+        what the context holds), when both are known."""
+        last = next((e for e in reversed(self._entries) if e.role == "assistant"), None)
+        if last is None or last.input_tokens is None:
+            return None
+        key = (self.provider, tuple(sorted(self.defaults.options.items(), key=str)))
+        if self._context_for != key:  # asked once per provider and options, not per redraw
+            try:
+                provider = self.registry.create(self.provider)
+                self._context_length = provider.context_tokens(self.defaults.options)
+            except ChatcliError:
+                self._context_length = None
+            self._context_for = key
+        if not self._context_length:
+            return None
+        return ((last.input_tokens or 0) + (last.output_tokens or 0)) / self._context_length
+
+    def cost(self, prices: Mapping[str, Mapping[str, Any]]) -> float | None:
+        """What this conversation's answers cost at ``prices`` (config.toml's), when known."""
+        from chatcli.usage import cost
+
+        total, priced = 0.0, False
+        for entry in self._entries:
+            if entry.role != "assistant":
+                continue
+            spent = cost(
+                prices, entry.provider or "", entry.model or "", entry.input_tokens,
+                entry.output_tokens,
+            )  # fmt: skip
+            if spent is not None:
+                total, priced = total + spent, True
+        return total if priced else None
 
     def refresh(self) -> int:
         """Take in the messages another process added to this session meanwhile (an ``ask -S``

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -178,6 +178,8 @@ class Repl:
         self.make_renderer = make_renderer
         #: How a reasoning model's thinking shows (``/reasoning`` changes it).
         self.reasoning = "collapse"
+        #: Prices per provider and model, from config.toml (for the toolbar's cost).
+        self.prices: Mapping[str, Mapping[str, Any]] = {}
         self.hold_logs = hold_logs or (lambda hold: contextlib.nullcontext())
         self.editor = editor
         self.running = True
@@ -213,8 +215,26 @@ class Repl:
         model = short_model(sanitize(self.current_model()), max(TOOLBAR_MODEL, room))
         text = f" {provider} · {model} · {where} "
         left = width - get_cwidth(text)
+        spent = self.spent()
+        if spent and get_cwidth(spent) + 2 <= left:  # the session's tokens, context, cost
+            text, left = f"{text}· {spent} ", left - get_cwidth(spent) - 2
         hint = next((h for h in TOOLBAR_HINTS if get_cwidth(h) <= left), "")
         return FormattedText([("bold", text), ("", hint)])
+
+    def spent(self) -> str:
+        """``12.3k tokens · context 45% · cost 0.0123``: what is known of it, or nothing."""
+        conversation = self.conversation
+        parts = []
+        tokens = conversation.tokens()
+        if tokens:
+            parts.append(f"{tokens / 1000:.1f}k tokens" if tokens >= 1000 else f"{tokens} tokens")
+        fill = conversation.context_fill()
+        if fill is not None:
+            parts.append(f"context {fill:.0%}")
+        cost = conversation.cost(self.prices)
+        if cost is not None:
+            parts.append(f"cost {cost:.4f}")
+        return " · ".join(parts)
 
     def width(self) -> int:
         """The terminal's width, in columns."""

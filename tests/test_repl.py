@@ -519,7 +519,8 @@ def test_the_toolbar_keeps_the_title_when_the_model_is_a_long_path(harness: Harn
     harness.conversation.use(model="/models/tiny.gguf")
     harness.conversation.rename("rust")
     text = toolbar_text(harness)
-    assert text == " ollama · tiny · rust   Alt-Enter newline · Ctrl-D quit · /help"
+    assert text.startswith(" ollama · tiny · rust ")  # (then the session's tokens, if counted)
+    assert text.endswith("  Alt-Enter newline · Ctrl-D quit · /help")
 
 
 def test_model_and_provider_without_a_name_show_the_current_one_and_the_choices(
@@ -613,3 +614,25 @@ def test_the_reasoning_command_shows_and_sets_the_mode(harness: Harness) -> None
     harness.run(f"/reasoning hide{ENTER}")
     assert harness.repl is not None and harness.repl.reasoning == "hide"
     assert "give one of show, collapse, hide" in harness.run(f"/reasoning loud{ENTER}")
+
+
+def test_the_toolbar_shows_the_sessions_tokens_context_and_cost(
+    harness: Harness, fake: FakeOpenAI
+) -> None:
+    from chatcli.providers.base import BaseProvider
+
+    assert harness.repl is None or harness.repl.spent() == ""
+    fake.usage = {"prompt_tokens": 1500, "completion_tokens": 500}
+    harness.run(f"hi{ENTER}")
+    repl = harness.repl
+    assert repl is not None
+    assert repl.spent() == "2.0k tokens"  # no context length known, no prices given
+    repl.prices = {"ollama": {"prices": {"m": {"input": 1.0, "output": 2.0}}}}
+    assert repl.spent() == "2.0k tokens · cost 0.0025"
+    ollama = harness.conversation.registry.get("ollama")
+    harness.conversation.registry._entries["ollama"] = type(
+        "Ollama", (ollama,), {"context_length": 4000}
+    )
+    harness.conversation._context_for = None
+    assert repl.spent() == "2.0k tokens · context 50% · cost 0.0025"
+    assert issubclass(ollama, BaseProvider)
