@@ -853,3 +853,18 @@ def test_a_configured_context_length_refuses_an_input_that_cannot_fit(
         not fake.requests and json.loads(run(["sessions", "list", "--json"], isolated).stdout) == []
     )
     assert run(["ask", "-p", "box", "sum up"], isolated, input="x" * 2000).returncode == 0
+
+
+def test_a_conversation_nearly_filling_a_known_context_is_warned_about_first(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    isolated.write_config(
+        f'[providers.box]\ntype = "openai"\nbase_url = "{fake.base_url}"\nmodel = "m"\n'
+        "context_length = 1000\n"
+    )
+    result = run(["ask", "-p", "box", "sum up"], isolated, input="x" * 3400)  # >= 850 tokens
+    assert result.returncode == 0
+    assert "fills at least 85% of the 1,000 tokens" in result.stderr
+    assert "/new in the REPL" in result.stderr
+    quiet = run(["ask", "-p", "box", "sum up"], isolated, input="x" * 1000)
+    assert quiet.returncode == 0 and quiet.stderr == ""

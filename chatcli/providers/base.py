@@ -26,9 +26,10 @@ keys and directories) once per call. Nothing below it does.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from chatcli.core import (
     Capabilities,
@@ -46,6 +47,11 @@ from chatcli.errors import ModelNotSupportedError, UsageError
 
 if TYPE_CHECKING:
     from chatcli.store import Stores
+
+log = logging.getLogger("chatcli.providers")
+
+#: A conversation that surely fills this much of a known context is warned about first.
+CONTEXT_WARNING: Final = 0.8
 
 __all__ = [
     "AsyncGeneratorProvider",
@@ -253,6 +259,15 @@ class BaseProvider:
                 f"{self.name}: the input is at least {estimate:,} tokens, more than the "
                 f"{limit:,} its model's context holds; shorten it, or use a provider with a "
                 f"larger context (-p NAME)"
+            )
+        if estimate >= limit * CONTEXT_WARNING:
+            log.warning(
+                "%s: this conversation already fills at least %d%% of the %s tokens the model's "
+                "context holds; the answer may be cut (a new session, /new in the REPL, starts "
+                "afresh)",
+                self.name,
+                estimate * 100 // limit,
+                f"{limit:,}",
             )
 
     async def pick_model(self, model: str | None) -> str:
