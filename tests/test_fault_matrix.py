@@ -18,6 +18,7 @@ import pytest
 from chatcli.store import Cookie, Stores
 from tests.conftest import Isolated, run
 from tests.fakes.aichat import FakeAichat
+from tests.fakes.anthropic import API_KEY, FakeAnthropic, error_body
 from tests.fakes.chatgptt import FakeChatGptt
 from tests.fakes.fakegpt import FakeFakeGpt
 from tests.fakes.gptalk import FakeGPTalk
@@ -33,6 +34,7 @@ PROTOCOLS: dict[str, tuple[Any, str, str]] = {
     "opchatgpts": (FakeOpchatgpts, "/wp-json/mwai-ui/v1/chats/submit", ""),
     "fakegpt": (FakeFakeGpt, "/api/conversation", ""),
     "aichat": (FakeAichat, "/api/text", ""),
+    "anthropic": (FakeAnthropic, "/v1/messages", "/v1"),
 }
 #: fault -> a fragment of the one error line
 HTTP_FAULTS = {
@@ -48,7 +50,17 @@ HTTP_FAULTS = {
     "stall": "went silent",
 }
 #: protocols whose reply is a stream (the others answer with one JSON document)
-STREAMING = {"ollama", "gptalk", "opchatgpts", "fakegpt"}
+STREAMING = {"ollama", "gptalk", "opchatgpts", "fakegpt", "anthropic"}
+#: streaming protocols that read a JSON reply too (a server that ignores ``stream``)
+READS_JSON = {"ollama", "anthropic"}
+
+
+def credentials(name: str, isolated: Isolated) -> None:
+    """What the provider needs before it sends anything: Aichat's cookies, Anthropic's key."""
+    if name == "aichat":
+        Stores(isolated.chatcli_home / "data").cookies.save([Cookie("chat-gpt.org", "a", "b")])
+    if name == "anthropic":
+        isolated.env["ANTHROPIC_API_KEY"] = API_KEY
 
 
 def served(name: str, isolated: Isolated) -> Iterator[tuple[Any, str]]:
@@ -59,6 +71,8 @@ def served(name: str, isolated: Isolated) -> Iterator[tuple[Any, str]]:
             [Cookie("chat-gpt.org", k, v, expires=time.time() + 3600)
              for k, v in fake.required_cookies.items()]
         )  # fmt: skip
+    if name == "anthropic":
+        credentials(name, isolated)
     if isinstance(fake, FakeOpenAI):
         server = AppServer(fake.app())
         server.start()
@@ -106,7 +120,7 @@ def check(result: Any, name: str, fragment: str, isolated: Isolated, answer: str
 def test_http_faults(name: str, fault: str, isolated: Isolated) -> None:
     if fault == "malformed_sse" and name not in STREAMING:
         pytest.skip("this protocol answers with JSON, not a stream")
-    if fault == "malformed_json" and name in STREAMING - {"ollama"}:
+    if fault == "malformed_json" and name in STREAMING - READS_JSON:
         pytest.skip("this protocol streams; malformed_sse covers it")
     for fake, root in served(name, isolated):
         path = PROTOCOLS[name][1]
@@ -119,16 +133,14 @@ def test_http_faults(name: str, fault: str, isolated: Isolated) -> None:
 
 @pytest.mark.parametrize("name", list(PROTOCOLS))
 def test_connection_refused(name: str, isolated: Isolated) -> None:
-    if name == "aichat":
-        Stores(isolated.chatcli_home / "data").cookies.save([Cookie("chat-gpt.org", "a", "b")])
+    credentials(name, isolated)
     root = f"http://localhost:{refusing_port()}" + PROTOCOLS[name][2]
     check(run(ask(name, root), isolated), name, "connection refused", isolated)
 
 
 @pytest.mark.parametrize("name", list(PROTOCOLS))
 def test_unknown_host(name: str, isolated: Isolated) -> None:
-    if name == "aichat":
-        Stores(isolated.chatcli_home / "data").cookies.save([Cookie("chat-gpt.org", "a", "b")])
+    credentials(name, isolated)
     env = failing_resolver(isolated.root / "resolver", "no-such-host.test")
     root = "http://no-such-host.test" + PROTOCOLS[name][2]
     result = run(ask(name, root), isolated, env=env)
@@ -137,8 +149,7 @@ def test_unknown_host(name: str, isolated: Isolated) -> None:
 
 @pytest.mark.parametrize("name", list(PROTOCOLS))
 def test_connect_timeout(name: str, isolated: Isolated) -> None:
-    if name == "aichat":
-        Stores(isolated.chatcli_home / "data").cookies.save([Cookie("chat-gpt.org", "a", "b")])
+    credentials(name, isolated)
     hanging = HangingPort()
     try:
         root = f"http://localhost:{hanging.port}" + PROTOCOLS[name][2]
@@ -148,7 +159,9 @@ def test_connect_timeout(name: str, isolated: Isolated) -> None:
     check(result, name, "timed out connecting", isolated)
 
 
-CUT_MODES = {"ollama": "cut", "gptalk": "cut", "opchatgpts": "cut", "fakegpt": "cut"}
+CUT_MODES = {
+    "ollama": "cut", "gptalk": "cut", "opchatgpts": "cut", "fakegpt": "cut", "anthropic": "cut",
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(CUT_MODES))
@@ -160,9 +173,37 @@ def test_a_stream_cut_before_its_end_marker_keeps_the_part(name: str, isolated: 
         assert result.stdout.strip(), "some text was shown before the cut"
 
 
-def test_a_stall_mid_stream_keeps_the_part(isolated: Isolated) -> None:
-    for fake, root in served("ollama", isolated):
+@pytest.mark.parametrize("name", ["ollama", "anthropic"])
+def test_a_stall_mid_stream_keeps_the_part(name: str, isolated: Isolated) -> None:
+    for fake, root in served(name, isolated):
         fake.mode, fake.stall_seconds = "stall", 10
-        result = run(ask("ollama", root, "--timeout", "0.5"), isolated)
-        check(result, "ollama", "went silent", isolated, answer="".join(fake.pieces))
+        result = run(ask(name, root, "--timeout", "0.5"), isolated)
+        check(result, name, "went silent", isolated, answer="".join(fake.pieces))
         assert result.stdout == "Hello\n"
+
+
+#: Anthropic's own faults: fault -> (the fake's setting, a fragment of the one error line)
+ANTHROPIC_FAULTS: dict[str, tuple[dict[str, Any], str]] = {
+    "529": ({"mode": "status", "status": 529, "body": error_body("overloaded_error", "Overloaded")},
+            "HTTP 529"),
+    "401": ({"mode": "status", "status": 401,
+             "body": error_body("authentication_error", "invalid x-api-key")},
+            "not authorised (HTTP 401"),
+    "overloaded_event_first": ({"mode": "error_event", "error_after": 0},
+                               "the service is overloaded (overloaded_error)"),
+    "overloaded_event_mid_answer": ({"mode": "error_event", "error_after": 2},
+                                    "the service is overloaded (overloaded_error)"),
+    "dropped_connection": ({"mode": "drop", "error_after": 2}, "broke off mid-reply"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", list(ANTHROPIC_FAULTS))
+def test_anthropic_faults(fault: str, isolated: Isolated) -> None:
+    settings, fragment = ANTHROPIC_FAULTS[fault]
+    for fake, root in served("anthropic", isolated):
+        for key, value in settings.items():
+            setattr(fake, key, value)
+        result = run(ask("anthropic", root), isolated)
+        check(result, "anthropic", fragment, isolated, answer="".join(fake.pieces))
+        shown_before_the_fault = fake.error_after > 0 and fake.mode != "status"
+        assert bool(result.stdout) == shown_before_the_fault, result.stdout

@@ -51,6 +51,7 @@ __all__ = [
 
 #: Providers with a class of their own: name -> "module:Class", imported on first use.
 _CLASSES: dict[str, str] = {
+    "anthropic": "chatcli.providers.anthropic:Anthropic",
     "gptalk": "chatcli.providers.gptalk:GPTalk",
     "chatgptt": "chatcli.providers.chatgptt:ChatGptt",
     "opchatgpts": "chatcli.providers.opchatgpts:Opchatgpts",
