@@ -134,6 +134,15 @@ class FakeOpenAI:
     stall_seconds: float = 30.0
     #: The API root once served (``http://localhost:PORT/v1``).
     base_url: str = ""
+    #: Where ``reasoning`` goes: "reasoning_content" (DeepSeek, llama.cpp, vLLM), "reasoning"
+    #: (OpenRouter, Ollama), or "think" (a model served raw: a ``<think>…</think>`` block at
+    #: the start of the content).
+    reasoning_field: str = "reasoning_content"
+    #: Refuse a chat request that carries ``stream_options`` with ``status`` and ``body``, as
+    #: services that do not know the field do.
+    rejects_stream_options: bool = False
+    #: Stream ``usage`` only when asked (``stream_options.include_usage``), as OpenAI does.
+    usage_when_asked: bool = False
 
     @staticmethod
     def _check(request: web.Request, body: Any) -> list[str]:
@@ -214,8 +223,15 @@ class FakeOpenAI:
         failure = self._failure()
         if failure is not None:
             return failure
+        if self.rejects_stream_options and "stream_options" in body:
+            return web.Response(
+                status=self.status, body=self.body.encode(), content_type="application/json"
+            )
         model = body["model"]
+        think = self.reasoning_field == "think" and bool(self.reasoning)
         if not body["stream"] or self.mode == "ignore_stream":
+            thought = "".join(self.reasoning)
+            content = "".join(self.pieces)
             return web.json_response(
                 {
                     "id": "chatcmpl-1",
@@ -226,10 +242,12 @@ class FakeOpenAI:
                             "index": 0,
                             "message": {
                                 "role": "assistant",
-                                "content": "".join(self.pieces),
+                                "content": f"<think>\n{thought}</think>\n\n{content}"
+                                if think
+                                else content,
                                 **(
-                                    {"reasoning_content": "".join(self.reasoning)}
-                                    if self.reasoning
+                                    {self.reasoning_field: thought}
+                                    if self.reasoning and not think
                                     else {}
                                 ),
                             },
@@ -247,10 +265,14 @@ class FakeOpenAI:
                 | {"choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
             )
         )
-        for thought in self.reasoning:
-            chunk = delta_chunk(model=model)
-            chunk["choices"][0]["delta"] = {"reasoning_content": thought}
-            await response.write(sse(chunk))
+        if think:
+            for piece in ["<think>\n", *self.reasoning, "</think>\n\n"]:
+                await response.write(sse(delta_chunk(piece, model=model)))
+        else:
+            for thought in self.reasoning:
+                chunk = delta_chunk(model=model)
+                chunk["choices"][0]["delta"] = {self.reasoning_field: thought}
+                await response.write(sse(chunk))
         for index, piece in enumerate(self.pieces):
             if self.delay:
                 await asyncio.sleep(self.delay)
@@ -270,7 +292,8 @@ class FakeOpenAI:
         if self.mode == "cut":
             return response  # ends cleanly, without finish_reason or [DONE]
         await response.write(sse(delta_chunk(finish=self.finish_reason, model=model)))
-        if self.usage:
+        asked = (body.get("stream_options") or {}).get("include_usage") is True
+        if self.usage and (asked or not self.usage_when_asked):
             await response.write(
                 sse(delta_chunk(model=model) | {"choices": [], "usage": self.usage})
             )

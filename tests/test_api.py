@@ -166,7 +166,11 @@ def test_the_readme_python_api_examples_run(fake: FakeOpenAI, isolated: Isolated
         )
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
-    assert outputs[0].startswith("Hello, world!\ncomplete stop ollama llama3.2 None\n")
+    # The fake gives no counts: chatcli's estimate, marked as such.
+    assert outputs[0].startswith(
+        "Hello, world!\ncomplete stop ollama llama3.2 "
+        "Usage(input_tokens=8, output_tokens=4, estimated=True)\n"
+    )
     assert "work" in outputs[0] and "['user', 'assistant']" in outputs[0]
     assert outputs[1] == "Hello, world!\n[stop]\n"
     assert "TextDelta(text='Hello')" in outputs[2] and "Finish(reason='stop'" in outputs[2]

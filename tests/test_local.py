@@ -16,7 +16,16 @@ from typing import Any
 import pytest
 
 from chatcli.conversation import Conversation
-from chatcli.core import ChatMessage, ChatRequest, Event, Finish, Message, TextDelta
+from chatcli.core import (
+    ChatMessage,
+    ChatRequest,
+    Event,
+    Finish,
+    Message,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+)
 from chatcli.errors import ProviderError, UsageError
 from chatcli.providers import ProviderConfig, Registry, local
 from chatcli.render import PlainRenderer
@@ -41,6 +50,9 @@ def collect(model: str, messages: list[Message], **kwargs: Any) -> list[str]:
 # -- the glue, with a stand-in for llama.cpp ------------------------------------------------------
 
 
+END_OF_TURN = -1
+
+
 class FakeLlama:
     """Records what it is asked and streams chunks shaped like llama-cpp-python's."""
 
@@ -56,15 +68,26 @@ class FakeLlama:
     def n_ctx(self) -> int:
         return local.DEFAULT_CONTEXT
 
+    def generate(self, tokens: list[int]) -> Iterator[int]:
+        """llama.cpp's sampling loop, as llama-cpp-python calls it: given the whole prompt, it
+        samples a token for each piece, then the end-of-turn token when the answer is done."""
+        yield from range(len(self.pieces))
+        if self.finish_reason == "stop":
+            yield END_OF_TURN
+
     def create_chat_completion(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         self.calls.append(kwargs)
         if self.error is not None:
             raise self.error
+        # The chat template's text: each message's words and four tokens around them.
+        prompt = [0] * sum(len(m["content"].split()) + 4 for m in kwargs["messages"])
         try:
             yield {"choices": [{"delta": {"role": "assistant"}}]}
-            for piece in self.pieces:
+            for token in self.generate(prompt):
+                if token == END_OF_TURN:
+                    break
                 self.pulled += 1
-                yield {"choices": [{"delta": {"content": piece}}]}
+                yield {"choices": [{"delta": {"content": self.pieces[token]}}]}
             if self.finish_reason is not None:
                 yield {"choices": [{"delta": {}, "finish_reason": self.finish_reason}]}
         finally:
@@ -192,6 +215,50 @@ def test_how_the_answer_ended_is_reported(
     assert sum(isinstance(e, Finish) for e in got) == 1
 
 
+def test_each_answer_ends_with_its_token_counts(fake_model: tuple[FakeLlama, Path]) -> None:
+    llama, path = fake_model
+    llama.finish_reason = "stop"
+    got = events(path, "two words")
+    # The prompt as llama.cpp was given it (6 tokens), and every token it sampled: one a
+    # piece, and the end of the turn.
+    assert got[-2:] == [Usage(input_tokens=6, output_tokens=4), Finish("stop", "stop")]
+    assert sum(isinstance(e, Usage) for e in got) == 1
+    assert "generate" not in vars(llama)  # the model is left as it was
+    llama.pieces = ["Hi"]
+    assert events(path, "one")[-2] == Usage(input_tokens=5, output_tokens=2)  # not added up
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        ["<th", "ink>\nplan", "</thi", "nk>\n\nHel", "lo"],
+        ["\n<think>plan</think>", "Hel", "lo"],
+    ],
+)
+def test_a_think_block_at_the_start_is_reasoning(
+    fake_model: tuple[FakeLlama, Path], pieces: list[str]
+) -> None:
+    llama, path = fake_model
+    llama.pieces, llama.finish_reason = pieces, "stop"
+    got = events(path)
+    assert "".join(e.text for e in got if isinstance(e, ReasoningDelta)) == "plan"
+    assert "".join(e.text for e in got if isinstance(e, TextDelta)) == "Hello"
+    assert got[-1] == Finish("stop", "stop")
+
+
+def test_an_answer_that_only_thinks_is_reasoning_to_its_end(
+    fake_model: tuple[FakeLlama, Path],
+) -> None:
+    llama, path = fake_model
+    llama.pieces, llama.finish_reason = ["<think>", "so ", "many ", "steps"], "length"
+    got = events(path)
+    assert [e for e in got if isinstance(e, ReasoningDelta | TextDelta)][-1] == ReasoningDelta(
+        "steps"
+    )
+    assert not any(isinstance(e, TextDelta) for e in got)
+    assert got[-1] == Finish("length", "length")
+
+
 def test_a_verbatim_loop_stops_the_answer_and_says_so(
     fake_model: tuple[FakeLlama, Path],
 ) -> None:
@@ -202,6 +269,7 @@ def test_a_verbatim_loop_stops_the_answer_and_says_so(
     llama.finish_reason = "length"
     got = events(path)
     assert got[-1] == Finish("repetition")
+    assert got[-2] == Usage(input_tokens=5, output_tokens=llama.pulled)  # what it had sampled
     answer = "".join(e.text for e in got if isinstance(e, TextDelta))
     assert text.startswith(answer)
     # Stopped as soon as the loop was long enough to tell, within a piece of that point.
@@ -539,6 +607,28 @@ def test_real_model_answers_are_cut_at_the_cap_or_the_full_context() -> None:
     question = f"Here is a list of animals: {animals}. Write a long story with each of them."
     full = events(path, question, n_ctx=256, seed=1)
     assert full[-1] == Finish("context", "length")
+
+
+@needs_model
+def test_real_model_counts_its_tokens_as_llama_cpp_does() -> None:
+    path = local.Local().model_path(None)
+    question = "Write a long story about a dragon."
+    got = events(path, question, max_tokens=6, seed=1, threads=1)
+    assert got[-1] == Finish("length", "length")
+    usage = got[-2]
+    assert isinstance(usage, Usage) and not usage.estimated
+    # The same question asked of llama-cpp-python without streaming, where it counts itself.
+    loaded = local.acquire_model(path, threads=1, n_ctx=local.DEFAULT_CONTEXT)
+    try:
+        sampling = local.parse_options({"max_tokens": 6, "seed": 1})[0]
+        whole = loaded.llm.create_chat_completion(
+            messages=[{"role": "user", "content": question}], **sampling
+        )
+    finally:
+        loaded.lock.release()
+    counts = whole["usage"]
+    assert (usage.input_tokens, usage.output_tokens) == (counts["prompt_tokens"], 6)
+    assert counts["completion_tokens"] == 6
 
 
 @needs_model

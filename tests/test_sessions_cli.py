@@ -60,7 +60,8 @@ def test_show_in_a_pipe_and_as_json(fake: FakeOpenAI, isolated: Isolated) -> Non
     assert shown.stdout.startswith("# haskell\n")
     assert "## You\n\nWhat is a monad?\n" in shown.stdout
     assert (
-        "## Assistant · ollama · m\n\nMonads wrap values.\nThey chain with bind.\n" in shown.stdout
+        "## Assistant · ollama · m\n\n_about 4 tokens in, 11 out_\n\n"
+        "Monads wrap values.\nThey chain with bind.\n" in shown.stdout
     )
     assert "\x1b" not in shown.stdout
     cut = run(["sessions", "show", ids["Tell me a long story"][:6]], isolated).stdout

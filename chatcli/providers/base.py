@@ -253,7 +253,7 @@ class BaseProvider:
         limit = self.context_tokens(options)
         if limit is None:
             return
-        estimate = sum(len(m.content.encode()) for m in messages) // 4
+        estimate = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in messages) // 4
         if estimate >= limit:
             raise UsageError(
                 f"{self.name}: the input is at least {estimate:,} tokens, more than the "

