@@ -56,8 +56,13 @@ def cost(
     return (input_tokens * prices[0] + output_tokens * prices[1]) / 1_000_000
 
 
+#: Shortest stretch from the first piece to the end that a speed is given for: an answer that
+#: came whole (--no-stream) or in a blink has no meaningful rate.
+MIN_STREAMING: Final = 0.1
+
+
 def speed(output_tokens: int | None, first_token: float | None, total: float) -> float | None:
     """Tokens per second of the answer, from its first piece to its end."""
-    if not output_tokens or first_token is None or total - first_token <= 0:
+    if not output_tokens or first_token is None or total - first_token < MIN_STREAMING:
         return None
     return output_tokens / (total - first_token)

@@ -546,3 +546,11 @@ def test_prices_and_context_lengths_in_config_are_checked(
     with pytest.raises(ConfigError) as info:
         load_settings(paths, {})
     assert fragment in str(info.value)
+
+
+def test_a_speed_is_given_only_for_an_answer_that_streamed_for_a_while() -> None:
+    from chatcli.usage import speed
+
+    assert speed(100, 0.5, 2.5) == 50.0
+    assert speed(20, 0.475, 0.475) is None  # came whole (--no-stream): no rate
+    assert speed(None, 0.5, 2.5) is None and speed(10, None, 2.5) is None
