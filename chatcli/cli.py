@@ -543,6 +543,7 @@ def usage_command(
         from rich.table import Table
 
         from chatcli.render import make_console
+        from chatcli.sessions_cli import short_model
 
         table = Table(box=None, pad_edge=False, show_edge=False)
         for title in ("PROVIDER", "MODEL", "TURNS", "TOKENS IN", "TOKENS OUT", "COST"):
@@ -551,7 +552,7 @@ def usage_command(
             marks = "~" if row["estimated_turns"] else ""
             table.add_row(
                 str(row["provider"]),
-                str(row["model"] or "-"),
+                short_model(str(row["model"] or "-"), 40),  # a .gguf path: its file's name
                 f"{row['turns']:,}",
                 f"{marks}{row['input_tokens']:,}",
                 f"{marks}{row['output_tokens']:,}",
