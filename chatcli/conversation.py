@@ -192,11 +192,17 @@ class Conversation:
         last = next((e for e in reversed(self._entries) if e.role == "assistant"), None)
         if last is None or last.input_tokens is None:
             return None
-        key = (self.provider, tuple(sorted(self.defaults.options.items(), key=str)))
+        key = (
+            self.provider,
+            self.last_model or self.model,
+            tuple(sorted(self.defaults.options.items(), key=str)),
+        )
         if self._context_for != key:  # asked once per provider and options, not per redraw
             try:
                 provider = self.registry.create(self.provider)
-                self._context_length = provider.context_tokens(self.defaults.options)
+                self._context_length = provider.context_tokens(
+                    self.defaults.options, self.last_model or self.model
+                )
             except ChatcliError:
                 self._context_length = None
             self._context_for = key

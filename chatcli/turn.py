@@ -364,7 +364,7 @@ def preflight(request: TurnRequest, registry: Registry) -> None:
             provider.preflight()
             if index == 0 and request.model:
                 provider.check_model(request.model)
-            provider.check_fits(request.messages, options)
+            provider.check_fits(request.messages, options, request.model if index == 0 else None)
             return
         except ChatcliError as exc:
             first = first or exc

@@ -112,6 +112,8 @@ class FakeOpenAI:
 
     pieces: list[str] = field(default_factory=lambda: ["Hello", ", ", "world", "!"])
     models: list[str] = field(default_factory=lambda: ["fake-large", "fake-small"])
+    #: Context lengths the model list gives, by model id (none: the list says nothing).
+    contexts: dict[str, int] = field(default_factory=dict)
     #: "ok" or a failure: "status" (status/body/content_type), "cut" (no [DONE], clean end),
     #: "drop" (connection reset mid-stream), "stall" (stop sending after the first piece),
     #: "error_event", "bad_json", "ignore_stream" (whole JSON even when streaming was asked)
@@ -209,9 +211,11 @@ class FakeOpenAI:
         failure = self._failure()
         if failure is not None:
             return failure
-        return web.json_response(
-            {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
-        )
+        entries: list[dict[str, Any]] = [{"id": m, "object": "model"} for m in self.models]
+        for entry in entries:  # as OpenRouter lists them
+            if entry["id"] in self.contexts:
+                entry["context_length"] = self.contexts[entry["id"]]
+        return web.json_response({"object": "list", "data": entries})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)

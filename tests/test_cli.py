@@ -868,3 +868,16 @@ def test_a_conversation_nearly_filling_a_known_context_is_warned_about_first(
     assert "/new in the REPL" in result.stderr
     quiet = run(["ask", "-p", "box", "sum up"], isolated, input="x" * 1000)
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_a_context_length_from_the_model_list_is_used(fake: FakeOpenAI, isolated: Isolated) -> None:
+    from chatcli.providers.openai import OpenAICompatible
+
+    OpenAICompatible.listed_contexts.clear()
+    fake.models, fake.contexts = ["small-ctx"], {"small-ctx": 1000}
+    base = ["ask", "-p", "ollama", "--base-url", fake.base_url]
+    # No -m: the server's list is read (and with it, the model's context), then the answer.
+    assert run([*base, "hi"], isolated).returncode == 0
+    big = run([*base, "-m", "small-ctx", "sum up"], isolated, input="x" * 8000)
+    assert big.returncode == 2 and "more than the 1,000 its model's context holds" in big.stderr
+    OpenAICompatible.listed_contexts.clear()

@@ -483,7 +483,7 @@ def test_a_conversation_that_surely_overflows_the_context_is_refused_before_anyt
     class Small(BaseProvider):
         name = "small"
 
-        def context_tokens(self, options: Any) -> int | None:
+        def context_tokens(self, options: Any, model: str | None = None) -> int | None:
             return int(options.get("n_ctx", 100))
 
     provider = Small()

@@ -240,17 +240,22 @@ class BaseProvider:
         """Raise now what would stop the request before it leaves (no API key, a missing
         runtime). Checked before the question is stored: such a failure leaves no session."""
 
-    def context_tokens(self, options: Mapping[str, Any]) -> int | None:
+    def context_tokens(self, options: Mapping[str, Any], model: str | None = None) -> int | None:
         """How many tokens the model's context holds with these options, when the provider
         knows (``context_length`` in its config.toml table; else a service's model may hold
         anything: ``None``)."""
         return self.context_length
 
-    def check_fits(self, messages: Sequence[ChatMessage], options: Mapping[str, Any]) -> None:
+    def check_fits(
+        self,
+        messages: Sequence[ChatMessage],
+        options: Mapping[str, Any],
+        model: str | None = None,
+    ) -> None:
         """Refuse a conversation that surely cannot fit the model's context, before anything
         is stored or sent. The estimate is low on purpose (four bytes a token; real text
         takes more tokens), so that only what certainly overflows is refused."""
-        limit = self.context_tokens(options)
+        limit = self.context_tokens(options, model)
         if limit is None:
             return
         estimate = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in messages) // 4

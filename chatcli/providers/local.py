@@ -209,7 +209,7 @@ class Local(AsyncGeneratorProvider):
         if not runtime_installed():
             raise UsageError(f"local: the offline model needs llama-cpp-python: {INSTALL_HINT}")
 
-    def context_tokens(self, options: Mapping[str, Any]) -> int | None:
+    def context_tokens(self, options: Mapping[str, Any], model: str | None = None) -> int | None:
         return parse_options(options)[2]
 
     def known_models(self) -> list[str]:

@@ -173,6 +173,8 @@ class OpenAICompatible(AsyncGeneratorProvider):
     key_env: ClassVar[str | None] = None
     key_required: ClassVar[bool] = False
     base_url_env: ClassVar[str | None] = None
+    #: Context lengths the services' model lists gave this process: (provider, root, model).
+    listed_contexts: ClassVar[dict[tuple[str, str, str], int]] = {}
     description: ClassVar[str] = ""
     include_usage: ClassVar[bool] = True
     #: The services (name, API root) that refused ``stream_options`` in this process.
@@ -266,7 +268,17 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 f"unexpected model list: {quote(json.dumps(data))}", provider=self.name
             )
         ids = [item["id"] for item in items if isinstance(item, dict) and "id" in item]
+        for item in items:
+            length = _context_length_of(item)
+            if length is not None:
+                self.listed_contexts[(self.name, self.root, str(item["id"]))] = length
         return sorted(str(i) for i in ids)
+
+    def context_tokens(self, options: Mapping[str, Any], model: str | None = None) -> int | None:
+        """config.toml's ``context_length``, else what the service's model list said."""
+        if self.context_length is not None:
+            return self.context_length
+        return self.listed_contexts.get((self.name, self.root, model or self.default_model))
 
     async def pick_model(self, model: str | None) -> str:
         """``model``, else the configured default, else the first model the server lists."""
@@ -526,3 +538,18 @@ def preset_from_config(name: str, table: Mapping[str, Any], base: Preset | None 
         description=base.description if base else f"{name} (config.toml)",
         include_usage=base.include_usage if base else True,
     )
+
+
+#: Where services' model lists give a model's context length, in tokens.
+_CONTEXT_FIELDS: Final = ("context_length", "max_model_len", "max_context_length", "context_window")
+
+
+def _context_length_of(item: Any) -> int | None:
+    """A model list entry's context length (OpenRouter, vLLM, LM Studio...), when it gives one."""
+    if not isinstance(item, dict) or "id" not in item:
+        return None
+    for field_name in _CONTEXT_FIELDS:
+        value = item.get(field_name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**9:
+            return value
+    return None
