@@ -73,18 +73,16 @@ def _root(
 # -- ask ----------------------------------------------------------------------------------------
 
 
-def compose_message(prompt: str, piped: str | None) -> str:
-    """The user message: piped text, a blank line, then the prompt (either may be absent)."""
-    piped = piped if piped and piped.strip() else None
-    if piped is None:
-        if not prompt.strip():
-            raise UsageError(
-                "no prompt: give one as an argument or pipe text in (chatcli ask --help)"
-            )
-        return prompt
-    if not prompt.strip():
-        return piped
-    return f"{piped.rstrip(chr(10) + chr(13))}\n\n{prompt}"
+def compose_message(prompt: str, piped: str | None, context: str | None = None) -> str:
+    """The user message: the ``-f`` context, piped text, then the prompt, a blank line apart
+    (any may be absent, not all)."""
+    parts = [part for part in (context, piped) if part and part.strip()]
+    if prompt.strip():
+        parts.append(prompt)
+    if not parts:
+        raise UsageError("no prompt: give one as an argument or pipe text in (chatcli ask --help)")
+    # Each part but the last ends where the blank line starts; the last is kept as it came.
+    return "\n\n".join([*(part.rstrip("\r\n") for part in parts[:-1]), parts[-1]])
 
 
 def read_piped_stdin(ctx: AppContext) -> str | None:
@@ -131,6 +129,19 @@ def ask(
         bool,
         typer.Option("--usage", help="Say after the answer what it took: tokens, speed, cost."),
     ] = False,
+    files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-f",
+            "--file",
+            metavar="PATH",
+            help="Context: a file, a directory (git's ignores apply), a glob, or - for stdin.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show what would be sent, and send nothing."),
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
@@ -138,13 +149,29 @@ def ask(
     ctx = AppContext.current()
     log_handler = setup_logging(ctx, verbose)
     with boundary(ctx, verbose=verbose):
-        message = compose_message(" ".join(prompt or []), read_piped_stdin(ctx))
+        piped = read_piped_stdin(ctx)
+        context = None
+        if files:
+            from chatcli.files import gather
+
+            context = gather(files, stdin=piped, env=ctx.env)
+            if "-" in files:
+                piped = None  # stdin is one of the items
+            if context.skipped:
+                left = ", ".join(f"{path} ({why})" for path, why in context.skipped)
+                say(ctx, f"left out: {left}")
+        message = compose_message(
+            " ".join(prompt or []), piped, context.text() if context and context.items else None
+        )
         from chatcli.chat import open_conversation
         from chatcli.render import choose
         from chatcli.turn import CUT
 
         conversation = open_conversation(ctx, chat, notice=lambda text: say(ctx, text))
         conversation.saves_later = False  # one question: what is not saved now never will be
+        if dry_run:
+            _show_dry_run(ctx, conversation, message, context, json_out)
+            return
         renderer = choose(
             ctx.stdout,
             is_terminal=ctx.stdout_isatty,
@@ -212,6 +239,38 @@ def repl(
         loop.reasoning = reasoning or ctx.settings.reasoning or "collapse"
         loop.prices = ctx.settings.providers
         run_async(loop.run())
+
+
+def _show_dry_run(
+    ctx: AppContext, conversation: Any, message: str, context: Any, json_out: bool
+) -> None:
+    """What ``ask`` would send, with sizes and token estimates; nothing is sent or stored."""
+    messages = [m.as_dict() for m in conversation.messages(message)]
+    items = [
+        {"source": item.source, "bytes": item.size, "tokens": item.tokens}
+        for item in (context.items if context else [])
+    ]
+    size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in messages)
+    plan = {
+        "provider": conversation.provider,
+        "model": conversation.model,
+        "messages": messages,
+        "context": items,
+        "bytes": size,
+        "tokens": -(-size // 4),
+        "tokens_estimated": True,
+    }
+    if json_out:
+        ctx.stdout.write(json.dumps(plan, ensure_ascii=False, indent=2) + "\n")
+        return
+    out = ctx.stdout
+    out.write(f"provider: {plan['provider']} · model: {plan['model'] or '(its default)'}\n")
+    for item in items:
+        source, size_of, tokens = item["source"], item["bytes"], item["tokens"]
+        out.write(f"context: {source}  {size_of:,} bytes  ~{tokens:,} tokens\n")
+    out.write(f"in all: {len(messages)} message(s), {size:,} bytes, ~{plan['tokens']:,} tokens\n")
+    for entry in messages:
+        out.write(f"\n--- {entry['role']} ---\n{entry['content'].rstrip()}\n")
 
 
 def _usage_of(turn: Any, providers: Any) -> dict[str, Any]:

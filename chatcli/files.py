@@ -1,0 +1,228 @@
+"""Files as context (``ask -f``): files, directories, globs and stdin, read safely and bounded.
+
+Each item reaches the model as a fenced block headed by its path, its language told by its
+extension. A directory in a git work tree is listed by git itself (``git ls-files``: its
+``.gitignore`` files and ``.git/info/exclude`` apply exactly as for git); elsewhere it is walked
+without following links, leaving hidden entries out. Binary files, files over the per-file
+limit and what would pass the total limit are skipped, and each skip is reported with why.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from chatcli.errors import UsageError
+
+#: Largest file read whole, and largest total of all files (bytes); ``--max-file-size`` and
+#: ``--max-context`` raise them.
+MAX_FILE: Final = 256 * 1024
+MAX_TOTAL: Final = 2 * 1024 * 1024
+#: How much of a file's start is checked for NUL bytes (binary) before it is read whole.
+_SNIFF: Final = 8192
+
+#: Fence languages by extension (what Markdown highlighters call them).
+LANGUAGES: Final[Mapping[str, str]] = {
+    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript",
+    ".ts": "typescript", ".tsx": "tsx", ".jsx": "jsx", ".rs": "rust", ".go": "go",
+    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".hpp": "cpp", ".java": "java",
+    ".kt": "kotlin", ".rb": "ruby", ".php": "php", ".cs": "csharp", ".swift": "swift",
+    ".sh": "bash", ".bash": "bash", ".zsh": "zsh", ".fish": "fish", ".ps1": "powershell",
+    ".sql": "sql", ".html": "html", ".css": "css", ".scss": "scss", ".json": "json",
+    ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".xml": "xml", ".md": "markdown",
+    ".rst": "rst", ".tex": "latex", ".lua": "lua", ".r": "r", ".scala": "scala",
+    ".hs": "haskell", ".ex": "elixir", ".exs": "elixir", ".erl": "erlang", ".clj": "clojure",
+    ".dart": "dart", ".vue": "vue", ".svelte": "svelte", ".tf": "hcl", ".ini": "ini",
+    ".cfg": "ini", ".diff": "diff", ".patch": "diff", ".dockerfile": "dockerfile",
+}  # fmt: skip
+_NAMED: Final[Mapping[str, str]] = {
+    "Dockerfile": "dockerfile", "Makefile": "makefile", "CMakeLists.txt": "cmake",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One piece of context: where it came from, and its text."""
+
+    source: str
+    text: str
+    language: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.text.encode("utf-8", "surrogatepass"))
+
+    @property
+    def tokens(self) -> int:
+        """An estimate (four bytes a token, rounded up)."""
+        return -(-self.size // 4)
+
+    def block(self) -> str:
+        """The item as the model gets it: its path, then its text fenced (a fence longer than
+        any run of backticks inside, so the text cannot close it)."""
+        longest, run = 0, 0
+        for char in self.text:
+            run = run + 1 if char == "`" else 0
+            longest = max(longest, run)
+        fence = "`" * max(3, longest + 1)
+        body = self.text if self.text.endswith("\n") else self.text + "\n"
+        return f"{self.source}\n{fence}{self.language}\n{body}{fence}"
+
+
+@dataclass(slots=True)
+class Gathered:
+    items: list[Item] = field(default_factory=list)
+    #: (path, why) for each file left out.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(item.size for item in self.items)
+
+    def text(self) -> str:
+        """Every item's block, a blank line apart."""
+        return "\n\n".join(item.block() for item in self.items)
+
+
+def language_of(path: str) -> str:
+    name = os.path.basename(path)
+    return _NAMED.get(name) or LANGUAGES.get(os.path.splitext(name)[1].lower(), "")
+
+
+def gather(
+    specs: Iterable[str],
+    *,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    max_file: int = MAX_FILE,
+    max_total: int = MAX_TOTAL,
+) -> Gathered:
+    """The items ``specs`` name, in order: files, directories, globs, or ``-`` for stdin.
+
+    A spec that names nothing is a usage error; files left out (binary, too big, over the
+    total) are listed in :attr:`Gathered.skipped`.
+    """
+    env = env if env is not None else {}
+    gathered = Gathered()
+    seen: set[str] = set()
+    total = 0
+    for spec in specs:
+        if spec == "-":
+            if stdin is None:
+                raise UsageError("-f -: stdin is a terminal, or was already read")
+            gathered.items.append(Item("(stdin)", stdin))
+            total += gathered.items[-1].size
+            continue
+        for path in _expand(_home(spec, env), env):
+            key = os.path.realpath(path)
+            if key in seen:
+                continue
+            seen.add(key)
+            item, why = _read(path, max_file)
+            if item is None:
+                gathered.skipped.append((path, why))
+            elif total + item.size > max_total:
+                gathered.skipped.append((path, f"over the total of {_kib(max_total)}"))
+            else:
+                gathered.items.append(item)
+                total += item.size
+    return gathered
+
+
+def _home(spec: str, env: Mapping[str, str]) -> str:
+    """``~/x`` under the HOME of the given environment (not the process's)."""
+    home = env.get("HOME")
+    if home and (spec == "~" or spec.startswith("~/")):
+        return home + spec[1:]
+    return spec
+
+
+def _expand(spec: str, env: Mapping[str, str]) -> Iterator[str]:
+    """The files one spec names (a file, a directory's files, a glob's), sorted."""
+    if any(char in spec for char in "*?["):
+        matches = sorted(glob.glob(spec, recursive=True))
+        if not matches:
+            raise UsageError(f"-f {spec}: no file matches")
+        for match in matches:
+            yield from _expand_path(match, env)
+        return
+    if not os.path.lexists(spec):
+        raise UsageError(f"-f {spec}: no such file or directory")
+    yield from _expand_path(spec, env)
+
+
+def _expand_path(path: str, env: Mapping[str, str]) -> Iterator[str]:
+    if os.path.isdir(path):
+        yield from walk(path, env)
+    else:
+        yield path
+
+
+def walk(directory: str, env: Mapping[str, str] | None = None) -> list[str]:
+    """A directory's files: as git lists them in a work tree (ignored ones left out), else a
+    walk that follows no links and leaves hidden entries out. Sorted, as paths under it."""
+    listed = _git_files(directory, env or {})
+    if listed is not None:
+        return listed
+    found: list[str] = []
+    for root, dirs, files in os.walk(directory, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+def _git_files(directory: str, env: Mapping[str, str]) -> list[str] | None:
+    """``git ls-files`` of a directory in a work tree (tracked and untracked, not ignored),
+    run in the given environment less what would point git at another repository."""
+    git = shutil.which("git", path=env.get("PATH", os.defpath))
+    if git is None:
+        return None
+    clean = {k: v for k, v in env.items() if not k.startswith("GIT_")}
+    try:
+        done = subprocess.run(
+            [git, "-C", directory, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+            env=clean,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None  # not a work tree
+    names = sorted({n for n in done.stdout.decode("utf-8", "surrogateescape").split("\0") if n})
+    return [os.path.join(directory, name) for name in names]
+
+
+def _read(path: str, max_file: int) -> tuple[Item | None, str]:
+    """The file as an item, or ``None`` and why it is left out."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return None, exc.strerror or "cannot be read"
+    if not stat.S_ISREG(info.st_mode):
+        return None, "not a regular file"
+    if info.st_size > max_file:
+        return None, f"{_kib(info.st_size)}, over the per-file {_kib(max_file)}"
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(max_file + 1)
+    except OSError as exc:
+        return None, exc.strerror or "cannot be read"
+    if b"\0" in data[:_SNIFF]:
+        return None, "binary"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "binary (not UTF-8 text)"
+    return Item(path, text, language_of(path)), ""
+
+
+def _kib(size: int) -> str:
+    return f"{size / 1024:,.0f} KiB" if size < 1024 * 1024 else f"{size / 1024 / 1024:,.1f} MiB"
