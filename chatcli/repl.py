@@ -40,6 +40,7 @@ from prompt_toolkit.utils import get_cwidth
 
 from chatcli.conversation import Conversation
 from chatcli.errors import ChatcliError, UsageError
+from chatcli.files import Gathered, Item
 from chatcli.render import QuietTerminal, Renderer, SuspendGuard, sanitize
 from chatcli.store.files import private_file
 from chatcli.turn import Turn
@@ -79,6 +80,9 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("retry", "/retry", "ask the last question again"),
     Command("undo", "/undo", "forget the last question and its answer"),
     Command("history", "/history", "show the conversation so far"),
+    Command("file", "/file PATH", "add a file, directory or glob to your next message"),
+    Command("context", "/context", "list what your next message carries, with sizes"),
+    Command("drop", "/drop N", "leave item N out of your next message"),
     Command("export", "/export FILE", "write the session as Markdown to FILE"),
     Command("edit", "/edit", "write a message in $EDITOR"),
     Command("clear", "/clear", "clear the screen"),
@@ -116,6 +120,12 @@ class SlashCompleter(Completer):
                     )
             return
         command, _, argument = text[1:].partition(" ")
+        if command == "file":  # a path: what the file system has
+            from prompt_toolkit.completion import PathCompleter
+
+            path = Document(argument, len(argument))
+            yield from PathCompleter(expanduser=True).get_completions(path, complete_event)
+            return
         for candidate in self._repl.candidates(command):
             if candidate.startswith(argument):
                 yield Completion(candidate, start_position=-len(argument))
@@ -180,6 +190,10 @@ class Repl:
         self.reasoning = "collapse"
         #: Prices per provider and model, from config.toml (for the toolbar's cost).
         self.prices: Mapping[str, Mapping[str, Any]] = {}
+        #: Context items waiting for the next message (-f, /file, piped stdin).
+        self.context: list[Item] = []
+        #: The environment files are found in (``~``, git's PATH), from the context.
+        self.env: Mapping[str, str] = {}
         self.hold_logs = hold_logs or (lambda hold: contextlib.nullcontext())
         self.editor = editor
         self.running = True
@@ -320,7 +334,13 @@ class Repl:
             return
         if text.startswith("//"):
             text = text[1:]  # "//etc" sends "/etc"
+        if self.context:
+            # The waiting items go first, each fenced under its path, as with ask -f.
+            text = "\n\n".join([*(item.block() for item in self.context), text])
+        before = len(self.conversation.history)
         await self.answer(lambda renderer: self.conversation.send(text, renderer))
+        if len(self.conversation.history) > before:
+            self.context = []  # sent (and kept in the conversation)
 
     async def answer(self, ask: Callable[[Renderer], Awaitable[Turn]]) -> None:
         """Stream one answer; Ctrl-C (SIGINT) cancels it and the loop goes on."""
@@ -445,6 +465,45 @@ class Repl:
     async def _cmd_undo(self, _: str) -> None:
         count = self.conversation.undo()
         self.say(f"forgot the last {count} message(s)")
+
+    def add_context(self, gathered: Gathered) -> None:
+        """Items for the next message; what was left out, and why, in one line."""
+        self.context.extend(gathered.items)
+        for item in gathered.items:
+            self.say(f"+ {item.source} ({item.size:,} bytes, ~{item.tokens:,} tokens)")
+        if gathered.skipped:
+            left = ", ".join(f"{path} ({why})" for path, why in gathered.skipped)
+            self.say(f"left out: {left}")
+
+    async def _cmd_file(self, argument: str) -> None:
+        from chatcli.files import gather
+
+        self.add_context(gather([argument], env=self.env))
+
+    async def _cmd_context(self, _: str) -> None:
+        if not self.context:
+            self.say("(nothing waits for your next message; /file PATH adds to it)")
+            return
+        for number, item in enumerate(self.context, 1):
+            self.say(f"{number}. {item.source} ({item.size:,} bytes, ~{item.tokens:,} tokens)")
+        total = sum(item.size for item in self.context)
+        tokens = sum(item.tokens for item in self.context)
+        self.say(
+            f"in all {total:,} bytes, ~{tokens:,} tokens (estimated), sent with your next message"
+        )
+
+    async def _cmd_drop(self, argument: str) -> None:
+        try:
+            number = int(argument)
+            item = self.context[number - 1]
+            if number < 1:
+                raise IndexError
+        except (ValueError, IndexError):
+            raise UsageError(
+                f"/drop {argument}: give an item's number from /context (1 to {len(self.context)})"
+            ) from None
+        del self.context[number - 1]
+        self.say(f"- {item.source}")
 
     async def _cmd_history(self, _: str) -> None:
         if not self.conversation.history:

@@ -636,3 +636,25 @@ def test_the_toolbar_shows_the_sessions_tokens_context_and_cost(
     harness.conversation._context_for = None
     assert repl.spent() == "2.0k tokens · context 50% · cost 0.0025"
     assert issubclass(ollama, BaseProvider)
+
+
+def test_files_wait_for_the_next_message_and_can_be_listed_and_dropped(
+    harness: Harness, isolated: Isolated
+) -> None:
+    (isolated.root / "a.py").write_text("print('a')\n")
+    (isolated.root / "b.md").write_text("# B\n")
+    out = harness.run(
+        f"/file {isolated.root / 'a.py'}{ENTER}/file {isolated.root / 'b.md'}{ENTER}"
+        f"/context{ENTER}/drop 2{ENTER}/drop 9{ENTER}/context{ENTER}what is this?{ENTER}"
+        f"/context{ENTER}"
+    )
+    assert f"+ {isolated.root / 'a.py'} (11 bytes, ~3 tokens)" in out
+    assert f"2. {isolated.root / 'b.md'} (4 bytes, ~1 tokens)" in out
+    assert f"- {isolated.root / 'b.md'}" in out
+    assert "/drop 9: give an item's number from /context (1 to 1)" in out
+    # The message carries what waited, fenced under its path, then the question; then the
+    # items are spent (they are in the conversation now).
+    assert harness.sent()[-1]["content"] == (
+        f"{isolated.root / 'a.py'}\n```python\nprint('a')\n```\n\nwhat is this?"
+    )
+    assert out.rstrip().endswith("(nothing waits for your next message; /file PATH adds to it)")
