@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from chatcli.core import ChatMessage, Event, Message
+from chatcli.core import ChatMessage, Event, ImagePart, Message
 from chatcli.errors import ChatcliError, StorageError, UsageError
 from chatcli.providers import Registry
 from chatcli.render import Renderer
@@ -45,6 +45,8 @@ class _Entry:
     output_tokens: int | None = None
     estimated: bool = False
     first_token: float | None = None
+    #: For a question asked with images in this process: them (a session keeps only notes).
+    images: tuple[ImagePart, ...] = ()
 
 
 class Conversation:
@@ -264,8 +266,12 @@ class Conversation:
         self.session = self.store.rename(self.session.id, name)
         return self.session
 
-    def messages(self, user_text: str | None = None) -> tuple[ChatMessage, ...]:
-        """What the provider receives: system prompt, history, and the new message.
+    def messages(
+        self, user_text: str | None = None, images: Sequence[ImagePart] = ()
+    ) -> tuple[ChatMessage, ...]:
+        """What the provider receives: system prompt, history, and the new message (with
+        ``images``, when given). A question asked with images in this process carries them
+        again (``/retry``, later turns); one read from a session has only their notes.
 
         An earlier question that got no answer (its provider failed) stays in the session but
         is not sent again unseen, as a run of questions in a row: ``/retry`` asks it. (Without
@@ -280,9 +286,15 @@ class Conversation:
             answered = index + 1 < len(entries) and entries[index + 1].role == "assistant"
             if entry.role == "user" and not answered and index != last:
                 continue
-            messages.append(ChatMessage.text(entry.role, entry.content))
+            if entry.images:
+                messages.append(ChatMessage.with_images(entry.role, entry.content, entry.images))
+            else:
+                messages.append(ChatMessage.text(entry.role, entry.content))
         if user_text is not None:
-            messages.append(ChatMessage.text("user", user_text))
+            if images:
+                messages.append(ChatMessage.with_images("user", user_text, images))
+            else:
+                messages.append(ChatMessage.text("user", user_text))
         return tuple(messages)
 
     def unanswered(self) -> int:
@@ -304,10 +316,16 @@ class Conversation:
         *,
         turn: Turn | None = None,
         on_event: Callable[[Event], None] | None = None,
+        images: Sequence[ImagePart] = (),
     ) -> Turn:
         """Ask ``text``; the answer streams into ``renderer`` (and its events to ``on_event``)
-        and is kept whatever happens."""
-        request = replace(self.defaults, messages=self.messages(text))
+        and is kept whatever happens. ``images`` go with it; the session keeps the text and a
+        note of each (``[image: cat.png, 123 KB]``), which is also the text sent with them."""
+        if images:
+            from chatcli.images import with_notes
+
+            text = with_notes(text, images)
+        request = replace(self.defaults, messages=self.messages(text, images))
         preflight(request, self.registry)  # a request that cannot leave stores nothing
         skipped = self.unanswered()
         if skipped > self._unanswered_told:  # said once per new unanswered question
@@ -318,7 +336,9 @@ class Conversation:
                 skipped,
                 extra={"notice": True},
             )
-        self._entries.append(_Entry("user", text, provider=self.provider, model=self.model))
+        self._entries.append(
+            _Entry("user", text, provider=self.provider, model=self.model, images=tuple(images))
+        )
         self._save_pending()
         return await self._answer(request, renderer, turn, on_event)
 

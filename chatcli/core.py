@@ -46,8 +46,54 @@ class TextPart:
     text: str
 
 
-#: What a message is made of. Text now; images and files join this union.
-Part: TypeAlias = TextPart
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image in a message: its bytes, as read, and their media type (``image/png``,
+    ``image/jpeg``, ``image/webp`` or ``image/gif``, recognised by the bytes themselves).
+    ``name`` says where it came from (a file's name), for notes and ``--dry-run``. An image on
+    the web is sent as its address instead (``url``; the service fetches it): then ``data`` and
+    ``media_type`` are empty."""
+
+    data: bytes = field(repr=False)
+    media_type: str
+    name: str = ""
+    url: str = ""
+
+    @classmethod
+    def from_url(cls, url: str) -> ImagePart:
+        return cls(b"", "", url, url)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def base64(self) -> str:
+        import base64
+
+        return base64.b64encode(self.data).decode("ascii")
+
+    def data_url(self) -> str:
+        """The image as a ``data:`` URL (the OpenAI protocol's ``image_url``), or its address."""
+        return self.url or f"data:{self.media_type};base64,{self.base64()}"
+
+    def note(self) -> str:
+        """A short note of the image for the stored text: ``[image: cat.png, 123 KB]``."""
+        if self.url:
+            return f"[image: {self.url}]"
+        return f"[image: {self.name or self.media_type}, {format_size(self.size)}]"
+
+
+def format_size(size: int) -> str:
+    """``812 bytes``, ``123 KB``, ``4.2 MB`` (powers of 1024)."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 1024 * 1024:
+        return f"{round(size / 1024)} KB"
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+#: What a message is made of: text and images (files may join this union).
+Part: TypeAlias = TextPart | ImagePart
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +106,12 @@ class ChatMessage:
     @classmethod
     def text(cls, role: Role, text: str) -> ChatMessage:
         return cls(role, (TextPart(text),))
+
+    @classmethod
+    def with_images(cls, role: Role, text: str, images: Sequence[ImagePart]) -> ChatMessage:
+        """A message of ``images`` (first, as vision models read best) and then ``text``."""
+        parts: tuple[Part, ...] = (*images, TextPart(text))
+        return cls(role, parts)
 
     @classmethod
     def from_dict(cls, message: Mapping[str, Any]) -> ChatMessage:
@@ -76,6 +128,11 @@ class ChatMessage:
     def content(self) -> str:
         """The message's text: its text parts joined."""
         return "".join(part.text for part in self.parts if isinstance(part, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        """The message's images, in order (none for a message of text)."""
+        return tuple(part for part in self.parts if isinstance(part, ImagePart))
 
     def as_dict(self) -> Message:
         return {"role": self.role, "content": self.content}

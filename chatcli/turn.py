@@ -344,6 +344,7 @@ def preflight(request: TurnRequest, registry: Registry) -> None:
     missing runtime, a model it cannot use): the first one's error, when none is ready.
     An option the first provider does not take is an error at once, as in :func:`run_turn`."""
     chain = [request.provider, *request.fallback]
+    _refuse_images(request, registry, chain)
     first: ChatcliError | None = None
     for index, name in enumerate(chain):
         try:
@@ -370,6 +371,21 @@ def preflight(request: TurnRequest, registry: Registry) -> None:
             first = first or exc
     if first is not None:
         raise first
+
+
+def _refuse_images(request: TurnRequest, registry: Registry, chain: list[str]) -> None:
+    """Images go to no provider of the chain that takes none (a fallback would drop them
+    unseen), nor over a provider's limit: refused before anything is sent or stored."""
+    if not any(message.images for message in request.messages):
+        return
+    from chatcli.images import check_messages
+
+    for name in chain:
+        try:
+            cls = registry.get(name)
+        except ChatcliError:
+            continue  # an unknown name: the loop below says so
+        check_messages(cls, request.messages)
 
 
 def _ended_as(reason: FinishReason | None) -> TurnStatus:

@@ -417,3 +417,67 @@ class Socks5Proxy(ServerThread):
         writer.write(b"\x05\x00\x00\x01" + bytes(4) + b"\x00\x00")
         await writer.drain()
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+
+# -- the fake OpenAI-compatible service, taking images --------------------------------------------
+
+#: The media types a ``data:`` URL of an ``image_url`` part may carry.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+
+
+def image_part_problems(part: Any) -> list[str]:
+    """What is wrong with one content part of an OpenAI chat message (text or image_url)."""
+    import base64
+    import binascii
+
+    if not isinstance(part, dict):
+        return [f"a content part is not an object: {part!r}"]
+    if part.get("type") == "text":
+        ok = set(part) == {"type", "text"} and isinstance(part["text"], str) and part["text"]
+        return [] if ok else [f"malformed text part: {part!r}"]
+    if part.get("type") != "image_url" or set(part) != {"type", "image_url"}:
+        return [f"unknown content part: {str(part)[:200]}"]
+    inner = part["image_url"]
+    url = inner.get("url") if isinstance(inner, dict) else None
+    if (
+        not isinstance(url, str)
+        or not isinstance(inner, dict)
+        or not set(inner) <= {"url", "detail"}
+    ):
+        return [f"malformed image_url: {str(part)[:200]}"]
+    if url.startswith(("http://", "https://")):
+        return []
+    head, _, data = url.partition(",")
+    if not head.startswith("data:") or not head.endswith(";base64"):
+        return [f"image url is neither http(s) nor a base64 data URL: {url[:80]!r}"]
+    if head[5:-7] not in IMAGE_TYPES:
+        return [f"unsupported image type {head[5:-7]!r}"]
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return [f"image data is not base64: {data[:40]!r}"]
+    return []
+
+
+@dataclass
+class FakeVisionOpenAI(FakeOpenAI):
+    """:class:`FakeOpenAI` that also takes messages whose content is a list of parts (text and
+    ``image_url``), as vision models do; each part is checked, the body recorded as sent."""
+
+    def _check(self, request: web.Request, body: Any) -> list[str]:  # type: ignore[override]
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return FakeOpenAI._check(request, body)
+        problems: list[str] = []
+        plain = []
+        for message in body["messages"]:
+            if isinstance(message, dict) and isinstance(message.get("content"), list):
+                parts = message["content"]
+                if not parts:
+                    problems.append(f"empty content parts: {message!r}")
+                for part in parts:
+                    problems += image_part_problems(part)
+                if message.get("role") != "user":
+                    problems.append(f"image parts in a {message.get('role')!r} message")
+                message = {**message, "content": "(parts)"}
+            plain.append(message)
+        return problems + FakeOpenAI._check(request, {**body, "messages": plain})

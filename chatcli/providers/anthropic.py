@@ -37,6 +37,7 @@ from chatcli.core import (
     Event,
     Finish,
     FinishReason,
+    ImagePart,
     OptionSpec,
     ReasoningDelta,
     TextDelta,
@@ -111,6 +112,9 @@ class Anthropic(AsyncGeneratorProvider):
     supports_stream = True
     supports_system_message = True
     supports_message_history = True
+    supports_images = True
+    #: The API refuses an image over 5 MB (as sent, base64-encoded).
+    max_image_bytes = 5 * 1024 * 1024
     lists_models = True
     needs_auth = True
     default_model = "claude-sonnet-4-5"
@@ -339,23 +343,51 @@ class Anthropic(AsyncGeneratorProvider):
         return events
 
 
-def conversation(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+def conversation(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
     """The system prompt (every system message, joined) and the turns, as the API takes them:
     user and assistant alternating, consecutive messages of one role merged into one turn.
-    Messages with no text are left out (the API refuses empty turns)."""
+    Messages with no text and no image are left out (the API refuses empty turns). A turn of
+    text alone has its text as ``content`` (a string); a turn with images has a list of
+    blocks: each image a base64 ``image`` block, in the message's order, and its text."""
     system: list[str] = []
-    turns: list[dict[str, str]] = []
+    turns: list[dict[str, Any]] = []
     for message in messages:
         text = message.content
-        if not text.strip():
+        images = message.images
+        if not text.strip() and not images:
             continue
         if message.role == "system":
             system.append(text)
-        elif turns and turns[-1]["role"] == message.role:
-            turns[-1]["content"] += "\n\n" + text
+            continue
+        content: str | list[dict[str, Any]] = _blocks(message) if images else text
+        if turns and turns[-1]["role"] == message.role:
+            previous = turns[-1]["content"]
+            if isinstance(previous, str) and isinstance(content, str):
+                turns[-1]["content"] = previous + "\n\n" + content
+            else:
+                turns[-1]["content"] = _as_blocks(previous) + _as_blocks(content)
         else:
-            turns.append({"role": message.role, "content": text})
+            turns.append({"role": message.role, "content": content})
     return "\n\n".join(system), turns
+
+
+def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    """A message's parts as content blocks (empty text left out: the API refuses it)."""
+    blocks: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, ImagePart):
+            if part.url:
+                source = {"type": "url", "url": part.url}
+            else:
+                source = {"type": "base64", "media_type": part.media_type, "data": part.base64()}
+            blocks.append({"type": "image", "source": source})
+        elif part.text.strip():
+            blocks.append({"type": "text", "text": part.text})
+    return blocks
+
+
+def _as_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
 
 
 def error_event(data: Any, provider: str, key: str | None) -> ProviderError:

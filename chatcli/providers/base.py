@@ -123,6 +123,8 @@ class BaseProvider:
     supports_gpt_35_turbo: ClassVar[bool] = False
     supports_gpt_4: ClassVar[bool] = False
     supports_images: ClassVar[bool] = False
+    #: The biggest image it takes, in bytes as sent (base64-encoded); ``None``: no known limit.
+    max_image_bytes: ClassVar[int | None] = None
     supports_tools: ClassVar[bool] = False
     #: Asks its service for the models it offers; otherwise :attr:`models` is the list.
     lists_models: ClassVar[bool] = False

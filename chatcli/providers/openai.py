@@ -37,6 +37,7 @@ from chatcli.core import (
     ChatRequest,
     Event,
     Finish,
+    ImagePart,
     OptionSpec,
     ReasoningDelta,
     TextDelta,
@@ -155,6 +156,10 @@ class OpenAICompatible(AsyncGeneratorProvider):
     supports_stream = True
     supports_system_message = True
     supports_message_history = True
+    # The protocol carries images; whether the model reads them is the service's to say.
+    supports_images = True
+    #: OpenAI takes images up to 20 MB each (as sent, in a data URL).
+    max_image_bytes = 20 * 1024 * 1024
     lists_models = True
     # Any other option goes to the service as a body field: each service has its own.
     open_options = True
@@ -301,7 +306,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
         check_messages(request.messages, self.name)
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": request.plain_messages(),
+            "messages": wire_messages(request),
             "stream": request.stream,
         }
         if request.temperature is not None:
@@ -439,6 +444,25 @@ class OpenAICompatible(AsyncGeneratorProvider):
         reason = choice.get("finish_reason") if isinstance(choice, dict) else None
         events.append(finish_from(str(reason) if reason else None))
         return events
+
+
+def wire_messages(request: ChatRequest) -> list[dict[str, Any]]:
+    """The conversation as the protocol takes it: a message of text alone has its text as
+    ``content`` (as it always had); one with images has a list of content parts, each image an
+    ``image_url`` part holding a ``data:`` URL, in the message's order, then its text part."""
+    wire: list[dict[str, Any]] = []
+    for message in request.messages:
+        if not message.images:
+            wire.append({"role": message.role, "content": message.content})
+            continue
+        parts: list[dict[str, Any]] = []
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                parts.append({"type": "image_url", "image_url": {"url": part.data_url()}})
+            elif part.text:
+                parts.append({"type": "text", "text": part.text})
+        wire.append({"role": message.role, "content": parts})
+    return wire
 
 
 async def _each(events: list[Event]) -> AsyncIterator[Event]:

@@ -445,3 +445,68 @@ class FakeAnthropic(FakeService):
             kind in allowed or kind not in FOLLOWS,
             f"the fake's stream is out of order: {kind} after {last or 'nothing'}",
         )
+
+
+# -- images ------------------------------------------------------------------------------------
+
+#: The media types an ``image`` block may carry, and the most base64 the API takes for one.
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+MAX_IMAGE_BASE64 = 5 * 1024 * 1024
+
+
+def block_problems(block: Any) -> list[str]:
+    """What is wrong with one content block of a user turn (text or a base64 image)."""
+    import base64
+    import binascii
+
+    if not isinstance(block, dict):
+        return [f"a content block is not an object: {block!r}"]
+    if block.get("type") == "text":
+        text = block.get("text")
+        ok = set(block) == {"type", "text"} and isinstance(text, str) and text.strip()
+        return [] if ok else [f"malformed text block: {block!r}"]
+    if block.get("type") != "image" or set(block) != {"type", "source"}:
+        return [f"unknown content block: {str(block)[:200]}"]
+    source = block["source"]
+    if isinstance(source, dict) and source.get("type") == "url":
+        url = source.get("url")
+        web_address = isinstance(url, str) and url.startswith(("http://", "https://"))
+        return [] if set(source) == {"type", "url"} and web_address else [f"bad url: {source!r}"]
+    if not isinstance(source, dict) or set(source) != {"type", "media_type", "data"}:
+        return [f"malformed image source: {str(source)[:200]}"]
+    if source["type"] != "base64":
+        return [f"image source type {source['type']!r} is not base64"]
+    if source["media_type"] not in IMAGE_TYPES:
+        return [f"unsupported media_type {source['media_type']!r}"]
+    data = source["data"]
+    if not isinstance(data, str) or len(data) > MAX_IMAGE_BASE64:
+        return ["image data is not text, or over 5 MB"]
+    try:
+        base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return [f"image data is not base64: {data[:40]!r}"]
+    return []
+
+
+class FakeVisionAnthropic(FakeAnthropic):
+    """:class:`FakeAnthropic` that also takes user turns whose content is a list of blocks
+    (text and base64 images), each block checked as the API checks it."""
+
+    @staticmethod
+    def _message_problems(messages: Any) -> list[str]:
+        if not isinstance(messages, list):
+            return FakeAnthropic._message_problems(messages)
+        problems: list[str] = []
+        plain = []
+        for message in messages:
+            if isinstance(message, dict) and isinstance(message.get("content"), list):
+                blocks = message["content"]
+                if not blocks:
+                    problems.append(f"empty content blocks: {message!r}")
+                for block in blocks:
+                    problems += block_problems(block)
+                if message.get("role") != "user":
+                    problems.append(f"image blocks in a {message.get('role')!r} turn")
+                message = {**message, "content": "(blocks)"}
+            plain.append(message)
+        return problems + FakeAnthropic._message_problems(plain)
