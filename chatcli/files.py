@@ -5,6 +5,12 @@ extension. A directory in a git work tree is listed by git itself (``git ls-file
 ``.gitignore`` files and ``.git/info/exclude`` apply exactly as for git); elsewhere it is walked
 without following links, leaving hidden entries out. Binary files, files over the per-file
 limit and what would pass the total limit are skipped, and each skip is reported with why.
+
+An ``http://`` or ``https://`` spec is a web page, fetched and made readable by
+:mod:`chatcli.pages` (its source is the URL as fetched, after redirects): one that cannot be
+fetched is an error, one whose text is over the per-file limit is skipped as a file would be.
+A PDF, local or fetched, is read when the ``pdf`` extra is installed, else skipped (a file) or
+refused (a URL) with the command that installs it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from chatcli.errors import UsageError
+from chatcli.pages import fetch_pages, is_url
 
 #: Largest file read whole, and largest total of all files (bytes); ``--max-file-size`` and
 #: ``--max-context`` raise them.
@@ -102,11 +109,19 @@ def gather(
     env: Mapping[str, str] | None = None,
     max_file: int = MAX_FILE,
     max_total: int = MAX_TOTAL,
+    proxy: str | None = None,
+    configured_proxy: str | None = None,
+    timeout: float | None = None,
 ) -> Gathered:
-    """The items ``specs`` name, in order: files, directories, globs, or ``-`` for stdin.
+    """The items ``specs`` name, in order: files, directories, globs, ``-`` for stdin, or
+    http(s) URLs.
 
-    A spec that names nothing is a usage error; files left out (binary, too big, over the
-    total) are listed in :attr:`Gathered.skipped`.
+    A spec that names nothing is a usage error, and so is a URL that cannot be fetched (an
+    HTTP error, a refused content type: a :class:`~chatcli.errors.ProviderError` or
+    :class:`UsageError`); files and pages left out (binary, too big, over the total) are listed
+    in :attr:`Gathered.skipped`. URLs are fetched through ``proxy`` (``--proxy``), else
+    ``configured_proxy`` (the config's), else the ``*_PROXY`` variables of ``env``, with
+    ``timeout`` (``--timeout``) or the default timeouts.
     """
     env = env if env is not None else {}
     gathered = Gathered()
@@ -118,6 +133,26 @@ def gather(
                 raise UsageError("-f -: stdin is a terminal, or was already read")
             gathered.items.append(Item("(stdin)", stdin))
             total += gathered.items[-1].size
+            continue
+        if is_url(spec):
+            if spec in seen:
+                continue
+            seen.add(spec)
+            (page,) = fetch_pages(
+                [spec],
+                env=env,
+                max_file=max_file,
+                proxy=proxy,
+                configured_proxy=configured_proxy,
+                timeout=timeout,
+            )
+            if page.text is None:
+                gathered.skipped.append((page.source, page.why))
+            elif total + len(page.text.encode("utf-8", "surrogatepass")) > max_total:
+                gathered.skipped.append((page.source, f"over the total of {_kib(max_total)}"))
+            else:
+                gathered.items.append(Item(page.source, page.text, page.language))
+                total += gathered.items[-1].size
             continue
         for path in _expand(_home(spec, env), env):
             key = os.path.realpath(path)
@@ -208,6 +243,8 @@ def _read(path: str, max_file: int) -> tuple[Item | None, str]:
         return None, exc.strerror or "cannot be read"
     if not stat.S_ISREG(info.st_mode):
         return None, "not a regular file"
+    if path.lower().endswith(".pdf"):
+        return _read_pdf(path, info.st_size, max_file)
     if info.st_size > max_file:
         return None, f"{_kib(info.st_size)}, over the per-file {_kib(max_file)}"
     try:
@@ -222,6 +259,28 @@ def _read(path: str, max_file: int) -> tuple[Item | None, str]:
     except UnicodeDecodeError:
         return None, "binary (not UTF-8 text)"
     return Item(path, text, language_of(path)), ""
+
+
+def _read_pdf(path: str, size: int, max_file: int) -> tuple[Item | None, str]:
+    """A PDF's text (the ``pdf`` extra), or ``None`` and why."""
+    from chatcli.pages import PDF_FACTOR, pdf_available, pdf_text
+
+    if not pdf_available():
+        from chatcli import install_hint
+
+        return None, f"a PDF; to read it: {install_hint('pdf')}"
+    if size > max_file * PDF_FACTOR:
+        return None, f"a PDF of {_kib(size)}, over the {_kib(max_file * PDF_FACTOR)} read"
+    try:
+        with open(path, "rb") as handle:
+            text = pdf_text(handle.read(max_file * PDF_FACTOR + 1), path)
+    except OSError as exc:
+        return None, exc.strerror or "cannot be read"
+    except UsageError:
+        return None, "not a readable PDF"
+    if len(text.encode("utf-8", "surrogatepass")) > max_file:
+        return None, f"its text is over the per-file {_kib(max_file)}"
+    return Item(path, text), ""
 
 
 def _kib(size: int) -> str:

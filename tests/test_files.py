@@ -139,3 +139,33 @@ def test_the_real_binary_takes_a_directory_and_stdin(fake: FakeOpenAI, isolated:
     message = sent(fake)
     assert message.index("b.md") < message.index("c.rs") < message.index("(stdin)")
     assert "(stdin)\n```\nfrom a pipe\n```\n\ncompare" in message
+
+
+def test_urls_mix_with_files_in_order_and_dry_run_fetches_but_sends_nothing(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    from aiohttp import web
+
+    from tests.servers import AppServer
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text="from the web\n", content_type="text/plain")
+
+    app = web.Application()
+    app.router.add_get("/notes", page)
+    path = isolated.root / "a.py"
+    path.write_text("print(1)\n")
+    with AppServer(app) as server:
+        url = f"{server.url}/notes"
+        gathered = gather([url, str(path), url], env=isolated.env)
+        # The URL is fetched once (named twice), its item in its place.
+        assert [(i.source, i.language) for i in gathered.items] == [
+            (url, ""),
+            (str(path), "python"),
+        ]
+        plan = run([*ask(fake, "--dry-run", "--json", "-f", url, "explain")], isolated)
+    assert plan.returncode == 0, plan.stderr
+    data = json.loads(plan.stdout)
+    assert data["context"] == [{"source": url, "bytes": 13, "tokens": 4}]
+    assert data["messages"][-1]["content"] == f"{url}\n```\nfrom the web\n```\n\nexplain"
+    assert not fake.requests
