@@ -135,13 +135,22 @@ def ask(
             "-f",
             "--file",
             metavar="PATH",
-            help="Context: a file, a directory (git's ignores apply), a glob, or - for stdin.",
+            help="Context: a file, a directory (git's ignores apply), a glob, a URL, or -.",
         ),
     ] = None,
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Show what would be sent, and send nothing."),
     ] = False,
+    attach: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-a",
+            "--attach",
+            metavar="IMAGE",
+            help="An image to send with the question (PNG, JPEG, WebP or GIF); repeatable.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
@@ -154,7 +163,14 @@ def ask(
         if files:
             from chatcli.files import gather
 
-            context = gather(files, stdin=piped, env=ctx.env)
+            context = gather(
+                files,
+                stdin=piped,
+                env=ctx.env,
+                proxy=chat.proxy,  # pages come through the proxy the model's request would use
+                configured_proxy=ctx.settings.proxy,
+                timeout=chat.timeout if chat.timeout is not None else ctx.settings.timeout,
+            )
             if "-" in files:
                 piped = None  # stdin is one of the items
             if context.skipped:
@@ -169,8 +185,9 @@ def ask(
 
         conversation = open_conversation(ctx, chat, notice=lambda text: say(ctx, text))
         conversation.saves_later = False  # one question: what is not saved now never will be
+        images = _attached(conversation, attach or [])
         if dry_run:
-            _show_dry_run(ctx, conversation, message, context, json_out)
+            _show_dry_run(ctx, conversation, message, context, json_out, images)
             return
         renderer = choose(
             ctx.stdout,
@@ -183,7 +200,7 @@ def ask(
         )
         try:
             with log_handler.held(renderer.live):
-                run_async(conversation.send(message, renderer))
+                run_async(conversation.send(message, renderer, images=images))
         except (ProviderError, KeyboardInterrupt, Terminated):
             turn = conversation.last_turn
             if json_out and turn is not None and turn.pieces:
@@ -206,19 +223,47 @@ def repl(
     raw: RawOpt = False,
     markdown: MarkdownOpt = False,
     reasoning: ReasoningOpt = None,
+    files: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-f",
+            "--file",
+            metavar="PATH",
+            help="Context for your first message: a file, a directory, a glob, a URL.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Chat interactively: Enter sends, Ctrl-C stops an answer, /help lists commands."""
+    """Chat interactively: Enter sends, Ctrl-C stops an answer, /help lists commands.
+
+    Piped stdin (git diff | chatcli repl) becomes context for the first message, and the keys
+    are read from the terminal itself.
+    """
 
     ctx = AppContext.current()
     log_handler = setup_logging(ctx, verbose)
     with boundary(ctx, verbose=verbose):
-        if not (ctx.stdin_isatty and ctx.stdout_isatty):
+        if not ctx.stdout_isatty:
             raise UsageError("chatcli repl needs a terminal; in pipes and scripts use chatcli ask")
+        keys = None
+        piped = None
+        if not ctx.stdin_isatty:
+            piped = read_piped_stdin(ctx)
+            keys = _terminal_input()
         from chatcli.chat import open_conversation
+        from chatcli.files import Gathered, Item, gather
         from chatcli.render import choose
         from chatcli.repl import Repl, history_file
 
+        gathered = gather(
+            files or [],
+            env=ctx.env,
+            proxy=chat.proxy,
+            configured_proxy=ctx.settings.proxy,
+            timeout=chat.timeout if chat.timeout is not None else ctx.settings.timeout,
+        )
+        if piped and piped.strip():
+            gathered.items.insert(0, Item("(stdin)", piped))
         conversation = open_conversation(ctx, chat)
         loop = Repl(
             conversation,
@@ -235,20 +280,71 @@ def repl(
             history_path=history_file(ctx.paths.state_dir),
             hold_logs=log_handler.held,
             editor=ctx.env.get("VISUAL") or ctx.env.get("EDITOR") or None,
+            input=keys,
         )
         loop.reasoning = reasoning or ctx.settings.reasoning or "collapse"
         loop.prices = ctx.settings.providers
+        loop.env = ctx.env
+        if gathered.items or gathered.skipped:
+            loop.add_context(Gathered(gathered.items, gathered.skipped))
         run_async(loop.run())
 
 
+def _terminal_input() -> Any:
+    """The keys of the terminal chatcli runs on, when stdin is a pipe (git diff | chatcli repl)."""
+    from prompt_toolkit.input import create_input
+
+    try:
+        tty = open("/dev/tty")  # noqa: SIM115 (prompt_toolkit reads it for the whole REPL)
+    except OSError:
+        raise UsageError(
+            "chatcli repl needs a terminal to read keys from; in pipes and scripts use chatcli ask"
+        ) from None
+    return create_input(tty)
+
+
+def _attached(conversation: Any, paths: list[str]) -> list[Any]:
+    """The images of ``-a``, read, recognised and made fit for the providers that may answer
+    (refused, one line, where one takes no images or they are too big)."""
+    if not paths:
+        return []
+    from chatcli.errors import ChatcliError
+    from chatcli.images import fit, load_image
+
+    images = [load_image(path) for path in paths]
+    classes = []
+    for name in [conversation.provider, *conversation.defaults.fallback]:
+        try:
+            classes.append(conversation.registry.get(name))
+        except ChatcliError:
+            continue  # an unknown name is said when the turn starts
+    return fit(images, classes)
+
+
 def _show_dry_run(
-    ctx: AppContext, conversation: Any, message: str, context: Any, json_out: bool
+    ctx: AppContext,
+    conversation: Any,
+    message: str,
+    context: Any,
+    json_out: bool,
+    images: list[Any] | None = None,
 ) -> None:
     """What ``ask`` would send, with sizes and token estimates; nothing is sent or stored."""
+    images = images or []
+    if images:
+        from chatcli.images import describe, with_notes
+
+        message = with_notes(message, images)
     messages = [m.as_dict() for m in conversation.messages(message)]
     items = [
         {"source": item.source, "bytes": item.size, "tokens": item.tokens}
         for item in (context.items if context else [])
+    ]
+    attached = [
+        {"url": image.url}
+        if image.url
+        else {"name": image.name, "media_type": image.media_type, "bytes": image.size}
+        for image in images
     ]
     size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in messages)
     plan = {
@@ -256,6 +352,7 @@ def _show_dry_run(
         "model": conversation.model,
         "messages": messages,
         "context": items,
+        **({"images": attached} if attached else {}),
         "bytes": size,
         "tokens": -(-size // 4),
         "tokens_estimated": True,
@@ -268,6 +365,8 @@ def _show_dry_run(
     for item in items:
         source, size_of, tokens = item["source"], item["bytes"], item["tokens"]
         out.write(f"context: {source}  {size_of:,} bytes  ~{tokens:,} tokens\n")
+    for image in images:
+        out.write(f"image: {describe(image)}\n")
     out.write(f"in all: {len(messages)} message(s), {size:,} bytes, ~{plan['tokens']:,} tokens\n")
     for entry in messages:
         out.write(f"\n--- {entry['role']} ---\n{entry['content'].rstrip()}\n")

@@ -37,11 +37,15 @@ class AnsweringScreen(pyte.Screen):
 class Terminal:
     """chatcli running on a pty; what it draws is kept on a pyte screen."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], *, shell: str | None = None) -> None:
+        """chatcli ``args`` on a new pseudo-terminal; ``shell``: a sh command line instead
+        (a pipeline into chatcli, say), with the terminal as its controlling one."""
         self.screen = AnsweringScreen(COLUMNS, ROWS)
         self.stream = pyte.ByteStream(self.screen)
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
+            if shell is not None:
+                os.execve("/bin/sh", ["/bin/sh", "-c", shell], env)
             os.execve(str(CHATCLI), [str(CHATCLI), *args], env)
         self.screen.fd = self.fd
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLUMNS, 0, 0))
@@ -207,3 +211,25 @@ def test_sigterm_or_sighup_during_an_answer_keeps_the_part_shown(
     assert saved == [("user", "tell me", "complete"), ("assistant", "Hello", "interrupted")]
     # The answer was ended on screen as for Ctrl-C: the cursor it hid is shown again.
     assert b"\x1b[?25h" in terminal.raw[terminal.raw.rindex(b"Hello") :]
+
+
+def test_piped_text_becomes_context_and_the_keys_come_from_the_terminal(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    # git diff | chatcli repl: stdin is the pipe, the REPL reads keys from /dev/tty.
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    command = (
+        f"printf 'the diff\\n' | exec {CHATCLI} repl -p ollama -m m --base-url {fake.base_url}"
+    )
+    terminal = Terminal([], env, shell=command)
+    try:
+        terminal.wait_for("+ (stdin) (9 bytes, ~3 tokens)")
+        terminal.wait_prompt()
+        terminal.type("explain\r")
+        terminal.wait_for("Hello, world!")
+        terminal.type("\x04")
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    content = fake.requests[-1].body["messages"][-1]["content"]
+    assert content == "(stdin)\n```\nthe diff\n```\n\nexplain"
