@@ -73,13 +73,15 @@ def _root(
 # -- ask ----------------------------------------------------------------------------------------
 
 
-def compose_message(prompt: str, piped: str | None, context: str | None = None) -> str:
-    """The user message: the ``-f`` context, piped text, then the prompt, a blank line apart
-    (any may be absent, not all)."""
-    parts = [part for part in (context, piped) if part and part.strip()]
+def compose_message(prompt: str, piped: str | None, *, allow_empty: bool = False) -> str:
+    """The user's text: piped text, then the prompt, a blank line apart (either may be
+    absent; both only when ``-f`` items carry the question: ``allow_empty``)."""
+    parts = [part for part in (piped,) if part and part.strip()]
     if prompt.strip():
         parts.append(prompt)
     if not parts:
+        if allow_empty:
+            return ""
         raise UsageError("no prompt: give one as an argument or pipe text in (chatcli ask --help)")
     # Each part but the last ends where the blank line starts; the last is kept as it came.
     return "\n\n".join([*(part.rstrip("\r\n") for part in parts[:-1]), parts[-1]])
@@ -176,9 +178,8 @@ def ask(
             if context.skipped:
                 left = ", ".join(f"{path} ({why})" for path, why in context.skipped)
                 say(ctx, f"left out: {left}")
-        message = compose_message(
-            " ".join(prompt or []), piped, context.text() if context and context.items else None
-        )
+        items = context.items if context else []
+        message = compose_message(" ".join(prompt or []), piped, allow_empty=bool(items))
         from chatcli.chat import open_conversation
         from chatcli.render import choose
         from chatcli.turn import CUT
@@ -200,7 +201,7 @@ def ask(
         )
         try:
             with log_handler.held(renderer.live):
-                run_async(conversation.send(message, renderer, images=images))
+                run_async(conversation.send(message, renderer, images=images, context=items))
         except (ProviderError, KeyboardInterrupt, Terminated):
             turn = conversation.last_turn
             if json_out and turn is not None and turn.pieces:
@@ -335,7 +336,8 @@ def _show_dry_run(
         from chatcli.images import describe, with_notes
 
         message = with_notes(message, images)
-    messages = [m.as_dict() for m in conversation.messages(message)]
+    carried = context.items if context else []
+    messages = [m.as_dict() for m in conversation.messages(message, context=carried)]
     items = [
         {"source": item.source, "bytes": item.size, "tokens": item.tokens}
         for item in (context.items if context else [])

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from chatcli.core import ChatMessage, Event, ImagePart, Message
 from chatcli.errors import ChatcliError, StorageError, UsageError
+from chatcli.files import Item
 from chatcli.providers import Registry
 from chatcli.render import Renderer
 from chatcli.store.sessions import Session, SessionStore, Status, check_session_name
@@ -47,6 +48,15 @@ class _Entry:
     first_token: float | None = None
     #: For a question asked with images in this process: them (a session keeps only notes).
     images: tuple[ImagePart, ...] = ()
+    #: For a question: the context items it carries (files, pages, piped text), sent before
+    #: its text and kept once each in the session.
+    context: tuple[Item, ...] = ()
+
+    @property
+    def sent(self) -> str:
+        """The text the model gets: the context items, each fenced under its source, then
+        the message's own text."""
+        return with_context(self.content, self.context)
 
 
 class Conversation:
@@ -161,6 +171,7 @@ class Conversation:
                 output_tokens=m.output_tokens,
                 estimated=m.usage_estimated,
                 first_token=m.first_token,
+                context=m.context,
             )
             for m in self.store.messages(session.id)
         ]
@@ -267,7 +278,10 @@ class Conversation:
         return self.session
 
     def messages(
-        self, user_text: str | None = None, images: Sequence[ImagePart] = ()
+        self,
+        user_text: str | None = None,
+        images: Sequence[ImagePart] = (),
+        context: Sequence[Item] = (),
     ) -> tuple[ChatMessage, ...]:
         """What the provider receives: system prompt, history, and the new message (with
         ``images``, when given). A question asked with images in this process carries them
@@ -287,14 +301,15 @@ class Conversation:
             if entry.role == "user" and not answered and index != last:
                 continue
             if entry.images:
-                messages.append(ChatMessage.with_images(entry.role, entry.content, entry.images))
+                messages.append(ChatMessage.with_images(entry.role, entry.sent, entry.images))
             else:
-                messages.append(ChatMessage.text(entry.role, entry.content))
+                messages.append(ChatMessage.text(entry.role, entry.sent))
         if user_text is not None:
+            text = with_context(user_text, context)
             if images:
-                messages.append(ChatMessage.with_images("user", user_text, images))
+                messages.append(ChatMessage.with_images("user", text, images))
             else:
-                messages.append(ChatMessage.text("user", user_text))
+                messages.append(ChatMessage.text("user", text))
         return tuple(messages)
 
     def unanswered(self) -> int:
@@ -317,15 +332,18 @@ class Conversation:
         turn: Turn | None = None,
         on_event: Callable[[Event], None] | None = None,
         images: Sequence[ImagePart] = (),
+        context: Sequence[Item] = (),
     ) -> Turn:
         """Ask ``text``; the answer streams into ``renderer`` (and its events to ``on_event``)
         and is kept whatever happens. ``images`` go with it; the session keeps the text and a
-        note of each (``[image: cat.png, 123 KB]``), which is also the text sent with them."""
+        note of each (``[image: cat.png, 123 KB]``), which is also the text sent with them.
+        ``context`` items go before the text, fenced under their sources; the session keeps
+        each once, by its content, and the question names them."""
         if images:
             from chatcli.images import with_notes
 
             text = with_notes(text, images)
-        request = replace(self.defaults, messages=self.messages(text, images))
+        request = replace(self.defaults, messages=self.messages(text, images, context))
         preflight(request, self.registry)  # a request that cannot leave stores nothing
         skipped = self.unanswered()
         if skipped > self._unanswered_told:  # said once per new unanswered question
@@ -337,7 +355,14 @@ class Conversation:
                 extra={"notice": True},
             )
         self._entries.append(
-            _Entry("user", text, provider=self.provider, model=self.model, images=tuple(images))
+            _Entry(
+                "user",
+                text,
+                provider=self.provider,
+                model=self.model,
+                images=tuple(images),
+                context=tuple(context),
+            )
         )
         self._save_pending()
         return await self._answer(request, renderer, turn, on_event)
@@ -455,6 +480,7 @@ class Conversation:
                     output_tokens=entry.output_tokens,
                     usage_estimated=entry.estimated,
                     first_token=entry.first_token,
+                    context=entry.context,
                 )
         except StorageError as exc:
             unsaved = sum(1 for e in self._entries if e.id is None)
@@ -497,3 +523,10 @@ class Conversation:
                 reuse_name=True,  # another process may have just created it (ask -S NEW)
             )
             self.pending_name = None
+
+
+def with_context(text: str, context: Sequence[Item]) -> str:
+    """``text`` after the context items, each fenced under its source, a blank line apart."""
+    if not context:
+        return text
+    return "\n\n".join([*(item.block() for item in context), *([text] if text else [])])

@@ -334,11 +334,9 @@ class Repl:
             return
         if text.startswith("//"):
             text = text[1:]  # "//etc" sends "/etc"
-        if self.context:
-            # The waiting items go first, each fenced under its path, as with ask -f.
-            text = "\n\n".join([*(item.block() for item in self.context), text])
+        waiting = tuple(self.context)  # sent first, each fenced under its path, as with ask -f
         before = len(self.conversation.history)
-        await self.answer(lambda renderer: self.conversation.send(text, renderer))
+        await self.answer(lambda renderer: self.conversation.send(text, renderer, context=waiting))
         if len(self.conversation.history) > before:
             self.context = []  # sent (and kept in the conversation)
 
@@ -523,7 +521,7 @@ class Repl:
         if conversation.store is None or conversation.session is None:
             raise UsageError("nothing saved to export yet")
         session = conversation.store.get(conversation.session.id)
-        text = to_markdown(session, conversation.store.messages(session.id))
+        text = to_markdown(session, conversation.store.messages(session.id), context=True)
         path = Path(argument).expanduser()
         write_user_file(path, text.encode())
         self.say(f"wrote {path}")

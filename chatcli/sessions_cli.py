@@ -268,7 +268,7 @@ def export(
         session = store.find(ref)
         messages = store.messages(session.id)
         if chosen == "md":
-            text = to_markdown(session, messages)
+            text = to_markdown(session, messages, context=True)  # an export holds it all
         else:
             text = json.dumps(to_json(session, messages), indent=2, ensure_ascii=False) + "\n"
         if path is None:

@@ -57,10 +57,15 @@ def about(message: StoredMessage) -> str:
 
 
 def to_markdown(
-    session: Session, messages: Sequence[StoredMessage], *, reasoning: bool = False
+    session: Session,
+    messages: Sequence[StoredMessage],
+    *,
+    reasoning: bool = False,
+    context: bool = False,
 ) -> str:
     """The session as Markdown; an answer's reasoning is one line, or whole with
-    ``reasoning``."""
+    ``reasoning``; a question's context items are listed, or given whole (fenced under their
+    sources) with ``context``."""
     lines = [f"# {session.label}", ""]
     details = [f"session {session.id}", f"started {when(session.created_at)}"]
     if session.name and session.title:
@@ -73,6 +78,11 @@ def to_markdown(
         facts = about(message) if message.role == "assistant" else ""
         if facts:
             lines += [f"_{facts}_", ""]
+        if message.context and context:
+            lines += [item.block() + "\n" for item in message.context]
+        elif message.context:
+            listed = ", ".join(f"{i.source} ({i.size:,} bytes)" for i in message.context)
+            lines += [f"_context: {listed}_", ""]
         if reasoning and message.reasoning:
             quoted = "\n".join(f"> {line}" for line in message.reasoning.rstrip("\n").splitlines())
             lines += ["**Thinking:**", "", quoted, ""]
@@ -105,6 +115,10 @@ def message_dict(message: StoredMessage) -> dict[str, Any]:
         "status": message.status,
         "error": message.error,
         "reasoning": message.reasoning,
+        "context": [
+            {"source": item.source, "language": item.language, "content": item.text}
+            for item in message.context
+        ],
         "usage": {
             "input_tokens": message.input_tokens,
             "output_tokens": message.output_tokens,

@@ -169,3 +169,36 @@ def test_urls_mix_with_files_in_order_and_dry_run_fetches_but_sends_nothing(
     assert data["context"] == [{"source": url, "bytes": 13, "tokens": 4}]
     assert data["messages"][-1]["content"] == f"{url}\n```\nfrom the web\n```\n\nexplain"
     assert not fake.requests
+
+
+def test_context_is_kept_once_carried_on_listed_and_exported_whole(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    import sqlite3
+
+    (isolated.root / "notes.md").write_text("# Notes\nremember this\n")
+    for session in ("one", "two"):  # the same file given in two sessions
+        assert (
+            run([*ask(fake, "-S", session, "-f", "notes.md", "summarise")], isolated).returncode
+            == 0
+        )
+    db = sqlite3.connect(isolated.chatcli_home / "data" / "sessions.db")
+    assert db.execute("SELECT COUNT(*) FROM context").fetchone()[0] == 1  # stored once
+    assert db.execute("SELECT COUNT(*) FROM message_context").fetchone()[0] == 2
+    stored = db.execute("SELECT content FROM messages WHERE role = 'user'").fetchall()
+    db.close()
+    assert stored == [("summarise",), ("summarise",)]  # the question's own text only
+    # -S carries it on: the next question's history holds the file, fenced, as first sent.
+    assert run([*ask(fake, "-S", "one", "and then?")], isolated).returncode == 0
+    history = [m["content"] for m in fake.requests[-1].body["messages"]]
+    assert history[0] == "notes.md\n```markdown\n# Notes\nremember this\n```\n\nsummarise"
+    assert history[-1] == "and then?"
+    # sessions show lists it; an export holds it whole (Markdown fenced, JSON in full).
+    shown = run(["sessions", "show", "one"], isolated).stdout
+    assert "_context: notes.md (22 bytes)_" in shown and "remember this" not in shown
+    exported = run(["sessions", "export", "one", "-o", "-"], isolated).stdout
+    assert "notes.md\n```markdown\n# Notes\nremember this\n```" in exported
+    data = json.loads(run(["sessions", "show", "one", "--json"], isolated).stdout)
+    assert data["messages"][0]["context"] == [
+        {"source": "notes.md", "language": "markdown", "content": "# Notes\nremember this\n"}
+    ]

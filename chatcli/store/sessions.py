@@ -19,6 +19,7 @@ Messages record role, text, provider, model, time, duration and status (``comple
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -33,6 +34,7 @@ from typing import Any, Final, Literal
 from urllib.parse import quote
 
 from chatcli.errors import StorageError, UsageError
+from chatcli.files import Item
 from chatcli.store.files import (
     FILE_MODE,
     UNWRITABLE_ERRNOS,
@@ -148,6 +150,24 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE messages ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE messages ADD COLUMN first_token REAL;
     """,
+    # 5: context items (-f files, pages, piped text) are kept once, by their content's hash
+    # (the same file given in ten sessions is one row), and each question names the items it
+    # carried, in order.
+    """
+    CREATE TABLE context (
+        hash        TEXT PRIMARY KEY,
+        source      TEXT NOT NULL,
+        language    TEXT NOT NULL DEFAULT '',
+        content     TEXT NOT NULL
+    );
+    CREATE TABLE message_context (
+        message_id  INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        position    INTEGER NOT NULL,
+        hash        TEXT NOT NULL REFERENCES context(hash),
+        PRIMARY KEY (message_id, position)
+    );
+    CREATE INDEX message_context_by_hash ON message_context (hash);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -193,6 +213,8 @@ class StoredMessage:
     usage_estimated: bool = False
     #: Seconds from the request to the answer's first piece.
     first_token: float | None = None
+    #: For a question: the context items it carried (files, pages, piped text), in order.
+    context: tuple[Item, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,6 +673,7 @@ class SessionStore:
         output_tokens: int | None = None,
         usage_estimated: bool = False,
         first_token: float | None = None,
+        context: Sequence[Item] = (),
     ) -> int:
         """Append a message and touch its session, in one transaction. Returns the message id.
 
@@ -670,6 +693,17 @@ class SessionStore:
                  reply_to if answer else None, reasoning or None, input_tokens, output_tokens,
                  int(usage_estimated), first_token),
             )  # fmt: skip
+            for position, item in enumerate(context):
+                digest = context_hash(item)
+                db.execute(
+                    "INSERT OR IGNORE INTO context (hash, source, language, content)"
+                    " VALUES (?, ?, ?, ?)",
+                    (digest, item.source, item.language, item.text),
+                )
+                db.execute(
+                    "INSERT INTO message_context (message_id, position, hash) VALUES (?, ?, ?)",
+                    (cursor.lastrowid, position, digest),
+                )
             title = make_title(content) if role == "user" else ""
             db.execute(
                 "UPDATE sessions SET updated_at = ?,"
@@ -690,7 +724,21 @@ class SessionStore:
         rows = self._read(
             f"SELECT * FROM messages WHERE session_id = ? ORDER BY {order}", (session_id,)
         )
-        return [_message(row) for row in rows]
+        carried: dict[int, list[Item]] = {}
+        if self._has_context():
+            for row in self._read(
+                "SELECT mc.message_id, c.source, c.language, c.content FROM message_context mc"
+                " JOIN context c ON c.hash = mc.hash JOIN messages m ON m.id = mc.message_id"
+                " WHERE m.session_id = ? ORDER BY mc.message_id, mc.position",
+                (session_id,),
+            ):
+                carried.setdefault(row[0], []).append(Item(row[1], row[3], row[2]))
+        return [_message(row, tuple(carried.get(row["id"], ()))) for row in rows]
+
+    def _has_context(self) -> bool:
+        """Whether the database keeps context items (an old snapshot read as it is may not)."""
+        found = self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'context'")
+        return bool(found)
 
     def delete_messages(self, message_ids: Iterable[int]) -> None:
         with self._write() as db:
@@ -775,7 +823,15 @@ def _session(row: sqlite3.Row) -> Session:
     )
 
 
-def _message(row: sqlite3.Row) -> StoredMessage:
+def context_hash(item: Item) -> str:
+    """What a context item is kept under: its source, language and text, hashed together."""
+    digest = hashlib.sha256()
+    for part in (item.source, item.language, item.text):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()
+
+
+def _message(row: sqlite3.Row, context: tuple[Item, ...] = ()) -> StoredMessage:
     present = row.keys()
     later: dict[str, Any] = {key: row[key] for key in _LATER_COLUMNS if key in present}
     if "usage_estimated" in later:
@@ -791,6 +847,7 @@ def _message(row: sqlite3.Row) -> StoredMessage:
         duration=row["duration"],
         status=row["status"],
         error=row["error"],
+        context=context,
         **later,
     )
 
