@@ -172,6 +172,8 @@ def ask(
                 proxy=chat.proxy,  # pages come through the proxy the model's request would use
                 configured_proxy=ctx.settings.proxy,
                 timeout=chat.timeout if chat.timeout is not None else ctx.settings.timeout,
+                max_file=_limits(ctx)[0],
+                max_total=_limits(ctx)[1],
             )
             if "-" in files:
                 piped = None  # stdin is one of the items
@@ -262,6 +264,8 @@ def repl(
             proxy=chat.proxy,
             configured_proxy=ctx.settings.proxy,
             timeout=chat.timeout if chat.timeout is not None else ctx.settings.timeout,
+            max_file=_limits(ctx)[0],
+            max_total=_limits(ctx)[1],
         )
         if piped and piped.strip():
             gathered.items.insert(0, Item("(stdin)", piped))
@@ -286,9 +290,17 @@ def repl(
         loop.reasoning = reasoning or ctx.settings.reasoning or "collapse"
         loop.prices = ctx.settings.providers
         loop.env = ctx.env
+        loop.max_file, loop.max_total = _limits(ctx)
         if gathered.items or gathered.skipped:
             loop.add_context(Gathered(gathered.items, gathered.skipped))
         run_async(loop.run())
+
+
+def _limits(ctx: AppContext) -> tuple[int, int]:
+    """The -f limits (per file, in all), in bytes: config.toml's, else the built-in ones."""
+    from chatcli.files import MAX_FILE, MAX_TOTAL
+
+    return ctx.settings.max_file or MAX_FILE, ctx.settings.max_context or MAX_TOTAL
 
 
 def _terminal_input() -> Any:

@@ -75,6 +75,9 @@ _TOP_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "retries": (int,),
     # How a reasoning model's thinking shows on a terminal: show, collapse or hide.
     "reasoning": (str,),
+    # The limits of -f context, in KiB: per file, and all items together.
+    "max_file_kib": (int,),
+    "max_context_kib": (int,),
     "fallback": (list,),
     "providers": (dict,),
     "cookies": (dict,),
@@ -174,6 +177,9 @@ class Settings:
     retries: int | None = None
     #: ``show``, ``collapse`` or ``hide`` (``--reasoning`` wins).
     reasoning: str | None = None
+    #: ``-f`` limits in bytes (``None``: the built-in ones).
+    max_file: int | None = None
+    max_context: int | None = None
     #: Providers to try after the chosen one fails before any text.
     fallback: tuple[str, ...] = ()
     #: ``[providers.NAME]`` tables, validated.
@@ -352,6 +358,19 @@ def _validate(data: Mapping[str, Any], path: Path) -> None:
         raise ConfigError(f"{path}: cookies.profile needs cookies.from_browser too")
 
 
+#: The largest -f limit config.toml may set, in KiB (1 GiB: context beyond that is a mistake).
+MAX_CONTEXT_KIB: Final = 1024 * 1024
+
+
+def _kib_limit(data: Mapping[str, Any], key: str, path: Path) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not 1 <= value <= MAX_CONTEXT_KIB:
+        raise ConfigError(f"{path}: {key} must be 1 to {MAX_CONTEXT_KIB:,} (KiB)")
+    return int(value) * 1024
+
+
 def _check_price(price: Any, where: str) -> None:
     """``{ input = X, output = Y }``: dollars (or any currency) per million tokens."""
     if not isinstance(price, dict) or set(price) - {"input", "output"} or not price:
@@ -413,6 +432,8 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
         proxy=data.get("proxy"),
         retries=retries,
         reasoning=reasoning,
+        max_file=_kib_limit(data, "max_file_kib", paths.config_file),
+        max_context=_kib_limit(data, "max_context_kib", paths.config_file),
         fallback=tuple(fallback),
         providers=data.get("providers", {}),
         source=paths.config_file if data else None,

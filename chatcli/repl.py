@@ -194,6 +194,10 @@ class Repl:
         self.context: list[Item] = []
         #: The environment files are found in (``~``, git's PATH), from the context.
         self.env: Mapping[str, str] = {}
+        #: The -f limits, in bytes (config.toml's max_file_kib and max_context_kib).
+        from chatcli.files import MAX_FILE, MAX_TOTAL
+
+        self.max_file, self.max_total = MAX_FILE, MAX_TOTAL
         self.hold_logs = hold_logs or (lambda hold: contextlib.nullcontext())
         self.editor = editor
         self.running = True
@@ -476,7 +480,9 @@ class Repl:
     async def _cmd_file(self, argument: str) -> None:
         from chatcli.files import gather
 
-        self.add_context(gather([argument], env=self.env))
+        self.add_context(
+            gather([argument], env=self.env, max_file=self.max_file, max_total=self.max_total)
+        )
 
     async def _cmd_context(self, _: str) -> None:
         if not self.context:

@@ -202,3 +202,16 @@ def test_context_is_kept_once_carried_on_listed_and_exported_whole(
     assert data["messages"][0]["context"] == [
         {"source": "notes.md", "language": "markdown", "content": "# Notes\nremember this\n"}
     ]
+
+
+def test_config_raises_the_limits(fake: FakeOpenAI, isolated: Isolated) -> None:
+    (isolated.root / "big.txt").write_text("y" * 300_000)
+    left = run([*ask(fake, "-f", "big.txt", "hi")], isolated)
+    assert "big.txt (293 KiB, over the per-file 256 KiB)" in left.stderr
+    isolated.write_config("max_file_kib = 512\nmax_context_kib = 1024\n")
+    taken = run([*ask(fake, "-f", "big.txt", "hi")], isolated)
+    assert taken.returncode == 0 and taken.stderr == ""
+    assert "y" * 1000 in sent(fake)
+    isolated.write_config("max_file_kib = 0\n")
+    bad = run([*ask(fake, "-f", "big.txt", "hi")], isolated)
+    assert bad.returncode == 2 and "max_file_kib must be 1 to" in bad.stderr
