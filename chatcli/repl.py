@@ -39,6 +39,7 @@ from prompt_toolkit.key_binding.bindings.completion import generate_completions
 from prompt_toolkit.utils import get_cwidth
 
 from chatcli.conversation import Conversation
+from chatcli.core import ImagePart
 from chatcli.errors import ChatcliError, UsageError
 from chatcli.files import Gathered, Item
 from chatcli.render import QuietTerminal, Renderer, SuspendGuard, sanitize
@@ -83,6 +84,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("file", "/file PATH", "add a file, directory or glob to your next message"),
     Command("context", "/context", "list what your next message carries, with sizes"),
     Command("drop", "/drop N", "leave item N out of your next message"),
+    Command("image", "/image PATH", "attach an image (or its URL) to your next message"),
     Command("export", "/export FILE", "write the session as Markdown to FILE"),
     Command("edit", "/edit", "write a message in $EDITOR"),
     Command("clear", "/clear", "clear the screen"),
@@ -192,6 +194,8 @@ class Repl:
         self.prices: Mapping[str, Mapping[str, Any]] = {}
         #: Context items waiting for the next message (-f, /file, piped stdin).
         self.context: list[Item] = []
+        #: Images waiting for the next message (/image).
+        self.images: list[ImagePart] = []
         #: The environment files are found in (``~``, git's PATH), from the context.
         self.env: Mapping[str, str] = {}
         #: The -f limits, in bytes (config.toml's max_file_kib and max_context_kib).
@@ -339,10 +343,13 @@ class Repl:
         if text.startswith("//"):
             text = text[1:]  # "//etc" sends "/etc"
         waiting = tuple(self.context)  # sent first, each fenced under its path, as with ask -f
+        images = tuple(self.images)
         before = len(self.conversation.history)
-        await self.answer(lambda renderer: self.conversation.send(text, renderer, context=waiting))
+        await self.answer(
+            lambda renderer: self.conversation.send(text, renderer, context=waiting, images=images)
+        )
         if len(self.conversation.history) > before:
-            self.context = []  # sent (and kept in the conversation)
+            self.context, self.images = [], []  # sent (and kept in the conversation)
 
     async def answer(self, ask: Callable[[Renderer], Awaitable[Turn]]) -> None:
         """Stream one answer; Ctrl-C (SIGINT) cancels it and the loop goes on."""
@@ -484,7 +491,21 @@ class Repl:
             gather([argument], env=self.env, max_file=self.max_file, max_total=self.max_total)
         )
 
+    async def _cmd_image(self, argument: str) -> None:
+        from chatcli.images import describe, fit, load_image
+
+        conversation = self.conversation
+        providers = [conversation.registry.get(conversation.provider)]
+        image = fit([load_image(argument)], providers)[0]  # refused now if it cannot go
+        self.images.append(image)
+        self.say(f"+ image {describe(image)}")
+
     async def _cmd_context(self, _: str) -> None:
+        if self.images:
+            from chatcli.images import describe
+
+            for image in self.images:
+                self.say(f"image: {describe(image)}")
         if not self.context:
             self.say("(nothing waits for your next message; /file PATH adds to it)")
             return

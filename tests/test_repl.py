@@ -658,3 +658,25 @@ def test_files_wait_for_the_next_message_and_can_be_listed_and_dropped(
         f"{isolated.root / 'a.py'}\n```python\nprint('a')\n```\n\nwhat is this?"
     )
     assert out.rstrip().endswith("(nothing waits for your next message; /file PATH adds to it)")
+
+
+def test_an_image_waits_for_the_next_message_and_goes_as_a_part(isolated: Isolated) -> None:
+    from tests.servers import AppServer, FakeVisionOpenAI
+
+    vision = FakeVisionOpenAI()
+    with AppServer(vision.app()) as server:
+        vision.base_url = f"{server.url}/v1"
+        harness = Harness(vision, isolated.root)
+        picture = isolated.root / "dot.png"
+        picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(64)))
+        out = harness.run(
+            f"/image {picture}{ENTER}/context{ENTER}/image {isolated.root}{ENTER}what is it?{ENTER}"
+        )
+    assert "+ image dot.png" in out and "image: dot.png" in out
+    assert "a directory, not an image" in out
+    parts = vision.requests[-1].body["messages"][-1]["content"]
+    assert parts[0]["type"] == "image_url"
+    assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert parts[-1]["type"] == "text" and parts[-1]["text"].startswith("what is it?")
+    assert not vision.violations
+    assert harness.repl is not None and harness.repl.images == []  # spent with the message
