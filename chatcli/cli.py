@@ -350,10 +350,18 @@ def _show_dry_run(
         message = with_notes(message, images)
     carried = context.items if context else []
     messages = [m.as_dict() for m in conversation.messages(message, context=carried)]
-    items = [
-        {"source": item.source, "bytes": item.size, "tokens": item.tokens}
-        for item in (context.items if context else [])
-    ]
+    # The model's own tokenizer where the provider has one (local); else an estimate.
+    provider = conversation.registry.create(conversation.provider)
+    options, model = conversation.defaults.options, conversation.model
+
+    def count(text: str) -> tuple[int, bool]:
+        exact = provider.count_tokens(text, options, model)
+        return (exact, False) if exact is not None else (-(-len(text.encode()) // 4), True)
+
+    items = []
+    for item in carried:
+        tokens, _ = count(item.text)
+        items.append({"source": item.source, "bytes": item.size, "tokens": tokens})
     attached = [
         {"url": image.url}
         if image.url
@@ -361,6 +369,7 @@ def _show_dry_run(
         for image in images
     ]
     size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in messages)
+    total, estimated = count("\n\n".join(m["content"] for m in messages))
     plan = {
         "provider": conversation.provider,
         "model": conversation.model,
@@ -368,8 +377,8 @@ def _show_dry_run(
         "context": items,
         **({"images": attached} if attached else {}),
         "bytes": size,
-        "tokens": -(-size // 4),
-        "tokens_estimated": True,
+        "tokens": total,
+        "tokens_estimated": estimated,
     }
     if json_out:
         ctx.stdout.write(json.dumps(plan, ensure_ascii=False, indent=2) + "\n")
@@ -378,10 +387,16 @@ def _show_dry_run(
     out.write(f"provider: {plan['provider']} · model: {plan['model'] or '(its default)'}\n")
     for item in items:
         source, size_of, tokens = item["source"], item["bytes"], item["tokens"]
-        out.write(f"context: {source}  {size_of:,} bytes  ~{tokens:,} tokens\n")
+        about = "~" if estimated else ""
+        out.write(f"context: {source}  {size_of:,} bytes  {about}{tokens:,} tokens\n")
     for image in images:
         out.write(f"image: {describe(image)}\n")
-    out.write(f"in all: {len(messages)} message(s), {size:,} bytes, ~{plan['tokens']:,} tokens\n")
+    about = "~" if estimated else ""
+    out.write(
+        f"in all: {len(messages)} message(s), {size:,} bytes, {about}{total:,} tokens"
+        + (" (estimated)" if estimated else " (the model's own count)")
+        + "\n"
+    )
     for entry in messages:
         out.write(f"\n--- {entry['role']} ---\n{entry['content'].rstrip()}\n")
 

@@ -769,3 +769,15 @@ def test_a_stdin_too_large_for_the_context_is_refused_before_it_is_stored(
     assert json.loads(run(["sessions", "list", "--json"], isolated).stdout) == []
     # A larger context takes it as far as this check goes (no model is loaded to refuse it).
     local.Local().check_fits((ChatMessage.text("user", text),), {"n_ctx": 32768})  # no raise
+
+
+@needs_model
+def test_dry_run_on_local_counts_with_the_models_own_tokenizer(isolated: Isolated) -> None:
+    (isolated.root / "a.py").write_text("print('hello, world')\n" * 20)
+    plan = run(["ask", "-p", "local", "--dry-run", "--json", "-f", "a.py", "explain"], isolated)
+    assert plan.returncode == 0, plan.stderr
+    data = json.loads(plan.stdout)
+    assert data["tokens_estimated"] is False
+    exact = local.Local().count_tokens("print('hello, world')\n" * 20, {})
+    assert data["context"][0]["tokens"] == exact and exact != -(-440 // 4)
+    assert json.loads(run(["sessions", "list", "--json"], isolated).stdout) == []

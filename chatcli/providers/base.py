@@ -248,6 +248,13 @@ class BaseProvider:
         anything: ``None``)."""
         return self.context_length
 
+    def count_tokens(
+        self, text: str, options: Mapping[str, Any], model: str | None = None
+    ) -> int | None:
+        """``text``'s tokens counted by the model's own tokenizer, where the provider has it
+        (``None``: it cannot count, only estimate)."""
+        return None
+
     def check_fits(
         self,
         messages: Sequence[ChatMessage],

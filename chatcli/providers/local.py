@@ -205,6 +205,18 @@ class Local(AsyncGeneratorProvider):
     def check_model(self, model: str) -> None:
         self.model_path(model)
 
+    def count_tokens(
+        self, text: str, options: Mapping[str, Any], model: str | None = None
+    ) -> int | None:
+        """The model's own count (it is loaded for this, as for an answer)."""
+        self.preflight()
+        _, threads, n_ctx = parse_options(options)
+        loaded = acquire_model(self.model_path(model), threads=threads, n_ctx=n_ctx)
+        try:
+            return len(loaded.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False))
+        finally:
+            loaded.lock.release()
+
     def preflight(self) -> None:
         if not runtime_installed():
             raise UsageError(f"local: the offline model needs llama-cpp-python: {INSTALL_HINT}")
