@@ -96,7 +96,7 @@ class _GuardedEnviron(MutableMapping[str, str]):
     #: terminal's size for --help (click, in main), the interpreter's own switches (asyncio's
     #: debug mode), and the settings native libraries read as they load (llama.cpp, numpy).
     _PROCESS_LEVEL = ("_CHATCLI_COMPLETE", "COLUMNS", "LINES", "PYTHONASYNCIODEBUG")
-    _NATIVE = ("LLAMA_", "GGML_", "OPENBLAS_", "NUMPY_", "NPY_", "OMP_")
+    _NATIVE = ("LLAMA_", "GGML_", "OPENBLAS_", "NUMPY_", "NPY_", "OMP_", "PILLOW_")
 
     def _note(self, what: str) -> None:
         # chatcli's own read, or one a library makes for it (Path.home, expanduser, tempfile,

@@ -364,3 +364,28 @@ def test_an_address_is_sent_for_the_service_to_fetch(
     assert f"image: {url}  (an address: the service fetches it)\n" in dry.stdout
     bad = run(openai_ask(vision, "-a", "https://", "What?"), isolated, env=OPENAI_ENV)
     assert bad.returncode == 2 and bad.stderr.startswith("chatcli: -a")
+
+
+def test_a_real_picture_too_big_for_anthropic_is_scaled_down_by_pillow(
+    isolated: Isolated, claude: FakeVisionAnthropic
+) -> None:
+    pil = pytest.importorskip("PIL.Image", reason="needs Pillow (pip install pillow)")
+    import base64
+    import io
+    import os
+
+    # Noise does not compress: 1,400 x 1,400 pixels is about 5.9 MB as a PNG, 7.8 MB as sent.
+    picture = pil.frombytes("RGB", (1400, 1400), os.urandom(1400 * 1400 * 3))
+    out = io.BytesIO()
+    picture.save(out, format="PNG")
+    big = image(isolated, "noise.png", out.getvalue())
+    args = ["ask", "-p", "anthropic", "--base-url", claude.base_url, "-a", str(big), "What?"]
+    result = run(args, isolated, env=ANTHROPIC_ENV)
+    assert result.returncode == 0, result.stderr
+    (seen,) = claude.messages_requests
+    block = seen.json["messages"][-1]["content"][0]
+    assert block["type"] == "image" and block["source"]["media_type"] == "image/png"
+    sent = base64.b64decode(block["source"]["data"])
+    assert len(block["source"]["data"]) <= 5 * 1024 * 1024  # what the API takes, as sent
+    smaller = pil.open(io.BytesIO(sent))
+    assert smaller.format == "PNG" and smaller.width < 1400 and smaller.height < 1400

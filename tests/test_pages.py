@@ -334,10 +334,12 @@ def test_a_binary_type_is_refused_naming_it(
     assert fake.requests == []
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pypdf") is not None, reason="pypdf is installed")
 def test_a_pdf_without_the_extra_is_refused_with_the_install_hint(
-    isolated: Isolated, site: tuple[Site, str]
+    isolated: Isolated, site: tuple[Site, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # as if the extra were not installed
     _, url = site
     with pytest.raises(UsageError, match=r"pip install 'chatcli-shell\[pdf\]'"):
         gather([f"{url}/paper"], env=isolated.env)

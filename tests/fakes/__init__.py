@@ -100,7 +100,8 @@ class FakeService:
 
         #: Faults to inject in front of the fake (tests/faults.py).
         self.faults = Faults()
-        app = web.Application(middlewares=[self.faults.middleware])
+        # Bodies as big as the real services take (images): aiohttp's default is 1 MiB.
+        app = web.Application(middlewares=[self.faults.middleware], client_max_size=64 << 20)
         self.routes(app)
         return app
 
