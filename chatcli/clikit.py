@@ -7,7 +7,6 @@ and an exit code.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
@@ -115,6 +114,7 @@ def run_async(work: Coroutine[Any, Any, T]) -> T:
     (saving the answer) is not lost. A second signal stops chatcli at once, the default way.
     A signal the user chose to ignore (``nohup``) stays ignored.
     """
+    import asyncio  # here, not at the top: --version and --help start without it
 
     async def guarded() -> T:
         loop = asyncio.get_running_loop()
