@@ -17,6 +17,7 @@ from chatcli.clikit import (
     JsonOpt,
     MarkdownOpt,
     ProviderOpt,
+    ProxyOpt,
     RawOpt,
     ReasoningOpt,
     Terminated,
@@ -651,19 +652,36 @@ def _providers_table(rows: list[dict[str, Any]], width: int) -> tuple[Any, list[
     return table, left_out
 
 
-@app.command()
+models_app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+
+@models_app.callback(invoke_without_command=True)
 def models(
+    typer_ctx: typer.Context,
     provider: ProviderOpt = None,
     base_url: Annotated[
         str | None, typer.Option("--base-url", metavar="URL", help="The provider's root URL.")
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List the models a provider offers (asks the service where it can)."""
+    """List the models a provider offers (asks the service where it can).
 
+    For -p local: each GGUF file's size, parameter count and context length. Without a
+    command it lists; pull and rm manage the GGUF files of DATA/models/.
+    """
     ctx = AppContext.current()
     setup_logging(ctx, False)
     with boundary(ctx):
+        if typer_ctx.invoked_subcommand is not None:
+            if provider or base_url or json_out:
+                raise UsageError(
+                    f"-p, --base-url and --json go with the listing, not models "
+                    f"{typer_ctx.invoked_subcommand}"
+                )
+            return
         from chatcli.providers import Registry
         from chatcli.store import Stores
 
@@ -676,8 +694,15 @@ def models(
         chosen = registry.create(resolve_provider_name(settings, provider), base_url=base_url)
         found: list[str] = run_async(chosen.list_models())
         cls = type(chosen)
+        details = _local_details(chosen, found) if cls.name == "local" else None
         if json_out:
-            data = {"provider": cls.name, "default": cls.default_model or None, "models": found}
+            data: dict[str, Any] = {
+                "provider": cls.name,
+                "default": cls.default_model or None,
+                "models": found,
+            }
+            if details is not None:
+                data["details"] = details
             ctx.stdout.write(json.dumps(data, indent=2) + "\n")
             return
         if not found:
@@ -685,7 +710,188 @@ def models(
             return
         for name in found:
             suffix = "  (default)" if name == cls.default_model and ctx.stdout_isatty else ""
+            facts = details.get(name) if details is not None else None
+            if facts is not None:
+                suffix = f"  {_facts_line(facts)}{suffix}"
             ctx.stdout.write(f"{name}{suffix}\n")
+
+
+def _local_details(provider: Any, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each local model's file size and what its GGUF header says (``error``: why not)."""
+    from chatcli.providers.local import GGUFError, gguf_facts
+
+    details: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            path = provider.model_path(name)
+            facts: dict[str, Any] = {"size": path.stat().st_size}
+            facts.update(gguf_facts(path))
+        except (UsageError, GGUFError, OSError) as exc:
+            facts = {"error": str(exc)}
+        details[name] = facts
+    return details
+
+
+def _facts_line(facts: dict[str, Any]) -> str:
+    from chatcli.pull import human_size
+
+    if "error" in facts:
+        return "(unreadable)"
+    params = facts.get("parameter_count")
+    context = facts.get("context_length")
+    parts = [human_size(facts["size"])]
+    parts.append(f"{_count(params)} parameters" if params else "parameters unknown")
+    parts.append(f"context {context:,}" if context else "context unknown")
+    return ", ".join(parts)
+
+
+def _count(number: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if number >= scale:
+            return f"{number / scale:.1f}".removesuffix(".0") + unit
+    return str(number)
+
+
+@models_app.command("pull")
+def models_pull(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="An http(s) URL, or hf:OWNER/REPO/FILE.gguf (Hugging Face).",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", metavar="NAME", help="Keep it as NAME (default: the file's stem)."),
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option("--sha256", metavar="HEX", help="The SHA-256 the file must have."),
+    ] = None,
+    proxy_url: ProxyOpt = None,
+    timeout: TimeoutOpt = None,
+) -> None:
+    """Download a GGUF model into DATA/models/ (resumes a cut download; checks size, SHA-256
+    when the source gives one, and the GGUF format)."""
+    import re
+    import time
+
+    ctx = AppContext.current()
+    setup_logging(ctx, False)
+    with boundary(ctx):
+        from chatcli.providers.local import models_dir
+        from chatcli.providers.proxy import resolve_proxy
+        from chatcli.pull import human_size, model_name, pull, source_url
+
+        if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+            raise UsageError("--sha256 takes 64 hex digits")
+        url = source_url(source)
+        stem = model_name(url, name)
+        data_dir = ctx.paths.data_dir
+        folder = models_dir(data_dir)
+        assert folder is not None
+        if proxy_url:
+            from chatcli.config import PROXY_SCHEMES
+
+            check_url(proxy_url, what="--proxy", schemes=PROXY_SCHEMES, error=UsageError)
+        proxy = resolve_proxy(url, proxy_url, ctx.env, configured=ctx.settings.proxy)
+        wait = timeout if timeout is not None else ctx.settings.timeout
+        started = time.monotonic()
+        bar: Any = None
+        task: Any = None
+
+        def on_start(offset: int, total: int | None) -> None:
+            nonlocal bar, task
+            if offset:
+                say(ctx, f"resuming {stem} at {human_size(offset)}")
+            if not ctx.stderr_isatty:
+                return
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            from chatcli.render import make_console
+
+            bar = Progress(
+                "{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=make_console(ctx.stderr, env=ctx.env),
+                transient=True,
+            )
+            bar.start()
+            task = bar.add_task(stem, total=total, completed=offset)
+
+        def progress(done: int, total: int | None) -> None:
+            if bar is not None:
+                bar.update(task, completed=done, total=total)
+
+        try:
+            result = run_async(
+                pull(
+                    url,
+                    folder,
+                    base=data_dir,
+                    name=stem,
+                    proxy=proxy,
+                    timeout=wait,
+                    sha256=sha256,
+                    progress=progress,
+                    on_start=on_start,
+                )
+            )
+        except ProviderError as exc:
+            if (folder / f"{stem}.gguf.part").exists():
+                exc.message += "; run the same command again to resume"
+            raise
+        finally:
+            if bar is not None:
+                bar.stop()
+        seconds = time.monotonic() - started
+        checked = result.checksum or "no checksum (the source gives none)"
+        say(
+            ctx,
+            f"pulled {stem} ({human_size(result.size)} in {seconds:.1f} s; checked: size, GGUF "
+            f"magic, {checked}) to {result.path}; use it with -p local -m {stem}",
+        )
+
+
+@models_app.command("rm")
+def models_rm(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A model in DATA/models/.")],
+    yes: Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a pulled model from DATA/models/ (asks first on a terminal)."""
+    ctx = AppContext.current()
+    setup_logging(ctx, False)
+    with boundary(ctx):
+        from chatcli.providers.local import models_dir
+        from chatcli.pull import remove_model
+
+        folder = models_dir(ctx.paths.data_dir)
+        assert folder is not None
+        path = remove_model(folder, ctx.paths.data_dir, name)
+        if not yes:
+            if not ctx.stdin_isatty or ctx.stdin is None:
+                raise UsageError(f"not deleting {path} without a terminal to ask; add -y")
+            ctx.stderr.write(f"Delete {path}? [y/N] ")
+            ctx.stderr.flush()
+            if ctx.stdin.readline().strip().lower() not in ("y", "yes"):
+                say(ctx, "nothing deleted")
+                raise typer.Exit(EXIT_ERROR)
+        path.unlink()
+        say(ctx, f"deleted {path}")
+
+
+app.add_typer(models_app, name="models")
 
 
 @app.command("usage")

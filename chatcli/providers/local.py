@@ -145,6 +145,120 @@ def models_dir(data_dir: Path | None) -> Path | None:
     return data_dir / "models" if data_dir is not None else None
 
 
+#: Limits of :func:`gguf_facts`, so that a hostile file cannot make it use much memory or time.
+GGUF_MAX_KEYS: Final = 65536
+GGUF_MAX_TENSORS: Final = 1 << 20
+GGUF_MAX_ARRAY: Final = 1 << 24
+GGUF_MAX_STRING: Final = 1 << 20
+GGUF_MAX_HEADER: Final = 256 * 1024 * 1024
+#: GGUF value types of a fixed size: their struct format.
+_GGUF_FIXED: Final = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q",
+                      11: "q", 12: "d"}  # fmt: skip
+_GGUF_STRING: Final = 8
+_GGUF_ARRAY: Final = 9
+
+
+class GGUFError(ValueError):
+    """The file is not a GGUF file chatcli can read the header of."""
+
+
+def gguf_facts(path: Path) -> dict[str, Any]:
+    """What a GGUF file's header says: ``architecture``, ``name``, ``parameter_count`` (its
+    ``general.parameter_count``, else the sum of its tensors' sizes) and ``context_length``
+    (``<architecture>.context_length``); ``None`` for each one it does not say.
+
+    Only the header is read (its key/value section and the tensor list after it, never the
+    weights), through a bounded reader: counts, string lengths and the header's total size
+    have limits (the ``GGUF_MAX_*`` constants), so a hostile file costs little. A file that
+    is not GGUF or breaks a limit raises :class:`GGUFError`.
+    """
+    import struct
+
+    facts: dict[str, Any] = {
+        "architecture": None, "name": None, "parameter_count": None, "context_length": None
+    }  # fmt: skip
+    wanted: dict[str, Any] = {}
+    with open(path, "rb") as file:
+        read = 0
+
+        def take(size: int) -> bytes:
+            nonlocal read
+            read += size
+            if read > GGUF_MAX_HEADER:
+                raise GGUFError("the header is larger than chatcli reads")
+            data = file.read(size)
+            if len(data) != size:
+                raise GGUFError("the header ends early")
+            return data
+
+        def number(fmt: str) -> Any:
+            return struct.unpack("<" + fmt, take(struct.calcsize(fmt)))[0]
+
+        def string(keep: bool) -> str | None:
+            size = number("Q")
+            if size > GGUF_MAX_STRING:
+                raise GGUFError("a string is longer than chatcli reads")
+            data = take(size)
+            return data.decode("utf-8", "replace") if keep else None
+
+        def value(kind: int, keep: bool) -> Any:
+            if kind in _GGUF_FIXED:
+                return number(_GGUF_FIXED[kind])
+            if kind == _GGUF_STRING:
+                return string(keep)
+            if kind == _GGUF_ARRAY:
+                inner, count = number("I"), number("Q")
+                if count > GGUF_MAX_ARRAY:
+                    raise GGUFError("an array is longer than chatcli reads")
+                if inner in _GGUF_FIXED:
+                    take(count * struct.calcsize(_GGUF_FIXED[inner]))  # skipped unparsed
+                    return None
+                for _ in range(count):
+                    value(inner, False)
+                return None
+            raise GGUFError(f"unknown value type {kind}")
+
+        if file.read(4) != b"GGUF":
+            raise GGUFError("not a GGUF file")
+        version = number("I")
+        if version not in (2, 3):
+            raise GGUFError(f"GGUF version {version} is not one chatcli reads")
+        tensors, keys = number("Q"), number("Q")
+        if keys > GGUF_MAX_KEYS or tensors > GGUF_MAX_TENSORS:
+            raise GGUFError("more keys or tensors than chatcli reads")
+        for _ in range(keys):
+            key = string(True) or ""
+            kind = number("I")
+            keep = key.startswith("general.") or key.endswith(".context_length")
+            found = value(kind, keep)
+            if keep and found is not None:
+                wanted[key] = found
+        arch = wanted.get("general.architecture")
+        facts["architecture"] = arch if isinstance(arch, str) else None
+        name = wanted.get("general.name")
+        facts["name"] = name if isinstance(name, str) else None
+        for key, fact in (("general.parameter_count", "parameter_count"),
+                          (f"{arch}.context_length", "context_length")):  # fmt: skip
+            found = wanted.get(key)
+            if isinstance(found, int) and not isinstance(found, bool):
+                facts[fact] = found
+        if facts["parameter_count"] is None:
+            total = 0
+            for _ in range(tensors):
+                string(False)
+                dims = number("I")
+                if dims > 8:
+                    raise GGUFError("a tensor with more dimensions than chatcli reads")
+                count = 1
+                for _ in range(dims):
+                    count *= number("Q")
+                number("I")  # its type
+                number("Q")  # its offset
+                total += count
+            facts["parameter_count"] = total if tensors else None
+    return facts
+
+
 class Local(AsyncGeneratorProvider):
     """A GGUF model run in this process by llama.cpp."""
 
@@ -199,7 +313,8 @@ class Local(AsyncGeneratorProvider):
             return named
         known = ", ".join(self.known_models()) or "none"
         raise UsageError(
-            f"local: unknown model {model!r}: give a path to a .gguf file, or one of: {known}"
+            f"local: unknown model {model!r}: give a path to a .gguf file, or one of: {known}; "
+            "or download one with chatcli models pull URL|hf:OWNER/REPO/FILE.gguf"
         )
 
     def check_model(self, model: str) -> None:
