@@ -54,7 +54,6 @@ from chatcli.errors import (
     StreamInterruptedError,
     UsageError,
     quote,
-    redact_url,
 )
 from chatcli.providers.base import AsyncGeneratorProvider, ProviderConfig, check_messages
 
@@ -199,23 +198,18 @@ class Anthropic(AsyncGeneratorProvider):
         """One request to the API, its HTTP errors raised; failures while reading it mapped."""
         from chatcli.providers import http
 
-        url = f"{self.root}/{path}"
-        headers = self._headers()
-        log.debug("%s %s", method, redact_url(url))
-        with http.http_errors(self.name, url):
-            async with (
-                http.open_session(
-                    base_url=url, proxy=self.config.proxy, timeout=self.config.timeout
-                ) as session,
-                session.request(method, url, json=body, headers=headers) as response,
-            ):
-                await http.check_status(
-                    response,
-                    self.name,
-                    auth_hint=f"check {self.key_env}",
-                    secrets=[self.config.api_key],
-                )
-                yield response
+        async with http.api_call(
+            self.name,
+            method,
+            f"{self.root}/{path}",
+            headers=self._headers(),
+            body=body,
+            proxy=self.config.proxy,
+            timeout=self.config.timeout,
+            auth_hint=f"check {self.key_env}",
+            secrets=[self.config.api_key],
+        ) as response:
+            yield response
 
     def describe(self) -> dict[str, Any]:
         facts = super().describe()

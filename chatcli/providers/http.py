@@ -421,6 +421,33 @@ def redact_secrets(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
+@contextlib.asynccontextmanager
+async def api_call(
+    provider: str,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Any = None,
+    proxy: str | None = None,
+    timeout: float | None = None,
+    auth_hint: str = "",
+    secrets: Iterable[str | None] = (),
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """One JSON request to an API, its HTTP errors raised (``secrets`` blanked out of what
+    the server says) and failures while reading it mapped to chatcli's errors."""
+    from chatcli.errors import redact_url
+
+    log.debug("%s %s", method, redact_url(url))
+    with http_errors(provider, url):
+        async with (
+            open_session(base_url=url, proxy=proxy, timeout=timeout) as session,
+            session.request(method, url, json=body, headers=dict(headers)) as response,
+        ):
+            await check_status(response, provider, auth_hint=auth_hint, secrets=secrets)
+            yield response
+
+
 async def check_status(
     response: aiohttp.ClientResponse,
     provider: str,

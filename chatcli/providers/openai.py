@@ -54,7 +54,6 @@ from chatcli.errors import (
     UsageError,
     check_url,
     quote,
-    redact_url,
 )
 from chatcli.providers.base import AsyncGeneratorProvider, ProviderConfig, check_messages
 from chatcli.providers.think import ThinkSplitter, as_events, split_think
@@ -232,20 +231,18 @@ class OpenAICompatible(AsyncGeneratorProvider):
         """One request to the API, its HTTP errors raised; failures while reading it mapped."""
         from chatcli.providers import http
 
-        url = f"{self.root}/{path}"
-        headers = self._headers()
-        log.debug("%s %s", method, redact_url(url))
-        with http.http_errors(self.name, url):
-            async with (
-                http.open_session(
-                    base_url=url, proxy=self.config.proxy, timeout=self.config.timeout
-                ) as session,
-                session.request(method, url, json=body, headers=headers) as response,
-            ):
-                await http.check_status(
-                    response, self.name, auth_hint=self._auth_hint(), secrets=[self.config.api_key]
-                )
-                yield response
+        async with http.api_call(
+            self.name,
+            method,
+            f"{self.root}/{path}",
+            headers=self._headers(),
+            body=body,
+            proxy=self.config.proxy,
+            timeout=self.config.timeout,
+            auth_hint=self._auth_hint(),
+            secrets=[self.config.api_key],
+        ) as response:
+            yield response
 
     def _auth_hint(self) -> str:
         return f"check {self.key_env}" if self.key_env else ""
