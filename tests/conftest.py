@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -66,9 +67,12 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("chatcli.turn.BACKOFF_BASE", 0.01)
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    service = FakeOpenAI()
+F = TypeVar("F", bound=FakeOpenAI)
+
+
+def serve(service: F) -> Iterator[F]:
+    """``service`` on localhost for one test (its ``base_url`` set), and afterwards the check
+    that it saw no malformed request. For fixtures: ``yield from serve(...)``."""
     server = AppServer(service.app())
     server.start()
     service.base_url = f"{server.url}/v1"
@@ -77,6 +81,11 @@ def fake() -> Iterator[FakeOpenAI]:
     finally:
         server.stop()
     assert not service.violations, f"the fake saw malformed requests: {service.violations}"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    yield from serve(FakeOpenAI())
 
 
 class _GuardedEnviron(MutableMapping[str, str]):

@@ -20,9 +20,9 @@ from chatcli.providers import Registry
 from chatcli.providers.anthropic import conversation
 from chatcli.providers.openai import wire_messages
 from chatcli.turn import TurnRequest, preflight
-from tests.conftest import Isolated, assert_one_line_error, run, run_binary
+from tests.conftest import Isolated, assert_one_line_error, run, run_binary, serve
 from tests.fakes.anthropic import API_KEY, FakeVisionAnthropic
-from tests.servers import AppServer, FakeVisionOpenAI
+from tests.servers import FakeVisionOpenAI
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(200)
@@ -34,15 +34,7 @@ ANTHROPIC_ENV = {"ANTHROPIC_API_KEY": API_KEY}
 
 @pytest.fixture
 def vision() -> Iterator[FakeVisionOpenAI]:
-    service = FakeVisionOpenAI()
-    server = AppServer(service.app())
-    server.start()
-    service.base_url = f"{server.url}/v1"
-    try:
-        yield service
-    finally:
-        server.stop()
-    assert not service.violations, f"the fake saw malformed requests: {service.violations}"
+    yield from serve(FakeVisionOpenAI())
 
 
 @pytest.fixture
