@@ -92,7 +92,11 @@ _PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "context_length": (int,),
     # Prices per million tokens, per model: "gpt-4o-mini" = { input = 0.15, output = 0.6 }.
     "prices": (dict,),
+    # The offline model's state cache, its size cap in MiB (providers.local only; 0: off).
+    "state_cache_mib": (int,),
 }
+#: The largest ``state_cache_mib`` (1 TiB: a guard against a typo).
+MAX_STATE_CACHE_MIB: Final = 1024 * 1024
 #: How a reasoning model's thinking shows on a terminal (``--reasoning``, ``reasoning``).
 REASONING_MODES: Final = ("show", "collapse", "hide")
 #: The longest context a provider may be said to have, in tokens (a guard against typos).
@@ -337,6 +341,13 @@ def _validate(data: Mapping[str, Any], path: Path) -> None:
         length = table.get("context_length")
         if length is not None and not 1 <= length <= MAX_CONTEXT_LENGTH:
             raise ConfigError(f"{where}.context_length must be 1 to {MAX_CONTEXT_LENGTH:,} tokens")
+        if "state_cache_mib" in table:
+            if name.strip().lower() != "local":
+                raise ConfigError(f"{where}.state_cache_mib: only providers.local has one")
+            if not 0 <= table["state_cache_mib"] <= MAX_STATE_CACHE_MIB:
+                raise ConfigError(
+                    f"{where}.state_cache_mib must be 0 (off) to {MAX_STATE_CACHE_MIB:,} MiB"
+                )
         for model, price in table.get("prices", {}).items():
             _check_price(price, f"{where}.prices.{model}")
     cookies = data.get("cookies", {})

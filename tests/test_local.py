@@ -103,9 +103,14 @@ class FakeLoaded:
         self.stop: threading.Event | None = None
         self.closed = False
         self.aborted = False  # what llama.cpp's abort check would answer
+        self.reuse = None  # nothing evaluated is kept (a stand-in evaluates nothing)
 
     def begin(self, stop: threading.Event) -> None:
         self.stop, self.aborted = stop, stop.is_set()
+
+    def begin_idle(self) -> threading.Event:
+        self.stop, self.aborted = threading.Event(), False
+        return self.stop
 
     def abort(self, stop: threading.Event) -> None:
         if self.stop is stop:

@@ -155,6 +155,11 @@ class Registry:
                 raise ConfigError(
                     f'providers.{name}: unknown type {kind!r} (only "openai" can be defined)'
                 )
+            if "state_cache_mib" in table:  # the offline model's state cache (local only)
+                base = registry.get(name)
+                registry._entries[name] = type(
+                    base.__name__, (base,), {"state_cache_mib": int(table["state_cache_mib"])}
+                )
             if "context_length" in table:  # what its models hold, when the service does not say
                 base = registry.get(name)
                 registry._entries[name] = type(

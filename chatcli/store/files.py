@@ -28,7 +28,7 @@ import secrets
 import shlex
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -245,13 +245,21 @@ def private_file(path: Path, *, base: Path | None = None) -> Path:
 
 
 def write_private(
-    path: Path, data: bytes, *, own_directory: bool = True, base: Path | None = None
+    path: Path,
+    data: bytes | Sequence[bytes | memoryview],
+    *,
+    own_directory: bool = True,
+    base: Path | None = None,
+    durable: bool = True,
 ) -> None:
-    """Replace ``path`` with ``data`` atomically; the file is 0600 from the start.
+    """Replace ``path`` with ``data`` (bytes, or pieces written one after another)
+    atomically; the file is 0600 from the start.
 
     ``own_directory``: the parent is chatcli's own (its tree starts at ``base``, by default
     the parent itself), created (and kept) 0700, and ``path`` must not be a link there. A
     user's choice of place (an export) must exist already, and its mode is left alone.
+    ``durable=False`` skips the flush to disk (a cache, whose reader checks what it reads:
+    a crash may lose the file, never leave half of it under its name).
     """
     if own_directory:
         private_dir(path.parent, base=base)
@@ -263,8 +271,10 @@ def write_private(
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_LINK, FILE_MODE)
         try:
             os.fchmod(fd, FILE_MODE)  # O_CREAT's mode is cut by the umask, never widened
-            _write_all(fd, data)
-            os.fsync(fd)
+            for part in [data] if isinstance(data, bytes) else data:
+                _write_all(fd, part)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, path)
@@ -309,7 +319,7 @@ def _shown(path: Path, limit: int = 120) -> str:
     return text if len(text) <= limit else f"{text[: limit // 2]}…{text[-limit // 3 :]}"
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

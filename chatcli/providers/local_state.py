@@ -1,0 +1,523 @@
+"""The offline model's evaluated state: reused only where it is exact, and kept on disk.
+
+A follow-up question (``chatcli ask -c``, a REPL turn) sends the whole conversation again.
+Reading it all takes most of the time before the first token: tens of seconds for a few
+thousand tokens on a small CPU. Two things let a follow-up skip that without changing what the
+model answers.
+
+**Only exact state is reused** (:class:`StateReuse`). llama.cpp computes a token's keys and
+values slightly differently when it evaluates that token alone (as it does for each token it
+generates) than in a batch of two or more (as it reads a prompt); batches of any size from two
+up agree bit for bit, however a prompt is cut into them. So the positions evaluated alone are
+tracked, and never kept for a later turn: the next turn reads the previous answer again, in a
+batch, as a fresh process would. :func:`reusable_prefix` also keeps the last batch of the new
+part the same kind (one token or more) as a fresh evaluation's last batch. The answer at
+temperature 0 is then the same with or without reuse, which the tests check with the real
+model.
+
+**The state is kept between processes** (:class:`StateCache`). After an answer that ended
+normally, the state of its prompt (the exact part, at least :data:`MIN_TOKENS` tokens) is
+written to ``CACHE/local-state/``, in a folder for the model (its file's path, size and
+modification time, the context length, the batch size, and the llama.cpp build); the next
+turn loads the entry sharing the longest token prefix with its prompt when that saves at least
+:data:`MIN_GAIN` tokens over what the process already holds. A changed model file, system
+prompt or history gives other tokens or another folder: a shorter match or none, never a stale
+state. Each entry carries a SHA-256 of its tokens and state, and a damaged entry is a miss
+(removed, with a ``-v`` line), never a crash or a wrong answer. The whole cache is kept under a
+size cap (``[providers.local] state_cache_mib``, default :data:`DEFAULT_CAP_MIB`; 0 turns it
+off), the least recently used entries dropped first, and an entry whose tokens a newer one
+extends is dropped at once (the newer one serves every prompt it served).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from chatcli.errors import ConfigError, StorageError
+from chatcli.store.files import private_dir, write_private
+
+log = logging.getLogger("chatcli.local")
+
+#: Entries are written only for prompts of at least this many exact tokens: a shorter one is
+#: read again faster than its state is loaded.
+MIN_TOKENS: Final = 64
+#: An entry is loaded only when it covers this many more tokens than the process holds.
+MIN_GAIN: Final = 64
+#: The cache's size cap unless config.toml says otherwise, in MiB.
+DEFAULT_CAP_MIB: Final = 1024
+#: The cache's folder in chatcli's cache directory.
+FOLDER: Final = "local-state"
+
+MAGIC: Final = b"CHATCLI-STATE\n"
+FORMAT: Final = 1
+#: The largest header read from an entry (a real one is a few hundred bytes).
+MAX_HEADER: Final = 64 * 1024
+#: Temporary files older than this (seconds) are left-overs of a stopped write.
+STALE_TEMPORARY: Final = 3600.0
+
+#: "No position": every evaluated position is exact.
+NEVER: Final = sys.maxsize
+
+_HEAD: Final = struct.Struct("<I")  # the header's length, after MAGIC
+
+
+def common_prefix(first: Sequence[int], second: Sequence[int]) -> int:
+    """How many tokens the two sequences share from the start."""
+    import numpy as np
+
+    count = min(len(first), len(second))
+    if not count:
+        return 0
+    a = np.asarray(first[:count], dtype=np.int64)
+    b = np.asarray(second[:count], dtype=np.int64)
+    differ = np.flatnonzero(a != b)
+    return int(differ[0]) if differ.size else count
+
+
+def reusable_prefix(match: int, prompt: int, batch: int, inexact_from: int = NEVER) -> int:
+    """How many of a prompt's first tokens may be kept from an evaluated state, so that the
+    next tokens are computed exactly as a fresh evaluation of the whole prompt computes them.
+
+    ``match``: the tokens the state shares with the prompt; ``prompt``: the prompt's length;
+    ``batch``: the batch size llama.cpp reads a prompt in; ``inexact_from``: the first
+    position the state evaluated alone (see the module's doc).
+
+    At least one token is always evaluated again (its logits give the first answer token). A
+    fresh evaluation reads the prompt in batches from its start, its last one ``prompt %
+    batch`` tokens long; when that last batch is a single token, the kept prefix leaves the
+    rest a multiple of ``batch`` plus one, so that the last token is again read alone, and
+    otherwise never leaves a single token at the end.
+    """
+    limit = min(match, inexact_from, prompt - 1)
+    if limit <= 0:
+        return 0
+    if prompt % batch == 1:
+        batches = math.ceil((prompt - 1 - limit) / batch)
+        keep = prompt - 1 - batches * batch
+    elif (prompt - limit) % batch == 1:
+        keep = limit - 1
+    else:
+        keep = limit
+    return max(0, keep)
+
+
+class StateReuse:
+    """What one loaded model may reuse of what it evaluated: it watches the model's ``eval``
+    for tokens evaluated alone (``inexact_from``), and before each prompt keeps only the exact
+    prefix (loading a longer one from the cache when there is one)."""
+
+    def __init__(self, llm: Any) -> None:
+        self.inexact_from = NEVER
+        #: The last prompt and its answer, for :meth:`refresh`.
+        self.pending: list[int] | None = None
+        #: The last prompt's tokens reused, and from where ("memory", "cache" or "").
+        self.reused = 0
+        self.source = ""
+        evaluate = llm.eval
+
+        def watched(tokens: Sequence[int]) -> Any:
+            start = llm.n_tokens
+            if self.inexact_from >= start:
+                self.inexact_from = NEVER  # llama.cpp drops everything from ``start`` first
+            count = len(tokens)
+            if count % llm.n_batch == 1:  # its last batch is a single token
+                self.inexact_from = min(self.inexact_from, start + count - 1)
+            return evaluate(tokens)
+
+        llm.eval = watched
+
+    @classmethod
+    def for_model(cls, llm: Any) -> StateReuse | None:
+        """For a model just loaded; ``None`` for one whose memory cannot be cut at a position
+        (a recurrent or hybrid model, which llama-cpp-python makes read each prompt whole)."""
+        import llama_cpp
+
+        model = llm.model
+        if llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model):
+            return None
+        return cls(llm)
+
+    def prepare(self, llm: Any, tokens: Sequence[int], cache: StateCache | None) -> None:
+        """Before ``tokens`` are evaluated: keep the exact part of what the model holds, or
+        load a longer exact prefix from ``cache``."""
+        prompt = len(tokens)
+        batch = llm.n_batch
+        held = common_prefix(llm.input_ids[: llm.n_tokens], tokens)
+        keep = reusable_prefix(held, prompt, batch, self.inexact_from)
+        self.source = "memory" if keep else ""
+        if cache is not None:
+            found = cache.lookup(tokens)
+            if found is not None:
+                entry, shared = found
+                better = reusable_prefix(shared, prompt, batch)
+                if better >= keep + MIN_GAIN and cache.restore(llm, entry):
+                    self.inexact_from = NEVER
+                    keep, self.source = better, "cache"
+        llm.n_tokens = min(llm.n_tokens, keep)
+        self.reused = keep
+        if keep:
+            log.info(
+                "local: %s of %s prompt tokens reused (%s)",
+                f"{keep:,}",
+                f"{prompt:,}",
+                "from the state cache" if self.source == "cache" else "still in memory",
+            )
+
+    def keep(
+        self, llm: Any, prompt: Sequence[int], answer: Sequence[int], cache: StateCache | None
+    ) -> None:
+        """After an answer that ended normally: keep only the exact part of its prompt's
+        state (the answer's tokens, evaluated one at a time, are dropped), write it to
+        ``cache``, and remember the answer for :meth:`refresh`."""
+        self.pending = None
+        exact = min(len(prompt), self.inexact_from, llm.n_tokens)
+        import llama_cpp
+
+        memory = llama_cpp.llama_get_memory(llm.ctx)
+        if memory is None or not llama_cpp.llama_memory_seq_rm(memory, -1, exact, -1):
+            return  # a model whose memory cannot be cut at a position (a recurrent one)
+        llm.n_tokens = exact
+        self.inexact_from = NEVER
+        self.pending = [*prompt, *answer]
+        if cache is not None and exact >= MIN_TOKENS:
+            cache.save(llm)
+
+    def refresh(self, llm: Any, cache: StateCache | None, stop: threading.Event) -> None:
+        """After :meth:`keep`, with time to spare: read the answer again in a batch, so that
+        the next turn (or, through ``cache``, the next process) starts with it evaluated;
+        ``stop`` (set when the model is needed) ends it early, leaving what is done."""
+        tokens, self.pending = self.pending, None
+        start = llm.n_tokens
+        if not tokens or stop.is_set() or start >= len(tokens):
+            return
+        if common_prefix(llm.input_ids[:start], tokens) != start:
+            return
+        end = len(tokens)
+        if (end - start) % llm.n_batch == 1:
+            end -= 1  # never a batch of one token: its state would not be exact
+        if end - start < 2:
+            return
+        started = time.perf_counter()
+        try:
+            llm.eval(tokens[start:end])
+        except RuntimeError:
+            return  # stopped: the batches done are kept
+        log.info(
+            "local: the answer's %s tokens read again in %.2f s",
+            f"{end - start:,}",
+            time.perf_counter() - started,
+        )
+        if cache is not None and not stop.is_set() and llm.n_tokens >= MIN_TOKENS:
+            cache.save(llm)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryHead:
+    """What an entry's header says, and its tokens."""
+
+    path: Path
+    tokens: Any  # a numpy array of int32
+    state_size: int
+    digest: str
+    offset: int  # where its tokens start
+
+
+class DamagedEntry(ValueError):
+    """An entry that cannot be what it claims to be."""
+
+
+class StateCache:
+    """Saved states of one model file (at one context length, with one llama.cpp build)."""
+
+    def __init__(self, cache_dir: Path, key: dict[str, Any], cap_bytes: int) -> None:
+        self.base = cache_dir
+        self.root = cache_dir / FOLDER
+        self.key = key
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+        self.folder = self.root / name
+        self.cap = cap_bytes
+        self._heads: dict[Path, EntryHead] = {}
+
+    @classmethod
+    def for_model(
+        cls, cache_dir: Path | None, cap_mib: int, path: Path, llm: Any, n_ctx: int
+    ) -> StateCache | None:
+        """The cache for a loaded model; ``None`` when it is off or cannot apply."""
+        if cache_dir is None or cap_mib <= 0:
+            return None
+        import llama_cpp
+
+        try:
+            st = path.stat()
+            build = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+        except (OSError, AttributeError, TypeError):
+            return None
+        key = {
+            "format": FORMAT,
+            "model": str(path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "n_ctx": n_ctx,
+            "n_batch": llm.n_batch,
+            "runtime": getattr(llama_cpp, "__version__", "?"),
+            "build": build,
+        }
+        return cls(cache_dir, key, cap_mib * 1024 * 1024)
+
+    # -- finding -----------------------------------------------------------------------------
+
+    def lookup(self, tokens: Sequence[int]) -> tuple[EntryHead, int] | None:
+        """The entry sharing the longest prefix with ``tokens``, and how long that prefix is."""
+        best: tuple[EntryHead, int] | None = None
+        for head in self._entries():
+            shared = common_prefix(head.tokens, tokens)
+            if shared and (best is None or shared > best[1]):
+                best = (head, shared)
+        return best
+
+    def _entries(self) -> list[EntryHead]:
+        heads: list[EntryHead] = []
+        try:
+            names = sorted(os.listdir(self.folder))
+        except FileNotFoundError:
+            return heads
+        except OSError as exc:
+            log.info("local: state cache not read (%s)", exc.strerror or exc)
+            return heads
+        for name in names:
+            if not name.endswith(".state"):
+                continue
+            path = self.folder / name
+            try:
+                heads.append(self._head(path))
+            except DamagedEntry as exc:
+                self._drop_damaged(path, str(exc))
+        return heads
+
+    def _head(self, path: Path) -> EntryHead:
+        cached = self._heads.get(path)
+        if cached is not None:
+            return cached
+        try:
+            with _open_entry(path) as file:
+                head = _read_head(file, path, self.key)
+        except OSError as exc:
+            raise DamagedEntry(exc.strerror or str(exc)) from None
+        self._heads[path] = head
+        return head
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def restore(self, llm: Any, head: EntryHead) -> bool:
+        """Load an entry into the model; ``False`` (and the entry removed) when it is damaged."""
+        import llama_cpp
+        import numpy as np
+
+        count = len(head.tokens)
+        started = time.perf_counter()
+        try:
+            if count > llm.n_ctx():
+                raise DamagedEntry(f"{count} tokens, more than the context holds")
+            with _open_entry(head.path) as file:
+                size = os.fstat(file.fileno()).st_size
+                expected = head.offset + 4 * count + head.state_size
+                if size != expected:
+                    raise DamagedEntry(f"{size} bytes where its header says {expected}")
+                if size > self.cap:
+                    raise DamagedEntry("larger than the cache's cap")
+                data = bytearray(size - head.offset)
+                file.seek(head.offset)
+                if file.readinto(data) != len(data):
+                    raise DamagedEntry("it ends early")
+        except OSError as exc:
+            self._drop_damaged(head.path, exc.strerror or str(exc))
+            return False
+        except DamagedEntry as exc:
+            self._drop_damaged(head.path, str(exc))
+            return False
+        if hashlib.sha256(data).hexdigest() != head.digest:
+            self._drop_damaged(head.path, "its checksum does not match")
+            return False
+        tokens = np.frombuffer(data, dtype="<i4", count=count)
+        if not np.array_equal(tokens, head.tokens):
+            self._drop_damaged(head.path, "it changed while it was read")
+            return False
+        state = (ctypes.c_uint8 * head.state_size).from_buffer(data, 4 * count)
+        if llama_cpp.llama_state_set_data(llm.ctx, state, head.state_size) != head.state_size:
+            llm.reset()  # whatever it half-set is evaluated again from the start
+            self._drop_damaged(head.path, "llama.cpp refused its state")
+            return False
+        llm.input_ids[:count] = tokens
+        llm.n_tokens = count
+        _touch(head.path)
+        log.info(
+            "local: state of %s tokens loaded from the cache in %.2f s",
+            f"{count:,}",
+            time.perf_counter() - started,
+        )
+        return True
+
+    def _drop_damaged(self, path: Path, why: str) -> None:
+        log.info("local: state cache entry %s is damaged (%s): not used, removed", path.name, why)
+        self._heads.pop(path, None)
+        _remove(path)
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def save(self, llm: Any) -> None:
+        """Write the model's state (its first ``llm.n_tokens`` tokens) as an entry, then
+        drop the entries it supersedes and the oldest ones over the cap."""
+        import llama_cpp
+        import numpy as np
+
+        count = llm.n_tokens
+        tokens = np.ascontiguousarray(llm.input_ids[:count], dtype="<i4")
+        name = hashlib.sha256(tokens.tobytes()).hexdigest()[:32] + ".state"
+        path = self.folder / name
+        try:
+            private_dir(self.folder, base=self.base)
+            if path.exists():  # the same tokens are saved already
+                _touch(path)
+                return
+            started = time.perf_counter()
+            size = llama_cpp.llama_state_get_size(llm.ctx)
+            if size > self.cap:
+                log.info("local: state not cached: %s MiB is more than the cap", size >> 20)
+                return
+            buffer = (ctypes.c_uint8 * size)()
+            written = llama_cpp.llama_state_get_data(llm.ctx, buffer, size)
+            if not 0 < written <= size:
+                return
+            state = memoryview(buffer).cast("B")[:written]
+            digest = hashlib.sha256(tokens.tobytes())
+            digest.update(state)
+            fields = {"key": self.key, "tokens": count, "state_size": written}
+            fields["sha256"] = digest.hexdigest()
+            header = json.dumps(fields, sort_keys=True).encode()
+            parts: list[bytes | memoryview] = [MAGIC, _HEAD.pack(len(header)), header]
+            parts += [tokens.tobytes(), state]
+            write_private(path, parts, base=self.base, durable=False)
+            log.info(
+                "local: state of %s tokens cached (%s MiB) in %.2f s",
+                f"{count:,}",
+                f"{written / 2**20:.0f}",
+                time.perf_counter() - started,
+            )
+        except (StorageError, ConfigError, OSError) as exc:
+            log.warning("chatcli: the offline model's state was not cached: %s", exc)
+            return
+        self._heads[path] = EntryHead(path, tokens, written, digest.hexdigest(), 0)
+        self._drop_superseded(path, tokens)
+        self.trim()
+
+    def _drop_superseded(self, path: Path, tokens: Any) -> None:
+        for head in self._entries():
+            shorter = head.path != path and len(head.tokens) < len(tokens)
+            if shorter and common_prefix(head.tokens, tokens) == len(head.tokens):
+                self._heads.pop(head.path, None)
+                _remove(head.path)
+
+    def trim(self) -> None:
+        """Drop the least recently used entries (of every model) until the cache fits its cap;
+        remove temporary files a stopped write left behind."""
+        found: list[tuple[float, int, Path]] = []
+        now = time.time()
+        try:
+            folders = [self.root / name for name in os.listdir(self.root)]
+        except OSError:
+            return
+        for folder in folders:
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue  # not a folder, or gone
+            for name in names:
+                path = folder / name
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if name.endswith(".tmp") and now - st.st_mtime > STALE_TEMPORARY:
+                    _remove(path)
+                elif name.endswith(".state"):
+                    found.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in found)
+        for _, size, path in sorted(found):
+            if total <= self.cap:
+                break
+            self._heads.pop(path, None)
+            _remove(path)
+            total -= size
+
+
+@contextlib.contextmanager
+def _open_entry(path: Path) -> Iterator[io.FileIO]:
+    """An entry opened for reading: never through a link, a regular file of this user."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid()):
+            raise OSError(0, "not a regular file of this user")
+        file = io.FileIO(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with file:
+        yield file
+
+
+def _read_head(file: io.FileIO, path: Path, key: dict[str, Any]) -> EntryHead:
+    import numpy as np
+
+    start = file.read(len(MAGIC) + _HEAD.size)
+    if len(start) != len(MAGIC) + _HEAD.size or not start.startswith(MAGIC):
+        raise DamagedEntry("not a state file")
+    (length,) = _HEAD.unpack(start[len(MAGIC) :])
+    if length > MAX_HEADER:
+        raise DamagedEntry("its header is too long")
+    raw = file.read(length)
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise DamagedEntry("its header is not JSON") from None
+    if not isinstance(header, dict) or header.get("key") != key:
+        raise DamagedEntry("its header is for another model")
+    count, size, digest = header.get("tokens"), header.get("state_size"), header.get("sha256")
+    if not (
+        isinstance(count, int) and 0 < count <= key["n_ctx"]
+        and isinstance(size, int) and size > 0
+        and isinstance(digest, str) and len(digest) == 64
+    ):  # fmt: skip
+        raise DamagedEntry("its header is incomplete")
+    data = file.read(4 * count)
+    if len(data) != 4 * count:
+        raise DamagedEntry("it ends early")
+    tokens = np.frombuffer(data, dtype="<i4")
+    return EntryHead(path, tokens, size, digest, len(start) + length)
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as just used (the cap drops the least recently used first)."""
+    with contextlib.suppress(OSError):
+        os.utime(path, follow_symlinks=False)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
