@@ -20,6 +20,8 @@ bench:
 
 bench-local:  # needs the local extra
 	python bench/local.py
+	python bench/speed.py
+	python bench/followup.py
 
 completions:
 	python tests/test_completions.py

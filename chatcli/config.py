@@ -24,6 +24,9 @@ them. Nothing here runs at import time.
     [providers.ollama]           # settings for a built-in provider
     model = "llama3.2"
 
+    [providers.local]            # the offline model
+    state_cache_mib = 1024       # its state cache's size cap (0: off)
+
     [cookies]                    # opt-in: read missing cookies from this browser
     from_browser = "chrome"
     profile = "~/.config/google-chrome/Profile 1"   # optional: another profile

@@ -227,6 +227,7 @@ def test_piped_text_becomes_context_and_the_keys_come_from_the_terminal(
         terminal.wait_prompt()
         terminal.type("explain\r")
         terminal.wait_for("Hello, world!")
+        terminal.wait_for("Hello, world!\n>")  # the prompt is back (a key before it is lost)
         terminal.type("\x04")
         assert terminal.wait_exit() == 0
     finally:

