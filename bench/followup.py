@@ -50,15 +50,18 @@ def notes(chars: int) -> str:
 
 def first_byte(argv: list[str], env: dict[str, str]) -> tuple[float, str, str]:
     """(seconds to the first byte on stdout, the whole stdout, stderr) of one run."""
-    start = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert process.stdout is not None and process.stderr is not None
-    head = os.read(process.stdout.fileno(), 1)
-    took = time.perf_counter() - start
-    rest, err = process.communicate()
+    with tempfile.TemporaryFile() as errors:  # a pipe could fill while stdout is awaited
+        start = time.perf_counter()
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors, env=env)
+        assert process.stdout is not None
+        head = os.read(process.stdout.fileno(), 1)
+        took = time.perf_counter() - start
+        rest, _ = process.communicate()
+        errors.seek(0)
+        err = errors.read().decode("utf-8", "replace")
     if process.returncode not in (0, EXIT_CUT) or not head:
-        raise SystemExit(f"{argv[1:3]} failed ({process.returncode}): {err.decode()}")
-    return took, (head + rest).decode(), err.decode()
+        raise SystemExit(f"{argv[1:3]} failed ({process.returncode}): {err}")
+    return took, (head + rest).decode(), err
 
 
 def main() -> None:
@@ -70,7 +73,8 @@ def main() -> None:
     byte_compile()
     chatcli = str(Path(sys.executable).with_name("chatcli"))
     common = ["-p", "local", "--temperature", "0", "-o", "seed", "1"]
-    common += ["-o", "threads", str(args.threads)]
+    if args.threads != local.default_threads():  # else chatcli's own choice (local.py)
+        common += ["-o", "threads", str(args.threads)]
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
@@ -83,7 +87,8 @@ def main() -> None:
             env,
         )
         prompt = next(line for line in err.splitlines() if " tokens in, " in line)
-        print(f"model {local.BUNDLED_NAME}, {args.threads} thread(s), {os.cpu_count()} CPU(s)")
+        print(f"model {local.BUNDLED_NAME}, {args.threads} thread(s), {os.cpu_count()} CPU(s)",
+              flush=True)  # fmt: skip
         print(f"session built: {prompt.split(': ', 1)[-1]}")
         print(f"  its first answer: {len(answer)} characters, first token after {built:.1f} s")
 
