@@ -294,6 +294,13 @@ def test_the_cache_is_never_written_through_a_link(
         saved(llm, cache, tokens(200))
     assert list(elsewhere.iterdir()) == []
     assert "not cached" in caplog.text and "symbolic link" in caplog.text
+    # Nor read through one: an entry where the link points is not looked at.
+    real = cache_at(tmp_path / "real")
+    saved(llm, real, tokens(200))
+    (entry,) = entries(real)
+    (elsewhere / cache.folder.name).mkdir()
+    (elsewhere / cache.folder.name / entry.name).write_bytes(entry.read_bytes())
+    assert cache.lookup(tokens(220)) is None
 
 
 def test_left_over_temporary_files_are_removed(

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from chatcli.errors import ConfigError, StorageError
-from chatcli.store.files import private_dir, write_private
+from chatcli.store.files import check_tree, private_dir, write_private
 
 log = logging.getLogger("chatcli.local")
 
@@ -293,6 +293,12 @@ class StateCache:
 
     def _entries(self) -> list[EntryHead]:
         heads: list[EntryHead] = []
+        try:
+            if not check_tree(self.folder, self.base):
+                return heads
+        except ConfigError as exc:  # a link or another user's folder: never read through
+            log.warning("chatcli: the offline model's state cache is not used: %s", exc)
+            return heads
         try:
             names = sorted(os.listdir(self.folder))
         except FileNotFoundError:
