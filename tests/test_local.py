@@ -126,10 +126,10 @@ def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeLla
     path.write_bytes(b"GGUF")
     llama = FakeLlama(["Hel", "lo", "!"])
     loaded = FakeLoaded(llama)
-    loads: list[tuple[Path, int, int]] = []
+    loads: list[tuple[Path, int, int, int | None]] = []
 
-    def acquire(p: Path, *, threads: int, n_ctx: int) -> FakeLoaded:
-        loads.append((p, threads, n_ctx))
+    def acquire(p: Path, *, threads: int, n_ctx: int, batch: int | None = None) -> FakeLoaded:
+        loads.append((p, threads, n_ctx, batch))
         loaded.lock.acquire()
         return loaded
 
@@ -158,7 +158,8 @@ def test_streams_pieces_through_the_chat_template_with_history(
     assert call["messages"] == messages  # roles and order kept: the template does the rest
     assert call["stream"] is True
     assert (call["temperature"], call["max_tokens"], call["top_p"]) == (0.3, 7, 0.8)
-    assert llama.loads == [(path, 3, local.DEFAULT_CONTEXT)]  # type: ignore[attr-defined]
+    # -o threads sets the prompt's threads too (None: the same as for generating).
+    assert llama.loads == [(path, 3, local.DEFAULT_CONTEXT, None)]  # type: ignore[attr-defined]
 
 
 def events(path: Path, question: str = "x", **options: Any) -> list[Event]:
@@ -181,6 +182,9 @@ def test_defaults_cap_the_answer_and_each_answer_gets_a_fresh_seed(
         collect(str(path), [{"role": "user", "content": "x"}])
         collect(str(path), [{"role": "user", "content": "x"}])
     first, second = llama.calls
+    # Without -o threads a prompt is read with every CPU, and generated with one fewer.
+    (_, threads, _, batch), _ = llama.loads  # type: ignore[attr-defined]
+    assert (threads, batch) == (local.default_threads(), local.usable_cpus())
     assert f"seed={first['seed']}" in caplog.text  # -v says it, so -o seed N repeats the answer
     for key, value in local.DEFAULT_SAMPLING.items():
         assert first[key] == second[key] == value, key
