@@ -155,16 +155,14 @@ class Registry:
                 raise ConfigError(
                     f'providers.{name}: unknown type {kind!r} (only "openai" can be defined)'
                 )
-            if "state_cache_mib" in table:  # the offline model's state cache (local only)
+            # What its models hold, when the service does not say; the offline model's state
+            # cache cap (local only; config.py checks that).
+            overrides = {
+                k: int(table[k]) for k in ("context_length", "state_cache_mib") if k in table
+            }
+            if overrides:
                 base = registry.get(name)
-                registry._entries[name] = type(
-                    base.__name__, (base,), {"state_cache_mib": int(table["state_cache_mib"])}
-                )
-            if "context_length" in table:  # what its models hold, when the service does not say
-                base = registry.get(name)
-                registry._entries[name] = type(
-                    base.__name__, (base,), {"context_length": int(table["context_length"])}
-                )
+                registry._entries[name] = type(base.__name__, (base,), overrides)
         return registry
 
     def names(self) -> list[str]:

@@ -467,7 +467,7 @@ class Local(AsyncGeneratorProvider):
                     return
         finally:
             # Ctrl-C, a timeout or a closed generator: llama.cpp stops at its next abort
-            # check (within a token, or a slice of the prompt), freeing the model for the
+            # check (within a step of its compute graph), freeing the model for the
             # next question. Waited for without blocking the event loop; a model still
             # loading is not waited for (the next question waits for it instead), nor is
             # the work after a whole answer (the next question interrupts it).
@@ -544,17 +544,15 @@ class TokenCount:
     """
 
     def __init__(self) -> None:
-        self.prompt = 0
-        self.completion = 0
         self.prompt_tokens: list[int] = []
         self.generated: list[int] = []
 
     def usage(self) -> Usage | None:
         """The counts; ``None`` if the model was never seen generating (a llama-cpp-python
         that no longer goes through ``Llama.generate``): no counts rather than wrong ones."""
-        if not self.prompt:
+        if not self.prompt_tokens:
             return None
-        return Usage(input_tokens=self.prompt, output_tokens=self.completion)
+        return Usage(input_tokens=len(self.prompt_tokens), output_tokens=len(self.generated))
 
     @contextlib.contextmanager
     def watching(
@@ -568,10 +566,8 @@ class TokenCount:
             tokens = list(tokens)
             if before is not None:
                 before(tokens)
-            self.prompt = len(tokens)
             self.prompt_tokens = tokens
             for token in generate(tokens, *args, **kwargs):
-                self.completion += 1
                 self.generated.append(int(token))
                 yield token
 

@@ -126,9 +126,8 @@ class StateReuse:
         self.inexact_from = NEVER
         #: The last prompt and its answer, for :meth:`refresh`.
         self.pending: list[int] | None = None
-        #: The last prompt's tokens reused, and from where ("memory", "cache" or "").
+        #: How many of the last prompt's tokens were reused.
         self.reused = 0
-        self.source = ""
         evaluate = llm.eval
 
         def watched(tokens: Sequence[int]) -> Any:
@@ -160,7 +159,7 @@ class StateReuse:
         batch = llm.n_batch
         held = common_prefix(llm.input_ids[: llm.n_tokens], tokens)
         keep = reusable_prefix(held, prompt, batch, self.inexact_from)
-        self.source = "memory" if keep else ""
+        source = "still in memory"
         if cache is not None:
             found = cache.lookup(tokens)
             if found is not None:
@@ -168,15 +167,12 @@ class StateReuse:
                 better = reusable_prefix(shared, prompt, batch)
                 if better >= keep + MIN_GAIN and cache.restore(llm, entry):
                     self.inexact_from = NEVER
-                    keep, self.source = better, "cache"
+                    keep, source = better, "from the state cache"
         llm.n_tokens = min(llm.n_tokens, keep)
         self.reused = keep
         if keep:
             log.info(
-                "local: %s of %s prompt tokens reused (%s)",
-                f"{keep:,}",
-                f"{prompt:,}",
-                "from the state cache" if self.source == "cache" else "still in memory",
+                "local: %s of %s prompt tokens reused (%s)", f"{keep:,}", f"{prompt:,}", source
             )
 
     def keep(
