@@ -46,6 +46,19 @@ class Isolated:
         return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def never_the_real_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A safety net under every test: chatcli's files go to a temporary folder, never the
+    user's, even in a test that forgets :func:`isolated` (which gives each test its own)."""
+    saved = os.environ.get("CHATCLI_HOME")
+    os.environ["CHATCLI_HOME"] = str(tmp_path_factory.mktemp("session-chatcli-home"))
+    yield
+    if saved is None:
+        os.environ.pop("CHATCLI_HOME", None)
+    else:
+        os.environ["CHATCLI_HOME"] = saved
+
+
 @pytest.fixture
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Isolated:
     home = tmp_path / "home"
