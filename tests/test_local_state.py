@@ -4,9 +4,11 @@ without reuse."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -389,61 +391,160 @@ HISTORY = (
 )
 
 
-@needs_model
-def test_the_real_model_answers_the_same_with_and_without_reuse(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+QUESTIONS = [f"{HISTORY} Summarise these notes.", "Who printed a Bible?", "Where did it spread?"]
+OPTIONS = {"max_tokens": 20, "seed": 1, "threads": 1}
+
+
+def chat_in(home: Path) -> Any:
     import chatcli
 
-    def chat(home: Path) -> Any:
-        return chatcli.Chat(
-            provider="local",
-            home=str(home),
-            session="s",
-            temperature=0,
-            options={"max_tokens": 20, "seed": 1, "threads": 1},
-            env={},
-        )
+    return chatcli.Chat(
+        provider="local", home=str(home), session="s", temperature=0, options=OPTIONS, env={}
+    )
 
-    cached_home, plain_home = tmp_path / "cached", tmp_path / "plain"
-    (plain_home / "config").mkdir(parents=True, mode=0o700)
-    (plain_home / "config" / "config.toml").write_text("[providers.local]\nstate_cache_mib = 0\n")
-    (plain_home / "config" / "config.toml").chmod(0o600)
-    questions = [f"{HISTORY} Summarise these notes.", "Who printed a Bible?"]
-    questions.append("Where did it spread?")
 
-    def idle(timeout: float = 30) -> None:
-        """Wait until the model has read its last answer again (a user who reads first)."""
-        deadline = time.monotonic() + timeout
-        for model in local._MODELS.values():
-            while model.idle and time.monotonic() < deadline:
-                time.sleep(0.05)
+@pytest.fixture(scope="module")
+def fresh_answers(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The answers with nothing reused: the cache off, each turn read whole by a fresh model."""
+    home = tmp_path_factory.mktemp("plain")
+    (home / "config").mkdir(mode=0o700)
+    (home / "config" / "config.toml").write_text("[providers.local]\nstate_cache_mib = 0\n")
+    (home / "config" / "config.toml").chmod(0o600)
+    plain = chat_in(home)
+    answers = []
+    for question in QUESTIONS:
+        local.unload_models(wait=5)
+        answers.append(plain.ask(question).text)
+    local.unload_models(wait=5)
+    assert not (home / "cache" / ls.FOLDER).exists()
+    assert all(answer.strip() for answer in answers)
+    return answers
 
+
+def idle(timeout: float = 30) -> None:
+    """Wait until the model has read its last answer again (a user who reads first)."""
+    deadline = time.monotonic() + timeout
+    for model in local._MODELS.values():
+        while model.idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def reuse_line(messages: list[str]) -> tuple[int, int, str]:
+    """(tokens reused, the prompt's tokens, where from) of the turn's ``-v`` line."""
+    (line,) = [m for m in messages if "prompt tokens reused" in m]
+    reused, prompt = (int(w.replace(",", "")) for w in line.split()[1:4:2])
+    return reused, prompt, line
+
+
+def question_tokens(question: str) -> int:
+    llm = next(iter(local._MODELS.values())).llm
+    return len(llm.tokenize(question.encode(), add_bos=False))
+
+
+def refuse_putting_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp refuses the state read again when it is put in the model's place."""
+    original = llama_cpp.llama_state_seq_set_data
+
+    def refuse(ctx: Any, *args: Any) -> int:
+        if threading.current_thread().name != "chatcli-reread":
+            return 0
+        return int(original(ctx, *args))
+
+    monkeypatch.setattr(llama_cpp, "llama_state_seq_set_data", refuse)
+
+
+@needs_model
+@pytest.mark.parametrize(
+    # How each way of reading an answer again leaves the next process's follow-up (the first
+    # turn's process exits right after its answer, as ``chatcli ask`` does): it reads only
+    # the new question, the first answer again too, or the whole conversation.
+    ("way", "follow_up_reads"),
+    [
+        ("while generated", "question"),  # a spare CPU: the answer read again as it came
+        ("after the answer", "answer"),  # no spare CPU: read again while the process idles
+        ("fell behind", "answer"),  # the rereader had too much left when the answer ended
+        ("refused", "all"),  # llama.cpp refused its state: nothing kept, nothing wrong
+    ],
+)
+def test_the_real_model_answers_the_same_with_and_without_reuse(
+    way: str,
+    follow_up_reads: str,
+    fresh_answers: list[str],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(local, "usable_cpus", lambda: 1 if way == "after the answer" else 2)
+    if way == "fell behind":
+        monkeypatch.setattr(ls, "REREAD_CHUNK", 10_000)  # it reads nothing while generated
+        monkeypatch.setattr(ls, "REREAD_FINISH", 0)
+    if way == "refused":
+        refuse_putting_in_place(monkeypatch)
+    cached = chat_in(tmp_path / "cached")
     with caplog.at_level(logging.INFO, logger="chatcli.local"):
         local.unload_models(wait=5)
-        cached = chat(cached_home)
-        first = cached.ask(questions[0]).text
-        idle()
+        first = cached.ask(QUESTIONS[0]).text
+        came = [re.findall(r"(\d+) of the answer's (\d+) tokens", m) for m in caplog.messages]
+        came = [found[0] for found in came if found]
+        answer_tokens = question_tokens(first)
+        if way == "while generated":  # all of it (the tokens of its text, give or take)
+            ((read, of),) = came
+            assert read == of and abs(int(read) - answer_tokens) <= 2
+        elif way == "fell behind":
+            assert [read for read, _ in came] == ["0"]
+        else:
+            assert came == []
         local.unload_models(wait=5)  # a new process: nothing in memory, the cache on disk
         caplog.clear()
-        second = cached.ask(questions[1]).text
-        assert "from the state cache" in caplog.text
+        second = cached.ask(QUESTIONS[1]).text
+        if follow_up_reads == "all":
+            assert "prompt tokens reused" not in caplog.text
+        else:
+            reused, prompt, line = reuse_line(caplog.messages)
+            assert line.endswith("(from the state cache)")
+            if follow_up_reads == "question":  # and its template around it
+                assert 0 < prompt - reused <= question_tokens(QUESTIONS[1]) + 16
+            else:
+                assert prompt - reused >= answer_tokens - 2
         idle()
         caplog.clear()
-        third = cached.ask(questions[2]).text  # as in a REPL: still in memory
-        (line,) = [m for m in caplog.messages if "prompt tokens reused" in m]
+        third = cached.ask(QUESTIONS[2]).text  # as in a REPL: still in memory
+        reused, prompt, line = reuse_line(caplog.messages)
         assert line.endswith("(still in memory)")
-        reused, prompt = (int(w.replace(",", "")) for w in line.split()[1:4:2])
+        # The REPL's third turn read only the new question and its template around it.
+        assert 0 < prompt - reused <= question_tokens(QUESTIONS[2]) + 16
+    assert [first, second, third] == fresh_answers
+    local.unload_models(wait=5)
 
-        answers = []
-        plain = chat(plain_home)
-        for question in questions:
-            local.unload_models(wait=5)  # each turn read whole, in a fresh model
-            answers.append(plain.ask(question).text)
-    assert [first, second, third] == answers
-    assert all(answer.strip() for answer in answers)
-    assert not (plain_home / "cache" / ls.FOLDER).exists()
-    # The REPL's third turn read only the new question and its template around it.
-    llm = next(iter(local._MODELS.values())).llm
-    question_tokens = len(llm.tokenize(questions[2].encode(), add_bos=False))
-    assert 0 < prompt - reused <= question_tokens + 16
+
+@needs_model
+def test_an_answer_stopped_midway_is_not_read_again_and_leaves_nothing_wrong(
+    fresh_answers: list[str], monkeypatch: pytest.MonkeyPatch, isolated: Isolated
+) -> None:
+    monkeypatch.setattr(local, "usable_cpus", lambda: 2)  # a spare CPU: the rereader works
+    path = local.Local().model_path(None)
+    messages: list[Any] = [{"role": "user", "content": QUESTIONS[0]}]
+
+    async def stop_after_three_pieces() -> None:
+        stream = local.Local.create_async_generator(
+            str(path), messages, threads=1, temperature=0, seed=1, max_tokens=200
+        )
+        pieces = 0
+        async for _piece in stream:
+            pieces += 1
+            if pieces == 3:
+                break
+        await stream.aclose()
+
+    local.unload_models(wait=5)
+    asyncio.run(stop_after_three_pieces())
+    (model,) = local._MODELS.values()
+    assert model.lock.acquire(timeout=2)  # the model is free at once
+    model.lock.release()
+    assert model.reuse is not None and model.reuse.rereader is not None
+    assert model.reuse.rereader._thread is None
+    assert not [t for t in threading.enumerate() if t.name == "chatcli-reread"]
+    # The same process answers as a fresh one would.
+    answer = chat_in(isolated.chatcli_home).ask(QUESTIONS[0]).text
+    assert answer == fresh_answers[0]
+    local.unload_models(wait=5)

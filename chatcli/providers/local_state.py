@@ -27,6 +27,14 @@ state. Each entry carries a SHA-256 of its tokens and state, and a damaged entry
 size cap (``[providers.local] state_cache_mib``, default :data:`DEFAULT_CAP_MIB`; 0 turns it
 off), the least recently used entries dropped first, and an entry whose tokens a newer one
 extends is dropped at once (the newer one serves every prompt it served).
+
+**Answers are read again while they are written** (:class:`Rereader`). Where a CPU is left
+over while the model generates (it generates on all but one), a second llama.cpp context of the
+same model takes a copy of the prompt's state at the first token and reads the answer's tokens
+in batches as they come, a few at a time. When the answer ends, its state (prompt and answer,
+all exact) replaces the model's, so the next turn, in this process or through the cache in the
+next one, reads only the new question. Where no CPU is spare, the answer is read again after it
+ends, while the process idles (:meth:`StateReuse.refresh`), or by the next turn.
 """
 
 from __future__ import annotations
@@ -73,6 +81,13 @@ STALE_TEMPORARY: Final = 3600.0
 
 #: "No position": every evaluated position is exact.
 NEVER: Final = sys.maxsize
+
+#: The :class:`Rereader` reads the answer once this many of its tokens wait (fewer, larger
+#: batches cost the model less; more waiting makes the end of the answer wait longer).
+REREAD_CHUNK: Final = 8
+#: When an answer ends, the :class:`Rereader` finishes reading it if at most this many tokens
+#: wait (a fraction of a second); more (it fell behind) are left to the next turn.
+REREAD_FINISH: Final = 64
 
 _HEAD: Final = struct.Struct("<I")  # the header's length, after MAGIC
 
@@ -122,12 +137,14 @@ class StateReuse:
     for tokens evaluated alone (``inexact_from``), and before each prompt keeps only the exact
     prefix (loading a longer one from the cache when there is one)."""
 
-    def __init__(self, llm: Any) -> None:
+    def __init__(self, llm: Any, rereader: Rereader | None = None) -> None:
         self.inexact_from = NEVER
         #: The last prompt and its answer, for :meth:`refresh`.
         self.pending: list[int] | None = None
         #: How many of the last prompt's tokens were reused.
         self.reused = 0
+        #: Reads each answer again while it is generated, where a CPU is spare.
+        self.rereader = rereader
         evaluate = llm.eval
 
         def watched(tokens: Sequence[int]) -> Any:
@@ -142,15 +159,17 @@ class StateReuse:
         llm.eval = watched
 
     @classmethod
-    def for_model(cls, llm: Any) -> StateReuse | None:
-        """For a model just loaded; ``None`` for one whose memory cannot be cut at a position
-        (a recurrent or hybrid model, which llama-cpp-python makes read each prompt whole)."""
+    def for_model(cls, llm: Any, spare_cpus: int = 0) -> StateReuse | None:
+        """For a model just loaded, reading answers again on ``spare_cpus`` CPUs while it
+        generates them (none: after they end); ``None`` for a model whose memory cannot be cut
+        at a position (a recurrent or hybrid model, which llama-cpp-python makes read each
+        prompt whole)."""
         import llama_cpp
 
         model = llm.model
         if llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model):
             return None
-        return cls(llm)
+        return cls(llm, Rereader(llm, spare_cpus) if spare_cpus > 0 else None)
 
     def prepare(self, llm: Any, tokens: Sequence[int], cache: StateCache | None) -> None:
         """Before ``tokens`` are evaluated: keep the exact part of what the model holds, or
@@ -178,11 +197,14 @@ class StateReuse:
     def keep(
         self, llm: Any, prompt: Sequence[int], answer: Sequence[int], cache: StateCache | None
     ) -> None:
-        """After an answer that ended normally: keep only the exact part of its prompt's
-        state (the answer's tokens, evaluated one at a time, are dropped), write it to
-        ``cache``, and remember the answer for :meth:`refresh`."""
+        """After an answer that ended normally: keep only the exact part of its state (with
+        the :class:`Rereader`, the prompt and the answer; without, the prompt: the answer's
+        tokens, evaluated one at a time, are dropped), write it to ``cache``, and remember the
+        answer for :meth:`refresh`."""
         self.pending = None
-        exact = min(len(prompt), self.inexact_from, llm.n_tokens)
+        if self.rereader is not None and self.rereader.finish(llm) is not None:
+            self.inexact_from = NEVER  # the model's state is now the rereader's, all exact
+        exact = min(self.inexact_from, llm.n_tokens)
         import llama_cpp
 
         memory = llama_cpp.llama_get_memory(llm.ctx)
@@ -193,6 +215,26 @@ class StateReuse:
         self.pending = [*prompt, *answer]
         if cache is not None and exact >= MIN_TOKENS:
             cache.save(llm)
+
+    def generated(self, llm: Any, index: int, token: int) -> None:
+        """The answer's token number ``index`` was sampled (the model is between evaluations:
+        before the first, it has read the whole prompt)."""
+        if self.rereader is None:
+            return
+        if index == 0:
+            self.rereader.start(llm, min(llm.n_tokens, self.inexact_from), token)
+        else:
+            self.rereader.feed(token)
+
+    def abandon(self) -> None:
+        """The answer did not end normally (stopped, failed): nothing of it is read again."""
+        if self.rereader is not None:
+            self.rereader.stop()
+
+    def close(self) -> None:
+        """Before the model is freed."""
+        if self.rereader is not None:
+            self.rereader.close()
 
     def refresh(self, llm: Any, cache: StateCache | None, stop: threading.Event) -> None:
         """After :meth:`keep`, with time to spare: read the answer again in a batch, so that
@@ -221,6 +263,282 @@ class StateReuse:
         )
         if cache is not None and not stop.is_set() and llm.n_tokens >= MIN_TOKENS:
             cache.save(llm)
+
+
+class AbortFlag:
+    """Stops one llama.cpp context's work from another thread, within a step of its compute
+    graph, even mid-batch.
+
+    llama.cpp calls a context's abort callback at every step of its graph, where a Python
+    function would take the GIL hundreds of times per token, and it reads which callback to
+    call only when a graph starts (a batch of up to 512 prompt tokens: seconds on a small CPU).
+    So the callback is a C function set once, reading a flag with no Python involved: the C
+    library's ``strlen`` of a two-byte buffer, 0 (go on) until its first byte is set, then 1
+    (stop).
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        import llama_cpp
+
+        # Kept on the object, so that ctypes does not free them while llama.cpp holds them.
+        self._flag = ctypes.create_string_buffer(2)
+        strlen = _c_strlen()
+        if strlen is not None:
+            self._callback = ctypes.cast(strlen, llama_cpp.ggml_abort_callback)
+        else:  # no C library found: a Python callback, slower but as prompt
+            flag = self._flag
+            self._callback = llama_cpp.ggml_abort_callback(lambda _data: flag.raw[0] != 0)
+        data = ctypes.cast(self._flag, ctypes.c_void_p)
+        llama_cpp.llama_set_abort_callback(ctx, self._callback, data)
+
+    def set(self, on: bool) -> None:
+        self._flag[0] = b"\x01" if on else b"\x00"
+
+
+def _c_strlen() -> Any:
+    """The C library's ``strlen``, or ``None`` where none is found."""
+    import ctypes.util
+
+    for name in (None, ctypes.util.find_library("c"), "msvcrt"):
+        try:
+            return ctypes.CDLL(name).strlen
+        except (OSError, AttributeError, TypeError):
+            continue
+    return None
+
+
+class Rereader:
+    """A second llama.cpp context of the same model that reads each answer again, in batches,
+    on ``threads`` spare CPUs while the model generates it (see the module's doc).
+
+    The model's thread calls :meth:`start` at the answer's first token, :meth:`feed` with each
+    next one, then :meth:`finish` when the answer ended or :meth:`stop` when it did not. The
+    reading happens in a thread of its own, one per answer, never after :meth:`finish` or
+    :meth:`stop` return. Its context is made at the first answer (in that thread, while the
+    model generates) and kept until :meth:`close`; one it cannot make (memory) turns it off.
+    """
+
+    def __init__(self, llm: Any, threads: int) -> None:
+        self.llm = llm
+        self.threads = threads
+        self.ctx: Any = None
+        self.broken = False
+        self._abort: AbortFlag | None = None
+        self._batch: Any = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        #: The tokens its context is to hold: the prompt's, then the answer's so far.
+        self._tokens: list[int] = []
+        self._prompt = 0  # how many of them are the prompt's
+        self._state: Any = None  # the prompt's state, for the thread to load
+        self._exact = 0  # how much of that state is exact
+        self._done = 0  # the positions its context holds
+        self._reading = 0  # the end of the batch being read
+        self._target = 0  # the positions to read up to
+        self._final = False
+        self._failed = False
+
+    def start(self, llm: Any, exact: int, first: int) -> None:
+        """At the answer's first token ``first``: copy the state of the prompt (its first
+        ``exact`` positions exact) and start reading. A failure here only leaves the answer
+        to be read again the slow way (after it ends), never fails the answer."""
+        self.stop()
+        if self.broken:
+            return
+        try:
+            self._start(llm, exact, first)
+        except Exception as exc:
+            log.debug("local: reading the answer again could not start: %s", exc)
+
+    def _start(self, llm: Any, exact: int, first: int) -> None:
+        import llama_cpp
+        import numpy as np
+
+        size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
+        state = np.empty(size, dtype=np.uint8)
+        pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        written = llama_cpp.llama_state_seq_get_data(llm.ctx, pointer, size, 0)
+        if not 0 < written <= size:
+            return
+        with self._cond:
+            self._tokens = [*llm.input_ids[: llm.n_tokens].tolist(), int(first)]
+            self._prompt = llm.n_tokens
+            self._state, self._exact = state[:written], exact
+            self._done = self._reading = 0
+            self._target = len(self._tokens)
+            self._final = self._failed = False
+        self._thread = threading.Thread(target=self._run, name="chatcli-reread", daemon=True)
+        self._thread.start()
+
+    def feed(self, token: int) -> None:
+        """The answer's next token."""
+        if self._thread is None:
+            return
+        with self._cond:
+            self._tokens.append(int(token))
+            self._target = len(self._tokens)
+            self._cond.notify()
+
+    def finish(self, llm: Any) -> int | None:
+        """The answer ended: read what waits (unless it fell behind by more than
+        :data:`REREAD_FINISH` tokens), then put the state read in place of ``llm``'s; how many
+        positions ``llm`` now holds, all exact (``None``: nothing was changed)."""
+        import llama_cpp
+
+        thread = self._thread
+        if thread is None:
+            return None
+        with self._cond:
+            if self._target - max(self._done, self._reading) > REREAD_FINISH:
+                self._target = max(self._done, self._reading)
+            self._final = True
+            self._cond.notify()
+        started = time.perf_counter()
+        thread.join()
+        self._thread = None
+        if self._failed or self._done < 2:
+            return None
+        try:
+            count = self._put_in_place(llm)
+        except Exception as exc:  # what the model holds is unknown: nothing is kept
+            log.debug("local: the answer read again could not be put in place: %s", exc)
+            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), -1, 0, -1)
+            llm.n_tokens = count = 0
+        if count:
+            log.info(
+                "local: %s of the answer's %s tokens read again as they came (%.2f s at its end)",
+                f"{max(0, count - self._prompt):,}",
+                f"{len(self._tokens) - self._prompt:,}",
+                time.perf_counter() - started,
+            )
+        return count
+
+    def _put_in_place(self, llm: Any) -> int | None:
+        import llama_cpp
+        import numpy as np
+
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, 0)
+        state = np.empty(size, dtype=np.uint8)
+        pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, pointer, size, 0)
+        if not 0 < written <= size:
+            return None
+        memory = llama_cpp.llama_get_memory(llm.ctx)
+        llama_cpp.llama_memory_seq_rm(memory, -1, 0, -1)
+        count = self._done
+        if llama_cpp.llama_state_seq_set_data(llm.ctx, pointer, written, 0) != written:
+            raise RuntimeError("llama.cpp refused the state")
+        llm.input_ids[:count] = self._tokens[:count]
+        llm.n_tokens = count
+        return count
+
+    def stop(self) -> None:
+        """The answer did not end normally: stop reading at once (within a step)."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._target = self._done
+            self._final = True
+            self._cond.notify()
+        if self._abort is not None:
+            self._abort.set(True)
+        thread.join()
+        self._thread = None
+        if self._abort is not None:
+            self._abort.set(False)
+
+    def close(self) -> None:
+        """Before the model is freed: free its context."""
+        import llama_cpp
+
+        self.stop()
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ctx is not None:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+
+    # -- its thread ----------------------------------------------------------------------------
+
+    def _open(self) -> bool:
+        import llama_cpp
+
+        params = llama_cpp.llama_context_params()
+        ctypes.memmove(
+            ctypes.byref(params), ctypes.byref(self.llm.context_params), ctypes.sizeof(params)
+        )
+        params.n_threads = params.n_threads_batch = self.threads
+        ctx = llama_cpp.llama_init_from_model(self.llm.model, params)
+        if ctx is None:
+            self.broken = True
+            log.info("local: no second context for reading answers again (memory?)")
+            return False
+        self.ctx = ctx
+        self._abort = AbortFlag(ctx)
+        self._batch = llama_cpp.llama_batch_init(self.llm.n_batch, 0, 1)
+        return True
+
+    def _run(self) -> None:
+        import llama_cpp
+
+        try:
+            if self.ctx is None and not self._open():
+                self._failed = True
+                return
+            memory = llama_cpp.llama_get_memory(self.ctx)
+            llama_cpp.llama_memory_seq_rm(memory, -1, 0, -1)
+            state = self._state
+            self._state = None
+            pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+            if llama_cpp.llama_state_seq_set_data(self.ctx, pointer, len(state), 0) != len(state):
+                self._failed = True
+                return
+            llama_cpp.llama_memory_seq_rm(memory, 0, self._exact, -1)
+            self._done = self._exact
+            while True:
+                with self._cond:
+                    self._cond.wait_for(
+                        lambda: self._final or self._target - self._done >= REREAD_CHUNK
+                    )
+                    start, end = self._done, self._target
+                    if end - start == 1 and self._final and start >= 1:
+                        start -= 1  # never a batch of one token: its state would not be exact
+                    end = min(end, start + self.llm.n_batch)
+                    if end - start == 1:
+                        end = start  # the single last one is left to the next turn
+                    if end <= start:
+                        if self._final:
+                            return
+                        continue
+                    tokens = self._tokens[start:end]
+                    self._reading = end
+                if start < self._done:
+                    llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+                    self._done = start
+                if not self._decode(start, tokens):
+                    self._failed = True
+                    return
+                with self._cond:
+                    self._done = end
+        except Exception as exc:  # anything: the answer is read again the slow way instead
+            log.debug("local: reading the answer again failed: %s", exc)
+            self._failed = True
+
+    def _decode(self, start: int, tokens: list[int]) -> bool:
+        import llama_cpp
+
+        batch = self._batch
+        count = len(tokens)
+        batch.n_tokens = count
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = start + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = i == count - 1
+        return int(llama_cpp.llama_decode(self.ctx, batch)) == 0
 
 
 @dataclass(frozen=True, slots=True)
