@@ -91,6 +91,9 @@ def main() -> None:
               flush=True)  # fmt: skip
         print(f"session built: {prompt.split(': ', 1)[-1]}")
         print(f"  its first answer: {len(answer)} characters, first token after {built:.1f} s")
+        for line in err.splitlines():
+            if "read again as they came" in line or "tokens cached" in line:
+                print(f"  {line.split('local: ')[-1]}")
 
         fresh = [
             first_byte([*ask, "--no-save", FRESH_QUESTION], env)[0] for _ in range(args.runs + 1)
@@ -106,6 +109,14 @@ def main() -> None:
             )
             cached.append(took)
             answers.add(text)
+
+        home = root / "explained"  # once more, untimed, with -v: what was reused
+        shutil.copytree(template, home, symlinks=True)
+        _, _, err = first_byte(
+            [*ask, "-v", "-S", "bench", FOLLOW_UP], dict(env, CHATCLI_HOME=str(home))
+        )
+        reuse = [line for line in err.splitlines() if "prompt tokens reused" in line]
+        print(f"  the follow-up: {reuse[0].split('local: ')[-1] if reuse else 'nothing reused'}")
 
         home = root / "plain"
         shutil.copytree(template, home, symlinks=True)

@@ -26,6 +26,7 @@ them. Nothing here runs at import time.
 
     [providers.local]            # the offline model
     state_cache_mib = 1024       # its state cache's size cap (0: off)
+    reread = true                # read each answer again on a spare CPU as it comes
 
     [cookies]                    # opt-in: read missing cookies from this browser
     from_browser = "chrome"
@@ -65,6 +66,7 @@ _TYPE_WORDS: Final[dict[type, str]] = {
     int: "a number",
     dict: "a table",
     list: "a list",
+    bool: "true or false",
 }
 
 #: Keys allowed at the top of config.toml, with the type each must have.
@@ -97,6 +99,8 @@ _PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "prices": (dict,),
     # The offline model's state cache, its size cap in MiB (providers.local only; 0: off).
     "state_cache_mib": (int,),
+    # The offline model reads each answer again on a spare CPU as it comes (providers.local).
+    "reread": (bool,),
 }
 #: The largest ``state_cache_mib`` (1 TiB: a guard against a typo).
 MAX_STATE_CACHE_MIB: Final = 1024 * 1024
@@ -344,13 +348,13 @@ def _validate(data: Mapping[str, Any], path: Path) -> None:
         length = table.get("context_length")
         if length is not None and not 1 <= length <= MAX_CONTEXT_LENGTH:
             raise ConfigError(f"{where}.context_length must be 1 to {MAX_CONTEXT_LENGTH:,} tokens")
-        if "state_cache_mib" in table:
-            if name.strip().lower() != "local":
-                raise ConfigError(f"{where}.state_cache_mib: only providers.local has one")
-            if not 0 <= table["state_cache_mib"] <= MAX_STATE_CACHE_MIB:
-                raise ConfigError(
-                    f"{where}.state_cache_mib must be 0 (off) to {MAX_STATE_CACHE_MIB:,} MiB"
-                )
+        for key in ("state_cache_mib", "reread"):
+            if key in table and name.strip().lower() != "local":
+                raise ConfigError(f"{where}.{key}: only providers.local has one")
+        if not 0 <= table.get("state_cache_mib", 0) <= MAX_STATE_CACHE_MIB:
+            raise ConfigError(
+                f"{where}.state_cache_mib must be 0 (off) to {MAX_STATE_CACHE_MIB:,} MiB"
+            )
         for model, price in table.get("prices", {}).items():
             _check_price(price, f"{where}.prices.{model}")
     cookies = data.get("cookies", {})
@@ -399,7 +403,7 @@ def _check_price(price: Any, where: str) -> None:
 
 def _check_type(value: Any, types: tuple[type, ...], where: str) -> None:
     # bool is an int subclass; a boolean is never a valid number here.
-    if isinstance(value, bool) or not isinstance(value, types):
+    if isinstance(value, bool) != (bool in types) or not isinstance(value, types):
         wanted = _TYPE_WORDS[types[0]]
         raise ConfigError(f"{where} must be {wanted}, not {value!r}")
 

@@ -128,7 +128,9 @@ def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeLla
     loaded = FakeLoaded(llama)
     loads: list[tuple[Path, int, int, int | None]] = []
 
-    def acquire(p: Path, *, threads: int, n_ctx: int, batch: int | None = None) -> FakeLoaded:
+    def acquire(
+        p: Path, *, threads: int, n_ctx: int, batch: int | None = None, reread: bool = True
+    ) -> FakeLoaded:
         loads.append((p, threads, n_ctx, batch))
         loaded.lock.acquire()
         return loaded

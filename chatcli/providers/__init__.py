@@ -156,10 +156,12 @@ class Registry:
                     f'providers.{name}: unknown type {kind!r} (only "openai" can be defined)'
                 )
             # What its models hold, when the service does not say; the offline model's state
-            # cache cap (local only; config.py checks that).
-            overrides = {
+            # cache cap and rereading (local only; config.py checks that).
+            overrides: dict[str, int | bool] = {
                 k: int(table[k]) for k in ("context_length", "state_cache_mib") if k in table
             }
+            if "reread" in table:
+                overrides["reread"] = bool(table["reread"])
             if overrides:
                 base = registry.get(name)
                 registry._entries[name] = type(base.__name__, (base,), overrides)

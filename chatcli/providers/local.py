@@ -290,6 +290,8 @@ class Local(AsyncGeneratorProvider):
     uses_stores = True  # DATA/models, and the state cache in CACHE/local-state
     #: The state cache's size cap in MiB (``[providers.local] state_cache_mib``; 0: off).
     state_cache_mib: ClassVar[int] = DEFAULT_CAP_MIB
+    #: Whether a spare CPU reads each answer again as it comes (``[providers.local] reread``).
+    reread: ClassVar[bool] = True
     option_specs = (
         *(OptionSpec(key, types, _default_help(key)) for key, types in _SAMPLING.items()),
         OptionSpec("threads", (int,), "CPU threads (default: one fewer than the CPUs)"),
@@ -403,13 +405,15 @@ class Local(AsyncGeneratorProvider):
                 stop.set()  # the event loop is gone: nobody is reading any more
 
         running: list[LoadedModel] = []
-        cache_dir, cap = self.cache_dir, self.state_cache_mib
+        cache_dir, cap, reread = self.cache_dir, self.state_cache_mib, self.reread
         batch = batch_threads(request.options)
 
         def generate() -> None:
             ended = False
             try:
-                loaded = acquire_model(path, threads=threads, n_ctx=n_ctx, batch=batch)
+                loaded = acquire_model(
+                    path, threads=threads, n_ctx=n_ctx, batch=batch, reread=reread
+                )
                 running.append(loaded)
                 try:
                     if stop.is_set():
@@ -746,19 +750,22 @@ class LoadedModel:
 #: How long freeing a model waits for its idle work to stop (it stops within a step).
 IDLE_STOP_WAIT: Final = 2.0
 
-_MODELS: dict[tuple[Path, int, int, int], LoadedModel] = {}
+_MODELS: dict[tuple[Path, int, int, int, bool], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
 _SET_UP = False
 
 
-def acquire_model(path: Path, *, threads: int, n_ctx: int, batch: int | None = None) -> LoadedModel:
+def acquire_model(
+    path: Path, *, threads: int, n_ctx: int, batch: int | None = None, reread: bool = True
+) -> LoadedModel:
     """The model at ``path``, loaded once per process, with its lock held for the caller;
-    ``threads`` generate, ``batch`` read prompts (default: ``threads``).
+    ``threads`` generate, ``batch`` read prompts (default: ``threads``), and with ``reread``
+    the CPUs left over read each answer again as it comes.
 
     A REPL loads it for its first answer and keeps it; the lock makes a question asked right
     after an interrupted one wait until the interrupted generation has let go of the model.
     """
-    key = (path, threads, n_ctx, batch or threads)
+    key = (path, threads, n_ctx, batch or threads, reread)
     while True:
         with _LOAD_LOCK:
             model = _MODELS.get(key)
@@ -766,7 +773,8 @@ def acquire_model(path: Path, *, threads: int, n_ctx: int, batch: int | None = N
                 _set_up()
                 unload_models()  # one model in memory at a time
                 loaded = load_llama(path, threads=threads, n_ctx=n_ctx, batch=batch)
-                model = LoadedModel(loaded, spare_cpus=usable_cpus() - threads)
+                spare = usable_cpus() - threads if reread else 0
+                model = LoadedModel(loaded, spare_cpus=spare)
                 model.lock.acquire()
                 _MODELS[key] = model
                 return model

@@ -9,32 +9,34 @@ model answers.
 values slightly differently when it evaluates that token alone (as it does for each token it
 generates) than in a batch of two or more (as it reads a prompt); batches of any size from two
 up agree bit for bit, however a prompt is cut into them. So the positions evaluated alone are
-tracked, and never kept for a later turn: the next turn reads the previous answer again, in a
-batch, as a fresh process would. :func:`reusable_prefix` also keeps the last batch of the new
+tracked, and never kept for a later turn: the answer is read again, in batches, as a fresh
+process would read it (below). :func:`reusable_prefix` also keeps the last batch of the new
 part the same kind (one token or more) as a fresh evaluation's last batch. The answer at
 temperature 0 is then the same with or without reuse, which the tests check with the real
 model.
 
 **The state is kept between processes** (:class:`StateCache`). After an answer that ended
-normally, the state of its prompt (the exact part, at least :data:`MIN_TOKENS` tokens) is
-written to ``CACHE/local-state/``, in a folder for the model (its file's path, size and
-modification time, the context length, the batch size, and the llama.cpp build); the next
-turn loads the entry sharing the longest token prefix with its prompt when that saves at least
-:data:`MIN_GAIN` tokens over what the process already holds. A changed model file, system
-prompt or history gives other tokens or another folder: a shorter match or none, never a stale
-state. Each entry carries a SHA-256 of its tokens and state, and a damaged entry is a miss
-(removed, with a ``-v`` line), never a crash or a wrong answer. The whole cache is kept under a
-size cap (``[providers.local] state_cache_mib``, default :data:`DEFAULT_CAP_MIB`; 0 turns it
-off), the least recently used entries dropped first, and an entry whose tokens a newer one
-extends is dropped at once (the newer one serves every prompt it served).
+normally, its exact state (the prompt, and the answer once read again; at least
+:data:`MIN_TOKENS` tokens) is written to ``CACHE/local-state/``, in a folder for the model (its
+file's path, size and modification time, the context length, the batch size, and the llama.cpp
+build); the next turn loads the entry sharing the longest token prefix with its prompt when
+that saves at least :data:`MIN_GAIN` tokens over what the process already holds. A changed
+model file, system prompt or history gives other tokens or another folder: a shorter match or
+none, never a stale state. Each entry carries a SHA-256 of its tokens and state, and a damaged
+entry is a miss (removed, with a ``-v`` line), never a crash or a wrong answer. The whole cache
+is kept under a size cap (``[providers.local] state_cache_mib``, default
+:data:`DEFAULT_CAP_MIB`; 0 turns it off), the least recently used entries dropped first, and an
+entry whose tokens a newer one extends is dropped at once (the newer one serves every prompt it
+served).
 
 **Answers are read again while they are written** (:class:`Rereader`). Where a CPU is left
 over while the model generates (it generates on all but one), a second llama.cpp context of the
 same model takes a copy of the prompt's state at the first token and reads the answer's tokens
 in batches as they come, a few at a time. When the answer ends, its state (prompt and answer,
 all exact) replaces the model's, so the next turn, in this process or through the cache in the
-next one, reads only the new question. Where no CPU is spare, the answer is read again after it
-ends, while the process idles (:meth:`StateReuse.refresh`), or by the next turn.
+next one, reads only the new question. Where no CPU is spare (or ``[providers.local] reread =
+false``), the answer is read again after it ends, while the process idles
+(:meth:`StateReuse.refresh`), or by the next turn.
 """
 
 from __future__ import annotations
@@ -88,6 +90,15 @@ REREAD_CHUNK: Final = 8
 #: When an answer ends, the :class:`Rereader` finishes reading it if at most this many tokens
 #: wait (a fraction of a second); more (it fell behind) are left to the next turn.
 REREAD_FINISH: Final = 64
+#: The :class:`Rereader` leaves an answer's last tokens this many until the text after them
+#: comes (the tokenizer may cut them otherwise then).
+REREAD_MARGIN: Final = 4
+#: How many of the prompt's last tokens the :class:`Rereader` cuts the answer's text after.
+REREAD_WINDOW: Final = 16
+#: The :class:`Rereader`'s largest batch (its compute buffers are sized for it).
+REREAD_BATCH: Final = 64
+#: The :class:`Rereader`'s context grows in steps of this many positions.
+REREAD_ROOM: Final = 1024
 
 _HEAD: Final = struct.Struct("<I")  # the header's length, after MAGIC
 
@@ -311,31 +322,41 @@ class Rereader:
     """A second llama.cpp context of the same model that reads each answer again, in batches,
     on ``threads`` spare CPUs while the model generates it (see the module's doc).
 
+    It reads the answer's tokens as a tokenizer makes them from its text, which is what the
+    next turn's prompt holds: a model may generate a word in other tokens than the tokenizer
+    cuts it into (``" under" "score"`` for ``" underscore"``), and the next prompt matches
+    only up to there. The last :data:`REREAD_MARGIN` tokens wait for the text after them.
+
     The model's thread calls :meth:`start` at the answer's first token, :meth:`feed` with each
     next one, then :meth:`finish` when the answer ended or :meth:`stop` when it did not. The
     reading happens in a thread of its own, one per answer, never after :meth:`finish` or
-    :meth:`stop` return. Its context is made at the first answer (in that thread, while the
-    model generates) and kept until :meth:`close`; one it cannot make (memory) turns it off.
+    :meth:`stop` return. Its context is made in that thread, while the model generates, as
+    large as the conversation needs in steps of :data:`REREAD_ROOM` positions (made again,
+    larger, when an answer outgrows it), and kept until :meth:`close`: its memory follows the
+    conversation's length, not the model's whole context. A context that cannot be made
+    (memory) turns it off.
     """
 
     def __init__(self, llm: Any, threads: int) -> None:
         self.llm = llm
         self.threads = threads
         self.ctx: Any = None
+        self.size = 0  # the positions its context holds at most
         self.broken = False
         self._abort: AbortFlag | None = None
         self._batch: Any = None
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        #: The tokens its context is to hold: the prompt's, then the answer's so far.
+        self._prompt: list[int] = []  # the prompt's tokens
+        self._generated: list[int] = []  # the answer's, as generated
+        #: The tokens its context is to hold: the prompt's, then the answer's as read again.
         self._tokens: list[int] = []
-        self._prompt = 0  # how many of them are the prompt's
         self._state: Any = None  # the prompt's state, for the thread to load
         self._exact = 0  # how much of that state is exact
         self._done = 0  # the positions its context holds
-        self._reading = 0  # the end of the batch being read
-        self._target = 0  # the positions to read up to
-        self._final = False
+        self._planned = 0  # how many generated tokens ``_tokens`` was made from
+        self._final = False  # the answer ended: read the rest
+        self._cut = False  # read nothing more
         self._failed = False
 
     def start(self, llm: Any, exact: int, first: int) -> None:
@@ -346,27 +367,19 @@ class Rereader:
         if self.broken:
             return
         try:
-            self._start(llm, exact, first)
+            state = seq_state(llm.ctx)
         except Exception as exc:
             log.debug("local: reading the answer again could not start: %s", exc)
-
-    def _start(self, llm: Any, exact: int, first: int) -> None:
-        import llama_cpp
-        import numpy as np
-
-        size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
-        state = np.empty(size, dtype=np.uint8)
-        pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-        written = llama_cpp.llama_state_seq_get_data(llm.ctx, pointer, size, 0)
-        if not 0 < written <= size:
+            return
+        if state is None:
             return
         with self._cond:
-            self._tokens = [*llm.input_ids[: llm.n_tokens].tolist(), int(first)]
-            self._prompt = llm.n_tokens
-            self._state, self._exact = state[:written], exact
-            self._done = self._reading = 0
-            self._target = len(self._tokens)
-            self._final = self._failed = False
+            self._prompt = llm.input_ids[: llm.n_tokens].tolist()
+            self._tokens = list(self._prompt)
+            self._generated = [int(first)]
+            self._state, self._exact = state, exact
+            self._done = self._planned = 0
+            self._final = self._cut = self._failed = False
         self._thread = threading.Thread(target=self._run, name="chatcli-reread", daemon=True)
         self._thread.start()
 
@@ -375,8 +388,7 @@ class Rereader:
         if self._thread is None:
             return
         with self._cond:
-            self._tokens.append(int(token))
-            self._target = len(self._tokens)
+            self._generated.append(int(token))
             self._cond.notify()
 
     def finish(self, llm: Any) -> int | None:
@@ -389,8 +401,8 @@ class Rereader:
         if thread is None:
             return None
         with self._cond:
-            if self._target - max(self._done, self._reading) > REREAD_FINISH:
-                self._target = max(self._done, self._reading)
+            if len(self._generated) - self._planned > REREAD_FINISH:
+                self._cut = True
             self._final = True
             self._cond.notify()
         started = time.perf_counter()
@@ -398,38 +410,29 @@ class Rereader:
         self._thread = None
         if self._failed or self._done < 2:
             return None
+        count = self._done
+        memory = llama_cpp.llama_get_memory(llm.ctx)
         try:
-            count = self._put_in_place(llm)
+            state = seq_state(self.ctx)
+            if state is None:
+                return None
+            llama_cpp.llama_memory_seq_rm(memory, -1, 0, -1)
+            if not set_seq_state(llm.ctx, state):
+                raise RuntimeError("llama.cpp refused the state")
         except Exception as exc:  # what the model holds is unknown: nothing is kept
             log.debug("local: the answer read again could not be put in place: %s", exc)
-            llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), -1, 0, -1)
-            llm.n_tokens = count = 0
-        if count:
-            log.info(
-                "local: %s of the answer's %s tokens read again as they came (%.2f s at its end)",
-                f"{max(0, count - self._prompt):,}",
-                f"{len(self._tokens) - self._prompt:,}",
-                time.perf_counter() - started,
-            )
-        return count
-
-    def _put_in_place(self, llm: Any) -> int | None:
-        import llama_cpp
-        import numpy as np
-
-        size = llama_cpp.llama_state_seq_get_size(self.ctx, 0)
-        state = np.empty(size, dtype=np.uint8)
-        pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-        written = llama_cpp.llama_state_seq_get_data(self.ctx, pointer, size, 0)
-        if not 0 < written <= size:
-            return None
-        memory = llama_cpp.llama_get_memory(llm.ctx)
-        llama_cpp.llama_memory_seq_rm(memory, -1, 0, -1)
-        count = self._done
-        if llama_cpp.llama_state_seq_set_data(llm.ctx, pointer, written, 0) != written:
-            raise RuntimeError("llama.cpp refused the state")
+            llama_cpp.llama_memory_seq_rm(memory, -1, 0, -1)
+            llm.n_tokens = 0
+            return 0
         llm.input_ids[:count] = self._tokens[:count]
         llm.n_tokens = count
+        log.info(
+            "local: %s tokens of the answer read again as they came (%s generated; %.2f s at "
+            "its end)",
+            f"{max(0, count - len(self._prompt)):,}",
+            f"{len(self._generated):,}",
+            time.perf_counter() - started,
+        )
         return count
 
     def stop(self) -> None:
@@ -438,11 +441,10 @@ class Rereader:
         if thread is None:
             return
         with self._cond:
-            self._target = self._done
-            self._final = True
+            self._final = self._cut = True
             self._cond.notify()
-        if self._abort is not None:
-            self._abort.set(True)
+            if self._abort is not None:
+                self._abort.set(True)
         thread.join()
         self._thread = None
         if self._abort is not None:
@@ -450,49 +452,22 @@ class Rereader:
 
     def close(self) -> None:
         """Before the model is freed: free its context."""
-        import llama_cpp
-
         self.stop()
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
-        if self.ctx is not None:
-            llama_cpp.llama_free(self.ctx)
-            self.ctx = None
+        self._free()
 
     # -- its thread ----------------------------------------------------------------------------
-
-    def _open(self) -> bool:
-        import llama_cpp
-
-        params = llama_cpp.llama_context_params()
-        ctypes.memmove(
-            ctypes.byref(params), ctypes.byref(self.llm.context_params), ctypes.sizeof(params)
-        )
-        params.n_threads = params.n_threads_batch = self.threads
-        ctx = llama_cpp.llama_init_from_model(self.llm.model, params)
-        if ctx is None:
-            self.broken = True
-            log.info("local: no second context for reading answers again (memory?)")
-            return False
-        self.ctx = ctx
-        self._abort = AbortFlag(ctx)
-        self._batch = llama_cpp.llama_batch_init(self.llm.n_batch, 0, 1)
-        return True
 
     def _run(self) -> None:
         import llama_cpp
 
         try:
-            if self.ctx is None and not self._open():
+            state, self._state = self._state, None
+            if not self._room(min(len(self._prompt) + REREAD_ROOM // 4, self.llm.n_ctx()), None):
                 self._failed = True
                 return
             memory = llama_cpp.llama_get_memory(self.ctx)
             llama_cpp.llama_memory_seq_rm(memory, -1, 0, -1)
-            state = self._state
-            self._state = None
-            pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
-            if llama_cpp.llama_state_seq_set_data(self.ctx, pointer, len(state), 0) != len(state):
+            if not set_seq_state(self.ctx, state):
                 self._failed = True
                 return
             llama_cpp.llama_memory_seq_rm(memory, 0, self._exact, -1)
@@ -500,31 +475,120 @@ class Rereader:
             while True:
                 with self._cond:
                     self._cond.wait_for(
-                        lambda: self._final or self._target - self._done >= REREAD_CHUNK
+                        lambda: self._final or len(self._generated) - self._planned >= REREAD_CHUNK
                     )
-                    start, end = self._done, self._target
-                    if end - start == 1 and self._final and start >= 1:
-                        start -= 1  # never a batch of one token: its state would not be exact
-                    end = min(end, start + self.llm.n_batch)
-                    if end - start == 1:
-                        end = start  # the single last one is left to the next turn
-                    if end <= start:
-                        if self._final:
-                            return
-                        continue
-                    tokens = self._tokens[start:end]
-                    self._reading = end
-                if start < self._done:
-                    llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
-                    self._done = start
-                if not self._decode(start, tokens):
-                    self._failed = True
-                    return
+                    if self._cut:
+                        return
+                    final, generated = self._final, list(self._generated)
+                plan = self._plan(generated, final)
                 with self._cond:
-                    self._done = end
+                    self._tokens, self._planned = plan, len(generated)
+                if not self._read(plan, final) or final:
+                    return
         except Exception as exc:  # anything: the answer is read again the slow way instead
             log.debug("local: reading the answer again failed: %s", exc)
             self._failed = True
+
+    def _plan(self, generated: list[int], final: bool) -> list[int]:
+        """What its context is to hold: the prompt, then the answer's tokens as the tokenizer
+        makes them from its text (the generated ones when that fails), its end-of-turn token
+        once it has ended, and before that not the last :data:`REREAD_MARGIN`."""
+        import llama_cpp
+
+        llm = self.llm
+        body, end = generated, []
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        if final and body and llama_cpp.llama_vocab_is_eog(vocab, body[-1]):
+            body, end = body[:-1], body[-1:]
+        # The prompt's last tokens go in front, so that the answer's first ones are cut as
+        # they are after them; they must come back the same.
+        window = self._prompt[-REREAD_WINDOW:]
+        again = llm.tokenize(llm.detokenize([*window, *body], special=True), False, True)
+        answer = again[len(window) :] if again[: len(window)] == window else list(body)
+        if not final:
+            answer = answer[: max(0, len(answer) - REREAD_MARGIN)]
+        return [*self._prompt, *answer, *end]
+
+    def _read(self, plan: list[int], final: bool) -> bool:
+        """Bring its context to hold ``plan`` (what differs from it read again); whether it
+        still can (not stopped, nothing failed)."""
+        import llama_cpp
+
+        start = common_prefix(self._tokens[: self._done], plan) if self._done else 0
+        while True:
+            end = len(plan)
+            start = min(start, self._done)
+            if end - start == 1 and final and start >= 1:
+                start -= 1  # never a batch of one token: its state would not be exact
+            end = min(end, start + REREAD_BATCH)
+            if end - start == 1:
+                end = start  # a single last one waits (or is left to the next turn)
+            if end <= start:
+                return True
+            if not self._room(end, start):
+                self._failed = True
+                return False
+            if start < self._done:
+                llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), 0, start, -1)
+                self._done = start
+            if not self._decode(start, plan[start:end]):
+                self._failed = True
+                return False
+            with self._cond:
+                self._done = start = end
+                if self._cut:
+                    return False
+
+    def _room(self, positions: int, keep: int | None) -> bool:
+        """A context that holds ``positions``: this one, or a larger one made in its place
+        (with the first ``keep`` positions of what it holds); whether there is one."""
+        import llama_cpp
+
+        if self.ctx is not None and positions <= self.size:
+            return True
+        most = self.llm.n_ctx()
+        if positions > most:
+            return False
+        held = None
+        if self.ctx is not None and keep:
+            held = seq_state(self.ctx)
+            if held is None:
+                return False
+        self._free()  # before making the next: never both in memory
+        params = llama_cpp.llama_context_params()
+        ctypes.memmove(
+            ctypes.byref(params), ctypes.byref(self.llm.context_params), ctypes.sizeof(params)
+        )
+        params.n_threads = params.n_threads_batch = self.threads
+        params.n_batch = params.n_ubatch = REREAD_BATCH  # the size of its compute buffers
+        params.n_ctx = min(most, math.ceil(positions / REREAD_ROOM) * REREAD_ROOM)
+        ctx = llama_cpp.llama_init_from_model(self.llm.model, params)
+        if ctx is None:
+            self.broken = True
+            log.info("local: no second context for reading answers again (memory?)")
+            return False
+        with self._cond:
+            self.ctx, self.size = ctx, int(llama_cpp.llama_n_ctx(ctx))
+            self._abort = AbortFlag(ctx)
+            if self._cut:
+                self._abort.set(True)  # stopped while it was being made
+        self._batch = llama_cpp.llama_batch_init(REREAD_BATCH, 0, 1)
+        if held is not None:
+            memory = llama_cpp.llama_get_memory(ctx)
+            if not set_seq_state(ctx, held):
+                return False
+            llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1)
+        return True
+
+    def _free(self) -> None:
+        import llama_cpp
+
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ctx is not None:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx, self.size = None, 0
 
     def _decode(self, start: int, tokens: list[int]) -> bool:
         import llama_cpp
@@ -539,6 +603,26 @@ class Rereader:
             batch.seq_id[i][0] = 0
             batch.logits[i] = i == count - 1
         return int(llama_cpp.llama_decode(self.ctx, batch)) == 0
+
+
+def seq_state(ctx: Any) -> Any:
+    """A copy of what a context holds (its sequence 0), or ``None``."""
+    import llama_cpp
+    import numpy as np
+
+    size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+    state = np.empty(size, dtype=np.uint8)
+    pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+    written = llama_cpp.llama_state_seq_get_data(ctx, pointer, size, 0)
+    return state[:written] if 0 < written <= size else None
+
+
+def set_seq_state(ctx: Any, state: Any) -> bool:
+    """Load :func:`seq_state`'s copy into a context (its sequence 0); whether it took it."""
+    import llama_cpp
+
+    pointer = state.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+    return bool(llama_cpp.llama_state_seq_set_data(ctx, pointer, len(state), 0) == len(state))
 
 
 @dataclass(frozen=True, slots=True)
