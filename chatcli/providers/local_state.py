@@ -349,6 +349,8 @@ class Rereader:
         self._thread: threading.Thread | None = None
         self._prompt: list[int] = []  # the prompt's tokens
         self._generated: list[int] = []  # the answer's, as generated
+        #: The text of the prompt's last tokens, then of each generated token.
+        self._pieces: list[bytes] = []
         #: The tokens its context is to hold: the prompt's, then the answer's as read again.
         self._tokens: list[int] = []
         self._state: Any = None  # the prompt's state, for the thread to load
@@ -377,6 +379,7 @@ class Rereader:
             self._prompt = llm.input_ids[: llm.n_tokens].tolist()
             self._tokens = list(self._prompt)
             self._generated = [int(first)]
+            self._pieces = []
             self._state, self._exact = state, exact
             self._done = self._planned = 0
             self._final = self._cut = self._failed = False
@@ -501,9 +504,15 @@ class Rereader:
         if final and body and llama_cpp.llama_vocab_is_eog(vocab, body[-1]):
             body, end = body[:-1], body[-1:]
         # The prompt's last tokens go in front, so that the answer's first ones are cut as
-        # they are after them; they must come back the same.
+        # they are after them; they must come back the same. Each token's text is made once
+        # (Python work here takes the interpreter from the generating thread).
         window = self._prompt[-REREAD_WINDOW:]
-        again = llm.tokenize(llm.detokenize([*window, *body], special=True), False, True)
+        if not self._pieces:
+            self._pieces.append(b"".join(_piece(vocab, token) for token in window))
+        for token in body[len(self._pieces) - 1 :]:
+            self._pieces.append(_piece(vocab, token))
+        text = b"".join(self._pieces[: len(body) + 1])
+        again = llm.tokenize(text, False, True)
         answer = again[len(window) :] if again[: len(window)] == window else list(body)
         if not final:
             answer = answer[: max(0, len(answer) - REREAD_MARGIN)]
@@ -603,6 +612,18 @@ class Rereader:
             batch.seq_id[i][0] = 0
             batch.logits[i] = i == count - 1
         return int(llama_cpp.llama_decode(self.ctx, batch)) == 0
+
+
+def _piece(vocab: Any, token: int) -> bytes:
+    """A token's text, special tokens too (as the chat template writes them)."""
+    import llama_cpp
+
+    buffer = ctypes.create_string_buffer(64)
+    size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
+    if size < 0:
+        buffer = ctypes.create_string_buffer(-size)
+        size = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, True)
+    return buffer.raw[: max(0, size)]
 
 
 def seq_state(ctx: Any) -> Any:
