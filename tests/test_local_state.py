@@ -470,6 +470,7 @@ def refuse_putting_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
         ("while generated", "question"),  # a spare CPU: the answer read again as it came
         ("after the answer", "answer"),  # reread = false: read again while the process idles
         ("fell behind", "answer"),  # the rereader had too much left when the answer ended
+        ("too slow", "some"),  # the end of the answer waited for it no longer: stopped mid-batch
         ("refused", "all"),  # llama.cpp refused its state: nothing kept, nothing wrong
     ],
 )
@@ -487,9 +488,18 @@ def test_the_real_model_answers_the_same_with_and_without_reuse(
         config.parent.mkdir(parents=True, mode=0o700)
         config.write_text("[providers.local]\nreread = false\n")
         config.chmod(0o600)
-    if way == "fell behind":
+    if way in ("fell behind", "too slow"):
         monkeypatch.setattr(ls, "REREAD_CHUNK", 10_000)  # it reads nothing while generated
-        monkeypatch.setattr(ls, "REREAD_FINISH", 0)
+        monkeypatch.setattr(ls, "REREAD_FINISH", 0 if way == "fell behind" else 10_000)
+        monkeypatch.setattr(ls, "REREAD_WAIT", 0.05)
+    if way == "too slow":  # a batch that outlasts the wait: llama.cpp must abort it
+        decode = ls.Rereader._decode
+
+        def slow(self: ls.Rereader, start: int, tokens: list[int]) -> bool:
+            time.sleep(0.2)
+            return decode(self, start, tokens)
+
+        monkeypatch.setattr(ls.Rereader, "_decode", slow)
     if way == "refused":
         refuse_putting_in_place(monkeypatch)
     cached = chat_in(tmp_path / "cached")
@@ -502,8 +512,8 @@ def test_the_real_model_answers_the_same_with_and_without_reuse(
         if way == "while generated":  # all of it: the tokens of its text, and the end of turn
             (read,) = came
             assert answer_tokens <= int(read) <= answer_tokens + 1
-        elif way == "fell behind":
-            assert came == ["0"]
+        elif way in ("fell behind", "too slow"):
+            assert came == ["0"]  # nothing of the answer (a batch cut short is dropped)
         else:
             assert came == []
         local.unload_models(wait=5)  # a new process: nothing in memory, the cache on disk
@@ -516,7 +526,7 @@ def test_the_real_model_answers_the_same_with_and_without_reuse(
             assert line.endswith("(from the state cache)")
             if follow_up_reads == "question":  # and its template around it
                 assert 0 < prompt - reused <= question_tokens(QUESTIONS[1]) + 16
-            else:
+            elif follow_up_reads == "answer":
                 assert prompt - reused >= answer_tokens - 2
         idle()
         caplog.clear()
@@ -595,6 +605,94 @@ def test_the_rereader_grows_its_context_as_the_answer_does_and_stays_exact(
         assert np.array_equal(kept, fresh)  # bit for bit
         rereader.close()
         assert rereader.ctx is None
+    finally:
+        loaded.lock.release()
+        local.unload_models(wait=5)
+
+
+@needs_model
+def test_an_answer_generated_in_other_tokens_is_read_as_the_next_prompt_has_it() -> None:
+    local.unload_models(wait=5)
+    path = local.Local().model_path(None)
+    loaded = local.acquire_model(path, threads=1, n_ctx=1024)
+    try:
+        llm = loaded.llm
+        prompt = llm.tokenize(f"{HISTORY} Summarise.".encode())
+        text = " Gutenberg was printing books in Mainz, and printing spread."
+        canonical = llm.tokenize(text.encode(), add_bos=False)
+        word = llm.tokenize(b" printing", add_bos=False)
+        split = [*llm.tokenize(b" print", add_bos=False), *llm.tokenize(b"ing", add_bos=False)]
+        assert len(word) == 1 and len(split) == 2 and word[0] in canonical
+        at = canonical.index(word[0])
+        generated = [*canonical[:at], *split, *canonical[at + 1 :]]  # the same text
+        assert llm.detokenize(generated) == llm.detokenize(canonical)
+        eog = llm.token_eos()
+
+        # While generated, on a spare CPU.
+        rereader = ls.Rereader(llm, threads=1)
+        llm.reset()
+        llm.eval(prompt)
+        rereader.start(llm, len(prompt), generated[0])
+        for token in [*generated[1:], eog]:
+            rereader.feed(token)
+            llm.eval([token])
+        count = rereader.finish(llm)
+        assert llm.input_ids[: llm.n_tokens].tolist() == [*prompt, *canonical, eog]
+        assert count == len(prompt) + len(canonical) + 1
+        rereader.close()
+
+        # After the answer, without a spare CPU.
+        reuse = StateReuse(llm, retokenize=True)
+        reuse.keep(llm, prompt, [*generated, eog], None)
+        assert reuse.pending == [*prompt, *canonical, eog]
+    finally:
+        loaded.lock.release()
+        local.unload_models(wait=5)
+
+
+@needs_model
+def test_a_word_the_tokenizer_cuts_otherwise_once_it_ends_is_read_again_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No margin: the rereader reads " print" before "ing" comes, then must read " printing"
+    # in its place, never keep the state of the first cut.
+    monkeypatch.setattr(ls, "REREAD_MARGIN", 0)
+    monkeypatch.setattr(ls, "REREAD_CHUNK", 2)
+    local.unload_models(wait=5)
+    path = local.Local().model_path(None)
+    loaded = local.acquire_model(path, threads=1, n_ctx=1024)
+    try:
+        llm = loaded.llm
+        prompt = llm.tokenize(f"{HISTORY} Summarise.".encode())
+        before = llm.tokenize(b" Gutenberg was", add_bos=False)
+        after = llm.tokenize(b" books in Mainz.", add_bos=False)
+        split = [*llm.tokenize(b" print", add_bos=False), *llm.tokenize(b"ing", add_bos=False)]
+        canonical = llm.tokenize(b" Gutenberg was printing books in Mainz.", add_bos=False)
+        rereader = ls.Rereader(llm, threads=1)
+        llm.reset()
+        llm.eval(prompt)
+        generated = [*before, split[0]]
+        rereader.start(llm, len(prompt), generated[0])
+        for token in generated[1:]:
+            rereader.feed(token)
+        deadline = time.monotonic() + 10
+        while rereader._done < len(prompt) + len(generated) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rereader._tokens[len(prompt) :] == generated  # " print" read as it stood
+        for token in [split[1], *after]:
+            rereader.feed(token)
+        count = rereader.finish(llm)
+        held = llm.input_ids[: llm.n_tokens].tolist()
+        assert held == [*prompt, *canonical] and count == len(held)
+        rereader.close()
+        question = llm.tokenize(b" Who?", add_bos=False)
+        llm.eval(question)
+        kept = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
+        kept = kept.copy()
+        llm.reset()
+        llm.eval([*held, *question])
+        fresh = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
+        assert np.array_equal(kept, fresh)
     finally:
         loaded.lock.release()
         local.unload_models(wait=5)

@@ -95,6 +95,9 @@ REREAD_FINISH: Final = 64
 REREAD_MARGIN: Final = 4
 #: How many of the prompt's last tokens the :class:`Rereader` cuts the answer's text after.
 REREAD_WINDOW: Final = 16
+#: How long, in seconds, the end of an answer waits for the :class:`Rereader` before it stops
+#: it where it is (a large model on a slow CPU reads a batch for seconds).
+REREAD_WAIT: Final = 1.0
 #: The :class:`Rereader`'s largest batch (its compute buffers are sized for it).
 REREAD_BATCH: Final = 64
 #: The :class:`Rereader`'s context grows in steps of this many positions.
@@ -148,8 +151,12 @@ class StateReuse:
     for tokens evaluated alone (``inexact_from``), and before each prompt keeps only the exact
     prefix (loading a longer one from the cache when there is one)."""
 
-    def __init__(self, llm: Any, rereader: Rereader | None = None) -> None:
+    def __init__(
+        self, llm: Any, rereader: Rereader | None = None, retokenize: bool = False
+    ) -> None:
         self.inexact_from = NEVER
+        #: Read an answer again as the tokenizer cuts its text (:class:`AnswerTokens`).
+        self.retokenize = retokenize
         #: The last prompt and its answer, for :meth:`refresh`.
         self.pending: list[int] | None = None
         #: How many of the last prompt's tokens were reused.
@@ -180,7 +187,7 @@ class StateReuse:
         model = llm.model
         if llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model):
             return None
-        return cls(llm, Rereader(llm, spare_cpus) if spare_cpus > 0 else None)
+        return cls(llm, Rereader(llm, spare_cpus) if spare_cpus > 0 else None, retokenize=True)
 
     def prepare(self, llm: Any, tokens: Sequence[int], cache: StateCache | None) -> None:
         """Before ``tokens`` are evaluated: keep the exact part of what the model holds, or
@@ -223,6 +230,8 @@ class StateReuse:
             return  # a model whose memory cannot be cut at a position (a recurrent one)
         llm.n_tokens = exact
         self.inexact_from = NEVER
+        if self.retokenize:
+            answer = AnswerTokens(llm, prompt).of(answer, final=True)
         self.pending = [*prompt, *answer]
         if cache is not None and exact >= MIN_TOKENS:
             cache.save(llm)
@@ -349,8 +358,7 @@ class Rereader:
         self._thread: threading.Thread | None = None
         self._prompt: list[int] = []  # the prompt's tokens
         self._generated: list[int] = []  # the answer's, as generated
-        #: The text of the prompt's last tokens, then of each generated token.
-        self._pieces: list[bytes] = []
+        self._answer: AnswerTokens | None = None  # the answer's tokens as a prompt has them
         #: The tokens its context is to hold: the prompt's, then the answer's as read again.
         self._tokens: list[int] = []
         self._state: Any = None  # the prompt's state, for the thread to load
@@ -369,22 +377,25 @@ class Rereader:
         if self.broken:
             return
         try:
-            state = seq_state(llm.ctx)
+            self._start(llm, exact, first)
         except Exception as exc:
             log.debug("local: reading the answer again could not start: %s", exc)
-            return
+
+    def _start(self, llm: Any, exact: int, first: int) -> None:
+        state = seq_state(llm.ctx)
         if state is None:
             return
         with self._cond:
             self._prompt = llm.input_ids[: llm.n_tokens].tolist()
             self._tokens = list(self._prompt)
             self._generated = [int(first)]
-            self._pieces = []
+            self._answer = AnswerTokens(llm, self._prompt)
             self._state, self._exact = state, exact
             self._done = self._planned = 0
             self._final = self._cut = self._failed = False
-        self._thread = threading.Thread(target=self._run, name="chatcli-reread", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="chatcli-reread", daemon=True)
+        thread.start()
+        self._thread = thread
 
     def feed(self, token: int) -> None:
         """The answer's next token."""
@@ -404,16 +415,25 @@ class Rereader:
         if thread is None:
             return None
         with self._cond:
-            if len(self._generated) - self._planned > REREAD_FINISH:
-                self._cut = True
+            left = len(self._tokens) - self._done + len(self._generated) - self._planned
+            if left > REREAD_FINISH:
+                self._cut = True  # it fell behind: the next turn reads the rest
             self._final = True
             self._cond.notify()
         started = time.perf_counter()
-        thread.join()
+        thread.join(REREAD_WAIT)
+        if thread.is_alive():  # a slow model: what is read so far is kept
+            with self._cond:
+                self._cut = True
+                if self._abort is not None:
+                    self._abort.set(True)
+            thread.join()
         self._thread = None
-        if self._failed or self._done < 2:
+        if self._abort is not None:
+            self._abort.set(False)
+        count = min(self._done, len(self._tokens))
+        if self._failed or count < 2:
             return None
-        count = self._done
         memory = llama_cpp.llama_get_memory(llm.ctx)
         try:
             state = seq_state(self.ctx)
@@ -422,12 +442,12 @@ class Rereader:
             llama_cpp.llama_memory_seq_rm(memory, -1, 0, -1)
             if not set_seq_state(llm.ctx, state):
                 raise RuntimeError("llama.cpp refused the state")
+            llm.input_ids[:count] = self._tokens[:count]
         except Exception as exc:  # what the model holds is unknown: nothing is kept
             log.debug("local: the answer read again could not be put in place: %s", exc)
             llama_cpp.llama_memory_seq_rm(memory, -1, 0, -1)
             llm.n_tokens = 0
             return 0
-        llm.input_ids[:count] = self._tokens[:count]
         llm.n_tokens = count
         log.info(
             "local: %s tokens of the answer read again as they came (%s generated; %.2f s at "
@@ -473,6 +493,7 @@ class Rereader:
             if not set_seq_state(self.ctx, state):
                 self._failed = True
                 return
+            del state  # the prompt's copy: as large as its keys and values
             llama_cpp.llama_memory_seq_rm(memory, 0, self._exact, -1)
             self._done = self._exact
             while True:
@@ -483,50 +504,30 @@ class Rereader:
                     if self._cut:
                         return
                     final, generated = self._final, list(self._generated)
-                plan = self._plan(generated, final)
+                assert self._answer is not None  # made by start() before this thread
+                plan = [*self._prompt, *self._answer.of(generated, final)]
                 with self._cond:
+                    held = self._tokens[: self._done]
                     self._tokens, self._planned = plan, len(generated)
-                if not self._read(plan, final) or final:
+                if not self._read(held, plan, final) or final:
                     return
         except Exception as exc:  # anything: the answer is read again the slow way instead
             log.debug("local: reading the answer again failed: %s", exc)
             self._failed = True
 
-    def _plan(self, generated: list[int], final: bool) -> list[int]:
-        """What its context is to hold: the prompt, then the answer's tokens as the tokenizer
-        makes them from its text (the generated ones when that fails), its end-of-turn token
-        once it has ended, and before that not the last :data:`REREAD_MARGIN`."""
+    def _read(self, held: list[int], plan: list[int], final: bool) -> bool:
+        """Bring its context from holding ``held`` to holding ``plan`` (from where they differ,
+        read again); whether it still can (not stopped, nothing failed)."""
         import llama_cpp
 
-        llm = self.llm
-        body, end = generated, []
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        if final and body and llama_cpp.llama_vocab_is_eog(vocab, body[-1]):
-            body, end = body[:-1], body[-1:]
-        # The prompt's last tokens go in front, so that the answer's first ones are cut as
-        # they are after them; they must come back the same. Each token's text is made once
-        # (Python work here takes the interpreter from the generating thread).
-        window = self._prompt[-REREAD_WINDOW:]
-        if not self._pieces:
-            self._pieces.append(b"".join(_piece(vocab, token) for token in window))
-        for token in body[len(self._pieces) - 1 :]:
-            self._pieces.append(_piece(vocab, token))
-        text = b"".join(self._pieces[: len(body) + 1])
-        again = llm.tokenize(text, False, True)
-        answer = again[len(window) :] if again[: len(window)] == window else list(body)
-        if not final:
-            answer = answer[: max(0, len(answer) - REREAD_MARGIN)]
-        return [*self._prompt, *answer, *end]
-
-    def _read(self, plan: list[int], final: bool) -> bool:
-        """Bring its context to hold ``plan`` (what differs from it read again); whether it
-        still can (not stopped, nothing failed)."""
-        import llama_cpp
-
-        start = common_prefix(self._tokens[: self._done], plan) if self._done else 0
+        memory = llama_cpp.llama_get_memory(self.ctx)
+        start = common_prefix(held, plan)
+        if start < self._done:  # the tokenizer cut the answer otherwise: read it again
+            llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+            with self._cond:
+                self._done = start
         while True:
             end = len(plan)
-            start = min(start, self._done)
             if end - start == 1 and final and start >= 1:
                 start -= 1  # never a batch of one token: its state would not be exact
             end = min(end, start + REREAD_BATCH)
@@ -537,11 +538,16 @@ class Rereader:
             if not self._room(end, start):
                 self._failed = True
                 return False
+            memory = llama_cpp.llama_get_memory(self.ctx)
             if start < self._done:
-                llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self.ctx), 0, start, -1)
-                self._done = start
+                llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+                with self._cond:
+                    self._done = start
             if not self._decode(start, plan[start:end]):
-                self._failed = True
+                # Stopped (or failed) mid-batch: only the batches before it are kept.
+                llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+                with self._cond:
+                    self._failed = not self._cut
                 return False
             with self._cond:
                 self._done = start = end
@@ -612,6 +618,47 @@ class Rereader:
             batch.seq_id[i][0] = 0
             batch.logits[i] = i == count - 1
         return int(llama_cpp.llama_decode(self.ctx, batch)) == 0
+
+
+class AnswerTokens:
+    """An answer's tokens as the tokenizer cuts its text after ``prompt``, which is what the
+    next turn's prompt holds: a model may generate a word in other tokens than the tokenizer
+    makes of it (``" under" "score"`` for ``" underscore"``), and the next prompt would match
+    a state of the generated tokens only up to there.
+
+    The prompt's last :data:`REREAD_WINDOW` tokens go in front of the answer's text, so that
+    its first tokens are cut as they are after them (they must come back the same, else the
+    generated tokens are kept). Each token's text is made once: an answer growing token by
+    token costs one C call (the tokenizer, without Python's lock) per :meth:`of`, not Python
+    work that would take the interpreter from the generating thread.
+    """
+
+    def __init__(self, llm: Any, prompt: Sequence[int]) -> None:
+        import llama_cpp
+
+        self.llm = llm
+        self.vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self.window = [int(token) for token in prompt[-REREAD_WINDOW:]]
+        #: The window's text, then each generated token's.
+        self.pieces = [b"".join(_piece(self.vocab, token) for token in self.window)]
+
+    def of(self, generated: Sequence[int], final: bool) -> list[int]:
+        """The answer's tokens: the tokenizer's, then its end-of-turn token once it has ended
+        (``final``), and before that without the last :data:`REREAD_MARGIN` (the text after
+        them may join them)."""
+        import llama_cpp
+
+        body, end = list(generated), []
+        if final and body and llama_cpp.llama_vocab_is_eog(self.vocab, body[-1]):
+            body, end = body[:-1], body[-1:]
+        for token in body[len(self.pieces) - 1 :]:
+            self.pieces.append(_piece(self.vocab, token))
+        again = self.llm.tokenize(b"".join(self.pieces[: len(body) + 1]), False, True)
+        window = len(self.window)
+        answer = again[window:] if again[:window] == self.window else body
+        if not final:
+            answer = answer[: max(0, len(answer) - REREAD_MARGIN)]
+        return [*answer, *end]
 
 
 def _piece(vocab: Any, token: int) -> bytes:
