@@ -696,3 +696,26 @@ def test_a_word_the_tokenizer_cuts_otherwise_once_it_ends_is_read_again_exactly(
     finally:
         loaded.lock.release()
         local.unload_models(wait=5)
+
+
+@needs_model
+def test_a_question_stops_idle_work_that_begins_while_it_waits() -> None:
+    local.unload_models(wait=5)
+    path = local.Local().model_path(None)
+    loaded = local.acquire_model(path, threads=1, n_ctx=1024)  # an answer's thread holds it
+    waiter: list[local.LoadedModel] = []
+    question = threading.Thread(
+        target=lambda: waiter.append(local.acquire_model(path, threads=1, n_ctx=1024))
+    )
+    question.start()
+    time.sleep(0.2)  # the question waits; only now does the answer's thread go idle
+    idle = loaded.begin_idle()
+    try:
+        assert idle.wait(timeout=2)  # stopped for the question, not read on to its end
+    finally:
+        loaded.end()
+        loaded.lock.release()
+    question.join(timeout=5)
+    assert waiter == [loaded]
+    loaded.lock.release()
+    local.unload_models(wait=5)

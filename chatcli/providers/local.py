@@ -749,6 +749,8 @@ class LoadedModel:
 
 #: How long freeing a model waits for its idle work to stop (it stops within a step).
 IDLE_STOP_WAIT: Final = 2.0
+#: How often a question waiting for the model stops the idle work that holds it (seconds).
+IDLE_POLL: Final = 0.05
 
 _MODELS: dict[tuple[Path, int, int, int, bool], LoadedModel] = {}
 _LOAD_LOCK = threading.Lock()
@@ -778,8 +780,11 @@ def acquire_model(
                 model.lock.acquire()
                 _MODELS[key] = model
                 return model
+        # Work nobody waits for (reading the last answer again) stops for this question,
+        # also when it begins while we wait: the answer's thread may not be there yet.
         model.interrupt_idle()
-        model.lock.acquire()
+        while not model.lock.acquire(timeout=IDLE_POLL):
+            model.interrupt_idle()
         if not model.closed:
             return model
         model.lock.release()  # unloaded while we waited: load it again
