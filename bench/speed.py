@@ -13,7 +13,8 @@ run.
 * **generation**: 128 tokens, greedy. llama-bench's ``tg128``; llama-cpp-python's
   ``Llama.generate`` loop; chatcli: ``Local.stream`` with chatcli's own sampling settings (its
   repeat penalty included), from the first token to the last, through its worker thread,
-  event queue and loop detector, as ``chatcli ask`` gets them.
+  event queue and loop detector, as ``chatcli ask`` gets them; once with the answer read
+  again on a spare CPU as it comes (the default) and once without (``reread = false``).
 
 Medians of ``--runs`` runs; each model is loaded once, as chatcli loads it.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import statistics
 import subprocess
 import time
@@ -74,17 +76,25 @@ def llama_cpp_python(path: Path, threads: int, runs: int) -> tuple[float, float]
     return statistics.median(reads), statistics.median(gens)
 
 
-def chatcli_local(path: Path, threads: int, runs: int) -> tuple[float, float, int]:
-    """(prompt tokens/s, generation tokens/s, prompt tokens) through ``Local.stream``."""
+def chatcli_local(
+    path: Path, threads: int, runs: int, reread: bool = True
+) -> tuple[float, float, int]:
+    """(prompt tokens/s, generation tokens/s, prompt tokens) through ``Local.stream``; with
+    ``reread``, a spare CPU reads each answer again as it comes (chatcli's default)."""
     # The default threads as chatcli picks them (a prompt read by every CPU); others as given.
     options = {} if threads == local.default_threads() else {"threads": threads}
     local.unload_models()
     loaded = local.acquire_model(
-        path, threads=threads, n_ctx=local.DEFAULT_CONTEXT, batch=local.batch_threads(options)
+        path,
+        threads=threads,
+        n_ctx=local.DEFAULT_CONTEXT,
+        batch=local.batch_threads(options),
+        reread=reread,
     )
     question = prompt_text(loaded.llm, PROMPT_TOKENS)
     loaded.lock.release()
     provider = local.Local()
+    provider.reread = reread  # type: ignore[misc]
     reads, gens, prompt = [], [], 0
 
     async def one(text: str, tokens: int) -> tuple[float, float, int, int]:
@@ -147,13 +157,16 @@ def main() -> None:
     rows.append(("llama-cpp-python", *llama_cpp_python(path, args.threads, args.runs)))
     read, gen, prompt = chatcli_local(path, args.threads, args.runs)
     rows.append(("chatcli local", read, gen))
+    _, alone, _ = chatcli_local(path, args.threads, args.runs, reread=False)
+    rows.append(("chatcli local, reread off", math.nan, alone))
     print(f"{'':<26}{'prompt tok/s':>14}{'generation tok/s':>18}")
     for label, pp, tg in rows:
         print(f"{label:<26}{pp:>14.1f}{tg:>18.1f}")
-    base = rows[-2]
+    base = rows[-3]
     print(
         f"chatcli / llama-cpp-python: prompt {read / base[1]:.2f}, generation {gen / base[2]:.2f}"
-        f" (chatcli's prompt: {prompt} tokens through the chat template)"
+        f" (reread off: {alone / base[2]:.2f}; chatcli's prompt: {prompt} tokens through the"
+        " chat template)"
     )
 
 
