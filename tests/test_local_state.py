@@ -12,6 +12,7 @@ import re
 import stat
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -448,6 +449,24 @@ def question_tokens(question: str) -> int:
     return len(llm.tokenize(question.encode(), add_bos=False))
 
 
+@pytest.fixture
+def small_model() -> Iterator[local.LoadedModel]:
+    """The bundled model, loaded for this test alone (a context of 1,024), its lock held."""
+    local.unload_models(wait=5)
+    loaded = local.acquire_model(local.Local().model_path(None), threads=1, n_ctx=1024)
+    try:
+        yield loaded
+    finally:
+        loaded.lock.release()
+        local.unload_models(wait=5)
+
+
+def next_logits(llm: Any) -> Any:
+    """A copy of the logits after the last token the model read."""
+    logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(logits, (llm.n_vocab(),)).copy()
+
+
 def refuse_putting_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     """llama.cpp refuses the state read again when it is put in the model's place."""
     original = llama_cpp.llama_state_seq_set_data
@@ -574,128 +593,105 @@ def test_an_answer_stopped_midway_is_not_read_again_and_leaves_nothing_wrong(
 
 @needs_model
 def test_the_rereader_grows_its_context_as_the_answer_does_and_stays_exact(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, small_model: local.LoadedModel
 ) -> None:
     monkeypatch.setattr(ls, "REREAD_ROOM", 64)  # llama.cpp makes a context at least 256 long
-    local.unload_models(wait=5)
-    path = local.Local().model_path(None)
-    loaded = local.acquire_model(path, threads=1, n_ctx=1024)
-    try:
-        llm = loaded.llm
-        words = llm.tokenize((HISTORY * 5).encode())
-        prompt, answer, question = words[:240], words[240:300], words[300:302]
-        rereader = ls.Rereader(llm, threads=1)
-        llm.reset()
-        llm.eval(prompt)
-        rereader.start(llm, len(prompt), answer[0])
-        for token in answer[1:]:
-            rereader.feed(token)
-            llm.eval([token])  # as the model generates: one at a time, inexact
-            time.sleep(0.005)
-        count = rereader.finish(llm)
-        assert count is not None and count >= len(prompt) + len(answer) - 2  # all it could
-        assert rereader.size >= 512  # made again, larger, on the way
-        held = llm.input_ids[:count].tolist()
-        llm.eval(question)
-        kept = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
-        kept = kept.copy()
-        llm.reset()
-        llm.eval([*held, *question])  # read whole, as a fresh process would
-        fresh = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
-        assert np.array_equal(kept, fresh)  # bit for bit
-        rereader.close()
-        assert rereader.ctx is None
-    finally:
-        loaded.lock.release()
-        local.unload_models(wait=5)
+    llm = small_model.llm
+    words = llm.tokenize((HISTORY * 5).encode())
+    prompt, answer, question = words[:240], words[240:300], words[300:302]
+    rereader = ls.Rereader(llm, threads=1)
+    llm.reset()
+    llm.eval(prompt)
+    rereader.start(llm, len(prompt), answer[0])
+    for token in answer[1:]:
+        rereader.feed(token)
+        llm.eval([token])  # as the model generates: one at a time, inexact
+        time.sleep(0.005)
+    count = rereader.finish(llm)
+    assert count is not None and count >= len(prompt) + len(answer) - 2  # all it could
+    assert rereader.size >= 512  # made again, larger, on the way
+    held = llm.input_ids[:count].tolist()
+    llm.eval(question)
+    kept = next_logits(llm)
+    llm.reset()
+    llm.eval([*held, *question])  # read whole, as a fresh process would
+    assert np.array_equal(kept, next_logits(llm))  # bit for bit
+    rereader.close()
+    assert rereader.ctx is None
 
 
 @needs_model
-def test_an_answer_generated_in_other_tokens_is_read_as_the_next_prompt_has_it() -> None:
-    local.unload_models(wait=5)
-    path = local.Local().model_path(None)
-    loaded = local.acquire_model(path, threads=1, n_ctx=1024)
-    try:
-        llm = loaded.llm
-        prompt = llm.tokenize(f"{HISTORY} Summarise.".encode())
-        text = " Gutenberg was printing books in Mainz, and printing spread."
-        canonical = llm.tokenize(text.encode(), add_bos=False)
-        word = llm.tokenize(b" printing", add_bos=False)
-        split = [*llm.tokenize(b" print", add_bos=False), *llm.tokenize(b"ing", add_bos=False)]
-        assert len(word) == 1 and len(split) == 2 and word[0] in canonical
-        at = canonical.index(word[0])
-        generated = [*canonical[:at], *split, *canonical[at + 1 :]]  # the same text
-        assert llm.detokenize(generated) == llm.detokenize(canonical)
-        eog = llm.token_eos()
+def test_an_answer_generated_in_other_tokens_is_read_as_the_next_prompt_has_it(
+    small_model: local.LoadedModel,
+) -> None:
+    llm = small_model.llm
+    prompt = llm.tokenize(f"{HISTORY} Summarise.".encode())
+    text = " Gutenberg was printing books in Mainz, and printing spread."
+    canonical = llm.tokenize(text.encode(), add_bos=False)
+    word = llm.tokenize(b" printing", add_bos=False)
+    split = [*llm.tokenize(b" print", add_bos=False), *llm.tokenize(b"ing", add_bos=False)]
+    assert len(word) == 1 and len(split) == 2 and word[0] in canonical
+    at = canonical.index(word[0])
+    generated = [*canonical[:at], *split, *canonical[at + 1 :]]  # the same text
+    assert llm.detokenize(generated) == llm.detokenize(canonical)
+    eog = llm.token_eos()
 
-        # While generated, on a spare CPU.
-        rereader = ls.Rereader(llm, threads=1)
-        llm.reset()
-        llm.eval(prompt)
-        rereader.start(llm, len(prompt), generated[0])
-        for token in [*generated[1:], eog]:
-            rereader.feed(token)
-            llm.eval([token])
-        count = rereader.finish(llm)
-        assert llm.input_ids[: llm.n_tokens].tolist() == [*prompt, *canonical, eog]
-        assert count == len(prompt) + len(canonical) + 1
-        rereader.close()
+    # While generated, on a spare CPU.
+    rereader = ls.Rereader(llm, threads=1)
+    llm.reset()
+    llm.eval(prompt)
+    rereader.start(llm, len(prompt), generated[0])
+    for token in [*generated[1:], eog]:
+        rereader.feed(token)
+        llm.eval([token])
+    count = rereader.finish(llm)
+    assert llm.input_ids[: llm.n_tokens].tolist() == [*prompt, *canonical, eog]
+    assert count == len(prompt) + len(canonical) + 1
+    rereader.close()
 
-        # After the answer, without a spare CPU.
-        reuse = StateReuse(llm, retokenize=True)
-        reuse.keep(llm, prompt, [*generated, eog], None)
-        assert reuse.pending == [*prompt, *canonical, eog]
-    finally:
-        loaded.lock.release()
-        local.unload_models(wait=5)
+    # After the answer, without a spare CPU.
+    reuse = StateReuse(llm, retokenize=True)
+    reuse.keep(llm, prompt, [*generated, eog], None)
+    assert reuse.pending == [*prompt, *canonical, eog]
 
 
 @needs_model
 def test_a_word_the_tokenizer_cuts_otherwise_once_it_ends_is_read_again_exactly(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, small_model: local.LoadedModel
 ) -> None:
     # No margin: the rereader reads " print" before "ing" comes, then must read " printing"
     # in its place, never keep the state of the first cut.
     monkeypatch.setattr(ls, "REREAD_MARGIN", 0)
     monkeypatch.setattr(ls, "REREAD_CHUNK", 2)
-    local.unload_models(wait=5)
-    path = local.Local().model_path(None)
-    loaded = local.acquire_model(path, threads=1, n_ctx=1024)
-    try:
-        llm = loaded.llm
-        prompt = llm.tokenize(f"{HISTORY} Summarise.".encode())
-        before = llm.tokenize(b" Gutenberg was", add_bos=False)
-        after = llm.tokenize(b" books in Mainz.", add_bos=False)
-        split = [*llm.tokenize(b" print", add_bos=False), *llm.tokenize(b"ing", add_bos=False)]
-        canonical = llm.tokenize(b" Gutenberg was printing books in Mainz.", add_bos=False)
-        rereader = ls.Rereader(llm, threads=1)
-        llm.reset()
-        llm.eval(prompt)
-        generated = [*before, split[0]]
-        rereader.start(llm, len(prompt), generated[0])
-        for token in generated[1:]:
-            rereader.feed(token)
-        deadline = time.monotonic() + 10
-        while rereader._done < len(prompt) + len(generated) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert rereader._tokens[len(prompt) :] == generated  # " print" read as it stood
-        for token in [split[1], *after]:
-            rereader.feed(token)
-        count = rereader.finish(llm)
-        held = llm.input_ids[: llm.n_tokens].tolist()
-        assert held == [*prompt, *canonical] and count == len(held)
-        rereader.close()
-        question = llm.tokenize(b" Who?", add_bos=False)
-        llm.eval(question)
-        kept = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
-        kept = kept.copy()
-        llm.reset()
-        llm.eval([*held, *question])
-        fresh = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), (llm.n_vocab(),))
-        assert np.array_equal(kept, fresh)
-    finally:
-        loaded.lock.release()
-        local.unload_models(wait=5)
+    llm = small_model.llm
+    prompt = llm.tokenize(f"{HISTORY} Summarise.".encode())
+    before = llm.tokenize(b" Gutenberg was", add_bos=False)
+    after = llm.tokenize(b" books in Mainz.", add_bos=False)
+    split = [*llm.tokenize(b" print", add_bos=False), *llm.tokenize(b"ing", add_bos=False)]
+    canonical = llm.tokenize(b" Gutenberg was printing books in Mainz.", add_bos=False)
+    rereader = ls.Rereader(llm, threads=1)
+    llm.reset()
+    llm.eval(prompt)
+    generated = [*before, split[0]]
+    rereader.start(llm, len(prompt), generated[0])
+    for token in generated[1:]:
+        rereader.feed(token)
+    deadline = time.monotonic() + 10
+    while rereader._done < len(prompt) + len(generated) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rereader._tokens[len(prompt) :] == generated  # " print" read as it stood
+    for token in [split[1], *after]:
+        rereader.feed(token)
+    count = rereader.finish(llm)
+    held = llm.input_ids[: llm.n_tokens].tolist()
+    assert held == [*prompt, *canonical] and count == len(held)
+    rereader.close()
+    question = llm.tokenize(b" Who?", add_bos=False)
+    llm.eval(question)
+    kept = next_logits(llm)
+    llm.reset()
+    llm.eval([*held, *question])
+    assert np.array_equal(kept, next_logits(llm))
 
 
 @needs_model

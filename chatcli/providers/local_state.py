@@ -84,8 +84,8 @@ STALE_TEMPORARY: Final = 3600.0
 #: "No position": every evaluated position is exact.
 NEVER: Final = sys.maxsize
 
-#: The :class:`Rereader` reads the answer once this many of its tokens wait (fewer, larger
-#: batches cost the model less; more waiting makes the end of the answer wait longer).
+#: The :class:`Rereader` reads the answer once this many of its tokens wait (measured on two
+#: cores: 4 to 16 slow generation alike, 32 and 64 more; the end of an answer waits for them).
 REREAD_CHUNK: Final = 8
 #: When an answer ends, the :class:`Rereader` finishes reading it if at most this many tokens
 #: wait (a fraction of a second); more (it fell behind) are left to the next turn.
@@ -422,15 +422,7 @@ class Rereader:
             self._cond.notify()
         started = time.perf_counter()
         thread.join(REREAD_WAIT)
-        if thread.is_alive():  # a slow model: what is read so far is kept
-            with self._cond:
-                self._cut = True
-                if self._abort is not None:
-                    self._abort.set(True)
-            thread.join()
-        self._thread = None
-        if self._abort is not None:
-            self._abort.set(False)
+        self._halt(thread)  # a slow model: what is read so far is kept
         count = min(self._done, len(self._tokens))
         if self._failed or count < 2:
             return None
@@ -460,13 +452,15 @@ class Rereader:
 
     def stop(self) -> None:
         """The answer did not end normally: stop reading at once (within a step)."""
-        thread = self._thread
-        if thread is None:
-            return
+        if self._thread is not None:
+            self._halt(self._thread)
+
+    def _halt(self, thread: threading.Thread) -> None:
+        """Stop its thread within a step (llama.cpp aborts a batch in flight), and wait."""
         with self._cond:
             self._final = self._cut = True
             self._cond.notify()
-            if self._abort is not None:
+            if self._abort is not None and thread.is_alive():
                 self._abort.set(True)
         thread.join()
         self._thread = None
