@@ -962,6 +962,33 @@ def usage_command(
 
 
 @app.command()
+def render(raw: RawOpt = False, markdown: MarkdownOpt = False) -> None:
+    """Render Markdown piped in, as it arrives, as answers are rendered (into a pipe: unchanged)."""
+    ctx = AppContext.current()
+    setup_logging(ctx, False)
+    with boundary(ctx):
+        if ctx.stdin is None or ctx.stdin_isatty:
+            raise UsageError(
+                "render: nothing piped in; pipe Markdown into it (cat notes.md | chatcli render)"
+            )
+        from chatcli.render import choose
+        from chatcli.render.filter import copy_bytes, render_stream
+
+        if not ctx.stdout_isatty and not markdown:
+            copy_bytes(ctx.stdin, ctx.stdout)
+            return
+        renderer = choose(
+            ctx.stdout,
+            is_terminal=ctx.stdout_isatty,
+            raw=raw,
+            markdown=markdown,
+            json=False,
+            env=ctx.env,
+        )
+        run_async(render_stream(ctx.stdin, renderer))
+
+
+@app.command()
 def paths(json_out: JsonOpt = False) -> None:
     """Show where chatcli keeps its config, data, cache and state."""
     ctx = AppContext.current()

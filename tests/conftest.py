@@ -116,8 +116,12 @@ class _GuardedEnviron(MutableMapping[str, str]):
 
     #: What the process itself is asked, rightly: the shell's completion request and the
     #: terminal's size for --help (click, in main), the interpreter's own switches (asyncio's
-    #: debug mode), and the settings native libraries read as they load (llama.cpp, numpy).
-    _PROCESS_LEVEL = ("_CHATCLI_COMPLETE", "COLUMNS", "LINES", "PYTHONASYNCIODEBUG")
+    #: debug mode), the terminal's Unicode version (Rich, once, as it loads its width table
+    #: for the first wide or escaped character), and the settings native libraries read as
+    #: they load (llama.cpp, numpy).
+    _PROCESS_LEVEL = (
+        "_CHATCLI_COMPLETE", "COLUMNS", "LINES", "PYTHONASYNCIODEBUG", "UNICODE_VERSION"
+    )  # fmt: skip
     _NATIVE = ("LLAMA_", "GGML_", "OPENBLAS_", "NUMPY_", "NPY_", "OMP_", "PILLOW_")
 
     def _note(self, what: str) -> None:

@@ -1,0 +1,143 @@
+"""``chatcli render``: Markdown piped in, rendered as it arrives on a real pseudo-terminal, and
+passed through unchanged into a pipe."""
+
+from __future__ import annotations
+
+import os
+import pty
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run
+from tests.test_repl_terminal import Terminal
+
+NOTES = """\
+# Release notes
+
+Some *emphasis*, some **strength** and `inline code`.
+
+- one item
+- another item, long enough to wrap around the edge of the screen when it is rendered there
+  by the terminal of a hundred columns
+
+> a quote
+
+```python
+def greet(name):
+    return f"hello {name}"
+```
+
+| name | size |
+| ---- | ---: |
+| a    |    1 |
+| b    |   22 |
+
+The end.
+"""
+
+#: Writes argv[1]'s text in pieces of argv[2] characters, pausing between them.
+FEEDER = """
+import sys, time
+text, size = open(sys.argv[1]).read(), int(sys.argv[2])
+for start in range(0, len(text), size):
+    sys.stdout.write(text[start:start + size])
+    sys.stdout.flush()
+    time.sleep(0.03)
+"""
+
+
+def rendered_on_a_terminal(shell: str, isolated: Isolated) -> tuple[str, bytes, int]:
+    """(the screen, the bytes written, the exit code) of a sh pipeline on a pseudo-terminal."""
+    term = Terminal([], {**isolated.env, "TERM": "xterm-256color"}, shell=shell)
+    try:
+        code = term.wait_exit(timeout=30)
+        return term.text(), bytes(term.raw), code
+    finally:
+        term.close()
+
+
+def test_markdown_fed_in_pieces_shows_what_the_whole_text_shows(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text(NOTES)
+    feeder = tmp_path / "feeder.py"
+    feeder.write_text(FEEDER)
+    render = f"{shlex.quote(str(CHATCLI))} render"
+    whole, _, code = rendered_on_a_terminal(f"cat {notes} | {render}", isolated)
+    assert code == 0
+    for size in (7, 61):  # pieces that cut words, lines and blocks anywhere
+        feed = f"{shlex.quote(sys.executable)} {feeder} {notes} {size}"
+        pieces, _, code = rendered_on_a_terminal(f"{feed} | {render}", isolated)
+        assert code == 0
+        assert pieces == whole
+    # It was rendered, not echoed: the Markdown's marks are gone, the text is there.
+    assert "Release notes" in whole and "# Release" not in whole and "**" not in whole
+    assert 'return f"hello {name}"' in whole and "```" not in whole
+
+
+def test_into_a_pipe_the_bytes_pass_unchanged(isolated: Isolated) -> None:
+    data = b"# Title\n\n\x1b[31mred\x1b[0m \xff\xfe not UTF-8 \xe2\x82\xac\r\nend"
+    result = subprocess.run(
+        [str(CHATCLI), "render"], input=data, capture_output=True, env=isolated.env, timeout=30
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, data, b"")
+    # --markdown renders into a pipe too, still sanitized of the input's own escapes.
+    marked = run(["render", "--markdown"], isolated, input="# Title\n\nbody \x1b]52;c;eA==\x07\n")
+    assert marked.returncode == 0
+    assert "Title" in marked.stdout and "# Title" not in marked.stdout
+    assert "\x1b]52" not in marked.stdout and "\x07" not in marked.stdout
+
+
+def test_nothing_hostile_reaches_the_terminal(isolated: Isolated, tmp_path: Path) -> None:
+    hostile = tmp_path / "hostile.md"
+    hostile.write_bytes(b"# Hi\n\ncopy \x1b]52;c;SGVsbG8=\x07 me \x1b[2J and \x9b31m this\n")
+    screen, raw, code = rendered_on_a_terminal(
+        f"cat {hostile} | {shlex.quote(str(CHATCLI))} render", isolated
+    )
+    assert code == 0
+    assert b"\x1b]52" not in raw and b"\x1b[2J" not in raw and b"\x07" not in raw
+    assert "copy" in screen and "me" in screen
+
+
+def test_ctrl_c_stops_it_keeping_what_was_shown(isolated: Isolated, tmp_path: Path) -> None:
+    stalled = tmp_path / "stalled.py"
+    stalled.write_text(
+        "import sys, time\nsys.stdout.write('# Partial\\n\\nfirst line\\n\\n')\n"
+        "sys.stdout.flush()\ntime.sleep(30)\n"
+    )
+    # The shell outlives Ctrl-C (a trap, which its children do not inherit) to say how
+    # chatcli ended.
+    pipeline = f"{shlex.quote(sys.executable)} {stalled} 2>/dev/null | {CHATCLI} render"
+    term = Terminal(
+        [],
+        {**isolated.env, "TERM": "xterm-256color"},
+        shell=f"trap true INT; {pipeline}; echo chatcli exited $?",
+    )
+    try:
+        term.wait_for("first line")
+        term.type("\x03")
+        term.wait_for("chatcli exited 130", timeout=15)
+        assert "Partial" in term.text() and "interrupted" in term.text()
+    finally:
+        term.close()
+
+
+def test_a_terminal_on_stdin_is_a_usage_error(isolated: Isolated) -> None:
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [str(CHATCLI), "render"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            env=isolated.env,
+            timeout=20,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "nothing piped in")
