@@ -154,6 +154,16 @@ def ask(
             help="An image to send with the question (PNG, JPEG, WebP or GIF); repeatable.",
         ),
     ] = None,
+    extract: Annotated[
+        str | None,
+        typer.Option(
+            "-x",
+            "--extract",
+            metavar="[SEL]",
+            help="Print only the answer's code: the last block, or -x N, -x LANG, -x all. "
+            "The answer shows on stderr when it is a terminal.",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Ask one question and stream the answer to stdout."""
@@ -161,6 +171,12 @@ def ask(
     ctx = AppContext.current()
     log_handler = setup_logging(ctx, verbose)
     with boundary(ctx, verbose=verbose):
+        if extract is not None:
+            from chatcli.extract import check_selector
+
+            if json_out:
+                raise UsageError("-x and --json: choose one (--json has the whole answer)")
+            extract = check_selector(extract)  # a bare -x is "last" (see main)
         piped = read_piped_stdin(ctx)
         context = None
         if files:
@@ -193,15 +209,26 @@ def ask(
         if dry_run:
             _show_dry_run(ctx, conversation, message, context, json_out, images)
             return
-        renderer = choose(
-            ctx.stdout,
-            is_terminal=ctx.stdout_isatty,
-            raw=raw,
-            markdown=markdown,
-            json=json_out,
-            env=ctx.env,
-            reasoning=reasoning or ctx.settings.reasoning or "collapse",
-        )
+        if extract is None:
+            renderer = choose(
+                ctx.stdout,
+                is_terminal=ctx.stdout_isatty,
+                raw=raw,
+                markdown=markdown,
+                json=json_out,
+                env=ctx.env,
+                reasoning=reasoning or ctx.settings.reasoning or "collapse",
+            )
+        else:  # stdout gets the code alone; a person watching sees the answer on stderr
+            renderer = choose(
+                ctx.stderr,
+                is_terminal=ctx.stderr_isatty,
+                raw=raw,
+                markdown=False,
+                json=not ctx.stderr_isatty,
+                env=ctx.env,
+                reasoning=reasoning or ctx.settings.reasoning or "collapse",
+            )
         try:
             with log_handler.held(renderer.live):
                 run_async(conversation.send(message, renderer, images=images, context=items))
@@ -213,6 +240,11 @@ def ask(
         turn = conversation.last_turn
         if json_out and turn is not None:
             _print_json(ctx, turn, conversation)
+        if extract is not None and turn is not None:
+            from chatcli.extract import select
+
+            ctx.stdout.write(select(turn.text, extract))  # a cut answer: the code it has
+            ctx.stdout.flush()
         if (usage or verbose) and turn is not None:
             say(ctx, _usage_line(turn, ctx.settings.providers))
         if turn is not None and turn.status in CUT:
@@ -1220,6 +1252,10 @@ def main(argv: list[str] | None = None, ctx: AppContext | None = None) -> NoRetu
 
     ctx = ctx or AppContext.from_process()
     args = decoded_arguments(ctx, sys.argv[1:] if argv is None else argv)
+    if "-x" in args or "--extract" in args:
+        from chatcli.extract import with_default_selector
+
+        args = with_default_selector(args)
     try:
         # What the parser prints itself (usage errors quote the arguments) goes through the
         # context's sanitizing stderr too.
