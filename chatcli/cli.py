@@ -209,26 +209,17 @@ def ask(
         if dry_run:
             _show_dry_run(ctx, conversation, message, context, json_out, images)
             return
-        if extract is None:
-            renderer = choose(
-                ctx.stdout,
-                is_terminal=ctx.stdout_isatty,
-                raw=raw,
-                markdown=markdown,
-                json=json_out,
-                env=ctx.env,
-                reasoning=reasoning or ctx.settings.reasoning or "collapse",
-            )
-        else:  # stdout gets the code alone; a person watching sees the answer on stderr
-            renderer = choose(
-                ctx.stderr,
-                is_terminal=ctx.stderr_isatty,
-                raw=raw,
-                markdown=False,
-                json=not ctx.stderr_isatty,
-                env=ctx.env,
-                reasoning=reasoning or ctx.settings.reasoning or "collapse",
-            )
+        # With -x stdout gets the code alone; a person watching sees the answer on stderr.
+        on_stderr = extract is not None
+        renderer = choose(
+            ctx.stderr if on_stderr else ctx.stdout,
+            is_terminal=ctx.stderr_isatty if on_stderr else ctx.stdout_isatty,
+            raw=raw,
+            markdown=markdown and not on_stderr,
+            json=json_out or (on_stderr and not ctx.stderr_isatty),
+            env=ctx.env,
+            reasoning=reasoning or ctx.settings.reasoning or "collapse",
+        )
         try:
             with log_handler.held(renderer.live):
                 run_async(conversation.send(message, renderer, images=images, context=items))

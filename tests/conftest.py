@@ -269,6 +269,28 @@ def run_binary(
     )
 
 
+def run_with_terminal_stdin(
+    args: list[str], isolated: Isolated
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``chatcli`` binary with a real pseudo-terminal on stdin (nothing piped:
+    a command that reads stdin must not sit waiting on it); stdout and stderr captured."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        return subprocess.run(
+            [str(CHATCLI), *args],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            env=isolated.env,
+            timeout=20,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+
 def assert_one_line_error(stderr: str, *fragments: str) -> str:
     """stderr is one ``chatcli: ...`` line (no traceback) holding each fragment; returns it."""
     lines = stderr.splitlines()

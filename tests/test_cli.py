@@ -16,7 +16,7 @@ import pytest
 
 from chatcli.transcript import STATUS_WORDS
 from chatcli.turn import CUT
-from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run
+from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run, run_with_terminal_stdin
 from tests.servers import FakeOpenAI, ForwardProxy, Socks5Proxy
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
@@ -66,19 +66,7 @@ def test_no_stdin_and_no_prompt_is_a_usage_error(isolated: Isolated) -> None:
 
 def test_terminal_stdin_and_no_prompt_does_not_wait(isolated: Isolated) -> None:
     # stdin is a real pseudo-terminal: chatcli must not sit reading it.
-    controller, terminal = pty.openpty()
-    try:
-        result = subprocess.run(
-            [str(CHATCLI), "ask", "-p", "ollama"],
-            stdin=terminal,
-            capture_output=True,
-            text=True,
-            env=isolated.env,
-            timeout=20,
-        )
-    finally:
-        os.close(terminal)
-        os.close(controller)
+    result = run_with_terminal_stdin(["ask", "-p", "ollama"], isolated)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "no prompt")
 

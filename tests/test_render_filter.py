@@ -3,14 +3,18 @@ passed through unchanged into a pipe."""
 
 from __future__ import annotations
 
-import os
-import pty
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import CHATCLI, Isolated, assert_one_line_error, run
+from tests.conftest import (
+    CHATCLI,
+    Isolated,
+    assert_one_line_error,
+    run,
+    run_with_terminal_stdin,
+)
 from tests.test_repl_terminal import Terminal
 
 NOTES = """\
@@ -126,18 +130,6 @@ def test_ctrl_c_stops_it_keeping_what_was_shown(isolated: Isolated, tmp_path: Pa
 
 
 def test_a_terminal_on_stdin_is_a_usage_error(isolated: Isolated) -> None:
-    controller, terminal = pty.openpty()
-    try:
-        result = subprocess.run(
-            [str(CHATCLI), "render"],
-            stdin=terminal,
-            capture_output=True,
-            text=True,
-            env=isolated.env,
-            timeout=20,
-        )
-    finally:
-        os.close(terminal)
-        os.close(controller)
+    result = run_with_terminal_stdin(["render"], isolated)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "nothing piped in")
