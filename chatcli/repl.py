@@ -86,13 +86,15 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("drop", "/drop N", "leave item N out of your next message"),
     Command("image", "/image PATH", "attach an image (or its URL) to your next message"),
     Command("export", "/export FILE", "write the session as Markdown to FILE"),
+    Command("copy", "/copy [N]", "copy code block N of the last answer (no N: all of it)"),
+    Command("save", "/save N FILE", "write code block N of the last answer to FILE"),
     Command("edit", "/edit", "write a message in $EDITOR"),
     Command("clear", "/clear", "clear the screen"),
     Command("exit", "/exit", "leave (Ctrl-D does too)"),
 )
 _BY_NAME: Final = {c.name: c for c in COMMANDS} | {"quit": COMMANDS[-1]}
-#: Commands that, given no argument, show what they would change.
-_SHOWN_WITHOUT_ARGUMENT: Final = ("system", "provider", "model", "reasoning")
+#: Commands that, given no argument, show what they would change (or, for /copy, take all).
+_SHOWN_WITHOUT_ARGUMENT: Final = ("system", "provider", "model", "reasoning", "copy")
 
 
 def history_file(state_dir: Path) -> Path:
@@ -552,6 +554,49 @@ class Repl:
         path = Path(argument).expanduser()
         write_user_file(path, text.encode())
         self.say(f"wrote {path}")
+
+    def last_answer(self) -> str:
+        for message in reversed(self.conversation.history):
+            if message["role"] == "assistant":
+                return str(message["content"])
+        raise UsageError("no answer yet")
+
+    async def _cmd_copy(self, argument: str) -> None:
+        from chatcli.clipboard import copy, terminal_writer
+        from chatcli.extract import check_selector, select
+
+        text = self.last_answer()
+        if argument:
+            text = select(text, check_selector(argument))
+        how = copy(text, self.env, terminal_writer(self.stdout))
+        self.say(f"copied {len(text):,} characters to {how}")
+
+    async def _cmd_save(self, argument: str) -> None:
+        from chatcli.extract import check_selector, select
+        from chatcli.store.files import write_user_file
+
+        number, _, name = argument.partition(" ")
+        if not number.isdigit() or not name.strip():
+            raise UsageError("usage: /save N FILE (code block N of the last answer)")
+        code = select(self.last_answer(), check_selector(number))
+        path = Path(name.strip()).expanduser()
+        if path.exists() and not await self.confirm(f"{path} exists; replace it? [y/N] "):
+            self.say("(not saved)")
+            return
+        write_user_file(path, code.encode())
+        self.say(f"wrote code block {number} to {path} ({len(code.encode()):,} bytes)")
+
+    async def confirm(self, question: str) -> bool:
+        """A yes-or-no question on the prompt line; anything but yes (Ctrl-C, Ctrl-D) is no."""
+        # A prompt of its own: one line, and nothing of it in the input history.
+        asker: PromptSession[str] = PromptSession(
+            input=self.session.input, output=self.session.output
+        )
+        try:
+            answer = await asker.prompt_async(question)
+        except (EOFError, KeyboardInterrupt):
+            return False
+        return answer.strip().lower() in ("y", "yes")
 
     async def _cmd_edit(self, _: str) -> None:
         text = self.edit("")
