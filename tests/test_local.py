@@ -128,16 +128,20 @@ def fake_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeLla
     loaded = FakeLoaded(llama)
     loads: list[tuple[Path, int, int, int | None]] = []
 
+    rereads: list[bool] = []
+
     def acquire(
         p: Path, *, threads: int, n_ctx: int, batch: int | None = None, reread: bool = True
     ) -> FakeLoaded:
         loads.append((p, threads, n_ctx, batch))
+        rereads.append(reread)
         loaded.lock.acquire()
         return loaded
 
     monkeypatch.setattr(local, "runtime_installed", lambda: True)
     monkeypatch.setattr(local, "acquire_model", acquire)
     llama.loads = loads  # type: ignore[attr-defined]
+    llama.rereads = rereads  # type: ignore[attr-defined]
     llama.loaded = loaded  # type: ignore[attr-defined]
     return llama, path
 
@@ -174,6 +178,25 @@ def events(path: Path, question: str = "x", **options: Any) -> list[Event]:
         return [event async for event in local.Local().stream(request)]
 
     return asyncio.run(go())
+
+
+def test_counting_tokens_asks_for_the_same_model_an_answer_uses(
+    fake_model: tuple[FakeLlama, Path],
+) -> None:
+    # A model is loaded once per process and setting: counting with another reread setting
+    # would free the answer's model and load it again.
+    llama, path = fake_model
+    llama.tokenize = lambda text, add_bos: [1, 2, 3]  # type: ignore[attr-defined]
+    provider = Registry.from_config({"local": {"reread": False}}).get("local")()
+    assert provider.count_tokens("abc", {}, str(path)) == 3
+    request = ChatRequest(messages=(ChatMessage.text("user", "x"),), model=str(path))
+
+    async def answer() -> None:
+        async for _ in provider.stream(request):
+            pass
+
+    asyncio.run(answer())
+    assert llama.rereads == [False, False]  # type: ignore[attr-defined]
 
 
 def test_defaults_cap_the_answer_and_each_answer_gets_a_fresh_seed(

@@ -355,7 +355,11 @@ class Local(AsyncGeneratorProvider):
         self.preflight()
         _, threads, n_ctx = parse_options(options)
         loaded = acquire_model(
-            self.model_path(model), threads=threads, n_ctx=n_ctx, batch=batch_threads(options)
+            self.model_path(model),
+            threads=threads,
+            n_ctx=n_ctx,
+            batch=batch_threads(options),
+            reread=self.reread,  # the same model as the answer uses, not a second load
         )
         try:
             return len(loaded.llm.tokenize(text.encode("utf-8", "replace"), add_bos=False))
