@@ -514,12 +514,7 @@ class Rereader:
         read again); whether it still can (not stopped, nothing failed)."""
         import llama_cpp
 
-        memory = llama_cpp.llama_get_memory(self.ctx)
         start = common_prefix(held, plan)
-        if start < self._done:  # the tokenizer cut the answer otherwise: read it again
-            llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
-            with self._cond:
-                self._done = start
         while True:
             end = len(plan)
             if end - start == 1 and final and start >= 1:
@@ -527,16 +522,17 @@ class Rereader:
             end = min(end, start + REREAD_BATCH)
             if end - start == 1:
                 end = start  # a single last one waits (or is left to the next turn)
+            if start < self._done:  # the tokenizer cut the answer otherwise, or a step back
+                memory = llama_cpp.llama_get_memory(self.ctx)
+                llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
+                with self._cond:
+                    self._done = start
             if end <= start:
                 return True
             if not self._room(end, start):
                 self._failed = True
                 return False
             memory = llama_cpp.llama_get_memory(self.ctx)
-            if start < self._done:
-                llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
-                with self._cond:
-                    self._done = start
             if not self._decode(start, plan[start:end]):
                 # Stopped (or failed) mid-batch: only the batches before it are kept.
                 llama_cpp.llama_memory_seq_rm(memory, 0, start, -1)
