@@ -316,21 +316,24 @@ class Repl:
         self.say(
             "chatcli: Enter sends, Alt-Enter adds a line, /help lists commands, Ctrl-D leaves."
         )
-        while self.running:
-            added = self.conversation.refresh()  # another process may have used the session
-            if added:
-                self.say(f"({added} message(s) added to this session elsewhere; see /history)")
-            try:
-                text = await self.read()
-            except KeyboardInterrupt:
-                continue  # Ctrl-C at the prompt: the line is cleared
-            except EOFError:
-                break  # Ctrl-D on an empty line
-            try:
-                with self.type_ahead:
+        # Keys typed ahead are kept for the next prompt all the time between prompts, up to the
+        # moment the prompt takes the terminal (it restores this mode when it returns): the
+        # terminal is never back in line mode, where Enter would become Ctrl-J, "add a line".
+        with self.type_ahead:
+            while self.running:
+                added = self.conversation.refresh()  # another process may have used the session
+                if added:
+                    self.say(f"({added} message(s) added to this session elsewhere; see /history)")
+                try:
+                    text = await self.read()
+                except KeyboardInterrupt:
+                    continue  # Ctrl-C at the prompt: the line is cleared
+                except EOFError:
+                    break  # Ctrl-D on an empty line
+                try:
                     await self.handle(text)
-            except KeyboardInterrupt:
-                self.say("[interrupted]")  # Ctrl-C during a command: back to the prompt
+                except KeyboardInterrupt:
+                    self.say("[interrupted]")  # Ctrl-C during a command: back to the prompt
 
     async def handle(self, text: str) -> None:
         """One submitted input: a slash command, or a message to send."""

@@ -680,3 +680,47 @@ def test_an_image_waits_for_the_next_message_and_goes_as_a_part(isolated: Isolat
     assert parts[-1]["type"] == "text" and parts[-1]["text"].startswith("what is it?")
     assert not vision.violations
     assert harness.repl is not None and harness.repl.images == []  # spent with the message
+
+
+def test_between_prompts_the_terminal_never_goes_back_to_line_mode(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keys typed in the moment after an answer, before the next prompt takes the terminal,
+    # must not be echoed nor have their Enter turned into Ctrl-J ("add a line").
+    import termios
+
+    from chatcli.repl import _TypeAhead
+
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    seen: list[tuple[bool, bool]] = []
+    questions = iter(["first", "second"])
+
+    async def read(self: Repl) -> str:
+        attrs = termios.tcgetattr(slave)
+        seen.append((bool(attrs[3] & termios.ECHO), bool(attrs[0] & termios.ICRNL)))
+        try:
+            return next(questions)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(Repl, "read", read)
+
+    async def go() -> None:
+        repl = Repl(
+            harness.conversation,
+            stdout=harness.out,
+            make_renderer=lambda: PlainRenderer(harness.out, safe=True),
+            output=DummyOutput(),
+        )
+        repl.type_ahead = _TypeAhead(slave)
+        await repl.run()
+
+    try:
+        asyncio.run(go())
+        assert seen == [(False, False)] * 3  # quiet before every prompt, the first included
+        assert harness.out.getvalue().count("Hello, world!") == 2
+        assert termios.tcgetattr(slave) == before  # and as it was once the REPL ends
+    finally:
+        os.close(master)
+        os.close(slave)
