@@ -19,6 +19,7 @@ from chatcli.errors import ConfigError, UsageError, check_url
 from chatcli.providers import Registry
 from chatcli.store import Session, Stores
 from chatcli.store.sessions import check_session_name
+from chatcli.templates import Applied, Templates
 from chatcli.turn import TurnRequest
 
 log = logging.getLogger("chatcli.chat")
@@ -29,7 +30,13 @@ def open_conversation(
 ) -> Conversation:
     """A conversation set up as ``chosen`` asks, continuing a session when one was named."""
     settings = ctx.settings
-    return conversation_from(settings, Stores.for_context(ctx), chosen, notice=notice)
+    return conversation_from(
+        settings,
+        Stores.for_context(ctx),
+        chosen,
+        notice=notice,
+        templates=Templates(ctx.paths.config_dir / "templates"),
+    )
 
 
 def conversation_from(
@@ -38,9 +45,11 @@ def conversation_from(
     chosen: ChatOptions,
     *,
     notice: Callable[[str], None] | None = None,
+    templates: Templates | None = None,
 ) -> Conversation:
-    """The conversation ``chosen`` asks for, from settled ``settings`` (flags > environment >
-    config > defaults, applied here in that order) and the ``stores`` it is kept in."""
+    """The conversation ``chosen`` asks for, from settled ``settings`` (flags > a template's
+    choices > environment > config > defaults, applied here in that order) and the ``stores``
+    it is kept in; ``templates``: where ``-t`` finds them."""
     if chosen.session is not None and chosen.continue_last:
         raise UsageError("use either -c/--continue or -S/--session, not both")
     if chosen.base_url:
@@ -61,19 +70,32 @@ def conversation_from(
         if session is None:
             new_name = check_session_name(chosen.session)  # before anything is sent
 
+    applied = _template(chosen, session, templates)
+    template = applied.template if applied is not None else None
+
     # -p a,b,c: a first, then b and c when it fails before any text.
     chain = [n.strip() for n in (chosen.provider or "").split(",") if n.strip()]
     provider_name = chain[0] if chain else None
+    if provider_name is None and template is not None:
+        provider_name = template.provider
     if provider_name is None and session is not None and session.provider in registry:
         provider_name = session.provider
     provider_name = resolve_provider_name(settings, provider_name)
     provider_cls = registry.get(provider_name)
     fallback = [registry.get(n).name for n in (chain[1:] if len(chain) > 1 else settings.fallback)]
     fallback = [n for n in dict.fromkeys(fallback) if n != provider_cls.name]
+    # A template's model and options are for its provider (any, when it names none).
+    template_fits = template is not None and (
+        template.provider is None or registry.get(template.provider).name == provider_cls.name
+    )
     # Options the chosen provider does not take are refused now, before anything is sent.
-    options = provider_cls.check_options(chosen.options)
+    options = provider_cls.check_options(
+        {**(template.options if template is not None and template_fits else {}), **chosen.options}
+    )
 
     model = chosen.model
+    if model is None and template is not None and template_fits:
+        model = template.model
     if model is None and session is not None and session.provider == provider_cls.name:
         model = session.model
     if model is None:
@@ -85,7 +107,18 @@ def conversation_from(
     defaults = TurnRequest(
         provider=provider_cls.name,
         model=model,
-        temperature=chosen.temperature if chosen.temperature is not None else settings.temperature,
+        temperature=next(
+            (
+                t
+                for t in (
+                    chosen.temperature,
+                    template.temperature if template is not None else None,
+                    settings.temperature,
+                )
+                if t is not None
+            ),
+            None,
+        ),
         options=options,
         stream=chosen.stream,
         proxy=chosen.proxy,
@@ -103,10 +136,32 @@ def conversation_from(
         system=chosen.system if chosen.system is not None else settings.system,
         name=new_name,
         notice=notice,
+        templates=templates,
     )
-    if session is not None and chosen.system is not None:
-        conversation.set_system(chosen.system)  # ...unless --system replaces it
+    if applied is not None and (session is None or chosen.template or chosen.variables):
+        conversation.set_template(applied)  # -t (or --var) replaces a session's template...
+    if chosen.system is not None:
+        conversation.set_system(chosen.system)  # ...and --system any system prompt
     return conversation
+
+
+def _template(
+    chosen: ChatOptions, session: Session | None, templates: Templates | None
+) -> Applied | None:
+    """The template ``-t`` names with its ``--var`` values, or the continued session's with
+    ``--var`` changing its values; ``None`` without either. Unknown names and variables, and
+    missing values, are usage errors."""
+    if chosen.template is None and not chosen.variables:
+        return None
+    if templates is None:
+        raise UsageError("templates are not available here")
+    if chosen.template is not None:
+        template = templates.get(chosen.template)
+        return Applied(template, template.values(chosen.variables))
+    kept = templates.load(session.template) if session is not None and session.template else None
+    if kept is None:
+        raise UsageError("--var goes with -t/--template (or a session that uses a template)")
+    return Applied(kept.template, kept.template.values({**kept.values, **chosen.variables}))
 
 
 def default_provider_name(settings: Settings) -> str | None:

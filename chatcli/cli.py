@@ -41,6 +41,7 @@ from chatcli.errors import (
     redact_credentials,
 )
 from chatcli.sessions_cli import sessions_app
+from chatcli.templates_cli import templates_app
 
 app = typer.Typer(
     name="chatcli",
@@ -86,6 +87,20 @@ def compose_message(prompt: str, piped: str | None, *, allow_empty: bool = False
         raise UsageError("no prompt: give one as an argument or pipe text in (chatcli ask --help)")
     # Each part but the last ends where the blank line starts; the last is kept as it came.
     return "\n\n".join([*(part.rstrip("\r\n") for part in parts[:-1]), parts[-1]])
+
+
+def _framed(conversation: Any, text: str, has_items: bool) -> str:
+    """The message for ``text`` under the conversation's template; asking with nothing at all
+    is a usage error, unless the template's prompt is the question."""
+    applied = conversation.template
+    if not text and not has_items:
+        if applied is None:
+            compose_message("", None)  # the usual "no prompt" error
+        elif applied.template.needs_input():
+            raise UsageError(
+                f"template {applied.name!r} works on your input: give a question or pipe text in"
+            )
+    return str(conversation.compose(text))
 
 
 def read_piped_stdin(ctx: AppContext) -> str | None:
@@ -198,12 +213,17 @@ def ask(
                 left = ", ".join(f"{path} ({why})" for path, why in context.skipped)
                 say(ctx, f"left out: {left}")
         items = context.items if context else []
-        message = compose_message(" ".join(prompt or []), piped, allow_empty=bool(items))
+        # Without a template (-t, or the continued session's) there must be something to ask.
+        maybe_template = chat.template is not None or chat.continue_last or chat.session
+        text = compose_message(
+            " ".join(prompt or []), piped, allow_empty=bool(items or maybe_template)
+        )
         from chatcli.chat import open_conversation
         from chatcli.render import choose
         from chatcli.turn import CUT
 
         conversation = open_conversation(ctx, chat, notice=lambda text: say(ctx, text))
+        message = _framed(conversation, text, bool(items))
         conversation.saves_later = False  # one question: what is not saved now never will be
         images = _attached(conversation, attach or [])
         if dry_run:
@@ -1026,6 +1046,7 @@ def paths(json_out: JsonOpt = False) -> None:
 
 
 app.add_typer(sessions_app, name="sessions")
+app.add_typer(templates_app, name="templates")
 
 # -- cookies ------------------------------------------------------------------------------------
 

@@ -275,6 +275,16 @@ def complete_session(incomplete: str) -> list[str]:
         return []
 
 
+def complete_template(incomplete: str) -> list[str]:
+    try:
+        from chatcli.templates import Templates
+
+        found = Templates(AppContext.current().paths.config_dir / "templates").names()
+        return _matching(found, incomplete)
+    except Exception:
+        return []
+
+
 ProviderOpt = Annotated[
     str | None,
     typer.Option(
@@ -307,6 +317,26 @@ SessionOpt = Annotated[
         help="Continue the session with this name or id (prefix), or start one so named.",
         show_default=False,
         autocompletion=complete_session,
+    ),
+]
+TemplateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-t",
+        "--template",
+        metavar="NAME",
+        help="Use a template (role): its system prompt, prompt and model (see chatcli templates).",
+        show_default=False,
+        autocompletion=complete_template,
+    ),
+]
+VarOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--var",
+        metavar="NAME=VALUE",
+        help="A value for a template's {NAME}; repeatable.",
+        show_default=False,
     ),
 ]
 ContinueOpt = Annotated[
@@ -470,6 +500,8 @@ CHAT_OPTIONS: Final = (
     _chat_parameter("provider", ProviderOpt, None),
     _chat_parameter("model", ModelOpt, None),
     _chat_parameter("system", SystemOpt, None),
+    _chat_parameter("template", TemplateOpt, None),
+    _chat_parameter("var", VarOpt, None),
     _chat_parameter("temperature", TemperatureOpt, None),
     _chat_parameter("option", OptionOpt, None),
     _chat_parameter("base_url", BaseUrlOpt, None),
@@ -485,6 +517,8 @@ CHAT_OPTIONS: Final = (
 
 def chat_options(values: Mapping[str, Any]) -> ChatOptions:
     """The :class:`ChatOptions` of the shared options' values (``-o`` pairs are parsed here)."""
+    from chatcli.templates import check_name, parse_vars
+
     return ChatOptions(
         provider=values["provider"],
         model=values["model"],
@@ -499,6 +533,8 @@ def chat_options(values: Mapping[str, Any]) -> ChatOptions:
         continue_last=values["continue_last"],
         save=not values["no_save"],
         retries=values["retries"],
+        template=check_name(values["template"]) if values["template"] is not None else None,
+        variables=parse_vars(values["var"] or []),
     )
 
 

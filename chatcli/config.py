@@ -214,12 +214,22 @@ def read_config_file(path: Path) -> dict[str, Any]:
     symbolic link (a dotfiles checkout), the real file's directory. Links are followed: this
     directory is the user's to arrange, and chatcli never writes in it.
     """
+    data = read_toml_file(path)
+    if data is None:
+        return {}
+    _validate(data, path)
+    return data
+
+
+def read_toml_file(path: Path) -> dict[str, Any] | None:
+    """A TOML file of the config directory (config.toml, a template), read as
+    :func:`read_config_file` says, not validated; ``None`` when it does not exist."""
     import tomllib
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        return {}
+        return None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
@@ -228,7 +238,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         os.close(fd)
     try:
         text = raw.decode("utf-8")
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -236,8 +246,6 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {exc}{'; ' + hint if hint else ''}") from exc
     except RecursionError:
         raise ConfigError(f"{path}: arrays or tables nested too deeply") from None
-    _validate(data, path)
-    return data
 
 
 #: A value TOML takes without quotes: a number, a date, a boolean, a string, an array, a table.

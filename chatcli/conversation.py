@@ -19,6 +19,7 @@ from chatcli.files import Item
 from chatcli.providers import Registry
 from chatcli.render import Renderer
 from chatcli.store.sessions import Session, SessionStore, Status, check_session_name
+from chatcli.templates import Applied, Template, Templates
 from chatcli.turn import Turn, TurnRequest, preflight, run_turn
 
 log = logging.getLogger("chatcli.conversation")
@@ -85,6 +86,7 @@ class Conversation:
         system: str | None = None,
         name: str | None = None,
         notice: Callable[[str], None] | None = None,
+        templates: Templates | None = None,
     ) -> None:
         self.registry = registry
         self.defaults = defaults
@@ -111,6 +113,12 @@ class Conversation:
         #: Whether more messages may follow to save what could not be (a REPL), or this is a
         #: one-shot ``ask`` (what is not saved now never will be).
         self.saves_later = True
+        #: Where a session's template is found again (``None``: templates are not used).
+        self.templates = templates
+        #: The template in use (``-t``, ``/role``, or the session's): its prompt frames each
+        #: message (see :meth:`compose`).
+        self.template: Applied | None = None
+        self._told_template: str | None = None
         if session is not None and store is not None:
             self._load(session)
 
@@ -152,10 +160,26 @@ class Conversation:
         elif model is not None:
             self.defaults = replace(self.defaults, model=model or None)
 
+    def use_choices_of(self, template: Template) -> None:
+        """Switch to what ``template`` chooses: its provider and model, its temperature, and
+        its options (for its provider, or for any when it names none)."""
+        if template.provider is not None or template.model is not None:
+            self.use(provider=template.provider, model=template.model)
+        cls = self.registry.get(self.provider)
+        fits = template.provider is None or self.registry.get(template.provider).name == cls.name
+        changes: dict[str, Any] = {}
+        if template.temperature is not None:
+            changes["temperature"] = template.temperature
+        if template.options and fits:
+            changes["options"] = cls.check_options({**self.defaults.options, **template.options})
+        if changes:
+            self.defaults = replace(self.defaults, **changes)
+
     def _load(self, session: Session) -> None:
         assert self.store is not None
         self.session = session
         self.system = session.system
+        self.template = self._stored_template(session)
         self._entries = [
             _Entry(
                 m.role,  # type: ignore[arg-type]
@@ -267,6 +291,41 @@ class Conversation:
         self.system = text or None
         if self.save and self.store is not None and self.session is not None:
             self.store.set_system(self.session.id, self.system)
+
+    def set_template(self, applied: Applied | None) -> None:
+        """Use ``applied`` (``None``: no template) from the next message on, with its system
+        prompt. A template without one keeps the current system prompt, unless that came from
+        the template it replaces."""
+        old = self.template
+        if applied is not None and applied.system is not None:
+            self.system = applied.system
+        elif old is not None and old.system is not None and old.system == self.system:
+            self.system = None
+        self.template = applied
+        if self.save and self.store is not None and self.session is not None:
+            self.store.set_template(
+                self.session.id, self.system, applied.stored() if applied else None
+            )
+
+    def compose(self, text: str) -> str:
+        """The message for the user's ``text``: as it is, or framed by the template's prompt."""
+        return self.template.message(text) if self.template is not None else text
+
+    def _stored_template(self, session: Session) -> Applied | None:
+        if not session.template or self.templates is None:
+            return None
+        try:
+            applied = self.templates.load(session.template)
+            problem = "is gone" if applied is None else None
+        except ChatcliError as exc:  # changed since, and now wrong: say so, go on without it
+            applied, problem = None, f"cannot be used ({exc})"
+        if problem is not None and self._told_template != session.id:
+            self._told_template = session.id  # once per session, not at every refresh
+            log.warning(
+                "this session's template %s; its system prompt is kept, its prompt is not",
+                problem,
+            )
+        return applied
 
     def rename(self, name: str) -> Session:
         if self.store is None or not self.save:
@@ -520,6 +579,7 @@ class Conversation:
                 system=self.system,
                 provider=self.defaults.provider,
                 model=self.defaults.model,
+                template=self.template.stored() if self.template is not None else None,
                 reuse_name=True,  # another process may have just created it (ask -S NEW)
             )
             self.pending_name = None

@@ -346,3 +346,6 @@ class ChatOptions:
     continue_last: bool = False
     save: bool = True
     retries: int | None = None
+    #: ``-t NAME``: a template (see :mod:`chatcli.templates`), and ``--var`` values for it.
+    template: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)

@@ -77,6 +77,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("provider", "/provider NAME", "switch provider (no name: show it and the others)"),
     Command("model", "/model NAME", "switch model (no name: show it and the known ones)"),
     Command("system", "/system TEXT", "set the system prompt (no text: show it; '-': remove it)"),
+    Command("role", "/role NAME", "use a template from now on (no name: show them; '-': none)"),
     Command("reasoning", "/reasoning MODE", "a model's thinking: show, collapse or hide"),
     Command("retry", "/retry", "ask the last question again"),
     Command("undo", "/undo", "forget the last question and its answer"),
@@ -94,7 +95,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
 )
 _BY_NAME: Final = {c.name: c for c in COMMANDS} | {"quit": COMMANDS[-1]}
 #: Commands that, given no argument, show what they would change (or, for /copy, take all).
-_SHOWN_WITHOUT_ARGUMENT: Final = ("system", "provider", "model", "reasoning", "copy")
+_SHOWN_WITHOUT_ARGUMENT: Final = ("system", "provider", "model", "reasoning", "copy", "role")
 
 
 def history_file(state_dir: Path) -> Path:
@@ -285,6 +286,8 @@ class Repl:
             return conversation.registry.names()
         if command == "model":
             return self.known_models()
+        if command == "role" and conversation.templates is not None:
+            return conversation.templates.names()
         if command in ("load", "rm") and conversation.store is not None:
             with contextlib.suppress(ChatcliError):
                 sessions = conversation.store.recent(50)
@@ -349,6 +352,7 @@ class Repl:
             text = text[1:]  # "//etc" sends "/etc"
         waiting = tuple(self.context)  # sent first, each fenced under its path, as with ask -f
         images = tuple(self.images)
+        text = self.conversation.compose(text)  # framed by the role's prompt, if any
         before = len(self.conversation.history)
         await self.answer(
             lambda renderer: self.conversation.send(text, renderer, context=waiting, images=images)
@@ -441,6 +445,30 @@ class Repl:
             return
         self.conversation.use(provider=argument)
         self.say(f"provider: {self.conversation.provider}")
+
+    async def _cmd_role(self, argument: str) -> None:
+        conversation = self.conversation
+        templates = conversation.templates
+        if templates is None:
+            raise UsageError("templates are not available here")
+        if not argument:
+            current = conversation.template
+            self.say(f"role: {current.name if current else '(none)'}")
+            self.say(f"templates: {', '.join(templates.names())} (/role NAME [VAR=VALUE ...])")
+            return
+        if argument == "-":
+            conversation.set_template(None)
+            self.say("role removed (provider and model stay as they are)")
+            return
+        from chatcli.templates import Applied, parse_vars
+
+        name, *pairs = argument.split()
+        template = templates.get(name)
+        applied = Applied(template, template.values(parse_vars(pairs)))
+        conversation.use_choices_of(template)
+        conversation.set_template(applied)
+        about = f" · {template.description}" if template.description else ""
+        self.say(f"role: {template.name} ({conversation.provider} · {self.current_model()}){about}")
 
     async def _cmd_reasoning(self, argument: str) -> None:
         from chatcli.config import REASONING_MODES

@@ -168,6 +168,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX message_context_by_hash ON message_context (hash);
     """,
+    # 6: the template (role) a session uses, as JSON: its name and its variables' values.
+    """
+    ALTER TABLE sessions ADD COLUMN template TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -183,6 +187,8 @@ class Session:
     created_at: float
     updated_at: float
     message_count: int = 0
+    #: The template in use (``chatcli.templates.Applied.stored``), or ``None``.
+    template: str | None = None
 
     @property
     def label(self) -> str:
@@ -541,6 +547,7 @@ class SessionStore:
         system: str | None = None,
         provider: str | None = None,
         model: str | None = None,
+        template: str | None = None,
         reuse_name: bool = False,
     ) -> Session:
         """A new session. With ``reuse_name``, a session already so named (say, created by
@@ -558,9 +565,9 @@ class SessionStore:
                     raise UsageError(f"a session is already named {name!r}")
             session_id = secrets.token_hex(6)
             db.execute(
-                "INSERT INTO sessions (id, name, title, system, provider, model, created_at,"
-                " updated_at) VALUES (?, ?, '', ?, ?, ?, ?, ?)",
-                (session_id, name, system, provider, model, now, now),
+                "INSERT INTO sessions (id, name, title, system, provider, model, template,"
+                " created_at, updated_at) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
+                (session_id, name, system, provider, model, template, now, now),
             )
         return self.get(session_id)
 
@@ -645,6 +652,14 @@ class SessionStore:
     def set_system(self, session_id: str, system: str | None) -> None:
         with self._write() as db:
             db.execute("UPDATE sessions SET system = ? WHERE id = ?", (system, session_id))
+
+    def set_template(self, session_id: str, system: str | None, template: str | None) -> None:
+        """The template a session uses from now on, and its system prompt, together."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE sessions SET system = ?, template = ? WHERE id = ?",
+                (system, template, session_id),
+            )
 
     def delete(self, session_ids: Iterable[str]) -> int:
         ids = list(session_ids)
@@ -820,6 +835,9 @@ def _session(row: sqlite3.Row) -> Session:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         message_count=row["message_count"],
+        # A read-only database of an older version has no template column (Row's "in" looks
+        # at values, not names).
+        template=row["template"] if "template" in row.keys() else None,  # noqa: SIM118
     )
 
 
