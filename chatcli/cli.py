@@ -1031,6 +1031,83 @@ def render(raw: RawOpt = False, markdown: MarkdownOpt = False) -> None:
         run_async(render_stream(ctx.stdin, renderer))
 
 
+@app.command("cmd")
+@with_chat_options
+def cmd_command(
+    request: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="REQUEST", help="What the command should do. Piped stdin is context."
+        ),
+    ] = None,
+    *,
+    chat: ChatOptions,
+    shell: Annotated[
+        str | None,
+        typer.Option(
+            "--shell",
+            metavar="NAME",
+            help="The shell to write for and run with (default: $SHELL's, else sh).",
+            show_default=False,
+        ),
+    ] = None,
+    os_name: Annotated[
+        str | None,
+        typer.Option(
+            "--os",
+            metavar="NAME",
+            help="The OS to write for (default: this one, e.g. Debian GNU/Linux 12).",
+            show_default=False,
+        ),
+    ] = None,
+    no_interaction: Annotated[
+        bool,
+        typer.Option(
+            "--no-interaction", help="Print the command only, as into a pipe; ask nothing."
+        ),
+    ] = False,
+    install: Annotated[
+        str | None,
+        typer.Option(
+            "--install",
+            metavar="bash|zsh|fish",
+            help="Print a Ctrl-L key binding for the shell's rc file that turns the command "
+            "line's text into a command in place (Ctrl-L then no longer clears the screen).",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Ask for one shell command, show it, and run it only if you press r.
+
+    On a terminal it asks: [r]un [e]dit [c]opy e[x]plain [q]uit, after flagging in red a
+    command that destroys data; run exits with the command's exit code. Into a pipe (or with
+    --no-interaction) it prints the command alone. Nothing is saved unless -S or -c names a
+    session.
+    """
+    ctx = AppContext.current()
+    log_handler = setup_logging(ctx, verbose)
+    with boundary(ctx, verbose=verbose):
+        from chatcli.shellcmd import command_for, install_snippet, program_path
+
+        if install is not None:
+            if request:
+                raise UsageError("--install prints a key binding: give it no REQUEST")
+            ctx.stdout.write(install_snippet(install, program_path(sys.argv[0], ctx.env)))
+            return
+        message = compose_message(" ".join(request or []), read_piped_stdin(ctx))
+        code = command_for(
+            ctx,
+            chat,
+            message,
+            shell=shell,
+            os_name=os_name,
+            interactive=ctx.stdout_isatty and not no_interaction,
+            hold=log_handler.held,
+        )
+    raise typer.Exit(code)
+
+
 @app.command()
 def paths(json_out: JsonOpt = False) -> None:
     """Show where chatcli keeps its config, data, cache and state."""
