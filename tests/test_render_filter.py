@@ -80,6 +80,8 @@ def test_markdown_fed_in_pieces_shows_what_the_whole_text_shows(
     # It was rendered, not echoed: the Markdown's marks are gone, the text is there.
     assert "Release notes" in whole and "# Release" not in whole and "**" not in whole
     assert 'return f"hello {name}"' in whole and "```" not in whole
+    # Code blocks are numbered on a terminal, from the start of the input.
+    assert "[1] python" in whole.splitlines()
 
 
 def test_into_a_pipe_the_bytes_pass_unchanged(isolated: Isolated) -> None:
@@ -93,6 +95,9 @@ def test_into_a_pipe_the_bytes_pass_unchanged(isolated: Isolated) -> None:
     assert marked.returncode == 0
     assert "Title" in marked.stdout and "# Title" not in marked.stdout
     assert "\x1b]52" not in marked.stdout and "\x07" not in marked.stdout
+    # No code block labels into a pipe.
+    fenced = run(["render", "--markdown"], isolated, input="```sh\nls\n```\n")
+    assert fenced.returncode == 0 and "ls" in fenced.stdout and "[1]" not in fenced.stdout
 
 
 def test_nothing_hostile_reaches_the_terminal(isolated: Isolated, tmp_path: Path) -> None:

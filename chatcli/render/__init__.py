@@ -6,7 +6,8 @@ nothing else about output. Which renderer a command gets is decided once, in :fu
 * stdout is not a terminal: :class:`PlainRenderer` writes the model's text exactly as received;
 * a terminal with ``--raw``: :class:`PlainRenderer` with the text sanitized;
 * a terminal (or ``--markdown``): :class:`MarkdownRenderer`, Rich Markdown streamed block by
-  block in linear time (live on a terminal);
+  block in linear time (live on a terminal, where each code block gets a dim label ``[N]``
+  with the number ``ask -x N`` and ``/copy N`` take);
 * ``--json``: :class:`NullRenderer` (the command prints one JSON object at the end).
 
 The parts live in submodules: :mod:`chatcli.render.sanitize` (model text made safe for a
@@ -216,9 +217,12 @@ def choose(
             make_console(stream, force_terminal=True, env=env),
             live=is_terminal,
             reasoning=reasoning if is_terminal else "hide",  # into a pipe: the answer alone
+            numbered=is_terminal,  # into a pipe: the answer alone, no labels
         )
     if not is_terminal:
         return PlainRenderer(stream, safe=False)
     if raw:
         return PlainRenderer(stream, safe=True)
-    return MarkdownRenderer(make_console(stream, env=env), live=True, reasoning=reasoning)
+    return MarkdownRenderer(
+        make_console(stream, env=env), live=True, reasoning=reasoning, numbered=True
+    )

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 
 _FENCE: Final = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+#: The longest language a code block's label shows (the fence's info comes from the model).
+LABEL_LANGUAGE: Final = 24
+#: Where a code block's label is kept on its markdown-it token.
+_LABEL: Final = "chatcli_label"
 _LIST_ITEM: Final = re.compile(r"^ {0,3}([-*+]|\d{1,9}[.)])( |$)")
 
 
@@ -151,6 +155,7 @@ def _markdown_class() -> Any:
     from rich.markdown import CodeBlock, Markdown
     from rich.segment import Segment
     from rich.syntax import Syntax
+    from rich.text import Text
 
     @lru_cache(maxsize=32)
     def lexer(name: str) -> Any:
@@ -166,7 +171,19 @@ def _markdown_class() -> Any:
     theme = lru_cache(maxsize=4)(Syntax.get_theme)
 
     class FastCodeBlock(CodeBlock):
+        label: str | None = None
+
+        @classmethod
+        def create(cls, markdown: Any, token: Any) -> Any:
+            block: Any = super().create(markdown, token)
+            block.label = token.meta.get(_LABEL)
+            return block
+
         def __rich_console__(self, console: Any, options: Any) -> Any:
+            if self.label is not None:
+                # Its own line above the block's padding: selecting the code's lines on the
+                # screen does not catch it.
+                yield Text(self.label, style="dim", end="\n", no_wrap=True, overflow="ellipsis")
             code = str(self.text).rstrip()
             syntax = Syntax(code, lexer(self.lexer_name), theme=theme(self.theme), word_wrap=True)
             ends_on_newline, processed = syntax._process_code(code)
@@ -212,13 +229,18 @@ def _markdown_class() -> Any:
     return FastMarkdown
 
 
-def fast_markdown(source: str, env: dict[str, Any] | None = None) -> Any:
+def fast_markdown(
+    source: str, env: dict[str, Any] | None = None, *, first_label: int | None = None
+) -> Any:
     """Rich's ``Markdown`` (links showing their target), reusing one parser.
 
     Rich builds a new markdown-it parser for every ``Markdown``; building it cost more than
     rendering a typical block. The attributes set here are the ones Rich's constructor sets (a
     test compares them, so a Rich upgrade that adds one fails loudly instead of rendering
     wrong).
+
+    ``first_label``: code blocks get a dim label line above them, ``[N] language``, numbered
+    from this (see :func:`code_label`); ``None``: no labels, exactly Rich's output.
     """
     global _PARSER
     if _PARSER is None:
@@ -229,6 +251,12 @@ def fast_markdown(source: str, env: dict[str, Any] | None = None) -> Any:
     markdown = cls.__new__(cls)
     markdown.markup = source
     markdown.parsed = _reveal_in_code(_PARSER.parse(source, env))
+    if first_label is not None:
+        number = first_label
+        for token in markdown.parsed:
+            if token.type in _CODE:
+                token.meta[_LABEL] = code_label(number, token)
+                number += 1
     markdown.code_theme = "monokai"
     markdown.justify = None
     markdown.style = "none"
@@ -237,6 +265,27 @@ def fast_markdown(source: str, env: dict[str, Any] | None = None) -> Any:
     markdown.inline_code_lexer = None
     markdown.inline_code_theme = "monokai"
     return markdown
+
+
+#: The tokens that are code blocks, as ``chatcli.extract`` counts them.
+_CODE: Final = ("fence", "code_block")
+
+
+def code_count(markdown: Any) -> int:
+    """How many code blocks a :func:`fast_markdown` holds (nested ones included)."""
+    return sum(token.type in _CODE for token in markdown.parsed)
+
+
+def code_label(number: int, token: Any) -> str:
+    """A code block's label: its number as ``ask -x N`` and ``/copy N`` take it, and the
+    language its fence names, as ``-x LANG`` takes it (lower case), made safe and short."""
+    words = token.info.split(maxsplit=1) if token.type == "fence" else []
+    if not words:
+        return f"[{number}]"
+    language = sanitize(reveal_in_code(words[0].lower()))
+    if len(language) > LABEL_LANGUAGE:
+        language = language[: LABEL_LANGUAGE - 1] + "\u2026"
+    return f"[{number}] {language}"
 
 
 def _reveal_in_code(tokens: list[Any]) -> list[Any]:
@@ -289,9 +338,18 @@ class MarkdownRenderer:
     #: Lines of the model's reasoning shown live while it thinks (its latest ones).
     THINKING_LINES: Final = 6
 
-    def __init__(self, console: Console, *, live: bool, reasoning: str = "collapse") -> None:
+    def __init__(
+        self,
+        console: Console,
+        *,
+        live: bool,
+        reasoning: str = "collapse",
+        numbered: bool = False,
+    ) -> None:
         """``reasoning``: ``show`` (printed dimmed above the answer), ``collapse`` (live while
-        the model thinks, then one line: how long it thought) or ``hide``."""
+        the model thinks, then one line: how long it thought) or ``hide``. ``numbered``: a
+        dim line ``[N] language`` above each code block, N as ``ask -x N`` and ``/copy N``
+        count them (from 1 for each renderer: one renderer shows one answer)."""
         if reasoning not in REASONING_MODES:
             raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}")
         self.reasoning = reasoning
@@ -306,6 +364,8 @@ class MarkdownRenderer:
         self._splitter = BlockSplitter()
         self._spaced = False  # Rich puts a blank line after the last finished block
         self._env: dict[str, Any] = {}  # the parser's state: link definitions seen so far
+        self.numbered = numbered
+        self._codes = 0  # code blocks in the blocks printed so far
         self._shown_lines = 0  # lines of the live tail now on screen
         self._last_frame = 0.0
         self._frame_due = False  # a redraw is scheduled on the event loop
@@ -326,11 +386,12 @@ class MarkdownRenderer:
 
         return _print_to_text(self._text_console(), Text(text, style="dim"))
 
-    def _render(self, source: str, *, spaced: bool = False) -> tuple[str, bool | None]:
+    def _render(self, source: str, *, spaced: bool = False) -> tuple[str, bool | None, int]:
         """``source`` rendered with Rich's blank-line flag set (``spaced``) or not at the start,
-        and the flag it leaves (see :func:`_flag_after`)."""
+        the flag it leaves (see :func:`_flag_after`), and how many code blocks it has."""
         renderer = self._text_console()
-        markdown = fast_markdown(source, self._env)
+        first = self._codes + 1 if self.numbered else None
+        markdown = fast_markdown(source, self._env, first_label=first)
         flag = _flag_after(markdown)
         if spaced:
             # An element that prints nothing and sets the flag, as a paragraph would: Rich
@@ -338,7 +399,7 @@ class MarkdownRenderer:
             from markdown_it.token import Token
 
             markdown.parsed.insert(0, Token("html_block", "", 0, block=True, content=""))
-        return _print_to_text(renderer, markdown), flag
+        return _print_to_text(renderer, markdown), flag, code_count(markdown)
 
     def _text_console(self) -> Console:
         """The console that renders to text at the terminal's current width."""
@@ -362,8 +423,9 @@ class MarkdownRenderer:
             self._renderers = {width: renderer}
         return renderer
 
-    def _delta(self, source: str) -> tuple[str, bool | None]:
-        """What ``source`` adds to the output after the blocks before it, and its flag.
+    def _delta(self, source: str) -> tuple[str, bool | None, int]:
+        """What ``source`` adds to the output after the blocks before it, its flag and its
+        number of code blocks.
 
         Each block is rendered once, with Rich's blank-line flag (:func:`_flag_after`) as the
         blocks before it left it, so the pieces add up to rendering everything at once, and
@@ -382,7 +444,8 @@ class MarkdownRenderer:
             self._shown_lines = 0
 
     def _commit(self, block: str) -> None:
-        rendered, spaced = self._delta(block)
+        rendered, spaced, codes = self._delta(block)
+        self._codes += codes
         if self.live:
             self._clear_tail()
         self._write(rendered)
