@@ -1095,7 +1095,10 @@ def cmd_command(
                 raise UsageError("--install prints a key binding: give it no REQUEST")
             ctx.stdout.write(install_snippet(install, program_path(sys.argv[0], ctx.env)))
             return
-        message = compose_message(" ".join(request or []), read_piped_stdin(ctx))
+        piped = read_piped_stdin(ctx)
+        if not (request or (piped or "").strip()):
+            raise UsageError("no request: say what the command should do (chatcli cmd --help)")
+        message = compose_message(" ".join(request or []), piped)
         code = command_for(
             ctx,
             chat,

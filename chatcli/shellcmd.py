@@ -628,6 +628,8 @@ def command_for(
     from chatcli.render import NullRenderer, make_console
     from chatcli.turn import CUT
 
+    if chat.template is not None or chat.variables:
+        raise UsageError("-t and --var do not go with cmd: it has its own system prompt")
     name = detect_shell(ctx.env, shell)
     prompt = system_prompt(name, os_name or detect_os())
     if chat.system:

@@ -255,6 +255,18 @@ def test_nothing_is_saved_unless_a_session_is_named(fake: FakeOpenAI, isolated: 
     assert saved_messages(isolated) == [("user", "list"), ("assistant", "ls")]
 
 
+def test_a_request_is_needed_and_templates_do_not_apply(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    result = run(cmd_args(fake), isolated)
+    assert result.returncode == 2
+    assert "no request: say what the command should do" in result.stderr
+    result = run(cmd_args(fake, "-t", "commit", "list files"), isolated)
+    assert result.returncode == 2
+    assert "-t and --var do not go with cmd" in result.stderr
+    assert chat_requests(fake) == []
+
+
 def test_install_needs_a_known_shell_and_no_request(isolated: Isolated) -> None:
     result = run(["cmd", "--install", "tcsh"], isolated)
     assert result.returncode == 2
