@@ -456,11 +456,19 @@ def read_key(fd: int) -> str:
     :class:`KeyboardInterrupt`, as everywhere."""
     import termios
 
+    from chatcli.render.terminal import SuspendGuard
+
     saved = termios.tcgetattr(fd)
     mode = termios.tcgetattr(fd)
     mode[3] &= ~(termios.ICANON | termios.ECHO)  # keys one at a time, unechoed; ISIG kept
     mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
     termios.tcsetattr(fd, termios.TCSANOW, mode)
+    # Ctrl-Z: the shell gets its terminal back as it was; fg reads keys one at a time again.
+    guard = SuspendGuard(
+        lambda: termios.tcsetattr(fd, termios.TCSANOW, saved),
+        lambda: termios.tcsetattr(fd, termios.TCSANOW, mode),
+    )
+    guard.install()
     try:
         while True:
             data = os.read(fd, 64)
@@ -471,6 +479,7 @@ def read_key(fd: int) -> str:
                 return key
             # Anything else (Enter, an arrow key's sequence, a paste) is not an answer.
     finally:
+        guard.remove()
         termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
@@ -571,9 +580,14 @@ class CommandMenu:
 
 
 @contextmanager
-def terminal_keys(stdin: IO[str] | None, stdin_isatty: bool) -> Iterator[int | None]:
+def terminal_keys(
+    stdin: IO[str] | None, stdin_isatty: bool, *, wanted: bool = True
+) -> Iterator[int | None]:
     """The file descriptor of the terminal to read keys from: stdin's, or ``/dev/tty`` when
-    stdin is piped in (``None``: there is no terminal)."""
+    stdin is piped in (``None``: there is no terminal, or keys are not ``wanted``)."""
+    if not wanted:
+        yield None
+        return
     if stdin is not None and stdin_isatty:
         try:
             yield stdin.fileno()
@@ -597,14 +611,15 @@ def edit_line(command: str, keys_fd: int, own_stdin: bool) -> str | None:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.input import create_input
 
-    source = None
-    if not own_stdin:
-        source = create_input(os.fdopen(os.dup(keys_fd), "r", closefd=True))
-    session: PromptSession[str] = PromptSession(input=source)
+    tty = None if own_stdin else os.fdopen(os.dup(keys_fd), "r", closefd=True)
+    session: PromptSession[str] = PromptSession(input=create_input(tty) if tty else None)
     try:
         return session.prompt("edit> ", default=command)
     except (EOFError, KeyboardInterrupt):
         return None
+    finally:
+        if tty is not None:
+            tty.close()
 
 
 # -- the command -------------------------------------------------------------------------------
@@ -649,8 +664,8 @@ def command_for(
     notes = []
     if turn is not None and turn.status in CUT:
         notes.append("the answer was cut short: the command may be incomplete")
-    with terminal_keys(ctx.stdin, ctx.stdin_isatty) as keys_fd:
-        if not interactive or keys_fd is None:
+    with terminal_keys(ctx.stdin, ctx.stdin_isatty, wanted=interactive) as keys_fd:
+        if keys_fd is None:
             for reason in [*notes, *dangers(command)]:
                 say(ctx, f"warning: {reason}")
             ctx.stdout.write(command + "\n")

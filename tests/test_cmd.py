@@ -342,6 +342,32 @@ def test_edit_changes_the_command_before_it_runs(
     assert target.read_text() == "ran edited\n"
 
 
+def test_with_stdin_piped_in_the_keys_come_from_the_terminal(
+    fake: FakeOpenAI, isolated: Isolated, tmp_path: Path
+) -> None:
+    target = tmp_path / "ran.txt"
+    fake.pieces = [f"echo ran > {target}"]
+    env = {**isolated.env, "TERM": "xterm-256color", "SHELL": "/bin/sh"}
+    args = " ".join(cmd_args(fake, "'write it down'"))
+    terminal = Terminal([], env, shell=f"printf 'a.txt\\n' | {CHATCLI} {args}")
+    try:
+        terminal.wait_for(MENU)
+        terminal.wait_prompt()
+        terminal.type("e")  # the line editor reads the terminal too
+        terminal.wait_for(f"edit> echo ran > {target}")
+        terminal.wait_prompt()
+        terminal.type(" edited\r")
+        terminal.wait_for(f"echo ran > {target} edited\n[r]un")
+        terminal.wait_prompt()
+        terminal.type("r")
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    assert target.read_text() == "ran edited\n"
+    (request,) = chat_requests(fake)
+    assert request["messages"][-1]["content"] == "a.txt\n\nwrite it down"
+
+
 def test_copy_copies_the_command_and_runs_nothing(
     fake: FakeOpenAI, isolated: Isolated, tmp_path: Path
 ) -> None:
