@@ -61,12 +61,19 @@ def conversation_from(
 
     session: Session | None = None
     new_name: str | None = None
+    branch_after: int | None = None
     if chosen.continue_last:
         session = sessions.latest()
         if session is None:
             log.warning("no session to continue yet; starting a new one")
     elif chosen.session is not None:
         session = sessions.find_or_none(chosen.session)
+        ref, _, number = chosen.session.rpartition("@")
+        if session is None and ref and number.isdigit():  # NAME@N: a branch after message N
+            session = sessions.find_or_none(ref)
+            if session is None:
+                raise UsageError(f"no session {ref!r} to continue from message {number} of")
+            branch_after = int(number)
         if session is None:
             new_name = check_session_name(chosen.session)  # before anything is sent
 
@@ -142,6 +149,10 @@ def conversation_from(
         conversation.set_template(applied)  # -t (or --var) replaces a session's template...
     if chosen.system is not None:
         conversation.set_system(chosen.system)  # ...and --system any system prompt
+    if branch_after is not None:
+        if not chosen.save:
+            raise UsageError("-S NAME@N starts a branch in the session; not with --no-save")
+        conversation.branch_at(branch_after)
     return conversation
 
 

@@ -11,16 +11,25 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from chatcli.core import ChatMessage, Event, ImagePart, Message
 from chatcli.errors import ChatcliError, StorageError, UsageError
 from chatcli.files import Item
 from chatcli.providers import Registry
 from chatcli.render import Renderer
-from chatcli.store.sessions import Session, SessionStore, Status, check_session_name
+from chatcli.store.sessions import (
+    Session,
+    SessionStore,
+    Status,
+    StoredMessage,
+    check_session_name,
+)
 from chatcli.templates import Applied, Template, Templates
 from chatcli.turn import Turn, TurnRequest, preflight, run_turn
+
+if TYPE_CHECKING:
+    from chatcli.branches import Branch
 
 log = logging.getLogger("chatcli.conversation")
 
@@ -52,6 +61,9 @@ class _Entry:
     #: For a question: the context items it carries (files, pages, piped text), sent before
     #: its text and kept once each in the session.
     context: tuple[Item, ...] = ()
+    #: For a question: what it follows in the session: the end of the active branch
+    #: (``"head"``), or a new branch after that message id (``None``: from the start).
+    after: int | Literal["head"] | None = "head"
 
     @property
     def sent(self) -> str:
@@ -119,6 +131,9 @@ class Conversation:
         #: message (see :meth:`compose`).
         self.template: Applied | None = None
         self._told_template: str | None = None
+        #: The next question starts a branch after this message (see :meth:`branch_at`).
+        self._forking = False
+        self._fork_after: int | None = None
         if session is not None and store is not None:
             self._load(session)
 
@@ -180,6 +195,7 @@ class Conversation:
         self.session = session
         self.system = session.system
         self.template = self._stored_template(session)
+        self._forking = False
         self._entries = [
             _Entry(
                 m.role,  # type: ignore[arg-type]
@@ -269,8 +285,8 @@ class Conversation:
         wait to be saved (they would be out of order)."""
         if not self.save or self.store is None or self.session is None:
             return 0  # --no-save: this conversation is its own, whatever the store holds
-        if any(entry.id is None for entry in self._entries):
-            return 0
+        if any(entry.id is None for entry in self._entries) or self._forking:
+            return 0  # (a branch about to start keeps the messages chosen for it)
         known = {entry.id for entry in self._entries}
         try:
             stored = self.store.messages(self.session.id)
@@ -286,6 +302,7 @@ class Conversation:
         self.session = None
         self._entries = []
         self.pending_name = None
+        self._forking = False
 
     def set_system(self, text: str | None) -> None:
         self.system = text or None
@@ -421,8 +438,10 @@ class Conversation:
                 model=self.model,
                 images=tuple(images),
                 context=tuple(context),
+                after=self._fork_after if self._forking else "head",
             )
         )
+        self._forking = False
         self._save_pending()
         return await self._answer(request, renderer, turn, on_event)
 
@@ -433,7 +452,8 @@ class Conversation:
         turn: Turn | None = None,
         on_event: Callable[[Event], None] | None = None,
     ) -> Turn:
-        """Ask the last question again. Its old answer goes only once a new one arrives."""
+        """Ask the last question again. The old answer stays in the session as a branch of
+        its own (``/branches``), and in view until a new one arrives."""
         if not self._entries:
             raise UsageError("nothing to retry yet")
         old: _Entry | None = None
@@ -448,12 +468,60 @@ class Conversation:
         try:
             turn = await self._answer(request, renderer, turn, on_event)
         finally:
-            answered = len(self._entries) > before
-            if old is not None and not answered:
-                self._entries.append(old)  # nothing new came: the old answer stays
-            elif old is not None and old.id is not None and self.store is not None:
-                self._forget([old.id])
+            if old is not None and len(self._entries) == before:
+                self._entries.append(old)  # nothing new came: the old answer stays in view
         return turn
+
+    # -- branches ---------------------------------------------------------------------------
+
+    def branch_at(self, count: int) -> None:
+        """Keep the first ``count`` messages in view; the next question starts a new branch
+        after them. The messages left out stay in the session, on their own branch."""
+        if not 0 <= count <= len(self._entries):
+            raise UsageError(f"there is no message {count} (this branch has {len(self._entries)})")
+        if count < len(self._entries) and any(e.id is None for e in self._entries) and self.save:
+            raise UsageError("messages of this session wait to be saved; try again once they are")
+        kept = self._entries[:count]
+        after = kept[-1].id if kept else None
+        self._entries = kept
+        self._fork_after = after
+        self._forking = True
+
+    def all_messages(self) -> list[StoredMessage]:
+        """Every message of the session, every branch (empty when nothing is saved)."""
+        if self.store is None or self.session is None or not self.save:
+            return []
+        return self.store.messages(self.session.id, every_branch=True)
+
+    def branches(self) -> list[Branch]:
+        from chatcli.branches import branches
+
+        return branches(self.all_messages(), self.head)
+
+    @property
+    def head(self) -> int | None:
+        """The id of the last saved message in view (the active branch's end)."""
+        ids = [e.id for e in self._entries if e.id is not None]
+        return ids[-1] if ids else None
+
+    def context_of(self, index: int) -> tuple[Item, ...]:
+        """The context items message ``index`` (0-based) carried."""
+        return self._entries[index].context
+
+    def switch(self, number: int) -> Branch:
+        """Make branch ``number`` (as ``/branches`` counts) the active one."""
+        if self.store is None or self.session is None or not self.save:
+            raise UsageError("branches are kept in saved sessions; this one is not saved yet")
+        if any(e.id is None for e in self._entries):
+            raise UsageError("messages of this session wait to be saved; try again once they are")
+        found = self.branches()
+        if not 1 <= number <= len(found):
+            raise UsageError(f"there is no branch {number} (this session has {len(found)})")
+        branch = found[number - 1]
+        self.store.set_head(self.session.id, branch.leaf.id)
+        self._load(self.store.get(self.session.id))
+        self._forking = False
+        return branch
 
     def undo(self) -> int:
         """Forget the last exchange (the question and its answer, if any); returns how many."""
@@ -540,6 +608,7 @@ class Conversation:
                     usage_estimated=entry.estimated,
                     first_token=entry.first_token,
                     context=entry.context,
+                    after=entry.after,
                 )
         except StorageError as exc:
             unsaved = sum(1 for e in self._entries if e.id is None)

@@ -79,7 +79,9 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("system", "/system TEXT", "set the system prompt (no text: show it; '-': remove it)"),
     Command("role", "/role NAME", "use a template from now on (no name: show them; '-': none)"),
     Command("reasoning", "/reasoning MODE", "a model's thinking: show, collapse or hide"),
-    Command("retry", "/retry", "ask the last question again"),
+    Command("retry", "/retry", "ask the last question again (the old answer stays a branch)"),
+    Command("branches", "/branches", "show the session's branches as a tree"),
+    Command("switch", "/switch N", "continue on branch N (no N: show the branches)"),
     Command("undo", "/undo", "forget the last question and its answer"),
     Command("history", "/history", "show the conversation so far"),
     Command("file", "/file PATH", "add a file, directory or glob to your next message"),
@@ -89,13 +91,15 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("export", "/export FILE", "write the session as Markdown to FILE"),
     Command("copy", "/copy [N]", "copy code block N of the last answer (no N: all of it)"),
     Command("save", "/save N FILE", "write code block N of the last answer to FILE"),
-    Command("edit", "/edit", "write a message in $EDITOR"),
+    Command("edit", "/edit [N]", "write a message in $EDITOR; N: change question N, ask again"),
     Command("clear", "/clear", "clear the screen"),
     Command("exit", "/exit", "leave (Ctrl-D does too)"),
 )
 _BY_NAME: Final = {c.name: c for c in COMMANDS} | {"quit": COMMANDS[-1]}
 #: Commands that, given no argument, show what they would change (or, for /copy, take all).
-_SHOWN_WITHOUT_ARGUMENT: Final = ("system", "provider", "model", "reasoning", "copy", "role")
+_SHOWN_WITHOUT_ARGUMENT: Final = (
+    "system", "provider", "model", "reasoning", "copy", "role", "edit", "switch",
+)  # fmt: skip
 
 
 def history_file(state_dir: Path) -> Path:
@@ -208,6 +212,8 @@ class Repl:
         self.hold_logs = hold_logs or (lambda hold: contextlib.nullcontext())
         self.editor = editor
         self.running = True
+        #: After ``/edit N``: N and the question's text, until it is asked or left.
+        self.editing: tuple[int, str] | None = None
         self.type_ahead = _TypeAhead(_terminal_fd() if input is None else None)
         self.session: PromptSession[str] = PromptSession(
             multiline=True,
@@ -311,9 +317,11 @@ class Repl:
 
     async def read(self) -> str:
         """The next input. SIGINT is ignored meanwhile: the prompt reads Ctrl-C as a key, and
-        a signal can only come from an editor it started (Ctrl-X Ctrl-E), which handles it."""
+        a signal can only come from an editor it started (Ctrl-X Ctrl-E), which handles it.
+        After ``/edit N`` the line holds question N to change."""
+        default = self.editing[1] if self.editing is not None else ""
         with _sigint_ignored():
-            return await self.session.prompt_async(FormattedText([("bold", "> ")]))
+            return await self.session.prompt_async(FormattedText([("bold", "> ")]), default=default)
 
     async def run(self) -> None:
         self.say(
@@ -330,6 +338,7 @@ class Repl:
                 try:
                     text = await self.read()
                 except KeyboardInterrupt:
+                    self.drop_edit()
                     continue  # Ctrl-C at the prompt: the line is cleared
                 except EOFError:
                     break  # Ctrl-D on an empty line
@@ -340,6 +349,10 @@ class Repl:
 
     async def handle(self, text: str) -> None:
         """One submitted input: a slash command, or a message to send."""
+        if self.editing is not None and text.strip() and not text.startswith("/"):
+            await self.ask_edited(text)
+            return
+        self.drop_edit()
         if not text.strip():
             return
         if text.startswith("/") and not text.startswith("//"):
@@ -569,9 +582,9 @@ class Repl:
         width = self.width()
         if self.conversation.system:
             self.say(wrap(f"system> {self.conversation.system}", width))
-        for message in self.conversation.history:
+        for number, message in enumerate(self.conversation.history, 1):
             who = "you" if message["role"] == "user" else "assistant"
-            self.say(wrap(f"{who}> {message['content']}", width))
+            self.say(wrap(f"{number} {who}> {message['content']}", width))
 
     async def _cmd_export(self, argument: str) -> None:
         from chatcli.store.files import write_user_file
@@ -629,13 +642,83 @@ class Repl:
             return False
         return answer.strip().lower() in ("y", "yes")
 
-    async def _cmd_edit(self, _: str) -> None:
+    async def _cmd_edit(self, argument: str) -> None:
+        if argument:
+            self.start_edit(argument)
+            return
         text = self.edit("")
         if text.strip():
             self.say(text)
             await self.handle(text)
         else:
             self.say("(empty: nothing sent)")
+
+    def start_edit(self, argument: str) -> None:
+        """``/edit N``: the next prompt holds question N; Enter asks it again as a new branch
+        (the old one stays), Ctrl-C or a command leaves it."""
+        history = self.conversation.history
+        if not argument.isdigit() or not 1 <= int(argument) <= len(history):
+            raise UsageError(f"/edit N: N is a message number of /history (1 to {len(history)})")
+        number = int(argument)
+        if history[number - 1]["role"] != "user":
+            raise UsageError(
+                f"message {number} is an answer; /edit {number - 1} changes its question"
+            )
+        self.editing = (number, history[number - 1]["content"])
+        self.say(f"editing question {number}: Enter asks it again on a new branch; Ctrl-C leaves")
+
+    def drop_edit(self) -> None:
+        if self.editing is not None:
+            self.say(f"(question {self.editing[0]} left as it was)")
+            self.editing = None
+
+    async def ask_edited(self, text: str) -> None:
+        """Ask the changed question ``text`` in place of question N, on a new branch: its
+        context items go with it again, and the template's framing is already in it."""
+        assert self.editing is not None
+        number = self.editing[0]
+        self.editing = None
+        conversation = self.conversation
+        carried = conversation.context_of(number - 1)
+        conversation.branch_at(number - 1)
+        waiting = (*carried, *self.context)
+        images = tuple(self.images)
+        before = len(conversation.history)
+        await self.answer(
+            lambda renderer: conversation.send(text, renderer, context=waiting, images=images)
+        )
+        if len(conversation.history) > before:
+            self.context, self.images = [], []
+
+    async def _cmd_branches(self, _: str) -> None:
+        from chatcli.branches import tree_lines
+
+        conversation = self.conversation
+        messages = conversation.all_messages()
+        if not messages:
+            self.say("(no saved messages yet: branches start from saved ones)")
+            return
+        found = conversation.branches()
+        if len(found) == 1:
+            self.say(f"one branch, {len(found[0].path)} messages (/retry and /edit N make more)")
+            return
+        self.say(f"{len(found)} branches (* active; /switch N continues on one):")
+        for line in tree_lines(messages, conversation.head):
+            self.say(line)
+
+    async def _cmd_switch(self, argument: str) -> None:
+        if not argument:
+            await self._cmd_branches("")
+            return
+        if not argument.isdigit():
+            raise UsageError("/switch N: N is a branch number of /branches")
+        from chatcli.branches import preview
+
+        branch = self.conversation.switch(int(argument))
+        last = branch.leaf
+        who = "you" if last.role == "user" else "answer"
+        shown = f"{len(branch.path)} messages; last, {who}: {preview(last.content)}"
+        self.say(f"branch {branch.number}: {shown}")
 
     async def _cmd_clear(self, _: str) -> None:
         self.session.output.erase_screen()

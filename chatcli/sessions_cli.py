@@ -20,7 +20,8 @@ from chatcli.context import AppContext
 from chatcli.errors import EXIT_ERROR, UsageError
 
 if TYPE_CHECKING:
-    from chatcli.store import Session, SessionStore
+    from chatcli.branches import Branch
+    from chatcli.store import Session, SessionStore, StoredMessage
 
 sessions_app = typer.Typer(
     help="List, show, search, rename, export and delete saved conversations.",
@@ -160,6 +161,38 @@ def short_model(model: str, width: int) -> str:
 _PATH: Final = re.compile(r"^(?:/|~|\.{1,2}[\\/]|[A-Za-z]:[\\/]|\\\\)")
 
 
+AllBranchesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-branches", help="Every branch (/retry, /edit N, -S NAME@N), not just the active."
+    ),
+]
+
+
+def _branches(
+    store: SessionStore, session: Session, every: bool
+) -> tuple[list[StoredMessage], list[Branch]]:
+    """The active branch's messages; with ``every``, all of the session's and its branches."""
+    if not every:
+        return store.messages(session.id), []
+    from chatcli.branches import branches
+
+    messages = store.messages(session.id, every_branch=True)
+    return messages, branches(messages, session.head)
+
+
+def _json(session: Session, messages: list[StoredMessage], found: list[Branch]) -> str:
+    from chatcli.transcript import to_json
+
+    data = to_json(session, messages)
+    if found:
+        data["branches"] = [
+            {"number": b.number, "active": b.active, "messages": [m.id for m in b.path]}
+            for b in found
+        ]
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
 @sessions_app.command("show")
 def show(
     ref: RefArg,
@@ -167,18 +200,19 @@ def show(
     reasoning: Annotated[
         bool, typer.Option("--reasoning", help="Show what the model thought, in full.")
     ] = False,
+    all_branches: AllBranchesOpt = False,
 ) -> None:
-    """Show a conversation (rendered on a terminal, Markdown text in a pipe)."""
-    from chatcli.transcript import to_json, to_markdown
+    """Show a conversation's active branch (rendered on a terminal, Markdown in a pipe)."""
+    from chatcli.transcript import to_markdown
 
     ctx, store = _start()
     with boundary(ctx):
         session = store.find(ref)
-        messages = store.messages(session.id)
+        messages, found = _branches(store, session, all_branches)
         if json_out:
-            _write(ctx, json.dumps(to_json(session, messages), indent=2, ensure_ascii=False) + "\n")
+            _write(ctx, _json(session, messages, found))
             return
-        text = to_markdown(session, messages, reasoning=reasoning)
+        text = to_markdown(session, messages, reasoning=reasoning, branches=found)
         if not ctx.stdout_isatty:
             _write(ctx, text)
             return
@@ -249,14 +283,15 @@ def export(
     force: Annotated[
         bool, typer.Option("-f", "--force", help="Replace an existing FILE without asking.")
     ] = False,
+    all_branches: AllBranchesOpt = False,
 ) -> None:
-    """Export a conversation as Markdown or JSON.
+    """Export a conversation (its active branch) as Markdown or JSON.
 
     A regular FILE is replaced atomically (0600), after asking on a terminal; a FIFO, a
     terminal or /dev/stdout is written to as it is.
     """
     from chatcli.store.files import write_user_file
-    from chatcli.transcript import to_json, to_markdown
+    from chatcli.transcript import to_markdown
 
     ctx, store = _start()
     with boundary(ctx):
@@ -266,11 +301,11 @@ def export(
         named = _format_of(path) if path is not None else None
         chosen = format_ or named or "md"
         session = store.find(ref)
-        messages = store.messages(session.id)
-        if chosen == "md":
-            text = to_markdown(session, messages, context=True)  # an export holds it all
+        messages, found = _branches(store, session, all_branches)
+        if chosen == "md":  # an export holds the context items whole
+            text = to_markdown(session, messages, context=True, branches=found)
         else:
-            text = json.dumps(to_json(session, messages), indent=2, ensure_ascii=False) + "\n"
+            text = _json(session, messages, found)
         if path is None:
             _write(ctx, text)
             return

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from chatcli.store import Session, StoredMessage
+
+if TYPE_CHECKING:
+    from chatcli.branches import Branch
 
 
 def when(timestamp: float) -> str:
@@ -62,10 +65,13 @@ def to_markdown(
     *,
     reasoning: bool = False,
     context: bool = False,
+    branches: Sequence[Branch] = (),
 ) -> str:
-    """The session as Markdown; an answer's reasoning is one line, or whole with
-    ``reasoning``; a question's context items are listed, or given whole (fenced under their
-    sources) with ``context``."""
+    """The session as Markdown, its messages numbered along the branch (as ``-S NAME@N`` and
+    ``/edit N`` count); an answer's reasoning is one line, or whole with ``reasoning``; a
+    question's context items are listed, or given whole (fenced under their sources) with
+    ``context``. With ``branches`` (every branch of the session) each branch follows the
+    first, from where it leaves the ones before it; else ``messages`` is one branch."""
     lines = [f"# {session.label}", ""]
     details = [f"session {session.id}", f"started {when(session.created_at)}"]
     if session.name and session.title:
@@ -73,8 +79,41 @@ def to_markdown(
     lines += [f"_{' · '.join(details)}_", ""]
     if session.system:
         lines += ["**System:**", "", session.system, ""]
-    for message in messages:
-        lines += [f"## {message_heading(message)}", ""]
+    if not branches:
+        return "\n".join(lines + _messages(messages, 1, reasoning, context))
+    shown: list[tuple[int, ...]] = []
+    for branch in branches:
+        ids = tuple(m.id for m in branch.path)
+        shared, source = 0, 0
+        for earlier_number, earlier in enumerate(shown, 1):
+            common = next(
+                (i for i, (a, b) in enumerate(zip(ids, earlier, strict=False)) if a != b),
+                min(len(ids), len(earlier)),
+            )
+            if common > shared:
+                shared, source = common, earlier_number
+        active = " (active)" if branch.active else ""
+        if shown:
+            lines += ["---", ""]
+        if shared:
+            lines += [
+                f"_Branch {branch.number}{active}: messages 1–{shared} as in branch {source},"
+                " then:_",
+                "",
+            ]
+        else:
+            lines += [f"_Branch {branch.number}{active}:_", ""]
+        lines += _messages(branch.path[shared:], shared + 1, reasoning, context)
+        shown.append(ids)
+    return "\n".join(lines)
+
+
+def _messages(
+    messages: Sequence[StoredMessage], first: int, reasoning: bool, context: bool
+) -> list[str]:
+    lines: list[str] = []
+    for number, message in enumerate(messages, first):
+        lines += [f"## {number} · {message_heading(message)}", ""]
         facts = about(message) if message.role == "assistant" else ""
         if facts:
             lines += [f"_{facts}_", ""]
@@ -87,7 +126,7 @@ def to_markdown(
             quoted = "\n".join(f"> {line}" for line in message.reasoning.rstrip("\n").splitlines())
             lines += ["**Thinking:**", "", quoted, ""]
         lines += [message.content.rstrip("\n"), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def session_dict(session: Session) -> dict[str, Any]:
@@ -101,11 +140,14 @@ def session_dict(session: Session) -> dict[str, Any]:
         "created_at": session.created_at,
         "updated_at": session.updated_at,
         "messages": session.message_count,
+        "head": session.head,
     }
 
 
 def message_dict(message: StoredMessage) -> dict[str, Any]:
     return {
+        "id": message.id,
+        "parent": message.parent,
         "role": message.role,
         "content": message.content,
         "provider": message.provider,

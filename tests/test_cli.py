@@ -162,7 +162,7 @@ def test_a_cut_answer_is_never_passed_off_as_complete(
     # The session keeps why, and shows it.
     assert stored(isolated)[-1][1:] == ("assistant", "Hello, world!", status)
     shown = run(["sessions", "show", "cut"], isolated).stdout
-    assert f"## Assistant · ollama · m ({STATUS_WORDS[status]})" in shown
+    assert f"## 2 · Assistant · ollama · m ({STATUS_WORDS[status]})" in shown
     plain = run([*ask(fake), "Write a long poem"], isolated)
     assert plain.returncode == 3 and plain.stdout == "Hello, world!\n"
 

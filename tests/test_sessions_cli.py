@@ -58,14 +58,14 @@ def test_show_in_a_pipe_and_as_json(fake: FakeOpenAI, isolated: Isolated) -> Non
     shown = run(["sessions", "show", "haskell"], isolated)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("# haskell\n")
-    assert "## You\n\nWhat is a monad?\n" in shown.stdout
+    assert "## 1 · You\n\nWhat is a monad?\n" in shown.stdout
     assert (
-        "## Assistant · ollama · m\n\n_about 4 tokens in, 11 out_\n\n"
+        "## 2 · Assistant · ollama · m\n\n_about 4 tokens in, 11 out_\n\n"
         "Monads wrap values.\nThey chain with bind.\n" in shown.stdout
     )
     assert "\x1b" not in shown.stdout
     cut = run(["sessions", "show", ids["Tell me a long story"][:6]], isolated).stdout
-    assert "## Assistant · ollama · m (interrupted)\n\nPartial answer" in cut
+    assert "## 2 · Assistant · ollama · m (interrupted)\n\nPartial answer" in cut
     data = json.loads(run(["sessions", "show", "haskell", "--json"], isolated).stdout)
     assert data["session"]["name"] == "haskell"
     assert [(m["role"], m["status"]) for m in data["messages"]] == [

@@ -172,6 +172,23 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE sessions ADD COLUMN template TEXT;
     """,
+    # 7: branches. Each message names its parent (the message before it on its path; an
+    # answer's is its question), and a session names its head, the last message of the active
+    # branch. Existing sessions become one branch each, in the order they were shown.
+    """
+    ALTER TABLE messages ADD COLUMN parent INTEGER;
+    ALTER TABLE sessions ADD COLUMN head INTEGER;
+    CREATE TEMP TABLE chain AS SELECT id, session_id, LAG(id) OVER (
+        PARTITION BY session_id ORDER BY COALESCE(reply_to, id), id) AS previous,
+        ROW_NUMBER() OVER (PARTITION BY session_id ORDER BY COALESCE(reply_to, id) DESC,
+        id DESC) AS from_end FROM messages;
+    CREATE INDEX temp.chain_by_id ON chain (id);
+    UPDATE messages SET parent = (SELECT previous FROM chain WHERE chain.id = messages.id);
+    UPDATE sessions SET head = (SELECT id FROM chain
+        WHERE chain.session_id = sessions.id AND from_end = 1);
+    DROP TABLE temp.chain;
+    CREATE INDEX messages_by_parent ON messages (parent);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -189,6 +206,8 @@ class Session:
     message_count: int = 0
     #: The template in use (``chatcli.templates.Applied.stored``), or ``None``.
     template: str | None = None
+    #: The last message of the active branch (``None``: no messages, or an old database).
+    head: int | None = None
 
     @property
     def label(self) -> str:
@@ -221,6 +240,8 @@ class StoredMessage:
     first_token: float | None = None
     #: For a question: the context items it carried (files, pages, piped text), in order.
     context: tuple[Item, ...] = ()
+    #: The message before this one on its branch (``None``: the first, or an old database).
+    parent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +310,8 @@ class SessionStore:
         #: Whether answers name their question (schema 3); an older database read where it
         #: cannot be upgraded lists its messages in the order they were written.
         self._linked = True
+        #: Whether messages name their parent and sessions their head (schema 7).
+        self._branched = True
         self._db: sqlite3.Connection | None = None
 
     # -- opening and migrating -------------------------------------------------------------
@@ -404,6 +427,7 @@ class SessionStore:
             # An older schema is read as it is (a snapshot taken before an upgrade).
             columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
             self._linked = "reply_to" in columns
+            self._branched = "parent" in columns
             db.execute("SELECT COUNT(*) FROM sessions").fetchone()
         except BaseException:
             db.close()
@@ -689,25 +713,52 @@ class SessionStore:
         usage_estimated: bool = False,
         first_token: float | None = None,
         context: Sequence[Item] = (),
+        after: int | Literal["head"] | None = "head",
     ) -> int:
         """Append a message and touch its session, in one transaction. Returns the message id.
 
         An answer (``reply_to``: its question's id) sets the session's provider and model, as
         one pair: the session then continues with what last answered. A question changes
         neither, so a question that fails (a provider not running) rewrites nothing.
+
+        Branches: a question follows the session's head (the end of the active branch), or
+        ``after`` that message (``None``: at the start) to begin a new branch; it becomes the
+        head. An answer follows its question and becomes the head when the question is still
+        the head, or another answer to it is (``/retry``: the old answer stays, a branch).
+        When other questions were asked meanwhile (``ask`` in two terminals at once), the
+        answer goes in before them, so that every answer follows its own question.
         """
         now = time.time()
         answer = role == "assistant"
         with self._write() as db:
+            head = db.execute("SELECT head FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            head = head[0] if head is not None else None
+            if answer:
+                parent = reply_to if reply_to is not None else head
+            else:
+                parent = head if after == "head" else after
             cursor = db.execute(
                 "INSERT INTO messages (session_id, role, content, provider, model, created_at,"
                 " duration, status, error, reply_to, reasoning, input_tokens, output_tokens,"
-                " usage_estimated, first_token)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " usage_estimated, first_token, parent)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session_id, role, content, provider, model, now, duration, status, error,
                  reply_to if answer else None, reasoning or None, input_tokens, output_tokens,
-                 int(usage_estimated), first_token),
+                 int(usage_estimated), first_token, parent),
             )  # fmt: skip
+            new_head = cursor.lastrowid
+            if answer and head is not None and parent is not None and head != parent:
+                retried = db.execute(
+                    "SELECT 1 FROM messages WHERE id = ? AND parent = ? AND role = 'assistant'",
+                    (head, parent),
+                ).fetchone()
+                if retried is None:  # questions came after this one's question: go before them
+                    db.execute(
+                        "UPDATE messages SET parent = ? WHERE parent = ? AND role = 'user'"
+                        " AND session_id = ? AND id > ?",
+                        (new_head, parent, session_id, parent),
+                    )
+                    new_head = head
             for position, item in enumerate(context):
                 digest = context_hash(item)
                 db.execute(
@@ -721,24 +772,21 @@ class SessionStore:
                 )
             title = make_title(content) if role == "user" else ""
             db.execute(
-                "UPDATE sessions SET updated_at = ?,"
+                "UPDATE sessions SET updated_at = ?, head = ?,"
                 " provider = CASE WHEN ? THEN ? ELSE provider END,"
                 " model = CASE WHEN ? THEN ? ELSE model END,"
                 " title = CASE WHEN title = '' AND ? = 'user' THEN ? ELSE title END"
                 " WHERE id = ?",
-                (now, answer, provider, answer, model, role, title, session_id),
+                (now, new_head, answer, provider, answer, model, role, title, session_id),
             )
             if cursor.lastrowid is None:  # pragma: no cover - sqlite always sets it
                 raise StorageError("the message was not stored")
             return cursor.lastrowid
 
-    def messages(self, session_id: str) -> list[StoredMessage]:
-        """The session's messages in conversation order: each answer right after its question
-        (questions asked at once from two processes are not followed by both answers)."""
-        order = "COALESCE(reply_to, id), id" if self._linked else "id"
-        rows = self._read(
-            f"SELECT * FROM messages WHERE session_id = ? ORDER BY {order}", (session_id,)
-        )
+    def messages(self, session_id: str, *, every_branch: bool = False) -> list[StoredMessage]:
+        """The messages of the session's active branch, in order (``every_branch``: all its
+        messages, oldest first; their ``parent`` says where each goes)."""
+        rows = self._rows(session_id, every_branch)
         carried: dict[int, list[Item]] = {}
         if self._has_context():
             for row in self._read(
@@ -750,15 +798,76 @@ class SessionStore:
                 carried.setdefault(row[0], []).append(Item(row[1], row[3], row[2]))
         return [_message(row, tuple(carried.get(row["id"], ()))) for row in rows]
 
+    def _rows(self, session_id: str, every_branch: bool) -> list[sqlite3.Row]:
+        head = None
+        if self._branched:
+            found = self._read("SELECT head FROM sessions WHERE id = ?", (session_id,))
+            head = found[0][0] if found else None
+        if head is None or every_branch:
+            # An old snapshot read as it is: each answer right after its question.
+            order = "COALESCE(reply_to, id), id" if self._linked and head is None else "id"
+            return self._read(
+                f"SELECT * FROM messages WHERE session_id = ? ORDER BY {order}", (session_id,)
+            )
+        # From the head up to the first message; a loop (a damaged file) ends where it closes.
+        rows = self._read(
+            "WITH RECURSIVE path(id, depth) AS (SELECT ?, 0 UNION ALL"
+            " SELECT m.parent, path.depth + 1 FROM messages m JOIN path ON m.id = path.id"
+            " WHERE m.parent IS NOT NULL AND path.depth <"
+            " (SELECT COUNT(*) FROM messages WHERE session_id = ?))"
+            " SELECT m.* FROM path JOIN messages m ON m.id = path.id"
+            " WHERE m.session_id = ? ORDER BY path.depth DESC",
+            (head, session_id, session_id),
+        )
+        seen: set[int] = set()
+        path: list[sqlite3.Row] = []
+        for row in reversed(rows):  # from the head back
+            if row["id"] in seen:
+                break
+            seen.add(row["id"])
+            path.append(row)
+        return path[::-1]
+
+    def set_head(self, session_id: str, message_id: int) -> None:
+        """Make the branch that ends at (or goes through) ``message_id`` the active one."""
+        with self._write() as db:
+            found = db.execute(
+                "SELECT 1 FROM messages WHERE id = ? AND session_id = ?", (message_id, session_id)
+            ).fetchone()
+            if found is None:
+                raise UsageError(f"message {message_id} is not in this session")
+            db.execute("UPDATE sessions SET head = ? WHERE id = ?", (message_id, session_id))
+
     def _has_context(self) -> bool:
         """Whether the database keeps context items (an old snapshot read as it is may not)."""
         found = self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'context'")
         return bool(found)
 
     def delete_messages(self, message_ids: Iterable[int]) -> None:
+        """Delete messages and what follows them on every branch; a head deleted moves back
+        to the last message kept on its branch."""
         with self._write() as db:
             for message_id in message_ids:
-                db.execute("DELETE FROM messages WHERE id = ?", (message_id,))
+                row = db.execute(
+                    "SELECT session_id, parent FROM messages WHERE id = ?", (message_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                doomed = [
+                    found[0]
+                    for found in db.execute(
+                        "WITH RECURSIVE below(id) AS (SELECT ? UNION"
+                        " SELECT m.id FROM messages m JOIN below ON m.parent = below.id)"
+                        " SELECT id FROM below",
+                        (message_id,),
+                    )
+                ]
+                db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in doomed])
+                db.execute(
+                    "UPDATE sessions SET head = ? WHERE id = ? AND head IN"
+                    f" ({', '.join('?' * len(doomed))})",
+                    (row["parent"], row["session_id"], *doomed),
+                )
 
     def usage(self, since: float | None = None) -> list[UsageRow]:
         """Answers and their tokens per provider and model (since ``since``, a Unix time),
@@ -838,6 +947,7 @@ def _session(row: sqlite3.Row) -> Session:
         # A read-only database of an older version has no template column (Row's "in" looks
         # at values, not names).
         template=row["template"] if "template" in row.keys() else None,  # noqa: SIM118
+        head=row["head"] if "head" in row.keys() else None,  # noqa: SIM118
     )
 
 
@@ -879,6 +989,7 @@ _LATER_COLUMNS: Final = (
     "output_tokens",
     "usage_estimated",
     "first_token",
+    "parent",
 )
 
 

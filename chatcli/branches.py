@@ -1,0 +1,130 @@
+"""A session's branches: every path from its first message to a message nothing follows.
+
+``/retry``, ``/edit N`` and ``-S NAME@N`` keep the old path and start a new one beside it; the
+session's head says which is active. Branches are numbered by where they start, oldest
+first (branch 1 is the original conversation), so a number keeps meaning the same branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from chatcli.store import StoredMessage
+
+#: How much of a message a branch listing quotes.
+PREVIEW: Final = 48
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    number: int
+    #: Its messages, first to last (the last is what nothing follows).
+    path: tuple[StoredMessage, ...]
+    #: Whether the session's head is on it.
+    active: bool
+
+    @property
+    def leaf(self) -> StoredMessage:
+        return self.path[-1]
+
+
+def children_of(messages: Sequence[StoredMessage]) -> dict[int | None, list[StoredMessage]]:
+    """Each message's followers, oldest first (``None``: the first messages). A parent that
+    is not in the session (a damaged file) counts as none."""
+    known = {m.id for m in messages}
+    children: dict[int | None, list[StoredMessage]] = {}
+    for message in sorted(messages, key=lambda m: m.id):
+        parent = message.parent if message.parent in known else None
+        children.setdefault(parent, []).append(message)
+    return children
+
+
+def branches(messages: Sequence[StoredMessage], head: int | None) -> list[Branch]:
+    """Every branch of a session (``messages``: all of them, with their parents)."""
+    children = children_of(messages)
+    found: list[Branch] = []
+    # Depth first, oldest child first; iterative, so a long session cannot overflow a stack,
+    # and a message met twice (a loop in a damaged file) ends its path.
+    stack: list[tuple[StoredMessage, tuple[StoredMessage, ...]]] = [
+        (root, ()) for root in reversed(children.get(None, []))
+    ]
+    seen: set[int] = set()
+    while stack:
+        message, before = stack.pop()
+        if message.id in seen:
+            continue
+        seen.add(message.id)
+        path = (*before, message)
+        following = [c for c in children.get(message.id, []) if c.id not in seen]
+        if not following:
+            active = head is not None and any(m.id == head for m in path)
+            found.append(Branch(len(found) + 1, path, active))
+            continue
+        stack.extend((child, path) for child in reversed(following))
+    return _one_active(found)
+
+
+def _one_active(found: list[Branch]) -> list[Branch]:
+    """Exactly one branch active: the first through the head (a head that is not a leaf, as
+    after ``-S NAME@N``, lies on several)."""
+    marked = False
+    result = []
+    for branch in found:
+        active = branch.active and not marked
+        marked = marked or active
+        result.append(Branch(branch.number, branch.path, active))
+    return result
+
+
+def preview(text: str, width: int = PREVIEW) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def tree_lines(messages: Sequence[StoredMessage], head: int | None) -> list[str]:
+    """The session as a tree of runs (messages that follow one another with no fork), each
+    with its message numbers and first words; a run that ends a branch shows its number, and
+    ``*`` marks the active one."""
+    found = branches(messages, head)
+    leaf_number = {b.leaf.id: b for b in found}
+    children = children_of(messages)
+    lines: list[str] = []
+    # (first message of the run, its position in the path (1-based), the prefix, the connector)
+    stack: list[tuple[StoredMessage, int, str, str]] = [
+        (root, 1, "", "") for root in reversed(children.get(None, []))
+    ]
+    if len(children.get(None, [])) > 1:
+        stack = [
+            (root, 1, "", "└─ " if i == 0 else "├─ ")
+            for i, root in enumerate(reversed(children.get(None, [])))
+        ]
+    seen: set[int] = set()
+    while stack:
+        first, position, prefix, connector = stack.pop()
+        run = [first]
+        seen.add(first.id)
+        while True:
+            following = [c for c in children.get(run[-1].id, []) if c.id not in seen]
+            if len(following) != 1:
+                break
+            run.append(following[0])
+            seen.add(following[0].id)
+        last = position + len(run) - 1
+        span = f"{position}" if last == position else f"{position}–{last}"
+        who = "you" if first.role == "user" else "answer"
+        label = f"{connector}messages {span}: {who}: {preview(first.content)}"
+        branch = leaf_number.get(run[-1].id)
+        if branch is not None:
+            mark = " *" if branch.active else ""
+            label += f"  [branch {branch.number}{mark}]"
+        lines.append(prefix + label)
+        following = [c for c in children.get(run[-1].id, []) if c.id not in seen]
+        inner = prefix + ("   " if connector.startswith("└") else "│  " if connector else "")
+        for index, child in enumerate(reversed(following)):
+            stack.append((child, last + 1, inner, "└─ " if index == 0 else "├─ "))
+    return lines
+
+
+__all__ = ["Branch", "branches", "children_of", "preview", "tree_lines"]
