@@ -166,6 +166,11 @@ _WRAPPER_VALUES: Final = frozenset(
     ["-u", "-g", "-p", "-C", "-D", "-r", "-t", "-U", "-h", "-n", "-c", "-s", "-k", "-I", "-L",
      "-P", "-d", "-E", "-a", "-i", "-o", "-e"]
 )  # fmt: skip
+#: Words of the shells' grammar that come before a command (``do rm -rf $f``, fish's ``and``).
+_KEYWORDS: Final = frozenset(
+    ["do", "then", "else", "elif", "if", "while", "until", "!", "{", "and", "or", "not", "begin"]
+)
+_ASSIGNMENT: Final = re.compile(r"[A-Za-z_]\w*=.*", re.S)
 #: Wrappers whose first plain word is a value, not the command (``timeout 5 rm``).
 _WRAPPER_FIRST_VALUE: Final = frozenset(["timeout"])
 _SHELLS: Final = frozenset(["sh", "bash", "zsh", "dash", "ksh", "fish", "mksh", "csh", "tcsh"])
@@ -250,8 +255,8 @@ def _unwrap(words: list[str]) -> list[str]:
     """The command under ``sudo -u x``, ``env A=1``, ``xargs -0`` and the like."""
     words = list(words)
     while words:
-        while words and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0], re.S):
-            words.pop(0)  # VAR=value before a command
+        while words and (words[0] in _KEYWORDS or _ASSIGNMENT.fullmatch(words[0])):
+            words.pop(0)  # a keyword, or VAR=value, before a command
         if not words:
             break
         name = _base(words[0])
@@ -269,7 +274,7 @@ def _unwrap(words: list[str]) -> list[str]:
                 if word in _WRAPPER_VALUES and words and name not in ("env", "nohup", "time"):
                     words.pop(0)
                 continue
-            if re.fullmatch(r"[A-Za-z_]\w*=.*", word, re.S) and name == "env":
+            if _ASSIGNMENT.fullmatch(word) and name == "env":
                 words.pop(0)
                 continue
             if skip_value:
@@ -349,6 +354,8 @@ def _check_simple(words: list[str], reasons: list[str], *, depth: int) -> str:
         script = args[args.index("-c") + 1 :]
         if script:
             _scan(_tokens(script[0]), reasons, depth=depth + 1)
+    elif name == "eval":
+        _scan(_tokens(" ".join(args)), reasons, depth=depth + 1)
     for word in args:
         if word.startswith("of=") and _DEVICE.match(word[3:]):
             reasons.append(_device(word[3:]))

@@ -48,6 +48,11 @@ FLAGGED = [
     ("echo $(rm -rf dir)", "rm -r"),
     ("timeout 5 rm -r x", "rm -r"),
     ("cd /tmp && rm -rf *", "rm -r"),
+    ("for d in */; do rm -rf $d; done", "rm -r"),
+    ("if [ -d x ]; then rm -r x; fi", "rm -r"),
+    ("test -d x; and rm -r x", "rm -r"),  # fish
+    ("eval 'rm -rf x'", "rm -r"),
+    ("LC_ALL=C sudo rm -rf x", "rm -r"),
     ("dd if=/dev/zero of=disk.img bs=1M count=1", "dd writes raw bytes"),
     ("dd if=image.iso of=/dev/sdb bs=4M", "/dev/sdb"),
     ("mkfs.ext4 /dev/sdb1", "mkfs.ext4 makes a new file system"),
@@ -99,6 +104,8 @@ NOT_FLAGGED = [
     "ps aux | grep shred",
     "tar czf backup.tgz docs/",
     "docker system df",
+    "for f in *.txt; do wc -l $f; done",
+    "if rm x; then echo gone; fi",
 ]
 
 
