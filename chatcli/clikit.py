@@ -314,7 +314,8 @@ SessionOpt = Annotated[
         "-S",
         "--session",
         metavar="NAME",
-        help="Continue the session with this name or id (prefix), or start one so named.",
+        help="Continue the session with this name or id (prefix), or start one so named; "
+        "NAME@N goes on from its message N, as a new branch.",
         show_default=False,
         autocompletion=complete_session,
     ),
