@@ -83,7 +83,12 @@ def conversation_from(
     # -p a,b,c: a first, then b and c when it fails before any text.
     chain = [n.strip() for n in (chosen.provider or "").split(",") if n.strip()]
     provider_name = chain[0] if chain else None
-    if provider_name is None and template is not None:
+    if provider_name is None and template is not None and template.provider is not None:
+        if template.provider not in registry:
+            raise ConfigError(
+                f"template {template.name!r} ({template.origin}) names the provider "
+                f"{template.provider!r}, which is not known here; see `chatcli providers`"
+            )
         provider_name = template.provider
     if provider_name is None and session is not None and session.provider in registry:
         provider_name = session.provider

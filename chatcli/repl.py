@@ -240,6 +240,8 @@ class Repl:
         where = session.label if session is not None else "new session"
         if not conversation.save:
             where += " (not saved)"
+        if conversation.template is not None:
+            where += f" · role {conversation.template.name}"
         provider, where = sanitize(conversation.provider), sanitize(where)
         width = self.width()
         room = width - get_cwidth(f" {provider} ·  · {where} ")

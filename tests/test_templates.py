@@ -162,6 +162,10 @@ def test_template_errors_through_the_real_binary(fake: FakeOpenAI, isolated: Iso
     broken = run_binary(["ask", "-t", "broken", *base, "hi"], isolated)
     assert broken.returncode == 2
     assert_one_line_error(broken.stderr, "broken.toml", "unknown key 'sytem'")
+    write_template(isolated, "elsewhere", 'provider = "nosuch"\nsystem = "x"\n')
+    unknown_provider = run_binary(["ask", "-t", "elsewhere", "hi"], isolated)
+    assert unknown_provider.returncode == 2
+    assert_one_line_error(unknown_provider.stderr, "template 'elsewhere'", "'nosuch'")
     assert fake.requests == []  # nothing was sent for any of them
 
 
@@ -236,8 +240,12 @@ def test_role_switches_the_system_prompt_and_frames_messages(
     from chatcli.templates import Templates
 
     harness.conversation.templates = Templates(isolated.root / "templates")
-    out = harness.run(
-        f"/role explain{ENTER}ls -la{ENTER}/role translate to=Latin{ENTER}hello{ENTER}"
+    out = harness.run(f"/role explain{ENTER}ls -la{ENTER}")
+    assert harness.repl is not None
+    toolbar = "".join(fragment[1] for fragment in harness.repl.toolbar())
+    assert "· role explain" in toolbar
+    out += harness.run(
+        f"/role translate to=Latin{ENTER}hello{ENTER}"
         f"/role{ENTER}/role nope{ENTER}/role -{ENTER}plain{ENTER}"
     )
     assert "role: explain (ollama · m) · Explain a shell command" in out
