@@ -1049,6 +1049,11 @@ def cmd_command(
             metavar="NAME",
             help="The shell to write for and run with (default: $SHELL's, else sh).",
             show_default=False,
+            autocompletion=lambda incomplete: [
+                name
+                for name in ("bash", "zsh", "fish", "sh", "dash", "ksh", "pwsh", "powershell")
+                if name.startswith(incomplete)
+            ],
         ),
     ] = None,
     os_name: Annotated[
@@ -1074,6 +1079,9 @@ def cmd_command(
             help="Print a Ctrl-L key binding for the shell's rc file that turns the command "
             "line's text into a command in place (Ctrl-L then no longer clears the screen).",
             show_default=False,
+            autocompletion=lambda incomplete: [
+                name for name in ("bash", "zsh", "fish") if name.startswith(incomplete)
+            ],
         ),
     ] = None,
     verbose: VerboseOpt = False,

@@ -291,6 +291,15 @@ def test_the_snippet_calls_chatcli_on_path_else_by_its_path(tmp_path: Path) -> N
     assert "chatcli cmd --no-interaction --" in install_snippet("zsh", "chatcli")
 
 
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+def test_completion_offers_the_command_and_its_shells(isolated: Isolated) -> None:
+    from tests.test_completions import bash_complete
+
+    assert "cmd" in bash_complete("chatcli c", isolated.env)
+    assert bash_complete("chatcli cmd --install z", isolated.env) == ["zsh"]
+    assert bash_complete("chatcli cmd --shell p", isolated.env) == ["pwsh", "powershell"]
+
+
 # -- on a terminal: the menu ---------------------------------------------------------------------
 
 MENU = "[r]un  [e]dit  [c]opy  e[x]plain  [q]uit"
