@@ -537,9 +537,8 @@ class CommandMenu:
         from chatcli.render.sanitize import reveal_in_code
 
         shown = reveal_in_code(command)  # the console sanitizes control characters
-        self.console.print(
-            Syntax(shown, lexer_for(self.shell), background_color="default", word_wrap=True)
-        )
+        # The answers' code theme, background and all: readable on dark and light terminals.
+        self.console.print(Syntax(shown, lexer_for(self.shell), theme="monokai", word_wrap=True))
         for reason in [*notes, *dangers(command)]:
             self.console.print(Text(f"danger: {reason}", style="bold red"))
 
