@@ -3,10 +3,16 @@ passed through unchanged into a pipe."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Final
 
 from tests.conftest import (
     CHATCLI,
@@ -138,3 +144,90 @@ def test_a_terminal_on_stdin_is_a_usage_error(isolated: Isolated) -> None:
     result = run_with_terminal_stdin(["render"], isolated)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "nothing piped in")
+
+
+#: Writes argv[1] MiB of one paragraph (lines, never a blank one), touches argv[2], then goes
+#: on writing a word now and then (ending when the reader is gone).
+ENDLESS = """
+import sys, time
+out = sys.stdout.buffer
+line = ("word " * 19 + "word\\n").encode()
+for _ in range((int(sys.argv[1]) << 20) // len(line)):
+    out.write(line)
+out.flush()
+open(sys.argv[2], "w").close()
+while True:
+    time.sleep(0.2)
+    out.write(b"word ")
+    out.flush()
+"""
+
+
+def _child_running(parent: int, word: str) -> int:
+    """The pid of ``parent``'s child whose command line has ``word``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and word.encode() in command:
+            return int(entry.name)
+    raise AssertionError(f"no {word} process under {parent}")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    kib = next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))
+    return int(kib) / 1024
+
+
+#: chatcli render's peak memory while an endless paragraph streams in: about 31 MiB with
+#: what it holds bounded, over 120 MiB (and growing with the input) without.
+PEAK_RSS_MIB: Final = 80
+
+
+def test_an_endless_paragraph_is_held_in_bounds_and_sigterm_ends_it_at_once(
+    isolated: Isolated, tmp_path: Path
+) -> None:
+    feeder, done = tmp_path / "endless.py", tmp_path / "done"
+    feeder.write_text(ENDLESS)
+    feed = f"{shlex.quote(sys.executable)} {feeder} 6 {done} 2>/dev/null"
+    term = Terminal(
+        [],
+        {**isolated.env, "TERM": "xterm-256color"},
+        shell=f"{feed} | {shlex.quote(str(CHATCLI))} render; echo chatcli exited $?",
+    )
+    shown = bytearray()
+
+    def drain(seconds: float) -> None:
+        # Read what is drawn without a screen emulator (6 MiB through one is slow).
+        ready, _, _ = select.select([term.fd], [], [], seconds)
+        if ready:
+            with contextlib.suppress(OSError):
+                shown.extend(os.read(term.fd, 1 << 16))
+                del shown[: -(1 << 16)]
+
+    try:
+        deadline = time.monotonic() + 60
+        while not done.exists():  # chatcli took in all but what the pipe and its queue hold
+            assert time.monotonic() < deadline, "6 MiB of one paragraph not read in 60 s"
+            drain(0.05)
+        settle = time.monotonic() + 2
+        while time.monotonic() < settle:  # the paragraph goes on: chatcli keeps showing it
+            drain(0.05)
+        chatcli = _child_running(term.pid, "render")
+        peak = _peak_rss_mib(chatcli)
+        assert peak < PEAK_RSS_MIB, f"peak RSS {peak:.0f} MiB"
+        os.kill(chatcli, signal.SIGTERM)
+        stopped = time.monotonic()
+        while b"chatcli exited" not in shown:
+            assert time.monotonic() - stopped < 5, "still running 5 s after SIGTERM"
+            drain(0.05)
+        drain(0.2)
+        assert b"chatcli exited 143" in shown
+        assert b"word word" in shown and b"\x1b]" not in shown
+    finally:
+        term.close()

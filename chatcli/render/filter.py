@@ -9,6 +9,11 @@ too) the bytes pass through unchanged, so a script may keep ``| chatcli render``
 stdin is read in a thread of its own, a chunk at a time as the writer sends it (``read1``: one
 system call, whatever is there), and handed to the event loop; a stop (Ctrl-C, SIGTERM) ends
 the rendering at once, leaving the thread blocked on a read that nobody waits for.
+
+Input that never ends a block (a log with no blank line, a fence never closed) is held only up
+to the renderer's bound, ``MAX_BLOCK``, then passed on as plain text to the block's end; what
+is held when a stop comes is not rendered at length on the way out (see
+:class:`~chatcli.render.markdown.MarkdownRenderer`).
 """
 
 from __future__ import annotations

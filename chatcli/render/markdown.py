@@ -32,32 +32,80 @@ _LABEL: Final = "chatcli_label"
 _LIST_ITEM: Final = re.compile(r"^ {0,3}([-*+]|\d{1,9}[.)])( |$)")
 
 
+#: The most source text one block may hold, in characters. A block that grows past it (a
+#: paragraph with no blank line, a fence never closed: a hostile or broken server, a log piped
+#: into ``chatcli render``) is passed on as plain text from there to its end, and Markdown
+#: resumes after it: what is held stays bounded, and so does the cost of rendering a block.
+MAX_BLOCK: Final = 1 << 20
+
+
+class Plain(str):
+    """Source text to show as it is, not rendered: a block that outgrew :data:`MAX_BLOCK`."""
+
+    __slots__ = ()
+
+
 class BlockSplitter:
     """Cuts streamed Markdown source into finished top-level blocks, in one pass.
 
     A block is finished at a blank line outside a fenced code block, once the next non-blank
     line shows that it does not continue the block (an indented line, or another item of the
     same list, would). Everything not yet finished is the *tail*.
+
+    A tail longer than ``limit`` characters is handed back as :class:`Plain` text, and so is
+    the rest of its block, piece by piece as it comes, holding nothing but the start of a line
+    (:class:`_PlainRest`); the next block is Markdown again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, limit: int = MAX_BLOCK) -> None:
+        self._limit = limit
         self._lines: list[str] = []
         # The unfinished last line, in pieces: joining only when it ends keeps a long line
         # (an answer with no newline at all) linear instead of copying it on every piece.
         self._partial: list[str] = []
+        self._held_lines = 0  # characters in _lines, each with its newline
+        self._held = 0  # and in _partial too
         self._fence: str | None = None
         self._blank_at: int | None = None
+        self._plain: _PlainRest | None = None
 
     @property
     def tail(self) -> str:
         """The unfinished source (trailing blank lines included; Markdown ignores them)."""
         return "\n".join([*self._lines, "".join(self._partial)])
 
+    @property
+    def held(self) -> int:
+        """How many characters the tail has (what is held to be rendered)."""
+        return self._held
+
     def feed(self, text: str) -> list[str]:
-        """Add source text; return the blocks it finished, oldest first."""
+        """Add source text; return the blocks it finished, oldest first, and :class:`Plain`
+        text for a block past the limit."""
+        finished: list[str] = []
+        rest: str | None = text
+        while rest:
+            if self._plain is not None:
+                shown, rest = self._plain.feed(rest)
+                if shown:
+                    finished.append(Plain(shown))
+                if rest is None:  # the block goes on
+                    break
+                self._plain = None  # it ended: what follows is Markdown again
+                continue
+            finished += self._feed(rest)
+            rest = None
+            if self._held > self._limit:
+                shown, rest = self._spill()
+                if shown:
+                    finished.append(shown)
+        return finished
+
+    def _feed(self, text: str) -> list[str]:
         finished: list[str] = []
         if "\n" not in text:
             self._partial.append(text)
+            self._held += len(text)
             return finished
         pieces = text.split("\n")
         pieces[0] = "".join([*self._partial, pieces[0]])
@@ -66,41 +114,151 @@ class BlockSplitter:
             block = self._line(line)
             if block is not None:
                 finished.append(block)
+        self._held = self._held_lines + len(self._partial[0])
         return finished
+
+    def _spill(self) -> tuple[Plain, str]:
+        """The tail's whole lines as plain text, and its unfinished line, which the rest of
+        the block (now plain text too) begins with, unless it begins the next block."""
+        partial = "".join(self._partial)
+        first = self._lines[0] if self._lines else partial
+        self._plain = _PlainRest(
+            fence=self._fence,
+            item=bool(_LIST_ITEM.match(first[: _PlainRest.HEAD])),
+            blank=self._blank_at is not None,
+        )
+        shown = Plain("".join(f"{line}\n" for line in self._lines))
+        self._lines, self._partial, self._held_lines, self._held = [], [], 0, 0
+        self._fence, self._blank_at = None, None
+        return shown, partial
 
     def _line(self, line: str) -> str | None:
         if self._fence is not None:
-            self._lines.append(line)
-            stripped = line.strip()
-            if stripped.startswith(self._fence) and not stripped.lstrip(self._fence[0]):
+            self._add(line)
+            if _closes(line, self._fence):
                 self._fence = None
             return None
         if not line.strip():
             if self._lines and self._blank_at is None:
                 self._blank_at = len(self._lines)
             if self._lines:
-                self._lines.append(line)
+                self._add(line)
             return None
         finished: str | None = None
         if self._blank_at is not None:
             block = self._lines[: self._blank_at]
-            if self._continues(block, line):
+            if _continues(bool(_LIST_ITEM.match(block[0])), line):
                 self._blank_at = None
             else:
                 finished = "\n".join(block)
-                self._lines = []
+                self._lines, self._held_lines = [], 0
                 self._blank_at = None
         fence = _FENCE.match(line)
         if fence is not None:
             self._fence = fence.group(1)
-        self._lines.append(line)
+        self._add(line)
         return finished
 
-    @staticmethod
-    def _continues(block: list[str], line: str) -> bool:
-        if line[:1] in (" ", "\t"):
-            return True  # indented: a list item's next paragraph, or indented code
-        return bool(_LIST_ITEM.match(block[0]) and _LIST_ITEM.match(line))
+    def _add(self, line: str) -> None:
+        self._lines.append(line)
+        self._held_lines += len(line) + 1
+
+
+def _closes(line: str, fence: str) -> bool:
+    """Whether ``line`` closes the code block ``fence`` opened."""
+    stripped = line.strip()
+    return stripped.startswith(fence) and not stripped.lstrip(fence[0])
+
+
+def _continues(item: bool, line: str) -> bool:
+    """Whether a line with text after a blank line continues the block before it (``item``:
+    that block began with a list item)."""
+    if line[:1] in (" ", "\t"):
+        return True  # indented: a list item's next paragraph, or indented code
+    return item and bool(_LIST_ITEM.match(line))
+
+
+class _PlainRest:
+    """The rest of a block that outgrew the limit, passed on as it arrives until the block
+    ends where :class:`BlockSplitter` would end it. It holds the first characters of the
+    current line (enough to see a fence or a blank line) and, at most, the start of a line
+    that may begin the next block until it is clear whether it does."""
+
+    #: The start of a line kept to tell what it is (a fence closing needs all of its line:
+    #: a longer one does not close the block here, which only keeps the text plain longer).
+    HEAD: Final = 256
+    #: The most of a line after a blank one needed to tell whether it continues the block
+    #: (a list item's marker: up to 3 spaces, 9 digits, a dot and a space).
+    DECIDE: Final = 16
+
+    def __init__(self, *, fence: str | None, item: bool, blank: bool) -> None:
+        """At the start of a line, in the block (``item``: it began with a list item) ``fence``
+        left open, after a blank line (``blank``) or not."""
+        self._fence = fence
+        self._item = item
+        self._blank = blank  # a blank line came after the last line with text
+        self._head = ""
+        self._length = 0
+        self._text = False  # the current line has more than blanks
+        self._waiting: str | None = "" if self._boundary() else None
+
+    def _boundary(self) -> bool:
+        return self._blank and self._fence is None
+
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """The text to show, and what follows the block once it has ended (``None``: it
+        goes on)."""
+        shown: list[str] = []
+        at, size = 0, len(text)
+        while at < size:
+            end = text.find("\n", at)
+            stop = size if end < 0 else end
+            piece = text[at:stop]
+            if self._waiting is not None:  # a line after a blank one: does it continue?
+                piece = self._waiting + piece
+                verdict = self._verdict(piece, complete=end >= 0)
+                if verdict is None:
+                    self._waiting = piece  # bounded: DECIDE characters decide
+                    break
+                self._waiting = None
+                if not verdict:
+                    return "".join(shown), piece + text[stop:]
+            shown.append(piece)
+            if len(self._head) < self.HEAD:
+                self._head += piece[: self.HEAD - len(self._head)]
+            self._length += len(piece)
+            self._text = self._text or bool(piece.strip())
+            if end < 0:
+                break
+            shown.append("\n")
+            self._line_ended()
+            at = end + 1
+        return "".join(shown), None
+
+    def _verdict(self, start: str, *, complete: bool) -> bool | None:
+        """Whether the line that begins with ``start`` continues the block (``None``: too
+        little of it yet)."""
+        if not start:
+            return True if complete else None  # a blank line
+        if start[0] in (" ", "\t") or not self._item:
+            return _continues(self._item, start)
+        if not complete and len(start) < self.DECIDE:
+            return None
+        return _continues(self._item, start)
+
+    def _line_ended(self) -> None:
+        if self._fence is not None:
+            if self._length <= self.HEAD and _closes(self._head, self._fence):
+                self._fence = None
+        elif not self._text:
+            self._blank = True
+        else:
+            self._blank = False
+            fence = _FENCE.match(self._head)
+            if fence is not None:
+                self._fence = fence.group(1)
+        self._head, self._length, self._text = "", 0, False
+        self._waiting = "" if self._boundary() else None
 
 
 def _flag_after(markdown: Any) -> bool | None:
@@ -331,12 +489,24 @@ class MarkdownRenderer:
     the cursor up over it; a tail taller than the terminal shows only its last lines until it
     is finished, so the scrollback holds every line exactly once. Off a terminal
     (``--markdown`` into a pipe) finished blocks are printed as they complete.
+
+    What it holds is bounded however the text goes on: a block past :data:`MAX_BLOCK` is
+    shown as plain text to its end, a tail past :attr:`LIVE_LIMIT` is not redrawn (nor
+    rendered when the answer is stopped: it is printed plain), and of the reasoning only
+    what is still to be shown is kept.
     """
 
     FRAMES_PER_SECOND: Final = 15
 
+    #: The largest tail (in characters) redrawn live. Each redraw renders all of the tail, and
+    #: Rich takes about a second for 32 KiB of code (or 1 MiB of plain prose): a tail larger
+    #: than this keeps its last frame until its block ends and is printed once.
+    LIVE_LIMIT: Final = 32 * 1024
+
     #: Lines of the model's reasoning shown live while it thinks (its latest ones).
     THINKING_LINES: Final = 6
+    #: The end of the reasoning that the live view renders (its last lines are in it).
+    THINKING_WINDOW: Final = 8 * 1024
 
     def __init__(
         self,
@@ -354,6 +524,8 @@ class MarkdownRenderer:
             raise ValueError(f"reasoning must be one of {', '.join(REASONING_MODES)}")
         self.reasoning = reasoning
         self._thought: list[str] = []
+        self._thought_held = 0  # characters in _thought
+        self._thought_total = 0  # characters of reasoning in all
         self._thinking_since: float | None = None
         self._thought_done = False
         self._console = console
@@ -444,6 +616,9 @@ class MarkdownRenderer:
             self._shown_lines = 0
 
     def _commit(self, block: str) -> None:
+        if isinstance(block, Plain):
+            self._show_plain(block)
+            return
         rendered, spaced, codes = self._delta(block)
         self._codes += codes
         if self.live:
@@ -452,7 +627,22 @@ class MarkdownRenderer:
         if spaced is not None:  # a block with no elements (a link definition) changes nothing
             self._spaced = spaced
 
+    def _show_plain(self, text: str) -> None:
+        """Source text (sanitized) as it is: a block too large to render, or to finish
+        rendering once stopped."""
+        if self.live:
+            self._clear_tail()
+        if self._spaced:
+            self._write("\n")  # the blank line Rich would put before it
+            self._spaced = False
+        # Its code blocks (if any) are not counted as chatcli.extract counts them: the labels
+        # of the blocks after it would be wrong, so there are none.
+        self.numbered = False
+        self._write(text)
+
     def _draw_tail(self) -> None:
+        if self._splitter.held > self.LIVE_LIMIT:
+            return  # its last frame stays until the block ends (see LIVE_LIMIT)
         tail = self._splitter.tail
         self._clear_tail()
         if not tail.strip():
@@ -495,15 +685,42 @@ class MarkdownRenderer:
             return
         if self._thinking_since is None:
             self._thinking_since = time.monotonic()
-        self._thought.append(sanitize(text))
+        piece = sanitize(text)
+        self._thought.append(piece)
+        self._thought_held += len(piece)
+        self._thought_total += len(piece)
+        if self._thought_held > (
+            MAX_BLOCK if self.reasoning == "show" else 2 * self.THINKING_WINDOW
+        ):
+            self._shed_thought()
         if self.live and time.monotonic() - self._last_frame >= 1 / self.FRAMES_PER_SECOND:
             self._draw_thinking()
             self._last_frame = time.monotonic()
             self._stream.flush()
 
+    def _shed_thought(self) -> None:
+        """Reasoning that outgrew what is held: shown for good (``show``, where all of it is
+        printed), or dropped but for the end the live view needs (``collapse``)."""
+        text = "".join(self._thought)
+        if self.reasoning == "show":
+            cut = text.rfind("\n") + 1
+            if cut < len(text) // 2:
+                cut = len(text)  # no line ends near the end: cut mid-line
+            if self.live:
+                self._clear_tail()
+            self._write(self._dim(text[:cut].rstrip("\n")) + "\n")
+            text = text[cut:]
+        else:
+            text = text[-self.THINKING_WINDOW :]
+        self._thought, self._thought_held = [text], len(text)
+
     def _draw_thinking(self) -> None:
         """The latest lines of the reasoning, dimmed, in the live region above the answer."""
-        lines = self._dim("".join(self._thought)).splitlines(keepends=True)
+        text = "".join(self._thought)
+        if len(text) > self.THINKING_WINDOW:  # rendering all of it to show its end: quadratic
+            text = text[-self.THINKING_WINDOW :]
+            text = text[text.find("\n") + 1 :] or text
+        lines = self._dim(text).splitlines(keepends=True)
         visible = lines[-max(1, min(self.THINKING_LINES, self._console.height - 2)) :]
         self._clear_tail()
         self._write("".join(_unpadded(line) for line in visible))
@@ -520,10 +737,12 @@ class MarkdownRenderer:
             self._clear_tail()
         text = "".join(self._thought)
         if self.reasoning == "show":
-            self._write(self._dim(text.rstrip("\n")) + "\n")
+            if text:  # (all of it may have been shown already)
+                self._write(self._dim(text.rstrip("\n")) + "\n")
         else:
             seconds = time.monotonic() - (self._thinking_since or time.monotonic())
-            self._write(self._dim(f"thought for {seconds:.1f} s ({len(text):,} characters)"))
+            count = self._thought_total
+            self._write(self._dim(f"thought for {seconds:.1f} s ({count:,} characters)"))
             self._write("\n")
 
     def feed(self, text: str) -> None:
@@ -571,7 +790,11 @@ class MarkdownRenderer:
         tail = self._splitter.tail
         if self.live:
             self._clear_tail()
-        if tail.strip():
+        if interrupted and self._splitter.held > self.LIVE_LIMIT:
+            # Stopped: rendering a large unfinished block would keep chatcli busy for
+            # seconds after the user (or a SIGTERM) said stop.
+            self._show_plain(tail if tail.endswith("\n") else tail + "\n")
+        elif tail.strip():
             self._write(self._delta(tail)[0])
         if self.live and self._started:
             self._suspend.remove()
