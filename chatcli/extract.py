@@ -72,7 +72,8 @@ def code_blocks(markdown: str) -> list[CodeBlock]:
     from markdown_it import MarkdownIt
 
     blocks = []
-    for token in MarkdownIt().parse(markdown):
+    # Parsed as the renderer parses (tables on), so that N here is the [N] shown on screen.
+    for token in MarkdownIt().enable("strikethrough").enable("table").parse(markdown):
         if token.type == "fence":
             language = token.info.split(maxsplit=1)[0] if token.info.strip() else ""
             blocks.append(CodeBlock(language.lower(), token.content))
