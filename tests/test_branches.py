@@ -255,3 +255,28 @@ def test_session_at_n_continues_from_message_n_and_exports_show_branches(
     assert past.returncode == 2 and "there is no message 99" in past.stderr
     unsaved = run(["ask", *base, "--no-save", "-S", "tree@1", "x"], isolated)
     assert unsaved.returncode == 2 and "not with --no-save" in unsaved.stderr
+
+
+def test_edit_n_on_a_real_terminal(fake: FakeOpenAI, isolated: Isolated) -> None:
+    from tests.test_repl_terminal import Terminal
+
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    args = ["repl", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, "-S", "t"]
+    terminal = Terminal(args, env)
+    try:
+        terminal.wait_prompt()
+        terminal.type("cats or dogs?\r")
+        terminal.wait_for("Hello, world!")
+        terminal.wait_prompt()
+        terminal.type("/edit 1\r")
+        terminal.wait_for("> cats or dogs?")  # the question is on the line, to change
+        terminal.type("\x7f" * 5 + "birds?\r")  # five backspaces take "dogs?" away
+        terminal.wait_for("> cats or birds?\nHello, world!")
+        terminal.wait_prompt()
+        terminal.type("/branches\r")
+        terminal.wait_for("[branch 2 *]")
+        terminal.type("\x04")
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    assert sent(fake) == ["cats or birds?"]
