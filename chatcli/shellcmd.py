@@ -658,8 +658,10 @@ def command_for(
     # A command is a throwaway: kept only in a session the user names (-S) or continues (-c).
     keep = chat.save and (chat.session is not None or chat.continue_last)
     conversation = open_conversation(
-        ctx, replace(chat, system=prompt, save=keep), notice=lambda text: say(ctx, text)
+        ctx, replace(chat, system=None, save=keep), notice=lambda text: say(ctx, text)
     )
+    # For these questions only: a continued session keeps its own system prompt and template.
+    conversation.system, conversation.template = prompt, None
     conversation.saves_later = interactive  # an explanation may follow
     with hold(interactive), _waiting(ctx, interactive):
         run_async(conversation.send(message, NullRenderer()))

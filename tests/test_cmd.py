@@ -262,6 +262,23 @@ def test_nothing_is_saved_unless_a_session_is_named(fake: FakeOpenAI, isolated: 
     assert saved_messages(isolated) == [("user", "list"), ("assistant", "ls")]
 
 
+def test_cmd_in_a_continued_session_leaves_its_system_prompt_and_template(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    base = ["-p", "ollama", "-m", "m", "--base-url", fake.base_url, "-S", "chat"]
+    assert run(["ask", *base, "-t", "translate", "bonjour"], isolated).returncode == 0
+    fake.pieces = ["ls -la"]
+    assert run(cmd_args(fake, "-S", "chat", "list files"), isolated).returncode == 0
+    system, *rest = chat_requests(fake)[-1]["messages"]
+    assert "command" in system["content"] and "translate" not in system["content"]
+    assert rest[-1]["content"] == "list files"  # not framed by the session's template
+    fake.pieces = ["Hello"]
+    assert run(["ask", *base, "merci"], isolated).returncode == 0
+    messages = chat_requests(fake)[-1]["messages"]
+    assert "You translate text into English" in messages[0]["content"]
+    assert messages[-1]["content"] == "merci"
+
+
 def test_a_request_is_needed_and_templates_do_not_apply(
     fake: FakeOpenAI, isolated: Isolated
 ) -> None:
