@@ -44,25 +44,31 @@ def children_of(messages: Sequence[StoredMessage]) -> dict[int | None, list[Stor
 def branches(messages: Sequence[StoredMessage], head: int | None) -> list[Branch]:
     """Every branch of a session (``messages``: all of them, with their parents)."""
     children = children_of(messages)
-    found: list[Branch] = []
-    # Depth first, oldest child first; iterative, so a long session cannot overflow a stack,
-    # and a message met twice (a loop in a damaged file) ends its path.
-    stack: list[tuple[StoredMessage, tuple[StoredMessage, ...]]] = [
-        (root, ()) for root in reversed(children.get(None, []))
+    up: dict[int, StoredMessage | None] = {}
+    leaves: list[StoredMessage] = []
+    # Depth first, oldest child first; iterative, so a long session cannot overflow a stack.
+    # Each message is in one list of children, so each is met once, and a loop in a damaged
+    # file (which no first message leads into) is never entered.
+    stack: list[tuple[StoredMessage, StoredMessage | None]] = [
+        (root, None) for root in reversed(children.get(None, []))
     ]
-    seen: set[int] = set()
     while stack:
-        message, before = stack.pop()
-        if message.id in seen:
-            continue
-        seen.add(message.id)
-        path = (*before, message)
-        following = [c for c in children.get(message.id, []) if c.id not in seen]
+        message, parent = stack.pop()
+        up[message.id] = parent
+        following = children.get(message.id, [])
         if not following:
-            active = head is not None and any(m.id == head for m in path)
-            found.append(Branch(len(found) + 1, path, active))
-            continue
-        stack.extend((child, path) for child in reversed(following))
+            leaves.append(message)
+        stack.extend((child, message) for child in reversed(following))
+    found = []
+    for number, leaf in enumerate(leaves, 1):
+        path: list[StoredMessage] = []
+        at: StoredMessage | None = leaf
+        while at is not None:  # each path is walked once, from its end: linear in its length
+            path.append(at)
+            at = up[at.id]
+        path.reverse()
+        active = head is not None and any(m.id == head for m in path)
+        found.append(Branch(number, tuple(path), active))
     return _one_active(found)
 
 

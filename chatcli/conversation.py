@@ -64,6 +64,8 @@ class _Entry:
     #: For a question: what it follows in the session: the end of the active branch
     #: (``"head"``), or a new branch after that message id (``None``: from the start).
     after: int | Literal["head"] | None = "head"
+    #: For an answer: it answers its question again (``/retry``), so it ends the branch.
+    retried: bool = False
 
     @property
     def sent(self) -> str:
@@ -134,6 +136,8 @@ class Conversation:
         #: The next question starts a branch after this message (see :meth:`branch_at`).
         self._forking = False
         self._fork_after: int | None = None
+        #: The temperature and options before a template chose any (see use_choices_of).
+        self.role_baseline: tuple[float | None, dict[str, Any]] | None = None
         if session is not None and store is not None:
             self._load(session)
 
@@ -175,20 +179,27 @@ class Conversation:
         elif model is not None:
             self.defaults = replace(self.defaults, model=model or None)
 
-    def use_choices_of(self, template: Template) -> None:
+    def use_choices_of(self, template: Template | None) -> None:
         """Switch to what ``template`` chooses: its provider and model, its temperature, and
-        its options (for its provider, or for any when it names none)."""
-        if template.provider is not None or template.model is not None:
+        its options (for its provider, or for any when it names none). The temperature and
+        options come back to what they were before any template chose them first, so a
+        role's choices do not outlive it (``None``: just that)."""
+        if self.role_baseline is None:
+            self.role_baseline = (self.defaults.temperature, dict(self.defaults.options))
+        temperature, options = self.role_baseline
+        if template is not None and (template.provider is not None or template.model is not None):
             self.use(provider=template.provider, model=template.model)
         cls = self.registry.get(self.provider)
-        fits = template.provider is None or self.registry.get(template.provider).name == cls.name
-        changes: dict[str, Any] = {}
-        if template.temperature is not None:
-            changes["temperature"] = template.temperature
-        if template.options and fits:
-            changes["options"] = cls.check_options({**self.defaults.options, **template.options})
-        if changes:
-            self.defaults = replace(self.defaults, **changes)
+        if template is not None:
+            if template.temperature is not None:
+                temperature = template.temperature
+            if template.provider is None or self.registry.get(template.provider).name == cls.name:
+                options = {**options, **template.options}
+        try:
+            checked = cls.check_options(options)
+        except ChatcliError:  # options of a provider left since: not for this one
+            checked = cls.check_options(dict(template.options) if template is not None else {})
+        self.defaults = replace(self.defaults, temperature=temperature, options=checked)
 
     def _load(self, session: Session) -> None:
         assert self.store is not None
@@ -466,10 +477,12 @@ class Conversation:
         request = replace(self.defaults, messages=self.messages())
         before = len(self._entries)
         try:
-            turn = await self._answer(request, renderer, turn, on_event)
+            turn = await self._answer(request, renderer, turn, on_event, retried=True)
         finally:
             if old is not None and len(self._entries) == before:
                 self._entries.append(old)  # nothing new came: the old answer stays in view
+            elif len(self._entries) > before:
+                self._forking = False  # the new answer ends the active branch now
         return turn
 
     # -- branches ---------------------------------------------------------------------------
@@ -529,12 +542,12 @@ class Conversation:
             raise UsageError("nothing to undo")
         count = 2 if self._entries[-1].role == "assistant" and len(self._entries) >= 2 else 1
         dropped, self._entries = self._entries[-count:], self._entries[:-count]
-        self._forget([e.id for e in dropped if e.id is not None])
+        ids = [e.id for e in dropped if e.id is not None]
+        if ids and self.save and self.store is not None and self.session is not None:
+            self.store.forget(self.session.id, ids)
+        # The next question follows what is left in view, whatever the head says now.
+        self._forking, self._fork_after = True, self.head
         return count
-
-    def _forget(self, ids: list[int]) -> None:
-        if ids and self.save and self.store is not None:
-            self.store.delete_messages(ids)
 
     async def _answer(
         self,
@@ -542,6 +555,8 @@ class Conversation:
         renderer: Renderer,
         turn: Turn | None,
         on_event: Callable[[Event], None] | None,
+        *,
+        retried: bool = False,
     ) -> Turn:
         turn = turn or Turn(provider=request.provider)
         self.last_turn = turn
@@ -577,6 +592,7 @@ class Conversation:
                         first_token=(
                             turn.first_piece_at - turn.started if turn.first_piece_at else None
                         ),
+                        retried=retried,
                     )
                 )
                 self._save_pending()
@@ -609,6 +625,7 @@ class Conversation:
                     first_token=entry.first_token,
                     context=entry.context,
                     after=entry.after,
+                    retried=entry.retried,
                 )
         except StorageError as exc:
             unsaved = sum(1 for e in self._entries if e.id is None)
@@ -641,7 +658,7 @@ class Conversation:
             self.pending_name = self.session.name
             self.session = None
             for entry in self._entries:
-                entry.id = None
+                entry.id, entry.after = None, "head"  # one branch, in order, in the new one
         if self.session is None:
             self.session = self.store.create(
                 name=self.pending_name,

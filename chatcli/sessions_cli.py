@@ -178,7 +178,10 @@ def _branches(
     from chatcli.branches import branches
 
     messages = store.messages(session.id, every_branch=True)
-    return messages, branches(messages, session.head)
+    head = session.head
+    if head is None and messages and not store.branched:
+        head = messages[-1].id  # an old database read as it is: one branch, active
+    return messages, branches(messages, head)
 
 
 def _json(session: Session, messages: list[StoredMessage], found: list[Branch]) -> str:

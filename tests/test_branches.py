@@ -102,14 +102,26 @@ def test_retried_answers_and_questions_asked_after_an_earlier_one_make_branches(
     assert [b.active for b in found] == [True, False]
     store.set_head(session.id, a1b)
     assert contents(store.messages(session.id)) == ["q1", "a1 again"]
-    # Deleting a message takes what follows it on every branch; the head moves back.
+    # Forgetting the end of a branch (/undo) moves the head back; a message another branch
+    # goes on from stays (for that branch), the rest is deleted.
     store.set_head(session.id, q2)
-    store.delete_messages([q2])
+    store.forget(session.id, [q2])
     assert contents(store.messages(session.id)) == ["q1", "a1"]
-    store.delete_messages([q1])
+    everything = store.messages(session.id, every_branch=True)
+    assert contents(everything) == ["q1", "a1", "a1 again"]
+    store.forget(session.id, [q1, a1])  # q1 stays: "a1 again" goes on from it
     assert store.messages(session.id) == [] and store.get(session.id).head is None
+    assert contents(store.messages(session.id, every_branch=True)) == ["q1", "a1 again"]
     with pytest.raises(Exception, match="not in this session"):
         store.set_head(session.id, a1)
+    # With the active branch empty, a question starts afresh, alone.
+    fresh = store.add_message(session.id, "user", "afresh")
+    assert contents(store.messages(session.id)) == ["afresh"]
+    # A parent from elsewhere (a deleted session's) is not taken: the head is.
+    other = store.create()
+    stray = store.add_message(other.id, "user", "elsewhere")
+    store.add_message(session.id, "user", "next", after=stray)
+    assert store.messages(session.id)[-1].parent == fresh
 
 
 def test_a_loop_in_a_damaged_file_ends_the_branch(tmp_path: Path) -> None:
@@ -280,3 +292,133 @@ def test_edit_n_on_a_real_terminal(fake: FakeOpenAI, isolated: Isolated) -> None
     finally:
         terminal.close()
     assert sent(fake) == ["cats or birds?"]
+
+
+# -- branch edges a review found ---------------------------------------------------------------
+
+
+def three_exchanges(harness: Harness) -> str:
+    """q1..q3 answered A1..A3 in a saved session; returns its id."""
+    for index in (1, 2, 3):
+        harness.fake.pieces = [f"A{index}"]
+        harness.run(f"q{index}{ENTER}")
+    session = harness.conversation.session
+    assert session is not None
+    return session.id
+
+
+def reopened_at(harness: Harness, session_id: str, count: int) -> None:
+    """As ``repl -S NAME@count``: the session loaded, a branch to start after message count."""
+    store = harness.stores.sessions
+    harness.conversation.load(store.get(session_id))
+    harness.conversation.branch_at(count)
+
+
+def active(harness: Harness, session_id: str) -> list[str]:
+    return contents(harness.stores.sessions.messages(session_id))
+
+
+def every_path(harness: Harness, session_id: str) -> list[list[str]]:
+    store = harness.stores.sessions
+    found = branches(store.messages(session_id, every_branch=True), store.get(session_id).head)
+    return [contents(list(b.path)) for b in found]
+
+
+ORIGINAL = ["q1", "A1", "q2", "A2", "q3", "A3"]
+
+
+def test_undo_of_the_only_exchange_of_a_branch_starts_afresh(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    harness = Harness(fake, isolated.root)
+    fake.pieces = ["A1"]
+    harness.run(f"q1{ENTER}")
+    fake.pieces = ["A1b"]
+    harness.run(f"/retry{ENTER}")
+    fake.pieces = ["E"]
+    harness.run(f"/edit 1{ENTER}{CTRL_U}edited{ENTER}")
+    fake.pieces = ["F"]
+    out = harness.run(f"/undo{ENTER}follow{ENTER}")
+    assert sent(fake) == ["follow"]  # no answers of other branches in a row
+    assert "added to this session elsewhere" not in out
+    session = harness.conversation.session
+    assert session is not None
+    assert active(harness, session.id) == ["follow", "F"]
+    assert ["q1", "A1"] in every_path(harness, session.id)
+
+
+def test_retry_on_a_branch_started_at_n_ends_that_branch(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    harness = Harness(fake, isolated.root)
+    session_id = three_exchanges(harness)
+    reopened_at(harness, session_id, 4)
+    fake.pieces = ["A2 new"]
+    harness.run(f"/retry{ENTER}")
+    fake.pieces = ["N"]
+    harness.run(f"next{ENTER}")
+    assert sent(fake) == ["q1", "A1", "q2", "A2 new", "next"]
+    assert active(harness, session_id) == ["q1", "A1", "q2", "A2 new", "next", "N"]
+    assert ORIGINAL in every_path(harness, session_id)  # untouched
+
+
+def test_retry_never_moves_another_branch_under_its_answer(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    harness = Harness(fake, isolated.root)
+    session_id = three_exchanges(harness)
+    reopened_at(harness, session_id, 1)  # after q1 alone: a question asked again
+    fake.pieces = ["x answer"]
+    harness.run(f"x{ENTER}")  # a branch: q1, x
+    reopened_at(harness, session_id, 1)
+    fake.pieces = ["A1 again"]
+    harness.run(f"/retry{ENTER}")
+    paths = every_path(harness, session_id)
+    assert ORIGINAL in paths and ["q1", "x", "x answer"] in paths
+    assert ["q1", "A1 again"] in paths
+    assert active(harness, session_id) == ["q1", "A1 again"]
+
+
+def test_undo_on_a_branch_started_at_n_keeps_the_old_branch(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    harness = Harness(fake, isolated.root)
+    session_id = three_exchanges(harness)
+    reopened_at(harness, session_id, 4)
+    fake.pieces = ["N"]
+    harness.run(f"/undo{ENTER}next{ENTER}")
+    assert sent(fake) == ["q1", "A1", "next"]
+    assert active(harness, session_id) == ["q1", "A1", "next", "N"]
+    assert ORIGINAL in every_path(harness, session_id)  # q2 and A2 stay for it
+
+
+def test_an_edit_after_the_session_was_deleted_elsewhere_saves_one_branch(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    harness = Harness(fake, isolated.root)
+    session_id = three_exchanges(harness)
+    harness.stores.sessions.delete([session_id])  # another process
+    fake.pieces = ["changed answer"]
+    harness.run(f"/edit 3{ENTER}{CTRL_U}q2 changed{ENTER}")
+    assert sent(fake) == ["q1", "A1", "q2 changed"]
+    session = harness.conversation.session
+    assert session is not None and session.id != session_id
+    assert active(harness, session.id) == ["q1", "A1", "q2 changed", "changed answer"]
+
+
+def test_all_branches_of_an_old_database_read_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "sessions.db"
+    shutil.copy(OLD_DATABASE, path)
+    os.chmod(path, 0o600)
+    monkeypatch.setattr(SessionStore, "_not_writable", lambda self: "read-only here")
+    store = SessionStore(path)
+    together = store.find("together")
+    everything = store.messages(together.id, every_branch=True)
+    assert not store.branched and store.read_only
+    found = branches(everything, everything[-1].id)
+    assert len(found) == 1 and found[0].active
+    assert [(m.role, m.content, m.status) for m in found[0].path] == OLD_LISTING["together"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5  # left as it was

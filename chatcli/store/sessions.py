@@ -28,7 +28,7 @@ import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import quote
@@ -183,6 +183,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         ROW_NUMBER() OVER (PARTITION BY session_id ORDER BY COALESCE(reply_to, id) DESC,
         id DESC) AS from_end FROM messages;
     CREATE INDEX temp.chain_by_id ON chain (id);
+    CREATE INDEX temp.chain_by_end ON chain (session_id, from_end);
     UPDATE messages SET parent = (SELECT previous FROM chain WHERE chain.id = messages.id);
     UPDATE sessions SET head = (SELECT id FROM chain
         WHERE chain.session_id = sessions.id AND from_end = 1);
@@ -714,6 +715,7 @@ class SessionStore:
         first_token: float | None = None,
         context: Sequence[Item] = (),
         after: int | Literal["head"] | None = "head",
+        retried: bool = False,
     ) -> int:
         """Append a message and touch its session, in one transaction. Returns the message id.
 
@@ -722,11 +724,12 @@ class SessionStore:
         neither, so a question that fails (a provider not running) rewrites nothing.
 
         Branches: a question follows the session's head (the end of the active branch), or
-        ``after`` that message (``None``: at the start) to begin a new branch; it becomes the
-        head. An answer follows its question and becomes the head when the question is still
-        the head, or another answer to it is (``/retry``: the old answer stays, a branch).
-        When other questions were asked meanwhile (``ask`` in two terminals at once), the
-        answer goes in before them, so that every answer follows its own question.
+        ``after`` that message of the session (``None``: at the start) to begin a new branch;
+        it becomes the head. An answer follows its question and becomes the head, unless its
+        question had no answer yet and other questions were asked after it meanwhile (``ask``
+        in two terminals at once): then it goes in before them, so that every answer follows
+        its own question. An answer ``retried`` (``/retry``), or to a question that has one
+        already, is the head: the old answer stays on its own branch.
         """
         now = time.time()
         answer = role == "assistant"
@@ -735,8 +738,24 @@ class SessionStore:
             head = head[0] if head is not None else None
             if answer:
                 parent = reply_to if reply_to is not None else head
+            elif after == "head" or (
+                after is not None
+                and db.execute(
+                    "SELECT 1 FROM messages WHERE id = ? AND session_id = ?", (after, session_id)
+                ).fetchone()
+                is None
+            ):
+                parent = head  # (a message not in this session, deleted meanwhile: the head)
             else:
-                parent = head if after == "head" else after
+                parent = after
+            answered = retried or (
+                answer
+                and parent is not None
+                and db.execute(
+                    "SELECT 1 FROM messages WHERE parent = ? AND role = 'assistant'", (parent,)
+                ).fetchone()
+                is not None
+            )
             cursor = db.execute(
                 "INSERT INTO messages (session_id, role, content, provider, model, created_at,"
                 " duration, status, error, reply_to, reasoning, input_tokens, output_tokens,"
@@ -747,18 +766,14 @@ class SessionStore:
                  int(usage_estimated), first_token, parent),
             )  # fmt: skip
             new_head = cursor.lastrowid
-            if answer and head is not None and parent is not None and head != parent:
-                retried = db.execute(
-                    "SELECT 1 FROM messages WHERE id = ? AND parent = ? AND role = 'assistant'",
-                    (head, parent),
-                ).fetchone()
-                if retried is None:  # questions came after this one's question: go before them
-                    db.execute(
-                        "UPDATE messages SET parent = ? WHERE parent = ? AND role = 'user'"
-                        " AND session_id = ? AND id > ?",
-                        (new_head, parent, session_id, parent),
-                    )
-                    new_head = head
+            if answer and not answered and parent is not None and head not in (None, parent):
+                # Questions came after this one's question: the answer goes before them.
+                db.execute(
+                    "UPDATE messages SET parent = ? WHERE parent = ? AND role = 'user'"
+                    " AND session_id = ? AND id > ?",
+                    (new_head, parent, session_id, parent),
+                )
+                new_head = head
             for position, item in enumerate(context):
                 digest = context_hash(item)
                 db.execute(
@@ -796,19 +811,27 @@ class SessionStore:
                 (session_id,),
             ):
                 carried.setdefault(row[0], []).append(Item(row[1], row[3], row[2]))
-        return [_message(row, tuple(carried.get(row["id"], ()))) for row in rows]
+        messages = [_message(row, tuple(carried.get(row["id"], ()))) for row in rows]
+        if not self._branched:  # one branch, its parents as it is listed
+            previous = [None, *(m.id for m in messages[:-1])]
+            messages = [replace(m, parent=p) for m, p in zip(messages, previous, strict=True)]
+        return messages
 
     def _rows(self, session_id: str, every_branch: bool) -> list[sqlite3.Row]:
-        head = None
-        if self._branched:
-            found = self._read("SELECT head FROM sessions WHERE id = ?", (session_id,))
-            head = found[0][0] if found else None
-        if head is None or every_branch:
-            # An old snapshot read as it is: each answer right after its question.
-            order = "COALESCE(reply_to, id), id" if self._linked and head is None else "id"
+        if not self._branched:
+            # An old snapshot read as it is: one branch, each answer right after its question.
+            order = "COALESCE(reply_to, id), id" if self._linked else "id"
             return self._read(
                 f"SELECT * FROM messages WHERE session_id = ? ORDER BY {order}", (session_id,)
             )
+        if every_branch:
+            return self._read(
+                "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+            )
+        found = self._read("SELECT head FROM sessions WHERE id = ?", (session_id,))
+        head = found[0][0] if found else None
+        if head is None:
+            return []  # nothing yet, or every message of the active branch undone
         # From the head up to the first message; a loop (a damaged file) ends where it closes.
         rows = self._read(
             "WITH RECURSIVE path(id, depth) AS (SELECT ?, 0 UNION ALL"
@@ -828,6 +851,12 @@ class SessionStore:
             path.append(row)
         return path[::-1]
 
+    @property
+    def branched(self) -> bool:
+        """Whether the database keeps branches (an old one read as it is does not; known
+        once it has been read)."""
+        return self._branched
+
     def set_head(self, session_id: str, message_id: int) -> None:
         """Make the branch that ends at (or goes through) ``message_id`` the active one."""
         with self._write() as db:
@@ -843,31 +872,34 @@ class SessionStore:
         found = self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'context'")
         return bool(found)
 
-    def delete_messages(self, message_ids: Iterable[int]) -> None:
-        """Delete messages and what follows them on every branch; a head deleted moves back
-        to the last message kept on its branch."""
+    def forget(self, session_id: str, message_ids: Sequence[int]) -> None:
+        """Take the last messages of the active branch (``message_ids``, first to last) out of
+        it: the head moves to what came before the first. Each is deleted unless another
+        branch goes on from it (a ``-S NAME@N`` branch after an answer, the other answer of a
+        retried question): that branch keeps it."""
+        if not message_ids:
+            return
         with self._write() as db:
-            for message_id in message_ids:
-                row = db.execute(
-                    "SELECT session_id, parent FROM messages WHERE id = ?", (message_id,)
+            first = db.execute(
+                "SELECT parent FROM messages WHERE id = ? AND session_id = ?",
+                (message_ids[0], session_id),
+            ).fetchone()
+            if first is None:
+                return  # deleted meanwhile
+            for message_id in reversed(message_ids):
+                kept = db.execute(
+                    "SELECT 1 FROM messages WHERE parent = ? LIMIT 1", (message_id,)
                 ).fetchone()
-                if row is None:
-                    continue
-                doomed = [
-                    found[0]
-                    for found in db.execute(
-                        "WITH RECURSIVE below(id) AS (SELECT ? UNION"
-                        " SELECT m.id FROM messages m JOIN below ON m.parent = below.id)"
-                        " SELECT id FROM below",
-                        (message_id,),
+                if kept is None:
+                    db.execute(
+                        "DELETE FROM messages WHERE id = ? AND session_id = ?",
+                        (message_id, session_id),
                     )
-                ]
-                db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in doomed])
-                db.execute(
-                    "UPDATE sessions SET head = ? WHERE id = ? AND head IN"
-                    f" ({', '.join('?' * len(doomed))})",
-                    (row["parent"], row["session_id"], *doomed),
-                )
+            db.execute(
+                "UPDATE sessions SET head = ? WHERE id = ? AND head IN"
+                f" ({', '.join('?' * len(message_ids))})",
+                (first[0], session_id, *message_ids),
+            )
 
     def usage(self, since: float | None = None) -> list[UsageRow]:
         """Answers and their tokens per provider and model (since ``since``, a Unix time),
