@@ -7,6 +7,7 @@ system prompt), then config and environment, then built-in defaults.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from chatcli.config import PROXY_SCHEMES, Settings
 from chatcli.context import AppContext
 from chatcli.conversation import Conversation
 from chatcli.core import ChatOptions
-from chatcli.errors import ConfigError, UsageError, check_url
+from chatcli.errors import ChatcliError, ConfigError, UsageError, check_url
 from chatcli.providers import Registry
 from chatcli.store import Session, Stores
 from chatcli.store.sessions import check_session_name
@@ -79,11 +80,14 @@ def conversation_from(
 
     applied = _template(chosen, session, templates)
     template = applied.template if applied is not None else None
+    # -t (or --var) now: its provider and model too; the session's own: the session's pair
+    # (what last answered there) stays, the template's temperature and options come back.
+    fresh = chosen.template is not None or bool(chosen.variables)
 
     # -p a,b,c: a first, then b and c when it fails before any text.
     chain = [n.strip() for n in (chosen.provider or "").split(",") if n.strip()]
     provider_name = chain[0] if chain else None
-    if provider_name is None and template is not None and template.provider is not None:
+    if provider_name is None and fresh and template is not None and template.provider is not None:
         if template.provider not in registry:
             raise ConfigError(
                 f"template {template.name!r} ({template.origin}) names the provider "
@@ -106,7 +110,7 @@ def conversation_from(
     )
 
     model = chosen.model
-    if model is None and template is not None and template_fits:
+    if model is None and fresh and template is not None and template_fits:
         model = template.model
     if model is None and session is not None and session.provider == provider_cls.name:
         model = session.model
@@ -150,8 +154,17 @@ def conversation_from(
         notice=notice,
         templates=templates,
     )
-    if applied is not None and (session is None or chosen.template or chosen.variables):
+    if applied is not None and fresh:
         conversation.set_template(applied)  # -t (or --var) replaces a session's template...
+    if applied is not None:
+        # What /role restores when it changes or drops the template: the choices without it.
+        base_temperature = chosen.temperature
+        if base_temperature is None:
+            base_temperature = settings.temperature
+        conversation.role_baseline = (
+            base_temperature,
+            dict(provider_cls.check_options(chosen.options)),
+        )
     if chosen.system is not None:
         conversation.set_system(chosen.system)  # ...and --system any system prompt
     if branch_after is not None:
@@ -164,20 +177,26 @@ def conversation_from(
 def _template(
     chosen: ChatOptions, session: Session | None, templates: Templates | None
 ) -> Applied | None:
-    """The template ``-t`` names with its ``--var`` values, or the continued session's with
-    ``--var`` changing its values; ``None`` without either. Unknown names and variables, and
-    missing values, are usage errors."""
-    if chosen.template is None and not chosen.variables:
-        return None
-    if templates is None:
-        raise UsageError("templates are not available here")
+    """The template ``-t`` names with its ``--var`` values, else the continued session's
+    (``--var`` changing its values); ``None`` without either. Unknown names and variables,
+    and missing values, are usage errors. (A session's template that is gone or broken is
+    ``None`` here; the conversation says so when it loads the session.)"""
     if chosen.template is not None:
+        if templates is None:
+            raise UsageError("templates are not available here")
         template = templates.get(chosen.template)
         return Applied(template, template.values(chosen.variables))
-    kept = templates.load(session.template) if session is not None and session.template else None
+    kept = None
+    if session is not None and session.template and templates is not None:
+        with contextlib.suppress(ChatcliError):
+            kept = templates.load(session.template)
     if kept is None:
-        raise UsageError("--var goes with -t/--template (or a session that uses a template)")
-    return Applied(kept.template, kept.template.values({**kept.values, **chosen.variables}))
+        if chosen.variables:
+            raise UsageError("--var goes with -t/--template (or a session that uses a template)")
+        return None
+    if chosen.variables:
+        return Applied(kept.template, kept.template.values({**kept.values, **chosen.variables}))
+    return kept
 
 
 def default_provider_name(settings: Settings) -> str | None:

@@ -226,16 +226,9 @@ def read_toml_file(path: Path) -> dict[str, Any] | None:
     :func:`read_config_file` says, not validated; ``None`` when it does not exist."""
     import tomllib
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    raw = read_trusted_file(path)
+    if raw is None:
         return None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        raw = _read_trusted(fd, path)
-    finally:
-        os.close(fd)
     try:
         text = raw.decode("utf-8")
         return tomllib.loads(text)
@@ -289,6 +282,21 @@ def _toml_hint(text: str, error: str) -> str:
             )
             return f"strings need quotes: {key} = [{quoted}]"
     return ""
+
+
+def read_trusted_file(path: Path) -> bytes | None:
+    """The bytes of a file of the config directory, read as :func:`read_config_file` says;
+    ``None`` when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return _read_trusted(fd, path)
+    finally:
+        os.close(fd)
 
 
 def _read_trusted(fd: int, path: Path) -> bytes:

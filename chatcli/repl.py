@@ -472,6 +472,7 @@ class Repl:
             self.say(f"templates: {', '.join(templates.names())} (/role NAME [VAR=VALUE ...])")
             return
         if argument == "-":
+            conversation.use_choices_of(None)
             conversation.set_template(None)
             self.say("role removed (provider and model stay as they are)")
             return

@@ -267,12 +267,15 @@ class Templates:
                 raise  # a bad name is not "missing"
             return None
 
-    def source_text(self, name: str) -> str:
-        """The TOML of template ``name`` (its file as it is, or the built-in text)."""
-        template = self.get(name)
-        if template.path is not None:
-            return template.path.read_text(encoding="utf-8")
-        return BUILTIN[name]
+    def source_text(self, name: str) -> str | None:
+        """The TOML of template ``name`` as it is (its file, valid or not, else the built-in
+        text); ``None`` when there is no such template."""
+        from chatcli.config import read_trusted_file
+
+        raw = read_trusted_file(self.path(name))
+        if raw is not None:
+            return raw.decode("utf-8", errors="replace")
+        return BUILTIN.get(name)
 
     def load(self, stored: str) -> Applied | None:
         """The template a session keeps (see :meth:`Applied.stored`); ``None`` when it has

@@ -18,7 +18,7 @@ import typer
 
 from chatcli.clikit import JsonOpt, boundary, complete_template, say, setup_logging
 from chatcli.context import AppContext
-from chatcli.errors import EXIT_ERROR, UsageError
+from chatcli.errors import EXIT_ERROR, ConfigError, UsageError
 
 if TYPE_CHECKING:
     from chatcli.templates import Templates
@@ -71,7 +71,16 @@ def list_templates(json_out: JsonOpt = False) -> None:
     with boundary(ctx):
         rows: list[dict[str, Any]] = []
         for name in templates.names():
-            template = templates.get(name)
+            try:
+                template = templates.get(name)
+            except ConfigError as exc:  # one broken file does not hide the others
+                path = str(templates.path(name))
+                error = str(exc).removeprefix(path + ": ")
+                rows.append(
+                    {"name": name, "origin": "file (broken)", "path": path,
+                     "description": f"error: {error}", "variables": [], "error": error}
+                )  # fmt: skip
+                continue
             origin = "built-in" if template.path is None else "file"
             if template.path is not None and name in BUILTIN:
                 origin = "file (replaces built-in)"
@@ -102,6 +111,9 @@ def show(name: NameArg) -> None:
     ctx, templates = _start()
     with boundary(ctx):
         text = templates.source_text(name)
+        if text is None:
+            templates.get(name)  # the usual "no template named" error
+            return
         ctx.stdout.write(sanitize(text) if ctx.stdout_isatty else text)
         if not text.endswith("\n"):
             ctx.stdout.write("\n")
@@ -118,10 +130,14 @@ def edit(name: NameArg) -> None:
     with boundary(ctx):
         check_name(name)
         path = templates.path(name)
-        try:
-            text = templates.source_text(name)
-        except UsageError:
-            text = SKELETON  # a new template
+        for link in (templates.directory, path):
+            if link.is_symlink():  # found before the editor runs, not after the edit
+                real = path.resolve()
+                raise UsageError(
+                    f"{link} is a symbolic link, and chatcli does not write through links: "
+                    f"edit {real} where it is"
+                )
+        text = templates.source_text(name) or SKELETON  # a broken file opens as it is
         editor = ctx.env.get("VISUAL") or ctx.env.get("EDITOR") or "vi"
         while True:
             text = _run_editor(editor, name, text)

@@ -385,3 +385,69 @@ def test_an_old_database_gains_the_template_column(isolated: Isolated) -> None:
     assert store.get("abc123").template is None
     store.set_template("abc123", "s", '{"name": "commit", "vars": {}}')
     assert store.get("abc123").template == '{"name": "commit", "vars": {}}'
+
+
+# -- template edges a review found -------------------------------------------------------------
+
+
+def test_continuing_a_session_brings_back_its_templates_temperature_and_options(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    write_template(
+        isolated, "calm", 'system = "Calm."\ntemperature = 0.3\n[options]\nmax_tokens = 50\n'
+    )
+    base = ["-p", "ollama", "-m", "m", "--base-url", fake.base_url]
+    assert run(["ask", *base, "-t", "calm", "-S", "c", "one"], isolated).returncode == 0
+    assert run(["ask", *base, "-S", "c", "two"], isolated).returncode == 0
+    body = fake.requests[-1].body
+    assert (body["temperature"], body["max_tokens"]) == (0.3, 50)
+    assert run(["ask", *base, "-c", "--temperature", "1", "three"], isolated).returncode == 0
+    assert fake.requests[-1].body["temperature"] == 1  # a flag still wins
+
+
+def test_a_roles_temperature_and_options_do_not_outlive_it(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    harness = Harness(fake, isolated.root)
+    harness.conversation.templates = Templates(isolated.root / "templates")
+    folder = isolated.root / "templates"
+    folder.mkdir()
+    (folder / "hot.toml").write_text(
+        'system = "Hot."\ntemperature = 1.5\n[options]\nmax_tokens = 7\n'
+    )
+    (folder / "plain.toml").write_text('system = "Plain."\n')
+    harness.run(f"/role hot{ENTER}a{ENTER}/role -{ENTER}b{ENTER}/role plain{ENTER}c{ENTER}")
+    bodies = [r.body for r in fake.requests]
+    assert (bodies[0]["temperature"], bodies[0]["max_tokens"]) == (1.5, 7)
+    for body in bodies[1:]:
+        assert "temperature" not in body and "max_tokens" not in body
+
+
+def test_a_broken_template_file_is_listed_and_opens_for_editing(isolated: Isolated) -> None:
+    write_template(isolated, "broken", 'description = "x\n')
+    listed = run(["templates", "list"], isolated)
+    assert listed.returncode == 0 and "commit" in listed.stdout
+    assert "broken" in listed.stdout and "file (broken)" in listed.stdout
+    rows = {r["name"]: r for r in json.loads(run(["templates", "list", "--json"], isolated).stdout)}
+    assert "error" in rows["broken"] and "error" not in rows["commit"]
+    fixed = 'description = "x"\nsystem = "y"\n'
+    env = {"EDITOR": editor_script(isolated, fixed)}
+    assert run(["templates", "edit", "broken"], isolated, env=env).returncode == 0
+    assert (isolated.root / "seen.toml").read_text() == 'description = "x\n'  # opened as it was
+    assert Templates(isolated.chatcli_home / "config" / "templates").get("broken").system == "y"
+
+
+def test_a_linked_template_is_refused_before_the_editor_runs(isolated: Isolated) -> None:
+    dotfiles = isolated.root / "dot"
+    dotfiles.mkdir()
+    (dotfiles / "mine.toml").write_text('system = "x"\n')
+    config = isolated.chatcli_home / "config"
+    config.mkdir(parents=True)
+    (config / "templates").symlink_to(dotfiles)
+    env = {"EDITOR": editor_script(isolated, 'system = "changed"\n')}
+    for name in ("mine", "new"):
+        result = run(["templates", "edit", name], isolated, env=env)
+        assert result.returncode == 2
+        assert "symbolic link" in result.stderr and str(dotfiles / f"{name}.toml") in result.stderr
+        assert not (isolated.root / "seen.toml").exists()  # the editor never ran
+    assert (dotfiles / "mine.toml").read_text() == 'system = "x"\n'
