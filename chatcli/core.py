@@ -22,7 +22,7 @@ from typing import Any, Final, Literal, TypeAlias, TypedDict
 
 from chatcli.errors import UsageError
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 class Message(TypedDict):
@@ -97,11 +97,41 @@ Part: TypeAlias = TextPart | ImagePart
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: its name, what it does, and the JSON Schema (an object)
+    its arguments follow."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "object", "properties": {}}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A whole tool call the model made: ``arguments`` is the JSON text it sent, as sent
+    (checking it is the caller's: a model may send malformed JSON, and is told so)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One message of a conversation: a role and its parts, in order."""
+    """One message of a conversation: a role and its parts, in order. An assistant message
+    may carry the tool calls the model made (``tool_calls``); a ``tool`` message is the result
+    of one, its text in ``parts`` and the call it answers in ``tool_call_id``."""
 
     role: Role
     parts: tuple[Part, ...]
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+    @classmethod
+    def tool_result(cls, call_id: str, text: str) -> ChatMessage:
+        return cls("tool", (TextPart(text),), tool_call_id=call_id)
 
     @classmethod
     def text(cls, role: Role, text: str) -> ChatMessage:
@@ -229,6 +259,8 @@ class ChatRequest:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: ``False`` asks for one whole reply where the protocol has a choice.
     stream: bool = True
+    #: Tools the model may call (only for a provider whose capabilities include tools).
+    tools: tuple[ToolSpec, ...] = ()
 
     def plain_messages(self) -> list[Message]:
         """The conversation as ``{"role", "content"}`` dicts, for protocols that take text."""
@@ -285,6 +317,52 @@ class Finish:
 
 
 Event: TypeAlias = TextDelta | ReasoningDelta | Usage | ToolCallDelta | Finish
+
+
+class ToolCalls:
+    """The tool calls of one answer, put together from their pieces (:class:`ToolCallDelta`,
+    keyed by index; several calls may come at once, their pieces interleaved), bounded: at
+    most :attr:`MAX_CALLS` calls of at most :attr:`MAX_ARGUMENTS` characters of arguments each.
+    Past a bound :meth:`feed` raises :class:`ValueError` saying which."""
+
+    MAX_CALLS: Final = 64
+    MAX_ARGUMENTS: Final = 1024 * 1024
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[Any]] = {}  # index: [id, name, argument pieces, size]
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def feed(self, delta: ToolCallDelta) -> None:
+        call = self._calls.get(delta.index)
+        if call is None:
+            if len(self._calls) >= self.MAX_CALLS:
+                raise ValueError(f"more than {self.MAX_CALLS} tool calls in one answer")
+            call = self._calls[delta.index] = [None, None, [], 0]
+        if delta.id:
+            call[0] = delta.id
+        if delta.name:
+            call[1] = (call[1] or "") + delta.name if call[1] != delta.name else call[1]
+        if delta.arguments:
+            call[3] += len(delta.arguments)
+            if call[3] > self.MAX_ARGUMENTS:
+                raise ValueError(
+                    f"a tool call's arguments passed {self.MAX_ARGUMENTS:,} characters"
+                )
+            call[2].append(delta.arguments)
+
+    def calls(self) -> list[ToolCall]:
+        """The calls in index order; one with no id gets ``call_N``, one with no name is a
+        :class:`ValueError` (it cannot be run, nor answered by name)."""
+        whole = []
+        for index in sorted(self._calls):
+            call_id, name, pieces, _ = self._calls[index]
+            if not name:
+                raise ValueError(f"tool call {index} has no name")
+            whole.append(ToolCall(call_id or f"call_{index}", name, "".join(pieces)))
+        return whole
+
 
 #: The OpenAI protocol's ``finish_reason`` values (and a few servers' variants) as reasons.
 FINISH_REASONS: Final[Mapping[str, FinishReason]] = {

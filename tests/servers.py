@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import struct
 import threading
 from dataclasses import dataclass, field
@@ -145,6 +146,9 @@ class FakeOpenAI:
     rejects_stream_options: bool = False
     #: Stream ``usage`` only when asked (``stream_options.include_usage``), as OpenAI does.
     usage_when_asked: bool = False
+    #: Tool calls after the text: each item is one chunk's ``delta.tool_calls`` list (pieces
+    #: of calls by index, as OpenAI streams them); a whole reply gets them put together.
+    tool_call_chunks: list[list[dict[str, Any]]] = field(default_factory=list)
 
     @staticmethod
     def _check(request: web.Request, body: Any) -> list[str]:
@@ -160,19 +164,77 @@ class FakeOpenAI:
         if not isinstance(messages, list) or not messages:
             problems.append(f"messages missing or empty: {messages!r}")
         else:
+            called: set[str] = set()
             for message in messages:
-                if not isinstance(message, dict) or set(message) != {"role", "content"}:
+                if isinstance(message, dict) and message.get("role") == "tool":
+                    if set(message) != {"role", "tool_call_id", "content"} or not isinstance(
+                        message["content"], str
+                    ):
+                        problems.append(f"malformed tool message {message!r}")
+                    elif message["tool_call_id"] not in called:
+                        problems.append(f"a result for a call never made: {message!r}")
+                elif isinstance(message, dict) and "tool_calls" in message:
+                    problems.extend(FakeOpenAI._check_calls(message, called))
+                elif not isinstance(message, dict) or set(message) != {"role", "content"}:
                     problems.append(f"malformed message {message!r}")
                 elif message["role"] not in ("system", "user", "assistant"):
                     problems.append(f"unknown role {message['role']!r}")
                 elif not isinstance(message["content"], str):
                     problems.append(f"content is not text: {message!r}")
+        for tool in body.get("tools", []):
+            function = tool.get("function", {}) if isinstance(tool, dict) else {}
+            name = function.get("name")
+            if (
+                tool.get("type") != "function"
+                or not isinstance(name, str)
+                or not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name)
+                or not isinstance(function.get("description"), str)
+                or (function.get("parameters") or {}).get("type") != "object"
+            ):
+                problems.append(f"malformed tool {tool!r}")
         if not isinstance(body.get("stream"), bool):
             problems.append(f"stream is not a boolean: {body.get('stream')!r}")
         temperature = body.get("temperature")
         if temperature is not None and not isinstance(temperature, int | float):
             problems.append(f"temperature is not a number: {temperature!r}")
         return problems
+
+    @staticmethod
+    def _check_calls(message: dict[str, Any], called: set[str]) -> list[str]:
+        """An assistant message that called tools, as the API takes it back."""
+        if set(message) != {"role", "content", "tool_calls"} or message["role"] != "assistant":
+            return [f"malformed message with tool calls {message!r}"]
+        if not isinstance(message["content"], str | None):
+            return [f"content is not text or null: {message!r}"]
+        problems = []
+        for call in message["tool_calls"]:
+            function = call.get("function") if isinstance(call, dict) else None
+            if (
+                not isinstance(function, dict)
+                or set(call) != {"id", "type", "function"}
+                or call["type"] != "function"
+                or not isinstance(function.get("name"), str)
+                or not isinstance(function.get("arguments"), str)
+            ):
+                problems.append(f"malformed tool call {call!r}")
+            else:
+                called.add(call["id"])
+        return problems
+
+    def whole_tool_calls(self) -> list[dict[str, Any]]:
+        """The streamed pieces put together, as a whole reply carries them."""
+        calls: dict[int, dict[str, Any]] = {}
+        for chunk in self.tool_call_chunks:
+            for piece in chunk:
+                call = calls.setdefault(
+                    piece["index"],
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                call["id"] += piece.get("id", "")
+                function = piece.get("function", {})
+                call["function"]["name"] += function.get("name", "")
+                call["function"]["arguments"] += function.get("arguments", "")
+        return [calls[index] for index in sorted(calls)]
 
     def app(self) -> web.Application:
         from tests.faults import Faults
@@ -254,6 +316,11 @@ class FakeOpenAI:
                                     if self.reasoning and not think
                                     else {}
                                 ),
+                                **(
+                                    {"tool_calls": self.whole_tool_calls()}
+                                    if self.tool_call_chunks
+                                    else {}
+                                ),
                             },
                             "finish_reason": self.finish_reason,
                         }
@@ -293,6 +360,10 @@ class FakeOpenAI:
             if index == 1 and self.mode == "bad_json":
                 await response.write(b'data: {"choices": [ nope\n\n')
                 return response
+        for calls in self.tool_call_chunks:
+            chunk = delta_chunk(model=model)
+            chunk["choices"][0]["delta"] = {"tool_calls": calls}
+            await response.write(sse(chunk))
         if self.mode == "cut":
             return response  # ends cleanly, without finish_reason or [DONE]
         await response.write(sse(delta_chunk(finish=self.finish_reason, model=model)))

@@ -41,6 +41,7 @@ from chatcli.core import (
     OptionSpec,
     ReasoningDelta,
     TextDelta,
+    ToolCallDelta,
     Usage,
     finish_from,
 )
@@ -308,6 +309,18 @@ class OpenAICompatible(AsyncGeneratorProvider):
         }
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        "description": tool.description,
+                        "parameters": dict(tool.parameters),
+                    },
+                }
+                for tool in request.tools
+            ]
         service = (self.name, self.root)
         ask_usage = (
             request.stream
@@ -353,7 +366,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
         done = False
         finish_reason: str | None = None
         events = 0  # payloads other than [DONE]
-        answered = reasoned = False
+        answered = reasoned = called = False
         thinking = ThinkSplitter()
         async for event in http.iter_sse(response, self.name):
             data = event.data.strip()
@@ -400,13 +413,16 @@ class OpenAICompatible(AsyncGeneratorProvider):
                         answered = answered or isinstance(piece, TextDelta)
                         reasoned = reasoned or isinstance(piece, ReasoningDelta)
                         yield piece
+                    for call in _tool_call_deltas(delta.get("tool_calls"), data, self.name):
+                        called = True
+                        yield call
                 if choice.get("finish_reason"):
                     finish_reason = str(choice["finish_reason"])
         for piece in as_events(thinking.close()):  # what it held back: a stream end tells
             answered = answered or isinstance(piece, TextDelta)
             reasoned = reasoned or isinstance(piece, ReasoningDelta)
             yield piece
-        if not answered:
+        if not answered and not called:
             why = _no_text(events, done, reasoned, finish_reason)
             raise ProtocolError(why, provider=self.name)
         if not done and finish_reason is None:
@@ -435,6 +451,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
         if thought:
             events.append(ReasoningDelta(thought))
         events.extend(as_events(split_think(content or "")))
+        events.extend(_tool_call_deltas(message.get("tool_calls"), json.dumps(message), self.name))
         usage = _usage(data.get("usage"))
         if usage is not None:
             events.append(usage)
@@ -443,12 +460,61 @@ class OpenAICompatible(AsyncGeneratorProvider):
         return events
 
 
+def _tool_call_deltas(raw: Any, data: str, provider: str) -> list[ToolCallDelta]:
+    """The pieces of tool calls in a delta's (or a whole message's) ``tool_calls``: each with
+    its ``index``, and an ``id``, ``function.name`` and ``function.arguments`` piece as sent."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ProtocolError(f"malformed tool_calls: {quote(data)}", provider=provider)
+    pieces = []
+    for position, call in enumerate(raw):
+        function = call.get("function") if isinstance(call, dict) else None
+        # (a server that leaves the index out sends one call at a time, in list order)
+        index = call.get("index", position) if isinstance(call, dict) else None
+        if not isinstance(function, dict | None) or not isinstance(index, int):
+            raise ProtocolError(f"malformed tool call: {quote(data)}", provider=provider)
+        function = function or {}
+        call_id, name, arguments = call.get("id"), function.get("name"), function.get("arguments")
+        if not all(isinstance(v, str | None) for v in (call_id, name)) or not isinstance(
+            arguments, str | dict | None
+        ):
+            raise ProtocolError(f"malformed tool call: {quote(data)}", provider=provider)
+        if isinstance(arguments, dict):  # a few servers send the object itself
+            arguments = json.dumps(arguments)
+        pieces.append(ToolCallDelta(index, call_id or None, name or None, arguments or ""))
+    return pieces
+
+
 def wire_messages(request: ChatRequest) -> list[dict[str, Any]]:
     """The conversation as the protocol takes it: a message of text alone has its text as
     ``content`` (as it always had); one with images has a list of content parts, each image an
-    ``image_url`` part holding a ``data:`` URL, in the message's order, then its text part."""
+    ``image_url`` part holding a ``data:`` URL, in the message's order, then its text part. An
+    answer that called tools carries them (``tool_calls``), and each result is a ``tool``
+    message naming the call it answers."""
     wire: list[dict[str, Any]] = []
     for message in request.messages:
+        if message.role == "tool":
+            wire.append(
+                {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+            )
+            continue
+        if message.tool_calls:
+            wire.append(
+                {
+                    "role": message.role,
+                    "content": message.content or None,
+                    "tool_calls": [
+                        {
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.name, "arguments": call.arguments},
+                        }
+                        for call in message.tool_calls
+                    ],
+                }
+            )
+            continue
         if not message.images:
             wire.append({"role": message.role, "content": message.content})
             continue
