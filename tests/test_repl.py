@@ -686,7 +686,8 @@ def test_between_prompts_the_terminal_never_goes_back_to_line_mode(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Keys typed in the moment after an answer, before the next prompt takes the terminal,
-    # must not be echoed nor have their Enter turned into Ctrl-J ("add a line").
+    # must not be echoed nor have their Enter turned into Ctrl-J ("add a line"), nor be
+    # held in line mode (where Ctrl-D is an end of file that no one reads, and is lost).
     import termios
 
     from chatcli.repl import _TypeAhead
@@ -698,7 +699,12 @@ def test_between_prompts_the_terminal_never_goes_back_to_line_mode(
 
     async def read(self: Repl) -> str:
         attrs = termios.tcgetattr(slave)
-        seen.append((bool(attrs[3] & termios.ECHO), bool(attrs[0] & termios.ICRNL)))
+        seen.append(
+            (
+                bool(attrs[3] & termios.ECHO),
+                bool(attrs[0] & termios.ICRNL | attrs[3] & termios.ICANON),
+            )
+        )
         try:
             return next(questions)
         except StopIteration:

@@ -234,3 +234,21 @@ def test_piped_text_becomes_context_and_the_keys_come_from_the_terminal(
         terminal.close()
     content = fake.requests[-1].body["messages"][-1]["content"]
     assert content == "(stdin)\n```\nthe diff\n```\n\nexplain"
+
+
+def test_ctrl_d_typed_during_an_answer_leaves_once_it_ends(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    terminal = Terminal(["repl", "-p", "ollama", "-m", "m", "--base-url", fake.base_url], env)
+    try:
+        terminal.wait_prompt()
+        fake.pieces = ["Slow ", "answer ", "ends."]
+        fake.delay = 0.3
+        terminal.type("question\r")
+        terminal.wait_for("Slow")
+        terminal.type("\x04")  # typed ahead, as a key: the next (empty) prompt reads it
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    assert "ends." in terminal.text()

@@ -95,7 +95,13 @@ class QuietTerminal:
             saved = termios.tcgetattr(self._fd)
             quiet = list(saved)
             if self._keep_enter:
+                # Keys kept as typed, for the prompt to read: Enter stays CR (not Ctrl-J), and
+                # out of line mode Ctrl-D is a key too (in line mode it is an end of file that
+                # no one reads, lost by the time the prompt starts).
                 quiet[0] &= ~termios.ICRNL
+                quiet[3] &= ~termios.ICANON
+                quiet[6] = list(quiet[6])
+                quiet[6][termios.VMIN], quiet[6][termios.VTIME] = 1, 0
             quiet[3] &= ~(termios.ECHO | termios.ECHOCTL)
             termios.tcsetattr(self._fd, termios.TCSANOW, quiet)
         except (ImportError, OSError):  # no termios (Windows), or not a terminal
