@@ -68,17 +68,31 @@ def check_selector(value: str) -> str:
 
 def code_blocks(markdown: str) -> list[CodeBlock]:
     """The code blocks of ``markdown`` in order (one still open at the end counts: an answer
-    cut short keeps the code it has)."""
+    cut short keeps the code it has).
+
+    Found as the renderer finds them, so that N here is the ``[N]`` shown on screen: the text
+    cut into top-level blocks by the renderer's own splitter, each parsed by the renderer's
+    parser (tables on). Where the splitter's cut is not the one a whole-document parse would
+    make (a fence opened in a list item and closed at the margin, a fence inside an HTML block
+    broken by a blank line), both still agree."""
+    import sys
+
     from markdown_it import MarkdownIt
 
+    from chatcli.render.markdown import BlockSplitter
+
+    splitter = BlockSplitter(limit=sys.maxsize)  # the whole text is in memory already
+    text = markdown.replace("\r\n", "\n").replace("\r", "\n")  # as the renderer reads it
+    parts = [*splitter.feed(text + "\n"), splitter.tail]
+    parser = MarkdownIt().enable("strikethrough").enable("table")
     blocks = []
-    # Parsed as the renderer parses (tables on), so that N here is the [N] shown on screen.
-    for token in MarkdownIt().enable("strikethrough").enable("table").parse(markdown):
-        if token.type == "fence":
-            language = token.info.split(maxsplit=1)[0] if token.info.strip() else ""
-            blocks.append(CodeBlock(language.lower(), token.content))
-        elif token.type == "code_block":
-            blocks.append(CodeBlock("", token.content))
+    for part in parts:
+        for token in parser.parse(str(part)):
+            if token.type == "fence":
+                language = token.info.split(maxsplit=1)[0] if token.info.strip() else ""
+                blocks.append(CodeBlock(language.lower(), token.content))
+            elif token.type == "code_block":
+                blocks.append(CodeBlock("", token.content))
     return blocks
 
 

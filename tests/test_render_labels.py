@@ -168,3 +168,34 @@ def test_an_indented_line_right_after_a_table_is_counted_alike() -> None:
     # (extract parsed without tables once, and counted this block one short)
     text = "| a | b |\n|---|---|\n    shown as code\n\n```sh\nls\n```\n"
     assert labels(numbered(text, [], live=False)) == expected(text)
+
+
+#: Where the renderer's cut into blocks is not a whole-document parse's, found by a review:
+#: extract counts by the same cut, so the labels still name what -x N and /copy N take.
+SPLIT_APART = [
+    # A model's usual slip: a fence opened in a list item, closed at the margin.
+    "1. Install it:\n   ```bash\n   pip install requests\n```\n2. Write the script:\n"
+    "```python\nimport requests\n```\n\n```bash\npython script.py\n```\n",
+    "<!-- a comment\n\n```sh\nls\n```\n-->\n\n```py\nx = 1\n```\n",
+    "<pre>\n\n```sh\nls\n```\n</pre>\n\n```py\nx = 1\n```\n",
+    "```sh\nls\n    ```\nstill code?\n```\n\n```py\nx\n```\n",
+    "``` a`b\nnot a fence\n```\n\n```py\nx\n```\n",
+]
+
+
+@pytest.mark.parametrize("text", SPLIT_APART)
+def test_labels_and_extract_agree_where_the_cut_is_not_commonmarks(text: str) -> None:
+    want = expected(text)
+    assert want  # each has code
+    assert labels(numbered(text, [], live=False)) == want
+    assert labels(numbered(text, list(range(0, len(text), 2)), live=False)) == want
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\r"])
+def test_crlf_and_cr_line_ends_are_line_ends(newline: str) -> None:
+    text = "Two:\n\n```python\nprint(1)\n```\n\n```sh\nls\n```\n".replace("\n", newline)
+    assert expected(text) == [(1, "python"), (2, "sh")]
+    for cuts in ([], list(range(0, len(text), 1))):  # a CRLF split between pieces too
+        output = numbered(text, cuts, live=False)
+        assert labels(output) == [(1, "python"), (2, "sh")]
+        assert "␍" not in output

@@ -162,3 +162,28 @@ def test_reasoning_held_while_a_model_thinks_is_bounded(
     elif not live:  # all of it is shown, above the answer
         assert output.count("I consider the question once more.") == count * 1000
     assert "The answer." in output
+
+
+def test_text_shown_plain_names_text_direction_characters() -> None:
+    from chatcli.render.markdown import BlockSplitter
+
+    buffer = io.StringIO()
+    renderer = MarkdownRenderer(make_console(buffer, 80, 24), live=False)
+    renderer._splitter = BlockSplitter(limit=1000)
+    renderer.start()
+    renderer.feed("```py\n" + "x = 1\n" * 300 + "access = 'user\u202e \u2066// admin'\n```\n")
+    renderer.finish()
+    output = buffer.getvalue()
+    assert "\u202e" not in output and "\u2066" not in output
+    assert "U+202E" in output
+
+
+def test_a_stop_does_not_render_a_large_block_the_last_line_ended() -> None:
+    buffer = io.StringIO()
+    renderer = MarkdownRenderer(make_console(buffer, 80, 24), live=False)
+    renderer.start()
+    rows = "".join(f"| {i} | value {i} |\n" for i in range(3000))  # ~60 KB of table
+    renderer.feed("| a | b |\n|---|---|\n" + rows + "\nnext")  # the table ends at "next"'s line
+    renderer.finish(interrupted=True)
+    output = buffer.getvalue()
+    assert "| 2999 | value 2999 |" in output  # its source, as it is: not rendered

@@ -35,8 +35,9 @@ _LIST_ITEM: Final = re.compile(r"^ {0,3}([-*+]|\d{1,9}[.)])( |$)")
 #: The most source text one block may hold, in characters. A block that grows past it (a
 #: paragraph with no blank line, a fence never closed: a hostile or broken server, a log piped
 #: into ``chatcli render``) is passed on as plain text from there to its end, and Markdown
-#: resumes after it: what is held stays bounded, and so does the cost of rendering a block.
-MAX_BLOCK: Final = 1 << 20
+#: resumes after it: what is held stays bounded, and so does the cost of rendering a block
+#: (Rich takes about 5 s for 256 KiB of code, 11 s of a table: a stop waits for that at most).
+MAX_BLOCK: Final = 256 << 10
 
 
 class Plain(str):
@@ -146,11 +147,11 @@ class BlockSplitter:
             return None
         finished: str | None = None
         if self._blank_at is not None:
-            block = self._lines[: self._blank_at]
-            if _continues(bool(_LIST_ITEM.match(block[0])), line):
+            # (the block is copied only once it is finished: a long loose list stays linear)
+            if _continues(bool(_LIST_ITEM.match(self._lines[0])), line):
                 self._blank_at = None
             else:
-                finished = "\n".join(block)
+                finished = "\n".join(self._lines[: self._blank_at])
                 self._lines, self._held_lines = [], 0
                 self._blank_at = None
         fence = _FENCE.match(line)
@@ -534,6 +535,8 @@ class MarkdownRenderer:
         self._echo = QuietTerminal.of(self._stream)
         self._suspend = SuspendGuard(self._before_stop, self._after_resume)
         self._splitter = BlockSplitter()
+        #: A CR that ended the last piece: a CRLF's first half, or a line end of its own.
+        self._cr = False
         self._spaced = False  # Rich puts a blank line after the last finished block
         self._env: dict[str, Any] = {}  # the parser's state: link definitions seen so far
         self.numbered = numbered
@@ -638,7 +641,9 @@ class MarkdownRenderer:
         # Its code blocks (if any) are not counted as chatcli.extract counts them: the labels
         # of the blocks after it would be wrong, so there are none.
         self.numbered = False
-        self._write(text)
+        from chatcli.render.sanitize import reveal_in_code
+
+        self._write(reveal_in_code(text))  # its code may hide text-direction characters too
 
     def _draw_tail(self) -> None:
         if self._splitter.held > self.LIVE_LIMIT:
@@ -751,7 +756,7 @@ class MarkdownRenderer:
         if not text:
             return
         self._end_thinking()
-        for block in self._splitter.feed(sanitize(text)):
+        for block in self._splitter.feed(sanitize(self._line_ends(text))):
             self._commit(block)
         if self.live:
             wait = self._last_frame + 1 / self.FRAMES_PER_SECOND - time.monotonic()
@@ -760,6 +765,16 @@ class MarkdownRenderer:
             elif not self._frame_due:
                 self._schedule_frame(wait)
         self._stream.flush()
+
+    def _line_ends(self, text: str) -> str:
+        """``text`` with CRLF and lone CR line ends as LF (Markdown's line ends all), a CR at
+        the end of a piece held until the next one shows whether an LF follows it."""
+        if self._cr:
+            text = "\r" + text
+        self._cr = text.endswith("\r")
+        if self._cr:
+            text = text[:-1]
+        return text.replace("\r\n", "\n").replace("\r", "\n")
 
     def _frame(self) -> None:
         self._frame_due = False
@@ -785,8 +800,12 @@ class MarkdownRenderer:
     def finish(self, *, interrupted: bool = False) -> None:
         self._end_thinking()  # an answer that never came still says how long it thought
         self._finished = True
+        self._cr = False  # (a CR held at the end: the line end the "\n" below gives)
         for block in self._splitter.feed("\n"):  # completing the last line may end a block
-            self._commit(block)
+            if interrupted and len(block) > self.LIVE_LIMIT:
+                self._show_plain(block + "\n")  # stopped: not seconds of rendering now
+            else:
+                self._commit(block)
         tail = self._splitter.tail
         if self.live:
             self._clear_tail()
