@@ -1071,6 +1071,14 @@ def cmd_command(
             "--no-interaction", help="Print the command only, as into a pipe; ask nothing."
         ),
     ] = False,
+    discard_typeahead: Annotated[
+        bool,
+        typer.Option(
+            "--discard-typeahead",
+            hidden=True,  # for the --install key bindings
+            help="Before printing the command, drop keys typed on the terminal meanwhile.",
+        ),
+    ] = False,
     install: Annotated[
         str | None,
         typer.Option(
@@ -1115,6 +1123,7 @@ def cmd_command(
             os_name=os_name,
             interactive=ctx.stdout_isatty and not no_interaction,
             hold=log_handler.held,
+            discard_typeahead=discard_typeahead,
         )
     raise typer.Exit(code)
 

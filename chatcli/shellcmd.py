@@ -12,6 +12,7 @@ never run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
@@ -159,59 +160,124 @@ def clean_command(answer: str) -> str:
 #: Programs that run the command given after their own options (``sudo rm -rf x``).
 _WRAPPERS: Final = frozenset(
     ["sudo", "doas", "command", "exec", "nohup", "time", "nice", "ionice", "env", "builtin",
-     "busybox", "stdbuf", "timeout", "xargs", "run0", "pkexec"]
+     "busybox", "stdbuf", "timeout", "xargs", "run0", "pkexec", "chroot", "setsid", "taskset"]
 )  # fmt: skip
-#: The options of those wrappers that take a value as the next word.
-_WRAPPER_VALUES: Final = frozenset(
-    ["-u", "-g", "-p", "-C", "-D", "-r", "-t", "-U", "-h", "-n", "-c", "-s", "-k", "-I", "-L",
-     "-P", "-d", "-E", "-a", "-i", "-o", "-e"]
-)  # fmt: skip
+#: Each wrapper's options that take a value (as the next word, or attached: ``-uroot``,
+#: ``--user=root``): its short letters, and its long options. The others take none.
+_WRAPPER_VALUES: Final[Mapping[str, tuple[str, frozenset[str]]]] = {
+    "sudo": ("ugpCDrtUhT", frozenset(["--user", "--group", "--prompt", "--close-from", "--chdir",
+                                      "--role", "--type", "--other-user", "--host",
+                                      "--command-timeout"])),
+    "doas": ("uC", frozenset()),
+    "run0": ("ugD", frozenset(["--user", "--group", "--chdir", "--unit", "--property",
+                               "--description", "--slice", "--nice", "--setenv", "--machine",
+                               "--background"])),
+    "pkexec": ("", frozenset(["--user"])),
+    "exec": ("a", frozenset()),
+    "time": ("fo", frozenset(["--format", "--output"])),
+    "nice": ("n", frozenset(["--adjustment"])),
+    "ionice": ("cnpPu", frozenset(["--class", "--classdata", "--pid", "--pgid", "--uid"])),
+    "env": ("uCS", frozenset(["--unset", "--chdir", "--split-string"])),
+    "stdbuf": ("ioe", frozenset(["--input", "--output", "--error"])),
+    "timeout": ("sk", frozenset(["--signal", "--kill-after"])),
+    "xargs": ("ILnPsdEa", frozenset(["--max-args", "--max-procs", "--max-chars", "--delimiter",
+                                     "--arg-file", "--process-slot-var"])),
+    "chroot": ("", frozenset(["--userspec", "--groups"])),
+}  # fmt: skip
 #: Words of the shells' grammar that come before a command (``do rm -rf $f``, fish's ``and``).
 _KEYWORDS: Final = frozenset(
     ["do", "then", "else", "elif", "if", "while", "until", "!", "{", "and", "or", "not", "begin"]
 )
 _ASSIGNMENT: Final = re.compile(r"[A-Za-z_]\w*=.*", re.S)
 #: Wrappers whose first plain word is a value, not the command (``timeout 5 rm``).
-_WRAPPER_FIRST_VALUE: Final = frozenset(["timeout"])
+_WRAPPER_FIRST_VALUE: Final = frozenset(["timeout", "chroot", "taskset"])
 _SHELLS: Final = frozenset(["sh", "bash", "zsh", "dash", "ksh", "fish", "mksh", "csh", "tcsh"])
 _INTERPRETERS: Final = _SHELLS | frozenset(
     ["python", "python3", "python2", "perl", "ruby", "node", "php", "pwsh", "powershell"]
 )
+#: The options that give an interpreter its code in the next word (``python -c CODE``).
+_CODE_FLAGS: Final = {
+    "python": ("-c",), "python3": ("-c",), "python2": ("-c",), "perl": ("-e", "-E"),
+    "ruby": ("-e",), "node": ("-e", "-p", "--eval", "--print"), "php": ("-r",),
+    "pwsh": ("-c", "-command"), "powershell": ("-c", "-command"),
+}  # fmt: skip
 _DOWNLOADERS: Final = frozenset(["curl", "wget", "fetch", "http", "https", "aria2c"])
+_SQL_CLIENTS: Final = frozenset(
+    ["psql", "mysql", "mariadb", "sqlite3", "sqlcmd", "clickhouse-client", "duckdb", "cockroach"]
+)
+_SQL_DROP: Final = re.compile(r"\b(?:drop\s+(?:table|database|schema)|truncate)\b", re.I)
+_SQL_DELETE: Final = re.compile(r"\bdelete\s+from\b", re.I)
+_SQL_WHERE: Final = re.compile(r"\bwhere\b", re.I)
 _SEPARATORS: Final = frozenset([";", "&", "&&", "||", "|", "|&", "(", ")", "((", "))", "`"])
-#: Block devices: disks and partitions, not /dev/null, /dev/zero or a terminal.
+#: Block devices: disks, partitions, RAID and mapped volumes, by name or by /dev/disk/by-*/;
+#: not /dev/null, /dev/zero, a terminal, or a loop device (a file holds what it is written).
 _DEVICE: Final = re.compile(
-    r"^/dev/(sd[a-z]|hd[a-z]|vd[a-z]|xvd[a-z]|nvme\d|mmcblk\d|disk\d|rdisk\d|md\d|dm-\d|"
-    r"mapper/|loop\d|sr\d|by-(id|uuid|label|path)/)"
+    r"^/dev/(?:sd[a-z]|hd[a-z]|vd[a-z]|xvd[a-z]|nvme\d|mmcblk\d|disk\d|rdisk\d|md\d|md/|dm-\d|"
+    r"mapper/(?!control$).|nbd\d|zd\d|rbd\d|bcache\d|sr\d|disk/by-[a-z]+/.)"
 )
-_FORK_BOMB: Final = re.compile(r"([\w:.]+)\s*\(\s*\)\s*\{\s*\1\s*\|\s*\1\s*&\s*\}")
-_SHELL_FROM_NETWORK: Final = re.compile(
-    r"\b(?:ba|z|da|k|fi)?sh\b[^|;&]*(?:<\(|\$\(|`)\s*(?:curl|wget)\b"
+#: The name starts a word (the look-behind), so a long word is tried once, not at each letter.
+_FORK_BOMB: Final = re.compile(r"(?<![\w:.])([\w:.]+)\s*\(\s*\)\s*\{\s*\1\s*\|\s*\1\s*&\s*\}")
+_HIDDEN_REASON: Final = (
+    "it holds characters that do not show (control or text-direction ones): "
+    "what runs is not what you see"
 )
+_NETWORK_REASON: Final = "it runs a script straight from the network, unread"
+#: Characters that show as nothing, or as blank space, beyond those of the Cf, Zl, Zp and Co
+#: categories: the soft hyphen, Hangul fillers, variation selectors.
+_INVISIBLE: Final = frozenset(
+    [0x00AD, 0x115F, 0x1160, 0x3164, 0xFFA0, 0x180E, *range(0x2061, 0x2065),
+     *range(0xFE00, 0xFE10), *range(0xE0000, 0xE0080), *range(0xE0100, 0xE01F0)]
+)  # fmt: skip
 
 
 def dangers(command: str) -> list[str]:
     """Why ``command`` may destroy data or the system, one reason per kind, in order; empty
     when nothing is known to be dangerous. Only commands count, not words that are arguments
-    or quoted (``echo dd``, ``grep "rm -rf"``); ``sudo``, ``xargs``, ``find -exec`` and
-    ``sh -c`` are looked through."""
+    or quoted (``echo dd``, ``grep "rm -rf"``); ``sudo``, ``xargs``, ``find -exec``,
+    ``sh -c``, ``su -c`` and ``ssh host CMD`` are looked through."""
     reasons: list[str] = []
     if any(_hidden(char) for char in command):
-        reasons.append(
-            "it holds characters that do not show (control or text-direction ones): "
-            "what runs is not what you see"
-        )
-    if _FORK_BOMB.search(command):
-        reasons.append("a fork bomb: it starts processes until the system stops responding")
-    if _SHELL_FROM_NETWORK.search(command):
-        reasons.append("it runs a script straight from the network, unread")
-    _scan(_tokens(command), reasons, depth=0)
+        reasons.append(_HIDDEN_REASON)
+    _analyse(command, reasons, depth=0)
     return list(dict.fromkeys(reasons))
 
 
+def _analyse(command: str, reasons: list[str], *, depth: int) -> None:
+    if depth > 3:
+        return
+    if _FORK_BOMB.search(command):
+        reasons.append("a fork bomb: it starts processes until the system stops responding")
+    _scan(_tokens(command), reasons, depth=depth)
+
+
 def _hidden(char: str) -> bool:
+    from unicodedata import category
+
     code = ord(char)
-    return (code < 0x20 and char not in "\n\t") or 0x7F <= code < 0xA0 or code in INVISIBLE_IN_CODE
+    if code < 0xA0:
+        return (code < 0x20 and char not in "\n\t") or code >= 0x7F
+    return (
+        code in INVISIBLE_IN_CODE
+        or code in _INVISIBLE
+        or category(char) in ("Cf", "Zl", "Zp", "Co")
+    )
+
+
+def _marked(word: str) -> bool:
+    """Whether a command's name holds combining marks (``rm`` is not ``r\u0308m``)."""
+    from unicodedata import category
+
+    return any(ord(char) >= 0x300 and category(char) in ("Mn", "Me") for char in word)
+
+
+def _quote(text: str) -> str:
+    """Model text for a reason: characters that do not show spelled ``<U+202E>``."""
+    from chatcli.render.sanitize import reveal_in_code
+
+    return "".join(
+        f"<U+{ord(char):04X}>" if _hidden(char) or _marked(char) else char
+        for char in reveal_in_code(text)
+    )
 
 
 def _tokens(command: str) -> list[str]:
@@ -226,63 +292,176 @@ def _tokens(command: str) -> list[str]:
 
 def _scan(tokens: list[str], reasons: list[str], *, depth: int) -> None:
     """Check each simple command of ``tokens`` (split at ; & && || | and parentheses), noting
-    a download piped into an interpreter, and writes to a block device."""
+    a download piped into an interpreter or SQL that drops data piped into a database client,
+    downloads run as code (``bash <(curl ...)``, ``eval $(curl ...)``), and writes to a block
+    device."""
     if depth > 3:
         return
     downloading = False  # a download earlier in this pipeline
+    dropping = False  # SQL that drops data earlier in this pipeline
     current: list[str] = []
-    for index, token in enumerate([*tokens, ";"]):
+    tokens = [*tokens, ";"]
+    for index, token in enumerate(tokens):
+        following = tokens[index + 1] if index + 1 < len(tokens) else ""
+        if token in ("<(", "(", "`") and _base(following) in _DOWNLOADERS:
+            sourced = token == "<(" and len(current) <= 32 and _sources(current)
+            substituted = token == "(" and current[-1:] == ["$"] and _runs_code(current[:-1])
+            if sourced or substituted or (token == "`" and _runs_code(current)):
+                reasons.append(_NETWORK_REASON)
         if token in _SEPARATORS:
-            name = _check_simple(current, reasons, depth=depth)
-            if downloading and name in _INTERPRETERS:
+            words = _check_simple(current, reasons, depth=depth)
+            name = _base(words[0]) if words else ""
+            if downloading and name in _INTERPRETERS and _reads_stdin(words):
                 reasons.append("it pipes a download into a shell or interpreter: unread code runs")
+            if dropping and name in _SQL_CLIENTS:
+                reasons.append(_SQL_REASON)
             if token in ("|", "|&"):
                 downloading = downloading or name in _DOWNLOADERS
+                dropping = dropping or any(_drops_sql(word) for word in words)
             elif name:  # not "(" opening a group in the pipeline
-                downloading = False
+                downloading = dropping = False
             current = []
             continue
-        if _is_redirect(token) and index + 1 < len(tokens) and _DEVICE.match(tokens[index + 1]):
-            reasons.append(_device(tokens[index + 1]))
+        if _is_redirect(token) and _DEVICE.match(following):
+            reasons.append(_device(following))
         current.append(token)
+
+
+_SQL_REASON: Final = "it runs SQL that drops or empties tables or deletes every row"
+
+
+def _drops_sql(text: str) -> bool:
+    if _SQL_DROP.search(text):
+        return True
+    return any(
+        _SQL_DELETE.search(statement) and not _SQL_WHERE.search(statement)
+        for statement in text.split(";")
+    )
 
 
 def _is_redirect(token: str) -> bool:
     return bool(token) and set(token) <= set("<>&|") and ">" in token
 
 
-def _unwrap(words: list[str]) -> list[str]:
-    """The command under ``sudo -u x``, ``env A=1``, ``xargs -0`` and the like."""
+def _plain(words: list[str]) -> list[str]:
+    """``words`` without redirection operators (``>``, ``<``, ``2>&1``)."""
+    return [w for w in words if not (w and set(w) <= set("<>&|"))]
+
+
+def _sources(words: list[str]) -> bool:
+    """Whether a process substitution after ``words`` is run as code: ``bash <(...)``,
+    ``source <(...)``, not ``diff a <(...)`` nor ``python app.py <(...)``."""
+    words = _plain(_unwrap(words)[0])
+    if not words:
+        return False
+    name = _base(words[0])
+    if name in ("source", "."):
+        return True
+    return name in _INTERPRETERS and all(w.startswith("-") for w in words[1:])
+
+
+def _runs_code(words: list[str]) -> bool:
+    """Whether a command substitution after ``words`` is run as code: ``eval $(...)``,
+    ``bash -c $(...)``, ``python -c $(...)``."""
+    words = _plain(_unwrap(words)[0])
+    if not words:
+        return False
+    name = _base(words[0])
+    return name == "eval" or (len(words) > 1 and _is_code_flag(name, words[-1]))
+
+
+def _is_code_flag(name: str, word: str) -> bool:
+    if name in _SHELLS:
+        return word == "--command" or (
+            word[:1] == "-" and word[1:].isalpha() and "c" in word and "-" not in word[1:]
+        )
+    return word.lower() in _CODE_FLAGS.get(name, ())
+
+
+def _from_network(word: str) -> bool:
+    """Whether ``word`` is the output of a download: ``$(curl ...)`` or `` `curl ...` ``."""
+    word = word.strip()
+    if word.startswith("$("):
+        inner = word[2:]
+    elif word.startswith("`"):
+        inner = word[1:]
+    else:
+        return False
+    words = _unwrap(_tokens(inner)[:8])[0]
+    return bool(words) and _base(words[0]) in _DOWNLOADERS
+
+
+def _reads_stdin(words: list[str]) -> bool:
+    """Whether an interpreter's command line leaves it reading its code from stdin (no
+    script file named, no ``-c``)."""
+    for word in words[1:]:
+        if word == "-" or word == "--":
+            return True
+        if not word.startswith("-"):
+            return False
+        if _is_code_flag(_base(words[0]), word):
+            return False
+    return True
+
+
+def _unwrap(words: list[str]) -> tuple[list[str], set[str]]:
+    """The command under ``sudo -u x``, ``env A=1``, ``xargs -0`` and the like, and the
+    wrappers it is under."""
     words = list(words)
-    while words:
-        while words and (words[0] in _KEYWORDS or _ASSIGNMENT.fullmatch(words[0])):
-            words.pop(0)  # a keyword, or VAR=value, before a command
-        if not words:
+    at = 0
+    seen: set[str] = set()
+    splits = 0  # env -S strings taken apart: a few, so that nesting them stays cheap
+    while at < len(words):
+        while at < len(words) and (words[at] in _KEYWORDS or _ASSIGNMENT.fullmatch(words[at])):
+            at += 1  # a keyword, or VAR=value, before a command
+        if at >= len(words):
             break
-        name = _base(words[0])
+        name = _base(words[at])
         if name not in _WRAPPERS:
             break
-        words.pop(0)
+        seen.add(name)
+        at += 1
+        letters, longs = _WRAPPER_VALUES.get(name, ("", frozenset()))
         skip_value = name in _WRAPPER_FIRST_VALUE
-        while words:
-            word = words[0]
+        while at < len(words):
+            word = words[at]
             if word == "--":
-                words.pop(0)
+                at += 1
                 break
+            if word.startswith("--"):
+                at += 1
+                option, equals, value = word.partition("=")
+                if not equals and option in longs and at < len(words):
+                    value = words[at]
+                    at += 1
+                if name == "env" and option == "--split-string" and splits < 3:
+                    words[at:at] = _tokens(value)
+                    splits += 1
+                continue
             if word.startswith("-") and len(word) > 1:
-                words.pop(0)
-                if word in _WRAPPER_VALUES and words and name not in ("env", "nohup", "time"):
-                    words.pop(0)
+                at += 1
+                for place, letter in enumerate(word[1:], 2):
+                    if name == "command" and letter in "vV":
+                        return [], seen  # command -v rm: says what rm is, runs nothing
+                    if letter in letters:
+                        value = word[place:]
+                        if not value and at < len(words):
+                            value = words[at]
+                            at += 1
+                        if name == "env" and letter == "S" and splits < 3:
+                            words[at:at] = _tokens(value)
+                            splits += 1
+                        break
                 continue
             if _ASSIGNMENT.fullmatch(word) and name == "env":
-                words.pop(0)
+                at += 1
                 continue
             if skip_value:
-                words.pop(0)
+                at += 1
                 skip_value = False
                 continue
             break
-    return words
+    return words[at:], seen
 
 
 def _base(word: str) -> str:
@@ -303,69 +482,246 @@ def _short_flags(words: list[str]) -> tuple[set[str], set[str]]:
     return letters, longs
 
 
-def _check_simple(words: list[str], reasons: list[str], *, depth: int) -> str:
-    """Note what is dangerous in one simple command; returns its program's name."""
-    words = [w for w in _unwrap(words) if not _is_redirect(w)]
+def _positional(
+    args: list[str], values: str = "", longs: frozenset[str] = frozenset(), *, last: bool = False
+) -> list[str]:
+    """The words of ``args`` that are not options nor their values; with ``last``, the first
+    such word and every word after it (``ssh -p 22 host rm -rf /``)."""
+    found: list[str] = []
+    at = 0
+    while at < len(args):
+        word = args[at]
+        at += 1
+        if last and found:
+            found.extend(args[at - 1 :])
+            break
+        if word == "--":
+            found.extend(args[at:])
+            break
+        if word.startswith("--"):
+            if "=" not in word and word in longs:
+                at += 1
+        elif word.startswith("-") and len(word) > 1:
+            for place, letter in enumerate(word[1:], 2):
+                if letter in values:
+                    at += 0 if word[place:] else 1
+                    break
+        else:
+            found.append(word)
+    return found
+
+
+def _option_value(args: list[str], short: str, longs: tuple[str, ...]) -> str | None:
+    """The value of ``-c VALUE`` (also ``-lc VALUE``, ``--command=VALUE``) among ``args``."""
+    for at, word in enumerate(args):
+        if word == "--":
+            break
+        option, equals, value = word.partition("=")
+        if option in longs:
+            return value if equals else (args[at + 1] if at + 1 < len(args) else None)
+        if word[:1] == "-" and word[1:2] != "-" and short in word:
+            rest = word[word.index(short) + 1 :]
+            return rest or (args[at + 1] if at + 1 < len(args) else None)
+    return None
+
+
+def _shell_script(args: list[str]) -> str | None:
+    """The command string of ``bash -c CMD`` (also ``-lc``, ``-ec``, ``-o pipefail -c``)."""
+    at = 0
+    while at < len(args):
+        word = args[at]
+        at += 1
+        if word in ("-o", "+o", "-O", "+O"):
+            at += 1
+        elif word == "--command" or word.startswith("--command="):
+            if "=" in word:
+                return word.split("=", 1)[1]
+            return args[at] if at < len(args) else None
+        elif word[:1] in "-+" and word[1:].isalpha() and "c" in word[1:]:
+            while at < len(args) and args[at][:1] in "-+" and args[at] not in ("-", "--"):
+                at += 1
+            if at < len(args) and args[at] == "--":
+                at += 1
+            return args[at] if at < len(args) else None
+        elif word == "--" or not word.startswith(("-", "+")):
+            return None
+    return None
+
+
+_SSH_VALUES: Final = "BbcDEeFIiJLlmOoPpQRSWw"
+
+
+def _check_simple(
+    words: list[str], reasons: list[str], *, depth: int, listed: bool = False
+) -> list[str]:
+    """Note what is dangerous in one simple command; returns the command, without the
+    wrappers before it and its redirections. ``listed``: the command is run on a list of
+    files (``find -exec``)."""
+    if depth > 3:
+        return []
+    if words and _marked(words[0]):
+        reasons.append(_HIDDEN_REASON)
+    unwrapped, wrappers = _unwrap(words)
+    words = [w for w in unwrapped if not _is_redirect(w)]
     if not words:
-        return ""
+        return []
+    if _marked(words[0]):
+        reasons.append(_HIDDEN_REASON)
+    listed = listed or "xargs" in wrappers
     name, args = _base(words[0]), words[1:]
     letters, longs = _short_flags(args)
+    if {"--help", "--version"} & longs:
+        return words  # it prints and does nothing else
+    positional = _positional(args)
     if name == "rm" and ({"r", "R"} & letters or "--recursive" in longs):
         reasons.append("rm -r deletes a whole tree of files, with no undo")
+    elif name in ("rm", "shred", "unlink") and listed:
+        reasons.append(f"{name} run on a list (xargs, find -exec) deletes every file it names")
     elif name == "dd":
         reasons.append("dd writes raw bytes: a wrong of= overwrites a disk")
-    elif name.startswith("mkfs"):
-        reasons.append(f"{name} makes a new file system, erasing what the device holds")
+    elif name.startswith("mkfs") or name in ("mke2fs", "mkswap", "mkdosfs", "mkntfs"):
+        reasons.append(f"{_quote(name)} makes a new file system, erasing what the device holds")
+    elif name == "cryptsetup" and {"luksformat", "erase", "lukserase"} & {
+        w.lower() for w in positional[:1]
+    }:
+        reasons.append("cryptsetup luksFormat/erase destroys the volume's keys and its data")
     elif name in ("chmod", "chown", "chgrp") and ("R" in letters or "--recursive" in longs):
         reasons.append(f"{name} -R changes a whole tree of files at once")
     elif name == "shred":
         reasons.append("shred overwrites files so that they cannot be recovered")
-    elif name == "wipefs":
+    elif name == "wipefs" and ({"a", "o"} & letters or {"--all", "--offset"} & longs):
         reasons.append("wipefs erases file system signatures: the data becomes unreachable")
     elif name == "truncate":
         reasons.append("truncate cuts files to a size: what was past it is lost")
-    elif name in ("fdisk", "sfdisk", "parted", "gdisk", "sgdisk", "blkdiscard"):
-        reasons.append(f"{name} changes a disk's partitions or discards its data")
-    elif name == "git" and args:
-        sub, rest = args[0], args[1:]
-        sub_letters, sub_longs = _short_flags(rest)
-        if sub == "push" and (
-            "f" in sub_letters
-            or {"--force", "--force-with-lease", "--mirror", "--delete"} & sub_longs
-            or any(w.startswith("+") for w in rest)
+    elif name in ("fdisk", "sfdisk", "parted", "gdisk", "sgdisk", "cgdisk", "blkdiscard"):
+        if not (
+            {"l", "p", "d"} & letters
+            or {"--list", "--print", "--dump"} & longs
+            or (name == "parted" and "print" in positional)
         ):
-            reasons.append("git push --force replaces the remote's history")
-        elif sub == "reset" and "--hard" in sub_longs:
-            reasons.append("git reset --hard discards uncommitted changes")
-        elif sub == "clean" and ("f" in sub_letters or "--force" in sub_longs):
-            reasons.append("git clean -f deletes untracked files")
-        elif sub in ("checkout", "restore") and rest and rest[-1] == "." and "--" in rest:
-            reasons.append(f"git {sub} -- . discards uncommitted changes")
+            reasons.append(f"{name} changes a disk's partitions or discards its data")
+    elif name == "rsync" and any(
+        w.startswith("--delete") or w == "--remove-source-files" for w in longs
+    ):
+        reasons.append("rsync --delete deletes files at the destination that the source lacks")
+    elif name == "mv" and positional and positional[-1] == "/dev/null" and len(positional) > 1:
+        reasons.append("mv to /dev/null throws away what is moved (and, as root, /dev/null)")
+    elif name == "crontab" and "r" in letters:
+        reasons.append("crontab -r deletes every cron job, with no undo")
+    elif name == "kubectl":
+        kube = _positional(args, "nlsc", frozenset(["--namespace", "--context", "--kubeconfig",
+                                                   "--cluster", "--user", "--server"]))  # fmt: skip
+        if kube[:1] == ["delete"]:
+            reasons.append("kubectl delete removes cluster resources and what they hold")
+    elif name in ("docker", "podman"):
+        _check_docker(name, args, reasons)
+    elif name in _SQL_CLIENTS and any(_drops_sql(word) for word in args):
+        reasons.append(_SQL_REASON)
+    elif name == "git" and args:
+        _check_git(args, reasons)
     elif name == "find":
         if "-delete" in args:
             reasons.append("find -delete deletes every file it matches")
-        for at, word in enumerate(args):
-            if word in ("-exec", "-execdir", "-ok", "-okdir"):
+        at = 0
+        while at < len(args):
+            if args[at] in ("-exec", "-execdir", "-ok", "-okdir"):
                 end = next(
                     (i for i in range(at + 1, len(args)) if args[i] in (";", "+")), len(args)
                 )
-                _check_simple(args[at + 1 : end], reasons, depth=depth + 1)
-    elif name in _SHELLS and "-c" in args:
-        script = args[args.index("-c") + 1 :]
-        if script:
-            _scan(_tokens(script[0]), reasons, depth=depth + 1)
+                _check_simple(args[at + 1 : end], reasons, depth=depth + 1, listed=True)
+                at = end  # each word is looked at once, however many -exec there are
+            at += 1
+    elif name in _SHELLS:
+        script = _shell_script(args)
+        if script is not None:
+            if _from_network(script):
+                reasons.append(_NETWORK_REASON)
+            _analyse(script, reasons, depth=depth + 1)
+    elif name in _CODE_FLAGS:
+        code: str | None = None
+        for at, word in enumerate(args[:-1]):
+            if _is_code_flag(name, word):
+                code = args[at + 1]
+                break
+        if code is not None and _from_network(code):
+            reasons.append(_NETWORK_REASON)
     elif name == "eval":
-        _scan(_tokens(" ".join(args)), reasons, depth=depth + 1)
+        if any(_from_network(word) for word in args):
+            reasons.append(_NETWORK_REASON)
+        _analyse(" ".join(args), reasons, depth=depth + 1)
+    elif name == "su":
+        script = _option_value(args, "c", ("--command", "--session-command"))
+        if script is not None:
+            _analyse(script, reasons, depth=depth + 1)
+    elif name == "ssh":
+        remote = _positional(args, _SSH_VALUES, last=True)[1:]
+        if remote:
+            found: list[str] = []
+            _analyse(" ".join(remote), found, depth=depth + 1)
+            reasons.extend(f"on the remote host: {reason}" for reason in found)
     for word in args:
         if word.startswith("of=") and _DEVICE.match(word[3:]):
             reasons.append(_device(word[3:]))
         elif name == "tee" and _DEVICE.match(word):
             reasons.append(_device(word))
-    return name
+    target = positional[-1] if positional else ""
+    if name in ("cp", "mv", "install", "ddrescue") and _DEVICE.match(target):
+        reasons.append(_device(target))
+    return words
+
+
+def _check_docker(name: str, args: list[str], reasons: list[str]) -> None:
+    words = _positional(args, "H", frozenset(["--host", "--context", "--config", "--log-level"]))
+    letters, longs = _short_flags(args)
+    if words[:2] in (["system", "prune"], ["volume", "prune"], ["container", "prune"]):
+        reasons.append(f"{name} {words[0]} prune deletes containers, volumes or images for good")
+    elif words[:2] in (["volume", "rm"], ["volume", "remove"]):
+        reasons.append(f"{name} volume rm deletes volumes and the data in them")
+    elif words[:1] == ["rm"] and ({"f", "v"} & letters or {"--force", "--volumes"} & longs):
+        reasons.append(f"{name} rm -f/-v removes running containers or their volumes")
+    elif words[:2] == ["compose", "down"] and ("v" in letters or "--volumes" in longs):
+        reasons.append(f"{name} compose down -v deletes the project's volumes")
+
+
+def _check_git(args: list[str], reasons: list[str]) -> None:
+    at = 0
+    while at < len(args) and args[at].startswith("-"):  # git -C repo, git -c key=value
+        at += 2 if args[at] in ("-C", "-c") else 1
+    if at >= len(args):
+        return
+    sub, rest = args[at], args[at + 1 :]
+    letters, longs = _short_flags(rest)
+    paths = _positional(rest)
+    if sub == "push" and (
+        "f" in letters
+        or {"--force", "--force-with-lease", "--mirror", "--delete"} & longs
+        or any(w.startswith("+") for w in rest)
+    ):
+        reasons.append("git push --force replaces the remote's history")
+    elif sub == "reset" and "--hard" in longs:
+        reasons.append("git reset --hard discards uncommitted changes")
+    elif sub == "clean" and ("f" in letters or "--force" in longs):
+        reasons.append("git clean -f deletes untracked files")
+    elif sub == "checkout" and (
+        "." in paths or "--" in rest or {"f"} & letters or "--force" in longs
+    ):
+        reasons.append("git checkout -- PATH discards uncommitted changes")
+    elif sub == "restore" and paths and not _staged_only(letters, longs):
+        reasons.append("git restore PATH discards uncommitted changes")
+    elif sub == "branch" and ("D" in letters or ("--delete" in longs and "--force" in longs)):
+        reasons.append("git branch -D deletes a branch even when it is not merged")
+    elif sub == "stash" and paths[:1] in (["clear"], ["drop"]):
+        reasons.append(f"git stash {paths[0]} deletes stashed changes")
+
+
+def _staged_only(letters: set[str], longs: set[str]) -> bool:
+    """``git restore --staged`` without ``--worktree``: it unstages, the files keep their text."""
+    staged = "S" in letters or "--staged" in longs
+    return staged and not ("W" in letters or "--worktree" in longs)
 
 
 def _device(path: str) -> str:
-    return f"it writes to the device {path}: a whole disk or partition"
+    return f"it writes to the device {_quote(path)}: a whole disk or partition"
 
 
 # -- the key bindings of --install --------------------------------------------------------------
@@ -429,7 +785,9 @@ def install_snippet(shell: str, program: str = "chatcli") -> str:
     snippets = {"bash": _BASH, "zsh": _ZSH, "fish": _FISH}
     if shell not in snippets:
         raise UsageError(f"--install {shell}: give one of {', '.join(INSTALL_SHELLS)}")
-    call = f"{program} cmd --no-interaction --"
+    # Keys typed while chatcli works (an Enter) are dropped: the shell would read them once
+    # the line holds the command, and run it unseen.
+    call = f"{program} cmd --no-interaction --discard-typeahead --"
     return snippets[shell].replace("CHATCLI -q", call)
 
 
@@ -469,11 +827,14 @@ def read_key(fd: int) -> str:
     mode = termios.tcgetattr(fd)
     mode[3] &= ~(termios.ICANON | termios.ECHO)  # keys one at a time, unechoed; ISIG kept
     mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
-    termios.tcsetattr(fd, termios.TCSANOW, mode)
+    mode[6][termios.VQUIT] = b"\0"  # Ctrl-\ would kill chatcli before it restores the terminal
+    # TCSAFLUSH: keys typed before the question was shown (an r while the model answered,
+    # or while an explanation streamed) are dropped, never taken for the answer.
+    termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
     # Ctrl-Z: the shell gets its terminal back as it was; fg reads keys one at a time again.
     guard = SuspendGuard(
         lambda: termios.tcsetattr(fd, termios.TCSANOW, saved),
-        lambda: termios.tcsetattr(fd, termios.TCSANOW, mode),
+        lambda: termios.tcsetattr(fd, termios.TCSAFLUSH, mode),
     )
     guard.install()
     try:
@@ -503,6 +864,8 @@ def run_command(argv: Sequence[str], env: Mapping[str, str], stdin: int | None =
         code = process.wait()
     except OSError as exc:
         raise ChatcliError(f"could not run {argv[0]}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL in the command: no program can be given it
+        raise ChatcliError("the command holds a NUL character; nothing was run") from None
     finally:
         signal.signal(signal.SIGINT, previous)
     return 128 - code if code < 0 else code
@@ -594,12 +957,13 @@ def terminal_keys(
     if not wanted:
         yield None
         return
+    own: int | None = None
     if stdin is not None and stdin_isatty:
-        try:
-            yield stdin.fileno()
-            return
-        except (AttributeError, OSError, ValueError):
-            pass
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            own = stdin.fileno()
+    if own is not None:
+        yield own  # (outside any try: an error in the caller's block is the caller's)
+        return
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
     except OSError:
@@ -607,6 +971,23 @@ def terminal_keys(
         return
     try:
         yield fd
+    finally:
+        os.close(fd)
+
+
+def drop_typed_keys() -> None:
+    """Drop the keys typed on the controlling terminal and not read yet (nothing when there
+    is no terminal)."""
+    import termios
+
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        termios.tcflush(fd, termios.TCIFLUSH)
+    except termios.error:
+        pass
     finally:
         os.close(fd)
 
@@ -640,6 +1021,7 @@ def command_for(
     os_name: str | None = None,
     interactive: bool,
     hold: Callable[[bool], AbstractContextManager[None]],
+    discard_typeahead: bool = False,
 ) -> int:
     """``chatcli cmd``: ask for a command for ``message``; on a terminal (``interactive``)
     show it and ask what to do, else print it alone. The exit code: the command's when it
@@ -676,6 +1058,8 @@ def command_for(
         if keys_fd is None:
             for reason in [*notes, *dangers(command)]:
                 say(ctx, f"warning: {reason}")
+            if discard_typeahead:
+                drop_typed_keys()
             ctx.stdout.write(command + "\n")
             ctx.stdout.flush()
             return EXIT_CUT if notes else EXIT_OK
