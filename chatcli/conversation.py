@@ -133,9 +133,9 @@ class Conversation:
         #: message (see :meth:`compose`).
         self.template: Applied | None = None
         self._told_template: str | None = None
-        #: The next question starts a branch after this message (see :meth:`branch_at`).
-        self._forking = False
-        self._fork_after: int | None = None
+        #: What the next question follows: the end of the active branch (``"head"``), or a
+        #: new branch after that message (``None``: from the start; see :meth:`branch_at`).
+        self._next_after: int | Literal["head"] | None = "head"
         #: The temperature and options before a template chose any (see use_choices_of).
         self.role_baseline: tuple[float | None, dict[str, Any]] | None = None
         if session is not None and store is not None:
@@ -206,7 +206,7 @@ class Conversation:
         self.session = session
         self.system = session.system
         self.template = self._stored_template(session)
-        self._forking = False
+        self._next_after = "head"
         self._entries = [
             _Entry(
                 m.role,  # type: ignore[arg-type]
@@ -296,7 +296,7 @@ class Conversation:
         wait to be saved (they would be out of order)."""
         if not self.save or self.store is None or self.session is None:
             return 0  # --no-save: this conversation is its own, whatever the store holds
-        if any(entry.id is None for entry in self._entries) or self._forking:
+        if any(entry.id is None for entry in self._entries) or self._next_after != "head":
             return 0  # (a branch about to start keeps the messages chosen for it)
         known = {entry.id for entry in self._entries}
         try:
@@ -313,7 +313,7 @@ class Conversation:
         self.session = None
         self._entries = []
         self.pending_name = None
-        self._forking = False
+        self._next_after = "head"
 
     def set_system(self, text: str | None) -> None:
         self.system = text or None
@@ -449,10 +449,10 @@ class Conversation:
                 model=self.model,
                 images=tuple(images),
                 context=tuple(context),
-                after=self._fork_after if self._forking else "head",
+                after=self._next_after,
             )
         )
-        self._forking = False
+        self._next_after = "head"
         self._save_pending()
         return await self._answer(request, renderer, turn, on_event)
 
@@ -482,7 +482,7 @@ class Conversation:
             if old is not None and len(self._entries) == before:
                 self._entries.append(old)  # nothing new came: the old answer stays in view
             elif len(self._entries) > before:
-                self._forking = False  # the new answer ends the active branch now
+                self._next_after = "head"  # the new answer ends the active branch now
         return turn
 
     # -- branches ---------------------------------------------------------------------------
@@ -494,11 +494,8 @@ class Conversation:
             raise UsageError(f"there is no message {count} (this branch has {len(self._entries)})")
         if count < len(self._entries) and any(e.id is None for e in self._entries) and self.save:
             raise UsageError("messages of this session wait to be saved; try again once they are")
-        kept = self._entries[:count]
-        after = kept[-1].id if kept else None
-        self._entries = kept
-        self._fork_after = after
-        self._forking = True
+        self._entries = self._entries[:count]
+        self._next_after = self._entries[-1].id if self._entries else None
 
     def all_messages(self) -> list[StoredMessage]:
         """Every message of the session, every branch (empty when nothing is saved)."""
@@ -533,7 +530,7 @@ class Conversation:
         branch = found[number - 1]
         self.store.set_head(self.session.id, branch.leaf.id)
         self._load(self.store.get(self.session.id))
-        self._forking = False
+        self._next_after = "head"
         return branch
 
     def undo(self) -> int:
@@ -546,7 +543,7 @@ class Conversation:
         if ids and self.save and self.store is not None and self.session is not None:
             self.store.forget(self.session.id, ids)
         # The next question follows what is left in view, whatever the head says now.
-        self._forking, self._fork_after = True, self.head
+        self._next_after = self.head
         return count
 
     async def _answer(
