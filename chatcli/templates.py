@@ -247,25 +247,24 @@ class Templates:
 
     def get(self, name: str) -> Template:
         """The template ``name``: its file, else the built-in one; else a usage error."""
-        path = self.path(name)
+        template = self.find(name)
+        if template is None:
+            known = ", ".join(self.names())
+            raise UsageError(
+                f"no template named {name!r} (templates: {known}; see chatcli templates)"
+            )
+        return template
+
+    def find(self, name: str) -> Template | None:
+        """Like :meth:`get`, ``None`` for a name that has no template (a name that cannot be
+        one is still a usage error)."""
         from chatcli.config import read_toml_file
 
+        path = self.path(name)
         data = read_toml_file(path)
         if data is not None:
             return parse(name, data, path)
-        if name in BUILTIN:
-            return builtin(name)
-        known = ", ".join(self.names())
-        raise UsageError(f"no template named {name!r} (templates: {known}; see chatcli templates)")
-
-    def find(self, name: str) -> Template | None:
-        """Like :meth:`get`, ``None`` for a name that has no template."""
-        try:
-            return self.get(name)
-        except UsageError:
-            if name in self.names():
-                raise  # a bad name is not "missing"
-            return None
+        return builtin(name) if name in BUILTIN else None
 
     def source_text(self, name: str) -> str | None:
         """The TOML of template ``name`` as it is (its file, valid or not, else the built-in
