@@ -319,6 +319,15 @@ class Finish:
 Event: TypeAlias = TextDelta | ReasoningDelta | Usage | ToolCallDelta | Finish
 
 
+@dataclass(slots=True)
+class _PartialCall:
+    id: str | None = None
+    name: str | None = None
+    pieces: list[str] = field(default_factory=list)
+    #: Characters of arguments so far (kept: summing the pieces each time would be quadratic).
+    size: int = 0
+
+
 class ToolCalls:
     """The tool calls of one answer, put together from their pieces (:class:`ToolCallDelta`,
     keyed by index; several calls may come at once, their pieces interleaved), bounded: at
@@ -329,7 +338,7 @@ class ToolCalls:
     MAX_ARGUMENTS: Final = 1024 * 1024
 
     def __init__(self) -> None:
-        self._calls: dict[int, list[Any]] = {}  # index: [id, name, argument pieces, size]
+        self._calls: dict[int, _PartialCall] = {}
 
     def __bool__(self) -> bool:
         return bool(self._calls)
@@ -339,28 +348,28 @@ class ToolCalls:
         if call is None:
             if len(self._calls) >= self.MAX_CALLS:
                 raise ValueError(f"more than {self.MAX_CALLS} tool calls in one answer")
-            call = self._calls[delta.index] = [None, None, [], 0]
+            call = self._calls[delta.index] = _PartialCall()
         if delta.id:
-            call[0] = delta.id
-        if delta.name:
-            call[1] = (call[1] or "") + delta.name if call[1] != delta.name else call[1]
+            call.id = delta.id
+        if delta.name and delta.name != call.name:  # (some servers repeat it with each piece)
+            call.name = (call.name or "") + delta.name
         if delta.arguments:
-            call[3] += len(delta.arguments)
-            if call[3] > self.MAX_ARGUMENTS:
+            call.size += len(delta.arguments)
+            if call.size > self.MAX_ARGUMENTS:
                 raise ValueError(
                     f"a tool call's arguments passed {self.MAX_ARGUMENTS:,} characters"
                 )
-            call[2].append(delta.arguments)
+            call.pieces.append(delta.arguments)
 
     def calls(self) -> list[ToolCall]:
         """The calls in index order; one with no id gets ``call_N``, one with no name is a
         :class:`ValueError` (it cannot be run, nor answered by name)."""
         whole = []
         for index in sorted(self._calls):
-            call_id, name, pieces, _ = self._calls[index]
-            if not name:
+            call = self._calls[index]
+            if not call.name:
                 raise ValueError(f"tool call {index} has no name")
-            whole.append(ToolCall(call_id or f"call_{index}", name, "".join(pieces)))
+            whole.append(ToolCall(call.id or f"call_{index}", call.name, "".join(call.pieces)))
         return whole
 
 
