@@ -43,7 +43,10 @@ def children_of(messages: Sequence[StoredMessage]) -> dict[int | None, list[Stor
 
 def branches(messages: Sequence[StoredMessage], head: int | None) -> list[Branch]:
     """Every branch of a session (``messages``: all of them, with their parents)."""
-    children = children_of(messages)
+    return _branches(children_of(messages), head)
+
+
+def _branches(children: dict[int | None, list[StoredMessage]], head: int | None) -> list[Branch]:
     up: dict[int, StoredMessage | None] = {}
     leaves: list[StoredMessage] = []
     # Depth first, oldest child first; iterative, so a long session cannot overflow a stack.
@@ -93,30 +96,21 @@ def tree_lines(messages: Sequence[StoredMessage], head: int | None) -> list[str]
     """The session as a tree of runs (messages that follow one another with no fork), each
     with its message numbers and first words; a run that ends a branch shows its number, and
     ``*`` marks the active one."""
-    found = branches(messages, head)
-    leaf_number = {b.leaf.id: b for b in found}
     children = children_of(messages)
+    leaf_number = {b.leaf.id: b for b in _branches(children, head)}
     lines: list[str] = []
     # (first message of the run, its position in the path (1-based), the prefix, the connector)
+    # Each message is in one list of children: met once, as in branches().
+    roots = children.get(None, [])
     stack: list[tuple[StoredMessage, int, str, str]] = [
-        (root, 1, "", "") for root in reversed(children.get(None, []))
+        (root, 1, "", "" if len(roots) == 1 else "└─ " if i == 0 else "├─ ")
+        for i, root in enumerate(reversed(roots))
     ]
-    if len(children.get(None, [])) > 1:
-        stack = [
-            (root, 1, "", "└─ " if i == 0 else "├─ ")
-            for i, root in enumerate(reversed(children.get(None, [])))
-        ]
-    seen: set[int] = set()
     while stack:
         first, position, prefix, connector = stack.pop()
         run = [first]
-        seen.add(first.id)
-        while True:
-            following = [c for c in children.get(run[-1].id, []) if c.id not in seen]
-            if len(following) != 1:
-                break
-            run.append(following[0])
-            seen.add(following[0].id)
+        while len(children.get(run[-1].id, [])) == 1:
+            run.append(children[run[-1].id][0])
         last = position + len(run) - 1
         span = f"{position}" if last == position else f"{position}–{last}"
         who = "you" if first.role == "user" else "answer"
@@ -126,7 +120,7 @@ def tree_lines(messages: Sequence[StoredMessage], head: int | None) -> list[str]
             mark = " *" if branch.active else ""
             label += f"  [branch {branch.number}{mark}]"
         lines.append(prefix + label)
-        following = [c for c in children.get(run[-1].id, []) if c.id not in seen]
+        following = children.get(run[-1].id, [])
         inner = prefix + ("   " if connector.startswith("└") else "│  " if connector else "")
         for index, child in enumerate(reversed(following)):
             stack.append((child, last + 1, inner, "└─ " if index == 0 else "├─ "))

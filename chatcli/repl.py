@@ -694,14 +694,14 @@ class Repl:
             self.context, self.images = [], []
 
     async def _cmd_branches(self, _: str) -> None:
-        from chatcli.branches import tree_lines
+        from chatcli.branches import branches, tree_lines
 
         conversation = self.conversation
         messages = conversation.all_messages()
         if not messages:
             self.say("(no saved messages yet: branches start from saved ones)")
             return
-        found = conversation.branches()
+        found = branches(messages, conversation.head)
         if len(found) == 1:
             self.say(f"one branch, {len(found[0].path)} messages (/retry and /edit N make more)")
             return
