@@ -71,9 +71,17 @@ def whole(text: str, width: int = 60) -> str:
     return buffer.getvalue()
 
 
-def stream(text: str, cuts: list[int], *, live: bool, width: int = 60, height: int = 40) -> str:
+def stream(
+    text: str,
+    cuts: list[int],
+    *,
+    live: bool,
+    width: int = 60,
+    height: int = 40,
+    numbered: bool = False,
+) -> str:
     buffer = io.StringIO()
-    renderer = MarkdownRenderer(make_console(buffer, width, height), live=live)
+    renderer = MarkdownRenderer(make_console(buffer, width, height), live=live, numbered=numbered)
     renderer.start()
     last = 0
     for cut in [*sorted(cuts), len(text)]:

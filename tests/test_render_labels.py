@@ -55,15 +55,7 @@ def expected(text: str) -> list[tuple[int, str]]:
 
 
 def numbered(text: str, cuts: list[int], *, live: bool, width: int = 60) -> str:
-    buffer = io.StringIO()
-    renderer = MarkdownRenderer(make_console(buffer, width, 40), live=live, numbered=True)
-    renderer.start()
-    last = 0
-    for cut in [*sorted(cuts), len(text)]:
-        renderer.feed(text[last:cut])
-        last = cut
-    renderer.finish()
-    return buffer.getvalue()
+    return stream(text, cuts, live=live, width=width, numbered=True)
 
 
 def test_every_kind_of_block_is_labelled_as_extract_numbers_it() -> None:
