@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatcli.core import Event, Finish, ReasoningDelta, TextDelta, Usage
+from chatcli.core import Event, Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from chatcli.errors import ChatcliError
 from chatcli.providers import Registry
 from chatcli.providers.chatgptt import ChatGptt
@@ -211,10 +211,11 @@ def test_anthropic_stream_parser_raises_only_chatcli_errors(
         events = read_anthropic(b"".join(lines), cuts)
     except ChatcliError:
         return
-    # An answer that ended says so once, last, with its counts just before; it holds text.
+    # An answer that ended says so once, last, with its counts just before; it holds text,
+    # or calls a tool.
     assert len(events) >= 3 and isinstance(events[-1], Finish) and isinstance(events[-2], Usage)
     assert not any(isinstance(e, Finish | Usage) for e in events[:-2])
-    assert any(isinstance(e, TextDelta) for e in events)
+    assert any(isinstance(e, TextDelta | ToolCallDelta) for e in events)
     assert all(e.text for e in events if isinstance(e, TextDelta | ReasoningDelta))
 
 

@@ -19,6 +19,13 @@ Protocol notes:
   does not know are skipped, as the API asks of clients.
 * Without ``stream`` the reply is one ``message`` object: ``content`` blocks, ``stop_reason``
   and ``usage``.
+* Tools: the request offers them as ``tools`` (``name``, ``description``, ``input_schema``),
+  with ``tool_choice: {"type": "none"}`` when the model must answer without calling any. The
+  model calls them in ``tool_use`` blocks (``id``, ``name``, ``input``; streamed, the input
+  comes as JSON text in ``input_json_delta`` pieces) and stops with ``tool_use``. The calls go
+  back as the assistant turn's ``tool_use`` blocks, after its text; their results as
+  ``tool_result`` blocks (``tool_use_id``, ``content``) of the very next user turn, every
+  result of the calls in it and before any other content of that turn.
 * ``GET {root}/v1/models`` lists models as ``{"data": [{"id": ...}], "has_more": ...}``.
 """
 
@@ -28,7 +35,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeGuard
 from urllib.parse import urlencode
 
 from chatcli.core import (
@@ -41,6 +48,7 @@ from chatcli.core import (
     OptionSpec,
     ReasoningDelta,
     TextDelta,
+    ToolCall,
     ToolCallDelta,
     Usage,
 )
@@ -112,6 +120,7 @@ class Anthropic(AsyncGeneratorProvider):
     supports_system_message = True
     supports_message_history = True
     supports_images = True
+    supports_tools = True
     #: The API refuses an image over 5 MB (as sent, base64-encoded).
     max_image_bytes = 5 * 1024 * 1024
     lists_models = True
@@ -269,6 +278,17 @@ class Anthropic(AsyncGeneratorProvider):
         if stops is not None:
             body["stop_sequences"] = [stops] if isinstance(stops, str) else list(stops)
         body.update(options)  # top_p, top_k: named as the API names them
+        if request.tools:
+            body["tools"] = [
+                {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "input_schema": dict(tool.parameters),
+                }
+                for tool in request.tools
+            ]
+            if request.tool_choice == "none":
+                body["tool_choice"] = {"type": "none"}
         return body
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
@@ -306,12 +326,22 @@ class Anthropic(AsyncGeneratorProvider):
             raise ProtocolError(f"unexpected reply: {quote(json.dumps(data))}", provider=self.name)
         texts: list[str] = []
         thoughts: list[str] = []
-        for block in content:
+        calls: list[Event] = []
+        for index, block in enumerate(content):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
                 texts.append(_text(block, "text", self.name))
             elif kind == "thinking":
                 thoughts.append(_text(block, "thinking", self.name))
+            elif kind == "tool_use":
+                tool_input = block.get("input", {})
+                if not isinstance(tool_input, dict):
+                    raise ProtocolError(
+                        f"malformed tool_use block in the reply: {quote(json.dumps(block))}",
+                        provider=self.name,
+                    )
+                ident, name = _tool_use(block, json.dumps(block), self.name)
+                calls.append(ToolCallDelta(index, ident, name, json.dumps(tool_input)))
             elif not isinstance(kind, str):
                 raise ProtocolError(
                     f"malformed content block in the reply: {quote(json.dumps(block))}",
@@ -327,9 +357,11 @@ class Anthropic(AsyncGeneratorProvider):
         thought, text = "".join(thoughts), "".join(texts)
         if thought:
             events.append(ReasoningDelta(thought))
-        if not text:
+        if not text and not calls:
             raise ProtocolError(_no_text(bool(thought), stop_reason, "reply"), provider=self.name)
-        events.append(TextDelta(text))
+        if text:
+            events.append(TextDelta(text))
+        events += calls
         counts = _Counts()
         counts.update(data.get("usage"))
         events.append(counts.usage())
@@ -342,31 +374,43 @@ def conversation(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, A
     user and assistant alternating, consecutive messages of one role merged into one turn.
     Messages with no text and no image are left out (the API refuses empty turns). A turn of
     text alone has its text as ``content`` (a string); a turn with images has a list of
-    blocks: each image a base64 ``image`` block, in the message's order, and its text."""
+    blocks: each image a base64 ``image`` block, in the message's order, and its text.
+
+    Tool calling: an answer that called tools is an assistant turn of blocks, its text (if
+    any) then a ``tool_use`` block per call; each ``tool`` message is a ``tool_result`` block
+    of a user turn, consecutive results (and whatever user text follows them) merged into one
+    turn with every result first, as the API requires."""
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     for message in messages:
         text = message.content
-        images = message.images
-        if not text.strip() and not images:
+        if message.role == "tool":
+            content: str | list[dict[str, Any]] = [_tool_result(message)]
+            role = "user"
+        elif message.tool_calls:
+            content, role = _blocks(message), message.role
+        elif not text.strip() and not message.images:
             continue
-        if message.role == "system":
+        elif message.role == "system":
             system.append(text)
             continue
-        content: str | list[dict[str, Any]] = _blocks(message) if images else text
-        if turns and turns[-1]["role"] == message.role:
+        else:
+            content = _blocks(message) if message.images else text
+            role = message.role
+        if turns and turns[-1]["role"] == role:
             previous = turns[-1]["content"]
             if isinstance(previous, str) and isinstance(content, str):
                 turns[-1]["content"] = previous + "\n\n" + content
             else:
-                turns[-1]["content"] = _as_blocks(previous) + _as_blocks(content)
+                turns[-1]["content"] = _results_first(_as_blocks(previous) + _as_blocks(content))
         else:
-            turns.append({"role": message.role, "content": content})
+            turns.append({"role": role, "content": content})
     return "\n\n".join(system), turns
 
 
 def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
-    """A message's parts as content blocks (empty text left out: the API refuses it)."""
+    """A message's parts as content blocks (empty text left out: the API refuses it), then
+    a ``tool_use`` block for each tool call it made."""
     blocks: list[dict[str, Any]] = []
     for part in message.parts:
         if isinstance(part, ImagePart):
@@ -377,7 +421,37 @@ def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
             blocks.append({"type": "image", "source": source})
         elif part.text.strip():
             blocks.append({"type": "text", "text": part.text})
+    for call in message.tool_calls:
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _input(call)})
     return blocks
+
+
+def _input(call: ToolCall) -> dict[str, Any]:
+    """A call's arguments as the JSON object ``tool_use`` takes. Arguments that are not one
+    (the model sent malformed JSON) become ``{}``: the call's result tells the model so."""
+    try:
+        parsed = json.loads(call.arguments)
+    except (ValueError, RecursionError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _tool_result(message: ChatMessage) -> dict[str, Any]:
+    """A ``tool`` message as the ``tool_result`` block answering its call (a blank result
+    goes without ``content``, which is optional: the API refuses blank text)."""
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+    if message.content.strip():
+        block["content"] = message.content
+    return block
+
+
+def _results_first(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``blocks`` with every ``tool_result`` first (the API's rule for a user turn), each
+    kind kept in its order."""
+    results = [block for block in blocks if block.get("type") == "tool_result"]
+    if not results:
+        return blocks
+    return results + [block for block in blocks if block.get("type") != "tool_result"]
 
 
 def _as_blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -450,6 +524,12 @@ class _StreamReader:
         self.reasoned = False
         self.stop_reason: str | None = None
         self.counts = _Counts()
+        #: The tool_use blocks begun and not yet ended, by index: their arguments should
+        #: none arrive in pieces (the input the block began with: ``{}`` for a tool that
+        #: takes nothing), ``None`` once a piece has come.
+        self.tool_blocks: dict[int, str | None] = {}
+        #: The index of every tool_use block begun (an index is one block's only).
+        self.tool_indexes: set[int] = set()
 
     def _malformed(self, what: str, data: str) -> ProtocolError:
         return ProtocolError(f"{what} in the stream: {quote(data)}", provider=self.provider)
@@ -501,9 +581,12 @@ class _StreamReader:
             if not self.answered:
                 why = _no_text(self.reasoned, self.stop_reason, "stream")
                 raise ProtocolError(why, provider=self.provider)
-            return [self.counts.usage(), finish(self.stop_reason)]
-        # content_block_stop, and event types added to the API after this was written.
-        return []
+            unended = [e for index in list(self.tool_blocks) for e in self._tool_end(index)]
+            return [*unended, self.counts.usage(), finish(self.stop_reason)]
+        if kind == "content_block_stop":
+            index = payload.get("index")
+            return self._tool_end(index) if _is_index(index) else []
+        return []  # event types added to the API after this was written
 
     def _block_start(self, payload: dict[str, Any], data: str) -> list[Event]:
         block = payload.get("content_block")
@@ -516,14 +599,16 @@ class _StreamReader:
             return self._thought(_text(block, "thinking", self.provider))
         if kind == "tool_use":
             index = payload.get("index")
-            name, ident = block.get("name"), block.get("id")
-            return [
-                ToolCallDelta(
-                    index=index if isinstance(index, int) else 0,
-                    id=ident if isinstance(ident, str) else None,
-                    name=name if isinstance(name, str) else None,
-                )
-            ]
+            tool_input = block.get("input", {})
+            if not _is_index(index) or index in self.tool_indexes:
+                raise self._malformed("malformed tool_use block", data)
+            if not isinstance(tool_input, dict):
+                raise self._malformed("malformed tool_use block", data)
+            ident, name = _tool_use(block, data, self.provider)
+            self.answered = True  # a call alone is an answer
+            self.tool_indexes.add(index)
+            self.tool_blocks[index] = json.dumps(tool_input)
+            return [ToolCallDelta(index=index, id=ident, name=name)]
         return []  # redacted_thinking and other blocks hold nothing to show
 
     def _delta(self, payload: dict[str, Any], data: str) -> list[Event]:
@@ -537,13 +622,20 @@ class _StreamReader:
             return self._thought(_text(delta, "thinking", self.provider))
         if kind == "input_json_delta":
             index = payload.get("index")
-            return [
-                ToolCallDelta(
-                    index=index if isinstance(index, int) else 0,
-                    arguments=_text(delta, "partial_json", self.provider),
-                )
-            ]
+            if not _is_index(index) or index not in self.tool_blocks:
+                raise self._malformed("input_json_delta outside a tool_use block", data)
+            piece = _text(delta, "partial_json", self.provider)
+            if not piece:
+                return []
+            self.tool_blocks[index] = None  # the arguments come in pieces
+            return [ToolCallDelta(index=index, arguments=piece)]
         return []  # signature_delta (a seal over the thinking), citations_delta, newer kinds
+
+    def _tool_end(self, index: int) -> list[Event]:
+        """The end of block ``index``: for a tool_use block that got no piece of its
+        arguments, the input it began with. (Pieces for it after this are malformed.)"""
+        whole = self.tool_blocks.pop(index, None)
+        return [ToolCallDelta(index=index, arguments=whole)] if whole else []
 
     def _text(self, text: str) -> list[Event]:
         if not text:
@@ -578,6 +670,19 @@ def _text(holder: dict[str, Any], key: str, provider: str) -> str:
             f"{key} that is not text in the reply: {quote(json.dumps(holder))}", provider=provider
         )
     return value
+
+
+def _is_index(value: Any) -> TypeGuard[int]:
+    """Whether ``value`` is a block's index (a whole number, not negative)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tool_use(block: dict[str, Any], data: str, provider: str) -> tuple[str, str]:
+    """A ``tool_use`` block's id and name (both non-empty text, else a ProtocolError)."""
+    ident, name = block.get("id"), block.get("name")
+    if not (isinstance(ident, str) and ident and isinstance(name, str) and name):
+        raise ProtocolError(f"malformed tool_use block: {quote(data)}", provider=provider)
+    return ident, name
 
 
 def _no_text(reasoned: bool, stop_reason: str | None, where: str) -> str:

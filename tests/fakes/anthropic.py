@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -54,6 +56,24 @@ FOLLOWS: dict[str, set[str]] = {
 }
 
 
+#: What a tool's name (and a tool_use block's name) must look like, and a tool_use id.
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+TOOL_USE_ID = re.compile(r"[a-zA-Z0-9_-]+")
+#: The ``tool_choice`` types the API knows.
+TOOL_CHOICES = frozenset({"auto", "any", "tool", "none"})
+
+
+@dataclass
+class ToolUse:
+    """A tool call the fake's model makes: its input JSON arrives in ``pieces`` (their
+    concatenation; in a whole reply, parsed: then it must be a JSON object, or nothing for
+    ``{}``)."""
+
+    id: str
+    name: str
+    pieces: list[str]
+
+
 def error_body(kind: str, message: str) -> str:
     return json.dumps({"type": "error", "error": {"type": kind, "message": message}})
 
@@ -67,6 +87,9 @@ class FakeAnthropic(FakeService):
         self.pieces: list[str] = ["Hello", ", ", "world", "!"]
         #: Pieces of thinking, sent as a thinking block before the answer's text block.
         self.thinking: list[str] = []
+        #: Tool calls the model makes, as tool_use blocks after the text (no text block when
+        #: ``pieces`` is empty); set ``stop_reason`` to "tool_use" with them, as the API does.
+        self.tool_uses: list[ToolUse] = []
         self.stop_reason = "end_turn"
         self.input_tokens = 21
         self.output_tokens = 9
@@ -160,7 +183,9 @@ class FakeAnthropic(FakeService):
         limit = body.get("max_tokens")
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             problems.append(f"max_tokens missing or not a positive integer: {limit!r}")
-        problems += self._message_problems(body.get("messages"))
+        problems += tool_problems(body)
+        messages, turn_problems = self._tool_turns(body.get("messages"), "tools" in body)
+        problems += turn_problems + self._message_problems(messages)
         system = body.get("system")
         if "system" in body and not (isinstance(system, str) and system.strip()):
             problems.append(f"system is not a non-empty text: {system!r}")
@@ -214,6 +239,97 @@ class FakeAnthropic(FakeService):
                 problems.append(f"content is not a non-empty text: {message!r}")
             expected = "assistant" if role == "user" else "user"
         return problems
+
+    #: Whether image blocks may come in a user turn (:class:`FakeVisionAnthropic`).
+    takes_images = False
+
+    def _tool_turns(self, messages: Any, tools_given: bool) -> tuple[Any, list[str]]:
+        """Check the turns holding ``tool_use`` or ``tool_result`` blocks as the API does;
+        the messages with each such turn's content replaced by a placeholder text (for the
+        checks every turn gets), and the problems.
+
+        The rules: tool blocks only in a request with ``tools``; ``tool_use`` blocks in
+        assistant turns, ``tool_result`` blocks in user turns; every tool_use of an
+        assistant turn answered by a tool_result in the very next turn (a user turn), and
+        nothing else answered there; the results first in their turn, before any text."""
+        if not isinstance(messages, list):
+            return messages, []
+        problems: list[str] = []
+        plain: list[Any] = []
+        pending: list[str] = []  # the tool_use ids the next turn must answer
+        used: set[str] = set()
+        for number, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            blocks = content if isinstance(content, list) else []
+            kinds = [b.get("type") if isinstance(b, dict) else None for b in blocks]
+            if "tool_use" not in kinds and "tool_result" not in kinds:
+                if pending:
+                    problems.append(
+                        f"tool_use ids {pending} without tool_result blocks "
+                        f"immediately after (message {number})"
+                    )
+                    pending = []
+                plain.append(message)
+                continue
+            if not tools_given:
+                problems.append(f"tool_use or tool_result blocks without tools (message {number})")
+            role = message.get("role")
+            answered: list[str] = []
+            results_over = False
+            for block in blocks:
+                kind = block.get("type") if isinstance(block, dict) else None
+                if kind == "tool_use":
+                    if role != "assistant":
+                        problems.append(f"a tool_use block in a {role!r} turn: {block!r}")
+                    problems += tool_use_problems(block)
+                    ident = block.get("id")
+                    if ident in used:
+                        problems.append(f"tool_use id {ident!r} is not unique")
+                    used.add(str(ident))
+                elif kind == "tool_result":
+                    if role != "user":
+                        problems.append(f"a tool_result block in a {role!r} turn: {block!r}")
+                    if results_over:
+                        problems.append(
+                            f"a tool_result block after other content (message {number}): "
+                            "tool_result blocks must come first"
+                        )
+                    problems += tool_result_problems(block, self.takes_images)
+                    answered.append(str(block.get("tool_use_id")))
+                else:
+                    results_over = True
+                    problems += self._other_block_problems(block, role)
+            missing = [ident for ident in pending if ident not in answered]
+            if missing:
+                problems.append(
+                    f"tool_use ids {missing} without tool_result blocks "
+                    f"immediately after (message {number})"
+                )
+            unasked = [ident for ident in answered if ident not in pending]
+            if unasked:
+                problems.append(
+                    f"tool_result blocks for ids {unasked} with no tool_use in "
+                    f"the previous message (message {number})"
+                )
+            if len(set(answered)) != len(answered):
+                problems.append(f"a tool_use id answered twice: {answered}")
+            pending = [
+                str(b.get("id"))
+                for b, k in zip(blocks, kinds, strict=True)
+                if k == "tool_use" and isinstance(b, dict)
+            ]
+            plain.append({**message, "content": "(tool blocks)"})
+        if pending:
+            problems.append(f"tool_use ids {pending} without tool_result blocks after them")
+        return plain, problems
+
+    def _other_block_problems(self, block: Any, role: Any) -> list[str]:
+        """What is wrong with a block beside the tool blocks of a turn: text (or, for a fake
+        that takes them, an image in a user turn)."""
+        image = isinstance(block, dict) and block.get("type") == "image"
+        if image and (not self.takes_images or role != "user"):
+            return [f"an image block in a {role!r} turn"]
+        return block_problems(block)
 
     def _rejection(self, body: dict[str, Any]) -> str | None:
         """Why the API refuses what was asked (the user's choice, not the client's mistake)."""
@@ -292,9 +408,23 @@ class FakeAnthropic(FakeService):
         fault = self.mode if self._failing() else "ok"
         if fault == "status":
             return self._status_reply()
+        self._check_scripted_calls(body)
         if not body.get("stream"):
             return web.json_response(self._whole(body["model"]))
         return await self._stream(request, body["model"], fault)
+
+    def _check_scripted_calls(self, body: dict[str, Any]) -> None:
+        """The model calls only tools it was offered, and none when told not to."""
+        if not self.tool_uses:
+            return
+        offered = {t.get("name") for t in body.get("tools", []) if isinstance(t, dict)}
+        choice = body.get("tool_choice")
+        self.expect(
+            not (isinstance(choice, dict) and choice.get("type") == "none"),
+            "the fake is scripted to call tools, but the request said tool_choice none",
+        )
+        for use in self.tool_uses:
+            self.expect(use.name in offered, f"the fake calls {use.name!r}, which was not offered")
 
     def _status_reply(self) -> web.Response:
         return web.Response(
@@ -317,7 +447,20 @@ class FakeAnthropic(FakeService):
             content.append(
                 {"type": "thinking", "thinking": "".join(self.thinking), "signature": "c2ln"}
             )
-        content.append({"type": "text", "text": "".join(self.pieces)})
+        if self.pieces or not self.tool_uses:
+            content.append({"type": "text", "text": "".join(self.pieces)})
+        for use in self.tool_uses:
+            try:
+                tool_input = json.loads("".join(use.pieces) or "{}")
+            except ValueError:
+                tool_input = None
+            self.expect(
+                isinstance(tool_input, dict),
+                f"the fake's whole reply needs a JSON object as input: {use.pieces!r}",
+            )
+            content.append(
+                {"type": "tool_use", "id": use.id, "name": use.name, "input": tool_input or {}}
+            )
         return {
             "id": "msg_fake01",
             "type": "message",
@@ -361,17 +504,34 @@ class FakeAnthropic(FakeService):
             )  # fmt: skip
             events.append({"type": "content_block_stop", "index": index})
             index += 1
-        events.append(
-            {"type": "content_block_start", "index": index,
-             "content_block": {"type": "text", "text": ""}}
-        )  # fmt: skip
-        events.append({"type": "ping"})
-        events += [
-            {"type": "content_block_delta", "index": index,
-             "delta": {"type": "text_delta", "text": piece}}
-            for piece in self.pieces
-        ]  # fmt: skip
-        events.append({"type": "content_block_stop", "index": index})
+        if self.pieces or not self.tool_uses:
+            events.append(
+                {"type": "content_block_start", "index": index,
+                 "content_block": {"type": "text", "text": ""}}
+            )  # fmt: skip
+            events.append({"type": "ping"})
+            events += [
+                {"type": "content_block_delta", "index": index,
+                 "delta": {"type": "text_delta", "text": piece}}
+                for piece in self.pieces
+            ]  # fmt: skip
+            events.append({"type": "content_block_stop", "index": index})
+            index += 1
+        for use in self.tool_uses:
+            # As the API streams one: the block with an empty input, then the input's JSON in
+            # pieces (the first of them empty).
+            events.append(
+                {"type": "content_block_start", "index": index,
+                 "content_block": {"type": "tool_use", "id": use.id, "name": use.name,
+                                   "input": {}}}
+            )  # fmt: skip
+            events += [
+                {"type": "content_block_delta", "index": index,
+                 "delta": {"type": "input_json_delta", "partial_json": piece}}
+                for piece in ["", *use.pieces]
+            ]  # fmt: skip
+            events.append({"type": "content_block_stop", "index": index})
+            index += 1
         events.append(
             {
                 "type": "message_delta",
@@ -447,6 +607,97 @@ class FakeAnthropic(FakeService):
         )
 
 
+# -- tools -------------------------------------------------------------------------------------
+
+
+def tool_problems(body: dict[str, Any]) -> list[str]:
+    """What is wrong with a body's ``tools`` and ``tool_choice``."""
+    problems: list[str] = []
+    tools = body.get("tools")
+    names: list[Any] = []
+    if "tools" in body:
+        if not isinstance(tools, list):
+            return [f"tools is not a list: {tools!r}"]
+        for tool in tools:
+            if not isinstance(tool, dict):
+                problems.append(f"a tool is not an object: {tool!r}")
+                continue
+            unknown = set(tool) - {"name", "description", "input_schema", "cache_control"}
+            if unknown:
+                problems.append(f"tool {tool.get('name')!r}: unknown fields {sorted(unknown)}")
+            name = tool.get("name")
+            if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+                problems.append(f"tools: name {name!r} does not match ^[a-zA-Z0-9_-]{{1,64}}$")
+            if name in names:
+                problems.append(f"tools: the name {name!r} is not unique")
+            names.append(name)
+            if not isinstance(tool.get("description"), str):
+                problems.append(f"tool {name!r}: description is not text")
+            schema = tool.get("input_schema")
+            if not isinstance(schema, dict) or schema.get("type") != "object":
+                problems.append(f"tool {name!r}: input_schema is not a schema of type object")
+    if "tool_choice" in body:
+        choice = body["tool_choice"]
+        kind = choice.get("type") if isinstance(choice, dict) else None
+        if "tools" not in body:
+            problems.append("tool_choice without tools")
+        if not isinstance(choice, dict) or kind not in TOOL_CHOICES:
+            problems.append(f"malformed tool_choice: {choice!r}")
+        else:
+            allowed = {"type"} | ({"name"} if kind == "tool" else set())
+            allowed |= set() if kind == "none" else {"disable_parallel_tool_use"}
+            if set(choice) - allowed:
+                problems.append(
+                    f"tool_choice {kind}: unknown fields {sorted(set(choice) - allowed)}"
+                )
+            if kind == "tool" and choice.get("name") not in names:
+                problems.append(f"tool_choice names no offered tool: {choice!r}")
+            parallel = choice.get("disable_parallel_tool_use", False)
+            if not isinstance(parallel, bool):
+                problems.append("tool_choice: disable_parallel_tool_use is not a boolean")
+    return problems
+
+
+def tool_use_problems(block: dict[str, Any]) -> list[str]:
+    """What is wrong with a ``tool_use`` block of an assistant turn."""
+    problems: list[str] = []
+    if not {"type", "id", "name", "input"} <= set(block) <= {
+        "type", "id", "name", "input", "cache_control"
+    }:  # fmt: skip
+        problems.append(f"malformed tool_use block: {block!r}")
+    ident, name = block.get("id"), block.get("name")
+    if not isinstance(ident, str) or not TOOL_USE_ID.fullmatch(ident):
+        problems.append(f"tool_use id {ident!r} does not match ^[a-zA-Z0-9_-]+$")
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+        problems.append(f"tool_use name {name!r} does not match ^[a-zA-Z0-9_-]{{1,64}}$")
+    if not isinstance(block.get("input"), dict):
+        problems.append(f"tool_use input is not an object: {block.get('input')!r}")
+    return problems
+
+
+def tool_result_problems(block: dict[str, Any], takes_images: bool) -> list[str]:
+    """What is wrong with a ``tool_result`` block of a user turn (its content: text, or a
+    list of text blocks and, where taken, images; it may be left out)."""
+    problems: list[str] = []
+    allowed = {"type", "tool_use_id", "content", "is_error", "cache_control"}
+    if not {"type", "tool_use_id"} <= set(block) <= allowed:
+        problems.append(f"malformed tool_result block: {block!r}")
+    if not isinstance(block.get("tool_use_id"), str):
+        problems.append(f"tool_result tool_use_id is not text: {block!r}")
+    if "is_error" in block and not isinstance(block["is_error"], bool):
+        problems.append(f"tool_result is_error is not a boolean: {block!r}")
+    content = block.get("content", "")
+    if isinstance(content, list):
+        for inner in content:
+            image = isinstance(inner, dict) and inner.get("type") == "image"
+            if image and not takes_images:
+                problems.append("an image in a tool_result (this fake takes none)")
+            problems += block_problems(inner)
+    elif not isinstance(content, str):
+        problems.append(f"tool_result content is neither text nor blocks: {block!r}")
+    return problems
+
+
 # -- images ------------------------------------------------------------------------------------
 
 #: The media types an ``image`` block may carry, and the most base64 the API takes for one.
@@ -491,6 +742,8 @@ def block_problems(block: Any) -> list[str]:
 class FakeVisionAnthropic(FakeAnthropic):
     """:class:`FakeAnthropic` that also takes user turns whose content is a list of blocks
     (text and base64 images), each block checked as the API checks it."""
+
+    takes_images = True
 
     @staticmethod
     def _message_problems(messages: Any) -> list[str]:
