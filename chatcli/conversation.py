@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from chatcli.core import ChatMessage, Event, ImagePart, Message
+from chatcli.core import ChatMessage, Event, ImagePart, Message, ToolSpec
 from chatcli.errors import ChatcliError, StorageError, UsageError
 from chatcli.files import Item
 from chatcli.providers import Registry
@@ -26,10 +26,12 @@ from chatcli.store.sessions import (
     check_session_name,
 )
 from chatcli.templates import Applied, Template, Templates
+from chatcli.tools import ToolRound, rounds_from_json, rounds_json
 from chatcli.turn import Turn, TurnRequest, preflight, run_turn
 
 if TYPE_CHECKING:
     from chatcli.branches import Branch
+    from chatcli.tools.setup import ToolSet
 
 log = logging.getLogger("chatcli.conversation")
 
@@ -66,6 +68,22 @@ class _Entry:
     after: int | Literal["head"] | None = "head"
     #: For an answer: it answers its question again (``/retry``), so it ends the branch.
     retried: bool = False
+    #: For an answer that called tools: its rounds, and where its text after them starts.
+    rounds: tuple[ToolRound, ...] = ()
+    final_from: int = 0
+
+    def as_sent(self) -> list[ChatMessage]:
+        """The message as the model gets it again: an answer that called tools is its rounds
+        (each its calls and their results) and then the text that followed them."""
+        if self.images:
+            return [ChatMessage.with_images(self.role, self.sent, self.images)]
+        if not self.rounds:
+            return [ChatMessage.text(self.role, self.sent)]
+        sent = [message for done in self.rounds for message in done.messages()]
+        final = self.content[self.final_from :]
+        if final.strip():
+            sent.append(ChatMessage.text("assistant", final))
+        return sent
 
     @property
     def sent(self) -> str:
@@ -138,6 +156,8 @@ class Conversation:
         self._next_after: int | Literal["head"] | None = "head"
         #: The temperature and options before a template chose any (see use_choices_of).
         self.role_baseline: tuple[float | None, dict[str, Any]] | None = None
+        #: The tools the model may call (``--tool``, ``--mcp``, ``[tools]``), if any.
+        self.toolset: ToolSet | None = None
         if session is not None and store is not None:
             self._load(session)
 
@@ -207,6 +227,7 @@ class Conversation:
         self.system = session.system
         self.template = self._stored_template(session)
         self._next_after = "head"
+        stored = self.store.messages(session.id)
         self._entries = [
             _Entry(
                 m.role,  # type: ignore[arg-type]
@@ -224,8 +245,10 @@ class Conversation:
                 first_token=m.first_token,
                 context=m.context,
             )
-            for m in self.store.messages(session.id)
+            for m in stored
         ]
+        for entry, message in zip(self._entries, stored, strict=True):
+            entry.rounds, entry.final_from = rounds_from_json(message.tools)
 
     def load(self, session: Session) -> None:
         """Continue ``session``: its history, system prompt, and the provider and model that
@@ -387,10 +410,7 @@ class Conversation:
             answered = index + 1 < len(entries) and entries[index + 1].role == "assistant"
             if entry.role == "user" and not answered and index != last:
                 continue
-            if entry.images:
-                messages.append(ChatMessage.with_images(entry.role, entry.sent, entry.images))
-            else:
-                messages.append(ChatMessage.text(entry.role, entry.sent))
+            messages.extend(entry.as_sent())
         if user_text is not None:
             text = with_context(user_text, context)
             if images:
@@ -430,7 +450,11 @@ class Conversation:
             from chatcli.images import with_notes
 
             text = with_notes(text, images)
-        request = replace(self.defaults, messages=self.messages(text, images, context))
+        request = replace(
+            self.defaults,
+            messages=self.messages(text, images, context),
+            tools=await self._tool_specs(),
+        )
         preflight(request, self.registry)  # a request that cannot leave stores nothing
         skipped = self.unanswered()
         if skipped > self._unanswered_told:  # said once per new unanswered question
@@ -456,6 +480,15 @@ class Conversation:
         self._save_pending()
         return await self._answer(request, renderer, turn, on_event)
 
+    async def send_once(
+        self, text: str, renderer: Renderer, **kwargs: Any
+    ) -> Turn:  # (the keyword arguments of send)
+        """:meth:`send`, then :meth:`aclose`: one question (``ask``)."""
+        try:
+            return await self.send(text, renderer, **kwargs)
+        finally:
+            await self.aclose()
+
     async def retry(
         self,
         renderer: Renderer,
@@ -474,7 +507,7 @@ class Conversation:
             if old is not None:
                 self._entries.append(old)
             raise UsageError("nothing to retry: the last message is not a question")
-        request = replace(self.defaults, messages=self.messages())
+        request = replace(self.defaults, messages=self.messages(), tools=await self._tool_specs())
         before = len(self._entries)
         try:
             turn = await self._answer(request, renderer, turn, on_event, retried=True)
@@ -558,6 +591,7 @@ class Conversation:
         turn = turn or Turn(provider=request.provider)
         self.last_turn = turn
         question = next((e for e in reversed(self._entries) if e.role == "user"), None)
+        toolbox = await self.toolset.toolbox() if self.toolset is not None else None
         try:
             await run_turn(
                 request,
@@ -566,12 +600,13 @@ class Conversation:
                 turn=turn,
                 notice=self.notice,
                 on_event=on_event,
+                toolbox=toolbox,
             )
         finally:
             # Runs on success, on errors and on cancellation alike: nothing shown is lost.
             if turn.model:
                 self.last_model = turn.model
-            if turn.pieces:
+            if turn.began:  # (an answer of tool calls alone keeps them)
                 self._entries.append(
                     _Entry(
                         "assistant",
@@ -590,10 +625,23 @@ class Conversation:
                             turn.first_piece_at - turn.started if turn.first_piece_at else None
                         ),
                         retried=retried,
+                        rounds=tuple(turn.rounds),
+                        final_from=turn.final_from,
                     )
                 )
                 self._save_pending()
         return turn
+
+    async def _tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The tools on offer for the next question (MCP servers start on first use)."""
+        if self.toolset is None:
+            return ()
+        return (await self.toolset.toolbox()).specs()
+
+    async def aclose(self) -> None:
+        """Stop what the conversation started (MCP servers); it may not be used after."""
+        if self.toolset is not None:
+            await self.toolset.aclose()
 
     def _save_pending(self) -> None:
         """Write every unsaved message, oldest first; on failure keep them for next time."""
@@ -623,6 +671,7 @@ class Conversation:
                     context=entry.context,
                     after=entry.after,
                     retried=entry.retried,
+                    tools=rounds_json(entry.rounds, entry.final_from),
                 )
         except StorageError as exc:
             unsaved = sum(1 for e in self._entries if e.id is None)

@@ -168,6 +168,28 @@ class ChatMessage:
         return {"role": self.role, "content": self.content}
 
 
+def without_tools(messages: Sequence[ChatMessage]) -> tuple[ChatMessage, ...]:
+    """``messages`` for a provider that cannot call tools: an answer's rounds of tool calls
+    become the text written around them (the calls and their results are left out), and an
+    answer split by its rounds is one message again."""
+    if not any(m.tool_calls or m.role == "tool" for m in messages):
+        return tuple(messages)
+    out: list[ChatMessage] = []
+    joining = False  # the last message is an answer whose rounds are being joined
+    for message in messages:
+        if message.role == "tool":
+            continue
+        if message.role == "assistant" and joining and out and out[-1].role == "assistant":
+            text = "\n\n".join(t for t in (out[-1].content, message.content) if t.strip())
+            out[-1] = ChatMessage.text("assistant", text)
+        elif message.tool_calls:
+            out.append(ChatMessage.text("assistant", message.content))
+        else:
+            out.append(message)
+        joining = bool(message.tool_calls)
+    return tuple(m for m in out if m.role != "assistant" or m.content.strip())
+
+
 # -- options --------------------------------------------------------------------------------------
 
 #: Keys with a meaning of their own in every request, never provider options (``-o``): why each
@@ -261,6 +283,9 @@ class ChatRequest:
     stream: bool = True
     #: Tools the model may call (only for a provider whose capabilities include tools).
     tools: tuple[ToolSpec, ...] = ()
+    #: ``none``: the tools are described but the model is asked to answer without calling
+    #: any (the last round a question may take).
+    tool_choice: Literal["auto", "none"] = "auto"
 
     def plain_messages(self) -> list[Message]:
         """The conversation as ``{"role", "content"}`` dicts, for protocols that take text."""
@@ -436,3 +461,7 @@ class ChatOptions:
     #: ``-t NAME``: a template (see :mod:`chatcli.templates`), and ``--var`` values for it.
     template: str | None = None
     variables: dict[str, str] = field(default_factory=dict)
+    #: ``--tool``, ``--mcp``, ``--allow-tool``: tools the model may call (on top of config's).
+    tools: list[str] = field(default_factory=list)
+    mcp: list[str] = field(default_factory=list)
+    allow_tools: list[str] = field(default_factory=list)

@@ -15,8 +15,8 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from chatcli.core import (
     ChatMessage,
@@ -26,8 +26,12 @@ from chatcli.core import (
     FinishReason,
     ReasoningDelta,
     TextDelta,
+    ToolCall,
     ToolCallDelta,
+    ToolCalls,
+    ToolSpec,
     Usage,
+    without_tools,
 )
 from chatcli.errors import (
     ChatcliError,
@@ -39,6 +43,10 @@ from chatcli.errors import (
 from chatcli.providers import Registry
 from chatcli.providers.base import BaseProvider
 from chatcli.render import Renderer
+from chatcli.tools import ToolRound
+
+if TYPE_CHECKING:
+    from chatcli.tools import Toolbox
 
 log = logging.getLogger("chatcli.turn")
 
@@ -84,6 +92,10 @@ class TurnRequest:
     retries: int = 2
     #: Providers to try, in order, when this one fails before any text.
     fallback: tuple[str, ...] = ()
+    #: Tools the model may call (see :mod:`chatcli.tools`; the turn's toolbox runs them).
+    tools: tuple[ToolSpec, ...] = ()
+    #: ``none``: answer without calling tools (the last round of a question).
+    tool_choice: Literal["auto", "none"] = "auto"
 
 
 @dataclass(kw_only=True, slots=True)
@@ -105,6 +117,17 @@ class Turn:
     started: float = field(default_factory=time.monotonic)
     first_piece_at: float | None = None
     ended: float | None = None
+    #: The rounds of tool calls this answer took, in order (see :class:`ToolRound`).
+    rounds: list[ToolRound] = field(default_factory=list)
+    #: The calls of the round that just ended, not answered yet.
+    calls: list[ToolCall] = field(default_factory=list)
+    #: Where the last round's text starts in :attr:`text` (the answer after the tools).
+    final_from: int = 0
+
+    @property
+    def began(self) -> bool:
+        """Something of the answer exists: text was shown, or tools were called."""
+        return bool(self.pieces or self.rounds)
 
     @property
     def text(self) -> str:
@@ -142,6 +165,7 @@ async def run_turn(
     turn: Turn | None = None,
     notice: Callable[[str], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
+    toolbox: Toolbox | None = None,
 ) -> Turn:
     """Run one turn. Raises the provider's error (or ``CancelledError``) after recording it.
 
@@ -151,26 +175,55 @@ async def run_turn(
     is retried: the partial answer stays and the turn is marked interrupted. ``notice`` gets a
     line for each retry and fallback (the CLI prints it on stderr).
 
+    With a ``toolbox`` (and ``request.tools``), an answer that calls tools is a round: the
+    renderer finishes, the toolbox answers the calls (asking the user first where it must),
+    and the model is asked again with the results, up to ``toolbox.max_rounds`` rounds; the
+    last one asks it to answer without tools.
+
     Pass ``turn`` to keep a handle on the partial answer from outside (e.g. for Ctrl-C);
     ``on_event`` sees every event of the attempt that answers (the Python API streams them).
     """
     turn = turn or Turn(provider=request.provider)
-    renderer.start()
+    notice = notice or (lambda text: None)
+    if toolbox is None or not toolbox:
+        request = replace(request, tools=())
+    rendering = False
     try:
-        await _run_chain(request, registry, renderer, turn, notice or (lambda text: None), on_event)
+        while True:
+            renderer.start()
+            rendering = True
+            await _run_chain(request, registry, renderer, turn, notice, on_event)
+            if not turn.calls:
+                break
+            if toolbox is None or request.tool_choice == "none":
+                raise ProtocolError(
+                    f"the model kept calling tools after its last round "
+                    f"({len(turn.rounds)} rounds; [tools] max_rounds in config.toml allows more)",
+                    provider=turn.provider,
+                )
+            text = "".join(turn.pieces)[turn.final_from :]
+            if text.strip():  # the paragraph ends here: the next round's text is not in it
+                turn.pieces.append("\n\n")
+                renderer.feed("\n\n")
+            renderer.finish()
+            rendering = False
+            request = await _tool_round(request, turn, text, toolbox, notice)
     except asyncio.CancelledError:
         _end(turn, "interrupted", "interrupted")
-        renderer.finish(interrupted=True)
+        if rendering:
+            renderer.finish(interrupted=True)
         raise
     except ProviderError as exc:
         if isinstance(exc, StreamInterruptedError):
             exc.partial = turn.text
-        _end(turn, "interrupted" if turn.pieces else "error", str(exc))
-        renderer.finish(interrupted=True)
+        _end(turn, "interrupted" if turn.began else "error", str(exc))
+        if rendering:
+            renderer.finish(interrupted=True)
         raise
     except BaseException as exc:
-        _end(turn, "interrupted" if turn.pieces else "error", str(exc) or type(exc).__name__)
-        renderer.finish(interrupted=True)
+        _end(turn, "interrupted" if turn.began else "error", str(exc) or type(exc).__name__)
+        if rendering:
+            renderer.finish(interrupted=True)
         raise
     status = _ended_as(turn.finish_reason)
     _end(turn, status, None)
@@ -178,13 +231,38 @@ async def run_turn(
     if status in CUT:
         log.warning("%s: %s", turn.provider, CUT[status])
     log.debug(
-        "turn done: %s answered, %d chars in %.2f s (first piece after %s)",
+        "turn done: %s answered, %d chars in %.2f s (first piece after %s, %d tool rounds)",
         turn.provider,
         len(turn.text),
         turn.duration,
         f"{turn.first_piece_at - turn.started:.2f} s" if turn.first_piece_at else "-",
+        len(turn.rounds),
     )
     return turn
+
+
+async def _tool_round(
+    request: TurnRequest,
+    turn: Turn,
+    text: str,
+    toolbox: Toolbox,
+    notice: Callable[[str], None],
+) -> TurnRequest:
+    """Answer the calls the model just made after writing ``text``, keep the round on
+    ``turn``, and return the next request: the conversation with the calls and results."""
+    calls, turn.calls = turn.calls, []
+    results = await toolbox.run(calls)
+    done = ToolRound(text, tuple(calls), tuple(results))
+    turn.rounds.append(done)
+    turn.final_from = sum(len(piece) for piece in turn.pieces)
+    choice: Literal["auto", "none"] = "auto"
+    if len(turn.rounds) >= toolbox.max_rounds:
+        choice = "none"
+        notice(
+            f"the model called tools {len(turn.rounds)} times; it is asked to answer now "
+            "([tools] max_rounds in config.toml allows more)"
+        )
+    return replace(request, messages=(*request.messages, *done.messages()), tool_choice=choice)
 
 
 async def _run_chain(
@@ -196,6 +274,9 @@ async def _run_chain(
     on_event: Callable[[Event], None] | None,
 ) -> None:
     chain = [request.provider, *request.fallback]
+    if request.tools:  # a fallback that cannot call tools would answer without them, unseen
+        chain = [request.provider, *(n for n in request.fallback if _calls_tools(registry, n))]
+    shown = len(turn.pieces)  # (text of earlier tool rounds: this round has shown nothing)
     failures: list[ProviderError] = []
     for index, name in enumerate(chain):
         # The model and URL were chosen for the first provider; the others use their own.
@@ -226,7 +307,7 @@ async def _run_chain(
             except ProviderError as exc:
                 if exc.provider is None:
                     exc.provider = provider.name
-                if turn.pieces:
+                if len(turn.pieces) > shown:
                     raise  # text was shown: never retried silently
                 delay = backoff(attempt, getattr(exc, "retry_after", None))
                 if exc.retryable and attempt < request.retries and delay is not None:
@@ -243,6 +324,13 @@ async def _run_chain(
         raise failures[0]
     reasons = "; ".join(str(f) for f in failures)
     raise ProviderError(f"every provider failed: {reasons}")
+
+
+def _calls_tools(registry: Registry, name: str) -> bool:
+    try:
+        return registry.get(name).capabilities().tools
+    except ChatcliError:
+        return True  # an unknown name: creating it says so, as without tools
 
 
 def _options_taken(provider: BaseProvider, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,16 +356,23 @@ async def _attempt(
     model = await provider.pick_model(model)
     turn.model = model
     log.debug("turn: provider=%s model=%s messages=%d", provider.name, model, len(request.messages))
+    tools = provider.capabilities().tools and bool(request.tools)
     chat = ChatRequest(
-        messages=request.messages,
+        # A provider that cannot call tools, or a request without them (services refuse calls
+        # in the history then), gets earlier rounds' calls as the text around them.
+        messages=request.messages if tools else without_tools(request.messages),
         model=model,
         temperature=request.temperature,
         options=options,
         stream=request.stream,
+        tools=request.tools if tools else (),
+        tool_choice=request.tool_choice,
     )
     stream = provider.stream(chat)
     finish: Finish | None = None
     text, thought = _WholeCharacters(), _WholeCharacters()
+    calls = ToolCalls()
+    answered = False
     try:
         async for event in stream:
             if isinstance(event, TextDelta):
@@ -291,6 +386,7 @@ async def _attempt(
                     continue
                 if turn.first_piece_at is None:
                     turn.first_piece_at = time.monotonic()
+                answered = answered or bool(event.text.strip())
                 turn.pieces.append(event.text)
                 renderer.feed(event.text)
             elif isinstance(event, ReasoningDelta):
@@ -301,7 +397,13 @@ async def _attempt(
             elif isinstance(event, Finish):
                 finish = event
             elif isinstance(event, ToolCallDelta):
-                log.debug("%s: a tool call (not run: no tools are offered)", provider.name)
+                if not chat.tools:
+                    log.debug("%s: a tool call (not run: no tools are offered)", provider.name)
+                    continue
+                try:
+                    calls.feed(event)
+                except ValueError as exc:
+                    raise ProtocolError(str(exc), provider=provider.name) from None
     finally:
         await _close(stream)
     if text.held:  # the stream ended on half a character
@@ -313,7 +415,14 @@ async def _attempt(
             provider=provider.name,
         )
     turn.finish_reason = finish.reason
-    if not any(piece.strip() for piece in turn.pieces):
+    if calls and finish.reason in ("tool_calls", "stop"):  # (some servers say stop)
+        try:
+            turn.calls = calls.calls()
+        except ValueError as exc:
+            raise ProtocolError(str(exc), provider=provider.name) from None
+        turn.finish_reason = "tool_calls"
+        return
+    if not answered:
         source = "the model" if provider.kind == "offline" else "the service"
         raise ProtocolError(f"{source} sent an empty answer", provider=provider.name)
 
@@ -345,6 +454,11 @@ def preflight(request: TurnRequest, registry: Registry) -> None:
     An option the first provider does not take is an error at once, as in :func:`run_turn`."""
     chain = [request.provider, *request.fallback]
     _refuse_images(request, registry, chain)
+    if request.tools and not _calls_tools(registry, request.provider):
+        raise UsageError(
+            f"{registry.get(request.provider).name} cannot call tools (--tool, --mcp); "
+            "an OpenAI-compatible provider or anthropic can"
+        )
     first: ChatcliError | None = None
     for index, name in enumerate(chain):
         try:

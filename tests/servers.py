@@ -149,6 +149,10 @@ class FakeOpenAI:
     #: Tool calls after the text: each item is one chunk's ``delta.tool_calls`` list (pieces
     #: of calls by index, as OpenAI streams them); a whole reply gets them put together.
     tool_call_chunks: list[list[dict[str, Any]]] = field(default_factory=list)
+    #: Scripted replies, one per chat request in turn: each is the settings above to use for
+    #: it (``{"pieces": [], "tool_call_chunks": [...], "finish_reason": "tool_calls"}``);
+    #: once they are used up, the settings as they stand answer.
+    replies: list[dict[str, Any]] = field(default_factory=list)
 
     @staticmethod
     def _check(request: web.Request, body: Any) -> list[str]:
@@ -165,8 +169,14 @@ class FakeOpenAI:
             problems.append(f"messages missing or empty: {messages!r}")
         else:
             called: set[str] = set()
+            waiting: list[str] = []  # calls of the last answer not answered yet
             for message in messages:
+                if waiting and not (isinstance(message, dict) and message.get("role") == "tool"):
+                    problems.append(f"tool calls {waiting} not answered right after they were made")
+                    waiting = []
                 if isinstance(message, dict) and message.get("role") == "tool":
+                    if message.get("tool_call_id") in waiting:
+                        waiting.remove(message["tool_call_id"])
                     if set(message) != {"role", "tool_call_id", "content"} or not isinstance(
                         message["content"], str
                     ):
@@ -174,17 +184,25 @@ class FakeOpenAI:
                     elif message["tool_call_id"] not in called:
                         problems.append(f"a result for a call never made: {message!r}")
                 elif isinstance(message, dict) and "tool_calls" in message:
+                    before = set(called)
                     problems.extend(FakeOpenAI._check_calls(message, called))
+                    waiting = sorted(called - before)
                 elif not isinstance(message, dict) or set(message) != {"role", "content"}:
                     problems.append(f"malformed message {message!r}")
                 elif message["role"] not in ("system", "user", "assistant"):
                     problems.append(f"unknown role {message['role']!r}")
                 elif not isinstance(message["content"], str):
                     problems.append(f"content is not text: {message!r}")
+            if waiting:
+                problems.append(f"tool calls {waiting} never answered")
+        if "tool_choice" in body and (
+            "tools" not in body or body["tool_choice"] not in ("none", "auto", "required")
+        ):
+            problems.append(f"tool_choice {body['tool_choice']!r} (with tools: {'tools' in body})")
         for tool in body.get("tools", []):
             function = tool.get("function", {}) if isinstance(tool, dict) else {}
             name = function.get("name")
-            if (
+            if not isinstance(tool, dict) or (
                 tool.get("type") != "function"
                 or not isinstance(name, str)
                 or not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name)
@@ -289,6 +307,9 @@ class FakeOpenAI:
         failure = self._failure()
         if failure is not None:
             return failure
+        if self.replies:
+            for key, value in self.replies.pop(0).items():
+                setattr(self, key, value)
         if self.rejects_stream_options and "stream_options" in body:
             return web.Response(
                 status=self.status, body=self.body.encode(), content_type="application/json"

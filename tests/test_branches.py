@@ -15,6 +15,7 @@ import pytest
 
 from chatcli.branches import branches, tree_lines
 from chatcli.store import SessionStore, StoredMessage
+from chatcli.store.sessions import SCHEMA_VERSION
 from tests.conftest import Isolated, run
 from tests.servers import FakeOpenAI
 from tests.test_repl import ENTER, Harness
@@ -76,7 +77,7 @@ def test_a_database_of_the_previous_release_keeps_every_session_as_one_branch(
     assert store.messages(plain.id)[-1].parent == messages[-1].id
     assert store.get(plain.id).head == question
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
 
 
 # -- the store -----------------------------------------------------------------------------

@@ -158,6 +158,7 @@ class OpenAICompatible(AsyncGeneratorProvider):
     supports_message_history = True
     # The protocol carries images; whether the model reads them is the service's to say.
     supports_images = True
+    supports_tools = True
     #: OpenAI takes images up to 20 MB each (as sent, in a data URL).
     max_image_bytes = 20 * 1024 * 1024
     lists_models = True
@@ -321,6 +322,8 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 }
                 for tool in request.tools
             ]
+            if request.tool_choice == "none":
+                body["tool_choice"] = "none"
         service = (self.name, self.root)
         ask_usage = (
             request.stream

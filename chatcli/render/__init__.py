@@ -54,7 +54,8 @@ class Renderer(Protocol):
     live: bool
 
     def start(self) -> None:
-        """Called once before the first piece."""
+        """Called before the first piece, and again after each round of tool calls (the
+        answer goes on after :meth:`finish` gave the terminal to their lines)."""
 
     def feed(self, text: str) -> None:
         """Show one more piece of the answer."""

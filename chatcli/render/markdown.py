@@ -662,7 +662,12 @@ class MarkdownRenderer:
     # -- the Renderer interface -------------------------------------------------------------
 
     def start(self) -> None:
+        """Called before the answer, and again after each round of tool calls (which
+        :meth:`finish` ended, so that their lines and questions had the terminal)."""
         self._started = True
+        if self._finished:  # finish showed every block: the next round's text starts anew
+            self._splitter = BlockSplitter()
+            self._finished = False
         if self.live:
             self._echo.off()
             self._write("\x1b[?25l")  # hide the cursor while the tail is redrawn

@@ -190,6 +190,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DROP TABLE temp.chain;
     CREATE INDEX messages_by_parent ON messages (parent);
     """,
+    # 8: the tools an answer called on the way: its rounds of calls and their results, as
+    # JSON (see chatcli.turn.rounds_json), sent back with the history as the protocols want.
+    """
+    ALTER TABLE messages ADD COLUMN tools TEXT;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -243,6 +248,9 @@ class StoredMessage:
     context: tuple[Item, ...] = ()
     #: The message before this one on its branch (``None``: the first, or an old database).
     parent: int | None = None
+    #: For an answer that called tools: its rounds of calls and results, as JSON (see
+    #: :func:`chatcli.turn.rounds_json`).
+    tools: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -716,6 +724,7 @@ class SessionStore:
         context: Sequence[Item] = (),
         after: int | Literal["head"] | None = "head",
         retried: bool = False,
+        tools: str | None = None,
     ) -> int:
         """Append a message and touch its session, in one transaction. Returns the message id.
 
@@ -759,11 +768,11 @@ class SessionStore:
             cursor = db.execute(
                 "INSERT INTO messages (session_id, role, content, provider, model, created_at,"
                 " duration, status, error, reply_to, reasoning, input_tokens, output_tokens,"
-                " usage_estimated, first_token, parent)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " usage_estimated, first_token, parent, tools)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (session_id, role, content, provider, model, now, duration, status, error,
                  reply_to if answer else None, reasoning or None, input_tokens, output_tokens,
-                 int(usage_estimated), first_token, parent),
+                 int(usage_estimated), first_token, parent, tools if answer else None),
             )  # fmt: skip
             new_head = cursor.lastrowid
             if answer and not answered and parent is not None and head not in (None, parent):
@@ -1022,6 +1031,7 @@ _LATER_COLUMNS: Final = (
     "usage_estimated",
     "first_token",
     "parent",
+    "tools",
 )
 
 
