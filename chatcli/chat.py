@@ -27,17 +27,71 @@ log = logging.getLogger("chatcli.chat")
 
 
 def open_conversation(
-    ctx: AppContext, chosen: ChatOptions, *, notice: Callable[[str], None] | None = None
+    ctx: AppContext,
+    chosen: ChatOptions,
+    *,
+    notice: Callable[[str], None] | None = None,
+    tools: bool = False,
 ) -> Conversation:
-    """A conversation set up as ``chosen`` asks, continuing a session when one was named."""
+    """A conversation set up as ``chosen`` asks, continuing a session when one was named,
+    with the tools it asks for (asking for consent on the terminal); ``tools``: with a tool
+    set even when none is on yet (the REPL's ``/tools on`` turns them on)."""
     settings = ctx.settings
-    return conversation_from(
+    conversation = conversation_from(
         settings,
         Stores.for_context(ctx),
         chosen,
         notice=notice,
         templates=Templates(ctx.paths.config_dir / "templates"),
     )
+    if tools or chosen.tools or chosen.mcp or settings.tools.enabled:
+        from pathlib import Path
+
+        from chatcli.tools.consent import TerminalConsent
+        from chatcli.tools.setup import toolset_for
+
+        toolset = toolset_for(
+            settings.tools,
+            tools=chosen.tools,
+            servers=chosen.mcp,
+            allow=chosen.allow_tools,
+            cwd=Path.cwd(),
+            env=ctx.env,
+            consent=TerminalConsent(ctx.stderr, _consent_keys(ctx)),
+            log_dir=ctx.paths.state_dir,
+        )
+        if toolset or tools:
+            conversation.toolset = toolset
+    return conversation
+
+
+def _consent_keys(ctx: AppContext) -> Callable[[], int | None]:
+    """Where consent is asked: stdin's terminal, or the controlling terminal when stdin is
+    piped and a person watches stderr (``None``: nobody to ask; opened once, when needed)."""
+    found: list[int | None] = []
+
+    def keys() -> int | None:
+        if not found:
+            found.append(_terminal_fd(ctx))
+        return found[0]
+
+    return keys
+
+
+def _terminal_fd(ctx: AppContext) -> int | None:
+    import os
+
+    if ctx.stdin_isatty and ctx.stdin is not None:
+        try:
+            return ctx.stdin.fileno()
+        except (AttributeError, OSError, ValueError):
+            return None
+    if not ctx.stderr_isatty:
+        return None
+    try:
+        return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)  # (open for the process's life)
+    except OSError:
+        return None
 
 
 def conversation_from(

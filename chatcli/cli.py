@@ -42,6 +42,7 @@ from chatcli.errors import (
 )
 from chatcli.sessions_cli import sessions_app
 from chatcli.templates_cli import templates_app
+from chatcli.tools_cli import tools_app
 
 app = typer.Typer(
     name="chatcli",
@@ -242,7 +243,7 @@ def ask(
         )
         try:
             with log_handler.held(renderer.live):
-                run_async(conversation.send(message, renderer, images=images, context=items))
+                run_async(conversation.send_once(message, renderer, images=images, context=items))
         except (ProviderError, KeyboardInterrupt, Terminated):
             turn = conversation.last_turn
             if json_out and turn is not None and turn.pieces:
@@ -313,7 +314,7 @@ def repl(
         )
         if piped and piped.strip():
             gathered.items.insert(0, Item("(stdin)", piped))
-        conversation = open_conversation(ctx, chat)
+        conversation = open_conversation(ctx, chat, tools=True)
         loop = Repl(
             conversation,
             stdout=ctx.stdout,
@@ -1144,6 +1145,7 @@ def paths(json_out: JsonOpt = False) -> None:
 
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(templates_app, name="templates")
+app.add_typer(tools_app, name="tools")
 
 # -- cookies ------------------------------------------------------------------------------------
 

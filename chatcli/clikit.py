@@ -340,6 +340,54 @@ VarOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+def complete_tool(incomplete: str) -> list[str]:
+    try:
+        from chatcli.tools.builtin import BUILTIN
+
+        return _matching(list(BUILTIN), incomplete)
+    except Exception:
+        return []
+
+
+def complete_mcp(incomplete: str) -> list[str]:
+    try:
+        return _matching(list(AppContext.current().settings.tools.servers), incomplete)
+    except Exception:
+        return []
+
+
+ToolOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tool",
+        metavar="NAME",
+        help="Let the model call this built-in tool (read_file, list_dir, search_text, "
+        "run_shell); repeatable.",
+        show_default=False,
+        autocompletion=complete_tool,
+    ),
+]
+McpOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--mcp",
+        metavar="NAME",
+        help="Let the model call this MCP server's tools ([mcp.servers.NAME]); repeatable.",
+        show_default=False,
+        autocompletion=complete_mcp,
+    ),
+]
+AllowToolOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-tool",
+        metavar="NAME",
+        help="Run this tool without asking, also off a terminal; repeatable.",
+        show_default=False,
+    ),
+]
 ContinueOpt = Annotated[
     bool, typer.Option("-c", "--continue", help="Continue the most recent session.")
 ]
@@ -509,6 +557,9 @@ CHAT_OPTIONS: Final = (
     _chat_parameter("proxy", ProxyOpt, None),
     _chat_parameter("timeout", TimeoutOpt, None),
     _chat_parameter("retries", RetriesOpt, None),
+    _chat_parameter("tool", ToolOpt, None),
+    _chat_parameter("mcp", McpOpt, None),
+    _chat_parameter("allow_tool", AllowToolOpt, None),
     _chat_parameter("no_stream", NoStreamOpt, False),
     _chat_parameter("session", SessionOpt, None),
     _chat_parameter("continue_last", ContinueOpt, False),
@@ -536,6 +587,9 @@ def chat_options(values: Mapping[str, Any]) -> ChatOptions:
         retries=values["retries"],
         template=check_name(values["template"]) if values["template"] is not None else None,
         variables=parse_vars(values["var"] or []),
+        tools=list(values["tool"] or []),
+        mcp=list(values["mcp"] or []),
+        allow_tools=list(values["allow_tool"] or []),
     )
 
 

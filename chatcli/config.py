@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from chatcli.errors import ConfigError, check_url
+from chatcli.tools.setup import ToolSettings, tool_settings
 
 APP_NAME: Final = "chatcli"
 
@@ -86,6 +87,9 @@ _TOP_KEYS: Final[dict[str, tuple[type, ...]]] = {
     "fallback": (list,),
     "providers": (dict,),
     "cookies": (dict,),
+    # Tools the model may call, and MCP servers (see chatcli.tools.setup).
+    "tools": (dict,),
+    "mcp": (dict,),
 }
 #: Keys allowed in a ``[providers.NAME]`` table.
 _PROVIDER_KEYS: Final[dict[str, tuple[type, ...]]] = {
@@ -204,6 +208,12 @@ class Settings:
     #: browser (see :func:`browser_opt_in`). Without ``from_browser`` no browser is ever read.
     cookies_browser: str | None = None
     cookies_profile: str | None = None
+    #: ``[tools]`` and ``[mcp.servers.*]``, checked.
+    tools: ToolSettings = field(default_factory=lambda: _no_tools())
+
+
+def _no_tools() -> ToolSettings:
+    return ToolSettings()
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -474,6 +484,7 @@ def load_settings(paths: Paths, env: Mapping[str, str]) -> Settings:
         env=dict(env),
         cookies_browser=data.get("cookies", {}).get("from_browser"),
         cookies_profile=data.get("cookies", {}).get("profile"),
+        tools=tool_settings(data, paths.config_file),
     )
 
 

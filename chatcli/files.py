@@ -73,13 +73,19 @@ class Item:
     def block(self) -> str:
         """The item as the model gets it: its path, then its text fenced (a fence longer than
         any run of backticks inside, so the text cannot close it)."""
-        longest, run = 0, 0
-        for char in self.text:
-            run = run + 1 if char == "`" else 0
-            longest = max(longest, run)
-        fence = "`" * max(3, longest + 1)
-        body = self.text if self.text.endswith("\n") else self.text + "\n"
-        return f"{self.source}\n{fence}{self.language}\n{body}{fence}"
+        return f"{self.source}\n{fenced(self.text, self.language)}"
+
+
+def fenced(text: str, language: str = "") -> str:
+    """``text`` in a Markdown code fence longer than any run of backticks inside it (so the
+    text cannot close it)."""
+    longest, run = 0, 0
+    for char in text:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    body = text if text.endswith("\n") else text + "\n"
+    return f"{fence}{language}\n{body}{fence}"
 
 
 @dataclass(slots=True)

@@ -79,6 +79,9 @@ COMMANDS: Final[tuple[Command, ...]] = (
     Command("system", "/system TEXT", "set the system prompt (no text: show it; '-': remove it)"),
     Command("role", "/role NAME", "use a template from now on (no name: show them; '-': none)"),
     Command("reasoning", "/reasoning MODE", "a model's thinking: show, collapse or hide"),
+    Command(
+        "tools", "/tools on|off NAME", "let the model call a tool or MCP server (no name: list)"
+    ),
     Command("retry", "/retry", "ask the last question again (the old answer stays a branch)"),
     Command("branches", "/branches", "show the session's branches as a tree"),
     Command("switch", "/switch N", "continue on branch N (no N: show the branches)"),
@@ -98,7 +101,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
 _BY_NAME: Final = {c.name: c for c in COMMANDS} | {"quit": COMMANDS[-1]}
 #: Commands that, given no argument, show what they would change (or, for /copy, take all).
 _SHOWN_WITHOUT_ARGUMENT: Final = (
-    "system", "provider", "model", "reasoning", "copy", "role", "edit", "switch",
+    "system", "provider", "model", "reasoning", "copy", "role", "edit", "switch", "tools",
 )  # fmt: skip
 
 
@@ -333,21 +336,27 @@ class Repl:
         # moment the prompt takes the terminal (it restores this mode when it returns): the
         # terminal is never back in line mode, where Enter would become Ctrl-J, "add a line".
         with self.type_ahead:
-            while self.running:
-                added = self.conversation.refresh()  # another process may have used the session
-                if added:
-                    self.say(f"({added} message(s) added to this session elsewhere; see /history)")
-                try:
-                    text = await self.read()
-                except KeyboardInterrupt:
-                    self.drop_edit()
-                    continue  # Ctrl-C at the prompt: the line is cleared
-                except EOFError:
-                    break  # Ctrl-D on an empty line
-                try:
-                    await self.handle(text)
-                except KeyboardInterrupt:
-                    self.say("[interrupted]")  # Ctrl-C during a command: back to the prompt
+            try:
+                await self._loop()
+            finally:
+                await self.conversation.aclose()  # MCP servers stop with the REPL
+
+    async def _loop(self) -> None:
+        while self.running:
+            added = self.conversation.refresh()  # another process may have used the session
+            if added:
+                self.say(f"({added} message(s) added to this session elsewhere; see /history)")
+            try:
+                text = await self.read()
+            except KeyboardInterrupt:
+                self.drop_edit()
+                continue  # Ctrl-C at the prompt: the line is cleared
+            except EOFError:
+                break  # Ctrl-D on an empty line
+            try:
+                await self.handle(text)
+            except KeyboardInterrupt:
+                self.say("[interrupted]")  # Ctrl-C during a command: back to the prompt
 
     async def handle(self, text: str) -> None:
         """One submitted input: a slash command, or a message to send."""
@@ -494,6 +503,32 @@ class Repl:
                 raise UsageError(f"/reasoning {argument}: give one of {', '.join(REASONING_MODES)}")
             self.reasoning = argument
         self.say(f"reasoning: {self.reasoning} (show, collapse or hide)")
+
+    async def _cmd_tools(self, argument: str) -> None:
+        toolset = self.conversation.toolset
+        if toolset is None:
+            raise UsageError("tools are not available here")
+        if argument:
+            switch, _, name = argument.partition(" ")
+            name = name.strip()
+            if switch not in ("on", "off") or not name:
+                raise UsageError("usage: /tools on NAME, /tools off NAME")
+            if switch == "on":
+                kind = toolset.enable(name)
+                if kind == "server":
+                    await toolset.toolbox()  # started now: a server that fails says so here
+            else:
+                toolset.disable(name)
+        from chatcli.tools.builtin import BUILTIN
+
+        on = toolset.describe()
+        self.say("tools on: " + ("none" if not on else ""))
+        for line in on:
+            self.say(f"  {line}")
+        off = [n for n in [*BUILTIN, *toolset.settings.servers] if n not in toolset.builtins]
+        off = [n for n in off if n not in toolset.servers]
+        if off:
+            self.say(f"also known: {', '.join(off)} (/tools on NAME)")
 
     async def _cmd_model(self, argument: str) -> None:
         if argument:

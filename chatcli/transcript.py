@@ -125,8 +125,35 @@ def _messages(
         if reasoning and message.reasoning:
             quoted = "\n".join(f"> {line}" for line in message.reasoning.rstrip("\n").splitlines())
             lines += ["**Thinking:**", "", quoted, ""]
-        lines += [message.content.rstrip("\n"), ""]
+        lines += _answer(message)
     return lines
+
+
+def _answer(message: StoredMessage) -> list[str]:
+    """The message's text; an answer that called tools shows each round's calls and what
+    they returned where they came, between the text written before and after them."""
+    from chatcli.tools import rounds_from_json
+
+    rounds, final_from = rounds_from_json(message.tools)
+    if not rounds:
+        return [message.content.rstrip("\n"), ""]
+    from chatcli.files import fenced
+    from chatcli.tools.consent import one_line
+
+    lines: list[str] = []
+    for done in rounds:
+        if done.text.strip():
+            lines += [done.text.rstrip("\n"), ""]
+        for call, result in zip(done.calls, done.results, strict=True):
+            failed = " (failed)" if result.is_error else ""
+            lines += [
+                f"**Tool call:** `{call.name}` `{one_line(call.arguments)}`{failed}",
+                "",
+                fenced(result.text),
+                "",
+            ]
+    final = message.content[final_from:].rstrip("\n")
+    return lines + ([final, ""] if final.strip() else [])
 
 
 def session_dict(session: Session) -> dict[str, Any]:
@@ -161,6 +188,7 @@ def message_dict(message: StoredMessage) -> dict[str, Any]:
             {"source": item.source, "language": item.language, "content": item.text}
             for item in message.context
         ],
+        "tool_rounds": _rounds(message),
         "usage": {
             "input_tokens": message.input_tokens,
             "output_tokens": message.output_tokens,
@@ -168,6 +196,22 @@ def message_dict(message: StoredMessage) -> dict[str, Any]:
             "first_token_seconds": message.first_token,
         },
     }
+
+
+def _rounds(message: StoredMessage) -> list[dict[str, Any]]:
+    from chatcli.tools import rounds_from_json
+
+    return [
+        {
+            "text": done.text,
+            "calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments, "result": r.text,
+                 "failed": r.is_error}
+                for c, r in zip(done.calls, done.results, strict=True)
+            ],
+        }
+        for done in rounds_from_json(message.tools)[0]
+    ]  # fmt: skip
 
 
 def to_json(session: Session, messages: Sequence[StoredMessage]) -> dict[str, Any]:
