@@ -246,7 +246,7 @@ def ask(
                 run_async(conversation.send_once(message, renderer, images=images, context=items))
         except (ProviderError, KeyboardInterrupt, Terminated):
             turn = conversation.last_turn
-            if json_out and turn is not None and turn.pieces:
+            if json_out and turn is not None and turn.began:
                 _print_json(ctx, turn, conversation)  # scripts get the partial answer too
             raise
         turn = conversation.last_turn
@@ -505,6 +505,10 @@ def _print_json(ctx: AppContext, turn: Any, conversation: Any) -> None:
         "usage": _usage_of(turn, ctx.settings.providers),
         "session": session.id if session is not None else None,
     }
+    if turn.rounds:
+        from chatcli.tools import rounds_as_dicts
+
+        result["tool_rounds"] = rounds_as_dicts(turn.rounds)
     if turn.error:
         result["error"] = redact_credentials(turn.error)
     ctx.stdout.write(json.dumps(result, ensure_ascii=False) + "\n")

@@ -400,7 +400,7 @@ class Repl:
             if current is not None and current.cancelling():
                 raise  # the REPL itself is being stopped
             turn = self.conversation.last_turn
-            shown = turn is not None and turn is not previous and turn.pieces
+            shown = turn is not None and turn is not previous and turn.began
             kept = " (the part shown is kept)" if shown else ""
             self.say(f"[interrupted]{kept}")
         except ChatcliError as exc:

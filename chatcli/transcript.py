@@ -199,19 +199,9 @@ def message_dict(message: StoredMessage) -> dict[str, Any]:
 
 
 def _rounds(message: StoredMessage) -> list[dict[str, Any]]:
-    from chatcli.tools import rounds_from_json
+    from chatcli.tools import rounds_as_dicts, rounds_from_json
 
-    return [
-        {
-            "text": done.text,
-            "calls": [
-                {"id": c.id, "name": c.name, "arguments": c.arguments, "result": r.text,
-                 "failed": r.is_error}
-                for c, r in zip(done.calls, done.results, strict=True)
-            ],
-        }
-        for done in rounds_from_json(message.tools)[0]
-    ]  # fmt: skip
+    return rounds_as_dicts(rounds_from_json(message.tools)[0])
 
 
 def to_json(session: Session, messages: Sequence[StoredMessage]) -> dict[str, Any]:

@@ -253,3 +253,13 @@ def test_file_tools_stay_inside_the_working_directory(
     assert run(ask(fake, "--tool", "read_file", "x"), isolated).returncode == 0
     [refused] = tool_messages(fake)
     assert "hunter2" not in refused["content"] and "outside" in refused["content"]
+
+
+def test_json_output_carries_the_rounds(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.replies = [calls_reply(call(0, "list_dir", {}, "c1")), text_reply("Empty-ish.")]
+    (isolated.root / "a.txt").write_text("x")
+    result = run(ask(fake, "--tool", "list_dir", "--json", "what is here?"), isolated)
+    data = json.loads(result.stdout)
+    assert data["text"] == "Empty-ish." and data["status"] == "complete"
+    [done] = data["tool_rounds"]
+    assert done["calls"][0]["name"] == "list_dir" and "a.txt" in done["calls"][0]["result"]

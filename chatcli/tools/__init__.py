@@ -229,6 +229,21 @@ def rounds_json(rounds: Sequence[ToolRound], final_from: int) -> str | None:
     )
 
 
+def rounds_as_dicts(rounds: Sequence[ToolRound]) -> list[dict[str, Any]]:
+    """Rounds as JSON output gives them (``--json``, ``sessions export --format json``)."""
+    return [
+        {
+            "text": done.text,
+            "calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments, "result": r.text,
+                 "failed": r.is_error}
+                for c, r in zip(done.calls, done.results, strict=True)
+            ],
+        }
+        for done in rounds
+    ]  # fmt: skip
+
+
 def rounds_from_json(text: str | None) -> tuple[tuple[ToolRound, ...], int]:
     """The tool rounds and ``final_from`` kept with an answer; nothing for a value that is
     not what :func:`rounds_json` writes (an edited or damaged database: the answer's text
