@@ -154,7 +154,7 @@ def test_calls_and_results_go_back_as_the_protocol_takes_them(fake: FakeOpenAI) 
     sent = fake.requests[-1].body["messages"]
     assert sent[1] == {
         "role": "assistant",
-        "content": None,
+        "content": "",  # (a string: llama.cpp's server refuses null)
         "tool_calls": [
             {
                 "id": "call_a",

@@ -102,9 +102,15 @@ def text_reply(*pieces: str) -> dict[str, Any]:
 
 
 def turn_with(
-    fake: FakeOpenAI, toolbox: Toolbox, question: str = "go", *, stream: bool = True
+    fake: FakeOpenAI,
+    toolbox: Toolbox,
+    question: str = "go",
+    *,
+    stream: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Turn, BaseException | None]:
     request = TurnRequest(
+        options=options or {},
         provider="ollama",
         base_url=fake.base_url,
         model="m",
@@ -225,6 +231,15 @@ def test_a_runaway_loop_is_asked_to_answer_at_the_cap(fake: FakeOpenAI) -> None:
     bodies = chat_bodies(fake)
     assert [b.get("tool_choice") for b in bodies] == [None, None, None, "none"]
     assert any("asked to answer now" in n for n in NOTICES)
+
+
+def test_the_last_round_asks_for_no_tools_over_a_tool_choice_option(fake: FakeOpenAI) -> None:
+    fake.replies = [calls_reply(call(0, "echo", '{"text": "x"}')), text_reply("answer")]
+    turn, error = turn_with(
+        fake, Toolbox(tools=[Echo()], max_rounds=1), options={"tool_choice": "required"}
+    )
+    assert error is None and turn.text == "answer"
+    assert [b["tool_choice"] for b in chat_bodies(fake)] == ["required", "none"]
 
 
 def test_a_model_that_calls_tools_past_the_cap_fails_truthfully(fake: FakeOpenAI) -> None:

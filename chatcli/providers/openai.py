@@ -322,8 +322,6 @@ class OpenAICompatible(AsyncGeneratorProvider):
                 }
                 for tool in request.tools
             ]
-            if request.tool_choice == "none":
-                body["tool_choice"] = "none"
         service = (self.name, self.root)
         ask_usage = (
             request.stream
@@ -334,6 +332,8 @@ class OpenAICompatible(AsyncGeneratorProvider):
         if ask_usage:
             body["stream_options"] = {"include_usage": True}
         body.update(request.options)
+        if request.tools and request.tool_choice == "none":
+            body["tool_choice"] = "none"  # the last round: over a -o tool_choice too
         async with contextlib.AsyncExitStack() as stack:
             try:
                 response = await stack.enter_async_context(
@@ -506,7 +506,9 @@ def wire_messages(request: ChatRequest) -> list[dict[str, Any]]:
             wire.append(
                 {
                     "role": message.role,
-                    "content": message.content or None,
+                    # Text even when there was none before the calls: the protocol allows
+                    # null, but llama.cpp's Python server refuses null and a missing field.
+                    "content": message.content,
                     "tool_calls": [
                         {
                             "id": call.id,
