@@ -31,11 +31,12 @@ def open_conversation(
     chosen: ChatOptions,
     *,
     notice: Callable[[str], None] | None = None,
-    tools: bool = False,
+    tools: bool | None = None,
 ) -> Conversation:
     """A conversation set up as ``chosen`` asks, continuing a session when one was named,
     with the tools it asks for (asking for consent on the terminal); ``tools``: with a tool
-    set even when none is on yet (the REPL's ``/tools on`` turns them on)."""
+    set even when none is on yet (``True``: the REPL's ``/tools on`` turns them on), or never
+    (``False``: a command that takes none, whatever config.toml enables)."""
     settings = ctx.settings
     conversation = conversation_from(
         settings,
@@ -44,6 +45,10 @@ def open_conversation(
         notice=notice,
         templates=Templates(ctx.paths.config_dir / "templates"),
     )
+    if tools is False:
+        if chosen.tools or chosen.mcp:
+            raise UsageError("this command takes no tools (--tool, --mcp)")
+        return conversation
     if tools or chosen.tools or chosen.mcp or settings.tools.enabled:
         from pathlib import Path
 
@@ -59,6 +64,9 @@ def open_conversation(
             env=ctx.env,
             consent=TerminalConsent(ctx.stderr, _consent_keys(ctx)),
             log_dir=ctx.paths.state_dir,
+            hidden={
+                str(t["api_key_env"]) for t in settings.providers.values() if "api_key_env" in t
+            },
         )
         if toolset or tools:
             conversation.toolset = toolset
@@ -81,13 +89,13 @@ def _consent_keys(ctx: AppContext) -> Callable[[], int | None]:
 def _terminal_fd(ctx: AppContext) -> int | None:
     import os
 
+    if not ctx.stderr_isatty:  # the question would go where nobody reads it
+        return None
     if ctx.stdin_isatty and ctx.stdin is not None:
         try:
             return ctx.stdin.fileno()
         except (AttributeError, OSError, ValueError):
             return None
-    if not ctx.stderr_isatty:
-        return None
     try:
         return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)  # (open for the process's life)
     except OSError:

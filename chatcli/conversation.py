@@ -450,11 +450,10 @@ class Conversation:
             from chatcli.images import with_notes
 
             text = with_notes(text, images)
-        request = replace(
-            self.defaults,
-            messages=self.messages(text, images, context),
-            tools=await self._tool_specs(),
-        )
+        request = replace(self.defaults, messages=self.messages(text, images, context))
+        if self.toolset:  # (before any MCP server starts: a missing key is said at once)
+            preflight(replace(request, tools=(ToolSpec("tools", ""),)), self.registry)
+        request = replace(request, tools=await self._tool_specs())
         preflight(request, self.registry)  # a request that cannot leave stores nothing
         skipped = self.unanswered()
         if skipped > self._unanswered_told:  # said once per new unanswered question

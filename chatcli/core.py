@@ -361,6 +361,9 @@ class ToolCalls:
 
     MAX_CALLS: Final = 64
     MAX_ARGUMENTS: Final = 1024 * 1024
+    #: Tool names are at most 64 characters in every protocol; a model's may be longer (and
+    #: is then no tool's), never without end.
+    MAX_NAME: Final = 256
 
     def __init__(self) -> None:
         self._calls: dict[int, _PartialCall] = {}
@@ -378,6 +381,8 @@ class ToolCalls:
             call.id = delta.id
         if delta.name and delta.name != call.name:  # (some servers repeat it with each piece)
             call.name = (call.name or "") + delta.name
+            if len(call.name) > self.MAX_NAME:
+                raise ValueError(f"a tool call's name passed {self.MAX_NAME} characters")
         if delta.arguments:
             call.size += len(delta.arguments)
             if call.size > self.MAX_ARGUMENTS:
@@ -387,14 +392,18 @@ class ToolCalls:
             call.pieces.append(delta.arguments)
 
     def calls(self) -> list[ToolCall]:
-        """The calls in index order; one with no id gets ``call_N``, one with no name is a
+        """The calls in index order; one with no id gets one of its own (unique: some protocols
+        want every call of a conversation told apart), one with no name is a
         :class:`ValueError` (it cannot be run, nor answered by name)."""
+        import secrets
+
         whole = []
         for index in sorted(self._calls):
             call = self._calls[index]
             if not call.name:
                 raise ValueError(f"tool call {index} has no name")
-            whole.append(ToolCall(call.id or f"call_{index}", call.name, "".join(call.pieces)))
+            ident = call.id or f"call_{secrets.token_hex(8)}"
+            whole.append(ToolCall(ident, call.name, "".join(call.pieces)))
         return whole
 
 

@@ -516,7 +516,11 @@ class Repl:
             if switch == "on":
                 kind = toolset.enable(name)
                 if kind == "server":
-                    await toolset.toolbox()  # started now: a server that fails says so here
+                    try:
+                        await toolset.toolbox()  # started now: one that fails says so here
+                    except BaseException:
+                        toolset.disable(name)  # and is not on (every question would fail)
+                        raise
             else:
                 toolset.disable(name)
         from chatcli.tools.builtin import BUILTIN

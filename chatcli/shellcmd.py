@@ -1040,7 +1040,10 @@ def command_for(
     # A command is a throwaway: kept only in a session the user names (-S) or continues (-c).
     keep = chat.save and (chat.session is not None or chat.continue_last)
     conversation = open_conversation(
-        ctx, replace(chat, system=None, save=keep), notice=lambda text: say(ctx, text)
+        ctx,
+        replace(chat, system=None, save=keep),
+        notice=lambda text: say(ctx, text),
+        tools=False,  # the answer is the command: no rounds of tool calls around it
     )
     # For these questions only: a continued session keeps its own system prompt and template.
     conversation.system, conversation.template = prompt, None

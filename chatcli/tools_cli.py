@@ -78,7 +78,7 @@ def list_tools(
         if json_out:
             ctx.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         else:
-            _print(ctx, rows)
+            _print(ctx, rows, set(settings.allow))
         if failed:
             raise typer.Exit(EXIT_ERROR)
 
@@ -93,7 +93,7 @@ def _row(tool: Any, source: str) -> dict[str, Any]:
     }
 
 
-def _print(ctx: AppContext, rows: list[dict[str, Any]]) -> None:
+def _print(ctx: AppContext, rows: list[dict[str, Any]], allowed: set[str]) -> None:
     from chatcli.render import sanitize
 
     width = max((len(row["name"]) for row in rows), default=4)
@@ -104,7 +104,9 @@ def _print(ctx: AppContext, rows: list[dict[str, Any]]) -> None:
             first = (row["description"].strip().splitlines() or [""])[0]
             if len(first) > 100:
                 first = first[:99] + "…"
-            asks = "asks first" if row["asks"] else "reads only"
+            asks = "reads only"
+            if row["asks"]:
+                asks = "allowed" if row["name"] in allowed else "asks first"
             line = f"{row['name']:<{width}}  {row['source']} · {asks} · {first}"
         ctx.stdout.write(sanitize(line) + "\n")
     ctx.stdout.flush()

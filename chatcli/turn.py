@@ -43,7 +43,7 @@ from chatcli.errors import (
 from chatcli.providers import Registry
 from chatcli.providers.base import BaseProvider
 from chatcli.render import Renderer
-from chatcli.tools import ToolRound
+from chatcli.tools import ToolResult, ToolRound
 
 if TYPE_CHECKING:
     from chatcli.tools import Toolbox
@@ -251,7 +251,17 @@ async def _tool_round(
     """Answer the calls the model just made after writing ``text``, keep the round on
     ``turn``, and return the next request: the conversation with the calls and results."""
     calls, turn.calls = turn.calls, []
-    results = await toolbox.run(calls)
+    results: list[ToolResult] = []
+    try:
+        for call in calls:
+            results.append(await toolbox.run_one(call))
+    except asyncio.CancelledError:
+        # What ran is kept (a command may have changed things); the rest is said not to.
+        results += [ToolResult("not run: the user stopped the answer", True)] * (
+            len(calls) - len(results)
+        )
+        turn.rounds.append(ToolRound(text, tuple(calls), tuple(results)))
+        raise
     done = ToolRound(text, tuple(calls), tuple(results))
     turn.rounds.append(done)
     turn.final_from = sum(len(piece) for piece in turn.pieces)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -185,4 +186,15 @@ def test_tool_calls_are_bounded_and_need_a_name() -> None:
     repeated = ToolCalls()
     repeated.feed(ToolCallDelta(0, None, "get_weather", "{"))
     repeated.feed(ToolCallDelta(0, None, "get_weather", "}"))
-    assert repeated.calls() == [ToolCall("call_0", "get_weather", "{}")]
+    [call] = repeated.calls()
+    assert (call.name, call.arguments) == ("get_weather", "{}")
+    assert re.fullmatch(r"call_[0-9a-f]{16}", call.id)
+    # Made up per answer, never call_0 again: a conversation's calls stay told apart.
+    other = ToolCalls()
+    other.feed(ToolCallDelta(0, None, "get_weather", "{}"))
+    assert other.calls()[0].id != call.id
+    # A name that never ends is a protocol fault, not memory without end.
+    endless = ToolCalls()
+    with pytest.raises(ValueError, match="name passed 256"):
+        for piece in range(300):
+            endless.feed(ToolCallDelta(0, name=f"n{piece}"))

@@ -406,3 +406,61 @@ def test_stored_rounds_that_are_damaged_are_left_out_not_fatal() -> None:
         '{"rounds": 5, "final_from": 0}',
     ]:
         assert rounds_from_json(bad) == ((), 0)
+
+
+def test_ctrl_c_between_two_calls_keeps_the_one_that_ran(fake: FakeOpenAI) -> None:
+    echo = Echo()
+
+    class StopsHere(Echo):
+        name = "stop"
+
+        async def run(self, arguments: Mapping[str, Any]) -> ToolResult:
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+            await asyncio.sleep(10)
+            return ToolResult("never")
+
+    fake.replies = [
+        calls_reply(
+            call(0, "echo", '{"text": "ran"}'), call(1, "stop", "{}"), call(2, "echo", "{}")
+        )
+    ]
+    turn, error = turn_with(fake, Toolbox(tools=[echo, StopsHere()]))
+    assert isinstance(error, asyncio.CancelledError) and turn.status == "interrupted"
+    [done] = turn.rounds  # kept: the first call ran, and may have changed things
+    assert done.results[0] == ToolResult("echo: ran")
+    assert all(r.is_error and "not run" in r.text for r in done.results[1:])
+    assert len(done.results) == len(done.calls) == 3
+
+
+def test_run_shell_gets_no_keys_from_the_environment() -> None:
+    from chatcli.tools.setup import without_secrets
+
+    env = {
+        "PATH": "/bin", "HOME": "/h", "OPENAI_API_KEY": "sk-1", "GITHUB_TOKEN": "t",
+        "MY_SERVICE": "x", "DB_PASSWORD": "p", "SSH_AUTH_SOCK": "/s",
+        "HTTPS_PROXY": "http://u:pw@proxy:3128", "HTTP_PROXY": "http://proxy:3128",
+    }  # fmt: skip
+    assert without_secrets(env, ["MY_SERVICE"]) == {
+        "PATH": "/bin", "HOME": "/h", "HTTP_PROXY": "http://proxy:3128",
+    }  # fmt: skip
+
+
+def test_each_round_shows_its_own_thinking_and_text_once() -> None:
+    import io
+
+    from chatcli.render import MarkdownRenderer, make_console
+
+    out = io.StringIO()
+    renderer = MarkdownRenderer(make_console(out), live=False, reasoning="show")
+    renderer.start()
+    renderer.think("first thought")
+    renderer.feed("Let me look.")
+    renderer.feed("\n\n")  # as run_turn ends a round's text
+    renderer.finish()
+    renderer.start()  # the next round
+    renderer.think("second thought")
+    renderer.feed("Found it.")
+    renderer.finish()
+    text = out.getvalue()
+    assert "first thought" in text and "second thought" in text
+    assert text.count("Let me look.") == 1 and text.count("Found it.") == 1

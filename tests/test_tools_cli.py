@@ -263,3 +263,52 @@ def test_json_output_carries_the_rounds(fake: FakeOpenAI, isolated: Isolated) ->
     assert data["text"] == "Empty-ish." and data["status"] == "complete"
     [done] = data["tool_rounds"]
     assert done["calls"][0]["name"] == "list_dir" and "a.txt" in done["calls"][0]["result"]
+
+
+def test_a_command_from_the_model_cannot_print_the_keys(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    command = {"command": "echo key=$OPENAI_API_KEY"}
+    fake.replies = [calls_reply(call(0, "run_shell", command, "c1")), text_reply("ok")]
+    args = ask(fake, "--tool", "run_shell", "--allow-tool", "run_shell", "x")
+    result = run(args, isolated, env={"OPENAI_API_KEY": "sk-secret-4711"})
+    assert result.returncode == 0
+    assert tool_messages(fake)[0]["content"] == "key=\n[exit status 0]"
+
+
+def test_allow_lists_and_server_names_are_checked(fake: FakeOpenAI, isolated: Isolated) -> None:
+    result = run(ask(fake, "--tool", "run_shell", "--allow-tool", "run_shel", "x"), isolated)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "--allow-tool run_shel: no such tool")
+    isolated.write_config('[mcp.servers.read_file]\ncommand = "x"\n')
+    result = run(ask(fake, "x"), isolated)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "mcp.servers.read_file", "a built-in tool's name")
+
+
+def test_cmd_takes_no_tools(fake: FakeOpenAI, isolated: Isolated) -> None:
+    cmd = ["cmd", "-p", "ollama", "-m", "m", "--base-url", fake.base_url]
+    result = run([*cmd, "--tool", "read_file", "list files"], isolated)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "this command takes no tools")
+    isolated.write_config('[tools]\nenabled = ["read_file"]\n')
+    fake.pieces = ["ls -la"]
+    result = run([*cmd, "list files"], isolated)
+    assert result.returncode == 0 and result.stdout == "ls -la\n"
+    assert "tools" not in fake.requests[-1].body  # config's tools are not for commands
+
+
+def test_slash_tools_on_a_server_that_cannot_start_leaves_it_off(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    from chatcli.tools.mcp import ServerConfig
+    from chatcli.tools.setup import ToolSet, ToolSettings
+
+    harness = Harness(fake, isolated.root)
+    settings = ToolSettings(servers={"gone": ServerConfig("gone", command="/nonexistent/x")})
+    harness.conversation.toolset = ToolSet(settings, cwd=isolated.root, env=isolated.env)
+    pytest.importorskip("mcp")
+    out = harness.run(f"/tools on gone{ENTER}hello{ENTER}")
+    assert "MCP server gone" in out
+    assert harness.conversation.toolset.servers == []
+    assert "Hello, world!" in out  # the next question goes on without it

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Isolated
+from tests.conftest import CHATCLI, Isolated
 from tests.servers import FakeOpenAI
 from tests.test_repl_terminal import Terminal
 from tests.test_tools_cli import call, calls_reply, text_reply, tool_messages
@@ -120,3 +120,40 @@ def test_hostile_arguments_and_output_reach_the_screen_made_safe(
     output = tool_messages(fake)[-1]["content"]
     assert output.startswith("\x1b]52;c;aGk=\x07\x1b[2J\x1b[31mred")
     assert QUESTION not in terminal.text()  # allow-listed: not asked
+
+
+def test_characters_that_hide_or_reorder_text_are_shown_by_name(
+    fake: FakeOpenAI, isolated: Isolated, tmp_path: Path
+) -> None:
+    target = tmp_path / "ran.txt"
+    # On screen "echo safe" would seem to end the line; the override hides what follows.
+    fake.replies = [shell(f"echo safe \u202e; touch {target}"), text_reply("ok")]
+    terminal = start(fake, isolated)
+    try:
+        wait_question(terminal)
+        assert "echo safe <U+202E>; touch" in terminal.text()
+        assert "\u202e" not in terminal.text()
+        terminal.type("n")
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    assert not target.exists()
+
+
+def test_with_stderr_not_on_the_terminal_nobody_is_asked(
+    fake: FakeOpenAI, isolated: Isolated, tmp_path: Path
+) -> None:
+    target = tmp_path / "ran.txt"
+    fake.replies = [shell(f"echo ran > {target}"), text_reply("refused, fine")]
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    args = ["ask", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, "--tool", "run_shell"]
+    log = tmp_path / "err.log"
+    line = " ".join([*args, "do-it"])
+    terminal = Terminal([], env, shell=f"{CHATCLI} {line} 2>{log}")
+    try:
+        terminal.wait_for("refused, fine")
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    assert not target.exists()
+    assert QUESTION not in log.read_text() and "refused" in tool_messages(fake)[0]["content"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeGuard
 from urllib.parse import urlencode
@@ -422,7 +423,10 @@ def _blocks(message: ChatMessage) -> list[dict[str, Any]]:
         elif part.text.strip():
             blocks.append({"type": "text", "text": part.text})
     for call in message.tool_calls:
-        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _input(call)})
+        blocks.append(
+            {"type": "tool_use", "id": _word(call.id), "name": _word(call.name, 64),
+             "input": _input(call)}
+        )  # fmt: skip
     return blocks
 
 
@@ -436,10 +440,17 @@ def _input(call: ToolCall) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
+def _word(text: str, limit: int = 256) -> str:
+    """An id or name as the API takes them (``^[a-zA-Z0-9_-]+$``): a call another service
+    made, or a model's name for a tool that is none (``functions.read_file``), is sent back
+    with each other character as ``_``, the same way for the call and its result."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:limit] or "_"
+
+
 def _tool_result(message: ChatMessage) -> dict[str, Any]:
     """A ``tool`` message as the ``tool_result`` block answering its call (a blank result
     goes without ``content``, which is optional: the API refuses blank text)."""
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": _word(message.tool_call_id)}
     if message.content.strip():
         block["content"] = message.content
     return block

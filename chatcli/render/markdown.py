@@ -668,6 +668,8 @@ class MarkdownRenderer:
         if self._finished:  # finish showed every block: the next round's text starts anew
             self._splitter = BlockSplitter()
             self._finished = False
+            self._thought, self._thought_held, self._thought_total = [], 0, 0
+            self._thinking_since, self._thought_done = None, False
         if self.live:
             self._echo.off()
             self._write("\x1b[?25l")  # hide the cursor while the tail is redrawn

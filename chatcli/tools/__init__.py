@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -122,11 +122,8 @@ class Toolbox:
     def find(self, name: str) -> Tool | None:
         return next((tool for tool in self.tools if tool.name == name), None)
 
-    async def run(self, calls: Iterable[ToolCall]) -> list[ToolResult]:
-        """Answer each call, in order: run it (asking first when it acts), or say why not."""
-        return [await self.run_one(call) for call in calls]
-
     async def run_one(self, call: ToolCall) -> ToolResult:
+        """Answer a call: run it (asking first when it acts), or say why not."""
         result = await self._run(call)
         result = ToolResult(bounded(result.text), result.is_error)
         self.consent.show(call, result)
@@ -176,11 +173,13 @@ def parse_arguments(text: str) -> dict[str, Any] | ToolResult:
     return value
 
 
-def pretty_arguments(arguments: Mapping[str, Any], *, limit: int = 2000) -> str:
-    """Arguments as indented JSON for a person to read, cut at ``limit`` characters (the
-    caller sanitizes it before it is shown)."""
+def pretty_arguments(arguments: Mapping[str, Any], *, limit: int | None = 2000) -> str:
+    """Arguments as indented JSON for a person to read, cut at ``limit`` characters (``None``:
+    whole; the caller sanitizes it before it is shown)."""
     text = json.dumps(arguments, indent=2, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit:,} more)"
+    if limit is None or len(text) <= limit:
+        return text
+    return text[:limit] + f"\n... ({len(text) - limit:,} more)"
 
 
 # -- an answer's rounds, kept ---------------------------------------------------------------------

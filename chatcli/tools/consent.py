@@ -16,13 +16,16 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any, Final
 
 from chatcli.core import ToolCall
-from chatcli.render.sanitize import sanitize
+from chatcli.render.sanitize import reveal_in_code, sanitize
 from chatcli.tools import Answer, Tool, ToolResult, pretty_arguments
 
 #: The answers by key.
 KEYS: Final[dict[bytes, Answer]] = {b"y": "yes", b"n": "no", b"a": "always"}
 #: The longest line of a call's arguments shown after it ran.
 SHOWN_ARGUMENTS: Final = 100
+#: The most characters of arguments a question shows (whole: a cut could hide what runs);
+#: a call with more is declined without asking.
+MAX_SHOWN: Final = 16 * 1024
 
 
 class TerminalConsent:
@@ -37,8 +40,16 @@ class TerminalConsent:
         fd = self.keys()
         if fd is None:
             return None
-        body = pretty_arguments(arguments)
-        shown = "\n".join("    " + line for line in body.splitlines())
+        body = pretty_arguments(arguments, limit=None)
+        if len(body) > MAX_SHOWN:
+            self._write(
+                f"{tool.name}: its arguments are too long to show whole "
+                f"({len(body):,} characters); not run\n"
+            )
+            return "no"
+        # Every character shown as what it is: a bidi override or zero-width mark could make
+        # the command on screen differ from the one that runs.
+        shown = "\n".join("    " + line for line in reveal_in_code(body).splitlines())
         self._write(f"\n{tool.name} ({tool.source}) would run with:\n{shown}\n")
         self._write("Allow it? [y]es, [n]o, [a]lways for this tool: ", sanitized=True)
         answer = await read_answer(fd)
@@ -67,12 +78,20 @@ async def read_answer(fd: int) -> Answer:
     keys are passed over. The terminal is left as it was found."""
     import termios
 
+    from chatcli.render.terminal import SuspendGuard
+
     saved = termios.tcgetattr(fd)
     mode = termios.tcgetattr(fd)
     mode[3] &= ~(termios.ICANON | termios.ECHO)  # ISIG kept: Ctrl-C stops the answer
     mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
     # TCSAFLUSH: a key typed while the model answered is not taken for consent.
     termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
+    # Ctrl-Z: the shell gets the terminal as it was; after fg keys come one at a time again.
+    guard = SuspendGuard(
+        lambda: termios.tcsetattr(fd, termios.TCSANOW, saved),
+        lambda: termios.tcsetattr(fd, termios.TCSAFLUSH, mode),
+    )
+    guard.install()
     loop = asyncio.get_running_loop()
     try:
         while True:
@@ -89,6 +108,7 @@ async def read_answer(fd: int) -> Answer:
             if answer is not None:
                 return answer
     finally:
+        guard.remove()
         termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 

@@ -86,12 +86,16 @@ def tool_settings(data: Mapping[str, Any], where: Path | str) -> ToolSettings:
     if unknown:
         raise ConfigError(f"{where}: unknown setting mcp.{sorted(unknown)[0]} (known: servers)")
     servers: dict[str, ServerConfig] = {}
-    if mcp.get("servers"):
+    if "servers" in mcp:
         if not isinstance(mcp["servers"], dict):
             raise ConfigError(f"{where}: mcp.servers must be a table of servers")
+        from chatcli.tools.builtin import BUILTIN
         from chatcli.tools.mcp import server_configs
 
         servers = server_configs(mcp["servers"], str(where))
+        for name in servers:
+            if name in BUILTIN:
+                raise ConfigError(f"{where}: mcp.servers.{name}: {name} is a built-in tool's name")
     return ToolSettings(
         enabled=tuple(table.get("enabled", ())),
         allow=tuple(table.get("allow", ())),
@@ -117,10 +121,13 @@ class ToolSet:
         env: Mapping[str, str],
         consent: Consent | None = None,
         log_dir: Path | None = None,
+        hidden: Iterable[str] = (),
     ) -> None:
         self.settings = settings
         self.cwd = cwd
         self.env = env
+        #: What run_shell's commands get: the environment without the keys in it.
+        self.shell_env = without_secrets(env, hidden)
         self.log_dir = log_dir
         #: The built-in tools and MCP servers on, in the order they were asked for.
         self.builtins: list[str] = []
@@ -175,7 +182,7 @@ class ToolSet:
                 self.builtins,
                 cwd=self.cwd,
                 roots=self.settings.paths,
-                env=self.env,
+                env=self.shell_env,
                 shell_timeout=self.settings.shell_timeout,
             )
         )
@@ -184,8 +191,28 @@ class ToolSet:
             if server is None:
                 server = await self._start(name)
             tools.extend(server.tools)
+        seen: dict[str, str] = {}
+        for tool in tools:  # (a model could not tell them apart, nor the allow list)
+            if tool.name in seen:
+                raise ConfigError(
+                    f"two tools are called {tool.name} ({seen[tool.name]} and {tool.source}); "
+                    "rename one of the MCP servers"
+                )
+            seen[tool.name] = tool.source
         self._box.tools = tools
         return self._box
+
+    def check_allowed(self, names: Iterable[str]) -> None:
+        """Refuse allow-list names that can be no tool's (a typo would allow nothing)."""
+        from chatcli.tools.builtin import BUILTIN
+
+        for name in names:
+            server = name.partition("__")[0] if "__" in name else None
+            if name not in BUILTIN and server not in self.settings.servers:
+                raise UsageError(
+                    f"--allow-tool {name}: no such tool (built-in: {', '.join(BUILTIN)}; an MCP "
+                    "server's are SERVER__TOOL, as chatcli tools list shows)"
+                )
 
     async def _start(self, name: str) -> McpServer:
         from chatcli.tools.mcp import McpServer
@@ -254,9 +281,10 @@ def toolset_for(
     consent: Consent | None = None,
     log_dir: Path | None = None,
     use_config: bool = True,
+    hidden: Iterable[str] = (),
 ) -> ToolSet:
     """The tool set of ``--tool``, ``--mcp`` and ``--allow-tool`` on top of ``[tools]``."""
-    toolset = ToolSet(settings, cwd=cwd, env=env, consent=consent, log_dir=log_dir)
+    toolset = ToolSet(settings, cwd=cwd, env=env, consent=consent, log_dir=log_dir, hidden=hidden)
     names: Sequence[str] = [*(settings.enabled if use_config else ()), *tools]
     for name in names:
         toolset.enable(name)
@@ -267,5 +295,27 @@ def toolset_for(
                 f"--mcp {name}: no such MCP server ([mcp.servers.NAME] in config.toml; {known})"
             )
         toolset.enable(name)
+    toolset.check_allowed([*settings.allow, *allow])
     toolset.allowed.update(allow)
     return toolset
+
+
+#: Variables whose names say they hold a secret (keys, tokens, passwords).
+_SECRET_WORDS: Final = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH")
+
+
+def without_secrets(env: Mapping[str, str], hidden: Iterable[str] = ()) -> dict[str, str]:
+    """``env`` for a command the model wrote: without the variables that hold keys (every
+    provider's ``*_API_KEY``, anything named like a token, password or agent socket, and
+    ``hidden``: config.toml's ``api_key_env`` names) and proxies with a password in them.
+    Their values would go to the model, and be kept in the session, with the output."""
+    drop = set(hidden)
+    kept = {}
+    for name, value in env.items():
+        upper = name.upper()
+        if name in drop or any(word in upper for word in _SECRET_WORDS):
+            continue
+        if upper.endswith("_PROXY") and "@" in value:
+            continue
+        kept[name] = value
+    return kept
