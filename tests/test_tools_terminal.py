@@ -157,3 +157,29 @@ def test_with_stderr_not_on_the_terminal_nobody_is_asked(
         terminal.close()
     assert not target.exists()
     assert QUESTION not in log.read_text() and "refused" in tool_messages(fake)[0]["content"]
+
+
+def test_in_the_repl_consent_is_asked_and_the_prompt_comes_back(
+    fake: FakeOpenAI, isolated: Isolated, tmp_path: Path
+) -> None:
+    target = tmp_path / "ran.txt"
+    fake.replies = [shell(f"echo ran > {target}"), text_reply("It ran.")]
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    args = ["repl", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, "--tool", "run_shell"]
+    terminal = Terminal(args, env)
+    try:
+        terminal.wait_for("/help lists commands")
+        terminal.wait_prompt()
+        terminal.type("make the file\r")
+        wait_question(terminal)
+        terminal.type("a")
+        terminal.wait_for("It ran.")
+        terminal.wait_prompt()  # reading keys again
+        terminal.type("/tools\r")
+        terminal.wait_for("run_shell: Run a command")
+        terminal.wait_for("(allowed)")  # "always" holds for the session
+        terminal.type("\x04")
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    assert target.read_text() == "ran\n"
