@@ -183,3 +183,22 @@ def test_in_the_repl_consent_is_asked_and_the_prompt_comes_back(
     finally:
         terminal.close()
     assert target.read_text() == "ran\n"
+
+
+def test_with_stdin_piped_in_consent_is_read_from_the_terminal(
+    fake: FakeOpenAI, isolated: Isolated, tmp_path: Path
+) -> None:
+    target = tmp_path / "ran.txt"
+    fake.replies = [shell(f"echo ran > {target}"), text_reply("Done.")]
+    env = {**isolated.env, "TERM": "xterm-256color"}
+    args = ["ask", "-p", "ollama", "-m", "m", "--base-url", fake.base_url, "--tool", "run_shell"]
+    terminal = Terminal([], env, shell=f"echo piped context | {CHATCLI} {' '.join(args)} do-it")
+    try:
+        wait_question(terminal)
+        terminal.type("y")
+        terminal.wait_for("Done.")
+        assert terminal.wait_exit() == 0
+    finally:
+        terminal.close()
+    assert target.read_text() == "ran\n"
+    assert fake.requests[0].body["messages"][0]["content"].startswith("piped context")
