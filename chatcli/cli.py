@@ -655,7 +655,7 @@ def _working_label(row: dict[str, Any]) -> str:
 
 #: Columns left out, in this order, when the terminal is too narrow for the whole table. NAME
 #: and URL always stay, and a URL is never broken: it is what one copies.
-_DROPPED_FIRST: Final = ("HISTORY", "SYSTEM", "STREAM", "KIND", "AUTH", "WORKING")
+_DROPPED_FIRST: Final = ("HISTORY", "SYSTEM", "STREAM", "TOOLS", "KIND", "AUTH", "WORKING")
 
 
 def _providers_table(rows: list[dict[str, Any]], width: int) -> tuple[Any, list[str]]:
@@ -674,6 +674,7 @@ def _providers_table(rows: list[dict[str, Any]], width: int) -> tuple[Any, list[
         "STREAM": [flag(row["supports_stream"]) for row in rows],
         "SYSTEM": [flag(row["supports_system_message"]) for row in rows],
         "HISTORY": [flag(row["supports_message_history"]) for row in rows],
+        "TOOLS": [flag(row["supports_tools"]) for row in rows],
         "AUTH": [_auth_label(row) for row in rows],
         "WORKING": [_working_label(row) for row in rows],
     }
