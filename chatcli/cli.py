@@ -616,7 +616,8 @@ def providers(
 
         console = make_console(ctx.stdout, env=ctx.env)
         if not ctx.stdout_isatty:
-            console.width = 160
+            # Piped, a row is a line (for grep and cut): no wrapping, nothing left out.
+            console.width = 1000
         table, left_out = _providers_table(rows, console.width)
         console.print(table)
         if any(row["default"] for row in rows):

@@ -267,6 +267,10 @@ def test_providers_table_and_json(isolated: Isolated) -> None:
     assert "gsk-x" not in json.dumps(listed)
     table = run(["providers"], isolated).stdout
     assert "openrouter" in table and "OPENAI_API_KEY (not set)" in table
+    # Piped, every provider is one whole line (for grep), with every column.
+    rows = table.splitlines()[1 : 1 + len(listed)]
+    assert [row.split()[0] for row in rows] == [row["name"] for row in listed]
+    assert "TOOLS" in table and "left out" not in table
 
 
 def test_models_lists_the_server_models(fake: FakeOpenAI, isolated: Isolated) -> None:
