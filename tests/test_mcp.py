@@ -1,16 +1,19 @@
 """The MCP client (:mod:`chatcli.tools.mcp`) against a real MCP server written with the SDK
 (``tests/fakes/mcp_server.py``), over stdio and over streamable HTTP on localhost.
 
-Each test runs its own event loop (``asyncio.run``), as chatcli does; the HTTP server is one
-process for the whole module (it starts in about a second), the stdio one is started by each
-connection, as chatcli starts it.
+Each test runs its own event loop (``asyncio.run``), as chatcli does; each HTTP server (one
+answering with event streams, one with plain JSON bodies) is one process for the whole module
+(it starts in about a second), the stdio one is started by each connection, as chatcli starts
+it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import os
+import resource
 import select
 import signal
 import socket
@@ -25,6 +28,7 @@ import pytest
 
 from chatcli.errors import ChatcliError, ConfigError
 from chatcli.tools import MAX_RESULT, NAME_PATTERN, Tool, ToolError, ToolResult
+from chatcli.tools import mcp as chatcli_mcp
 from chatcli.tools.mcp import (
     NO_SDK,
     McpServer,
@@ -40,8 +44,9 @@ ROOT = Path(__file__).parent.parent
 HOSTILE = "before \x1b]52;c;aGFja2Vk\x07 clear \x1b[2J red \x9b31m after"
 TOOLS = [
     "echo", "add", "hostile", "big", "fail", "slow", "picture", "structured", "crash",
-    "files.read",
+    "flood", "files.read",
 ]  # fmt: skip
+MIB = 1024 * 1024
 
 T = TypeVar("T")
 
@@ -72,12 +77,23 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def http_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The fake over streamable HTTP: its URL (it prints its port when it listens)."""
+    """The fake over streamable HTTP, answering with event streams: its URL."""
+    yield from _http_server(tmp_path_factory, "http")
+
+
+@pytest.fixture(scope="module")
+def http_json_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fake over streamable HTTP, answering with plain JSON bodies: its URL."""
+    yield from _http_server(tmp_path_factory, "http-json")
+
+
+def _http_server(tmp_path_factory: pytest.TempPathFactory, mode: str) -> Iterator[str]:
+    """Runs the fake over HTTP (it prints its port when it listens) and yields its URL."""
     if not _sdk():
         pytest.skip("the MCP SDK is not installed (pip install 'chatcli-shell[mcp]')")
-    log = (tmp_path_factory.mktemp("mcp-http") / "stderr.log").open("w")
+    log = (tmp_path_factory.mktemp(f"mcp-{mode}") / "stderr.log").open("w")
     process = subprocess.Popen(
-        [sys.executable, str(SERVER), "http"], stdout=subprocess.PIPE, stderr=log, text=True
+        [sys.executable, str(SERVER), mode], stdout=subprocess.PIPE, stderr=log, text=True
     )
     _SHARED.add(process.pid)
     try:
@@ -93,6 +109,8 @@ def http_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
         log.close()
 
 
@@ -106,12 +124,12 @@ def stdio_config(**overrides: Any) -> ServerConfig:
     return ServerConfig(**settings)
 
 
-@pytest.fixture(params=["stdio", "http"])
+@pytest.fixture(params=["stdio", "http", "http-json"])
 def config(request: pytest.FixtureRequest) -> Callable[..., ServerConfig]:
     """Makes the fake's config, over each transport in turn."""
     if request.param == "stdio":
         return stdio_config
-    url = request.getfixturevalue("http_url")
+    url = request.getfixturevalue("http_json_url" if request.param == "http-json" else "http_url")
     return lambda **overrides: ServerConfig(**({"name": "fake", "url": url} | overrides))
 
 
@@ -349,6 +367,175 @@ def test_a_server_that_dies_mid_call_is_a_tool_error() -> None:
     for message in connected(stdio_config(), body):
         assert message.startswith("MCP server fake: the connection is closed")
         assert "\n" not in message
+
+
+# --- a message over the limit: one line naming the server, and memory stays bounded
+
+
+@pytest.fixture
+def small_limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    """MAX_MESSAGE made 1 MiB, so that going past it takes a few MiB, not tens."""
+    monkeypatch.setattr(chatcli_mcp, "MAX_MESSAGE", MIB)
+    return MIB
+
+
+def peak_memory() -> int:
+    """This process's peak resident memory so far, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux says KiB
+
+
+@needs_sdk
+def test_a_line_over_the_limit_ends_the_connection_in_bounded_memory(small_limit: int) -> None:
+    """64 MiB with no newline: the SDK's own stdio transport would hold all of it (several
+    times over, as it copies the line for each chunk); chatcli's stops at the limit."""
+
+    async def body(server: McpServer) -> tuple[str, str, int, float]:
+        before, started = peak_memory(), time.monotonic()
+        with pytest.raises(ToolError) as caught:
+            await tool(server, "flood").run({"megabytes": 64})
+        took = time.monotonic() - started
+        grown = peak_memory() - before
+        with pytest.raises(ToolError) as again:
+            await tool(server, "echo").run({"text": "anyone?"})
+        return str(caught.value), str(again.value), grown, took
+
+    first, second, grown, took = connected(stdio_config(), body)
+    assert first == (
+        "MCP server fake: the connection broke: "
+        "the server sent a message over chatcli's limit of 1 MiB"
+    )
+    assert second == first
+    assert grown < 16 * MIB, f"reading grew memory by {grown / MIB:.0f} MiB"
+    assert took < 5  # the call fails when the line does, not when the process is gone
+
+
+@needs_sdk
+def test_a_line_under_the_limit_arrives_whole(small_limit: int) -> None:
+    """A long line comes in many reads; under the limit it is put together and parsed."""
+    # The answer holds it twice (a text block and the structured result): just under 1 MiB.
+    text = "é" + "y" * 500_000
+
+    async def body(server: McpServer) -> ToolResult:
+        return await tool(server, "echo").run({"text": text})
+
+    result = connected(stdio_config(), body)
+    assert not result.is_error
+    assert result.text.startswith("é" + "y" * (MAX_RESULT - 1) + "\n[... cut: ")
+
+
+@needs_sdk
+def test_a_program_flooding_its_output_fails_to_start() -> None:
+    """Not an MCP server at all: 20 MB and no newline, more than the real limit (16 MiB)."""
+    flood = ("-c", "import sys; sys.stdout.buffer.write(b'x' * 20_000_000)")
+    message, took = start_error(stdio_config(args=flood))
+    assert message == ("MCP server fake: the server sent a message over chatcli's limit of 16 MiB")
+    assert took < 8
+
+
+@needs_sdk
+def test_a_json_answer_over_the_limit_fails_the_call_only(
+    http_json_url: str, small_limit: int
+) -> None:
+    async def body(server: McpServer) -> tuple[str, ToolResult]:
+        with pytest.raises(ToolError) as caught:
+            await tool(server, "big").run({})  # 2 MB of JSON
+        return str(caught.value), await tool(server, "echo").run({"text": "still here"})
+
+    message, after = connected(ServerConfig("fake", url=http_json_url), body)
+    assert (
+        message == "MCP server fake: big: the server sent a message over chatcli's limit of 1 MiB"
+    )
+    assert after == ToolResult("still here")
+
+
+@needs_sdk
+def test_an_event_over_the_limit_fails_the_call_only(http_url: str, small_limit: int) -> None:
+    async def body(server: McpServer) -> tuple[str, ToolResult]:
+        with pytest.raises(ToolError) as caught:
+            await tool(server, "big").run({})  # one 2 MB event
+        return str(caught.value), await tool(server, "echo").run({"text": "still here"})
+
+    message, after = connected(ServerConfig("fake", url=http_url), body)
+    assert (
+        message == "MCP server fake: big: the server sent a message over chatcli's limit of 1 MiB"
+    )
+    assert after == ToolResult("still here")
+
+
+@needs_sdk
+def test_a_tool_list_over_the_limit_fails_to_start(
+    http_json_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chatcli_mcp, "MAX_MESSAGE", 2000)  # the answer to initialize fits
+    message, _ = start_error(ServerConfig("fake", url=http_json_url))
+    assert message == (
+        "MCP server fake: the server sent a message over chatcli's limit of 2,000 bytes"
+    )
+
+
+async def _serve(handler: Callable[[Any], Awaitable[Any]]) -> tuple[Any, str]:
+    """A one-route HTTP server in this loop (aiohttp, which chatcli depends on): its runner,
+    to clean up, and its URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}/mcp"
+
+
+async def _start_error_from(handler: Callable[[Any], Awaitable[Any]]) -> tuple[str, int]:
+    runner, url = await _serve(handler)
+    try:
+        before = peak_memory()
+        server = McpServer(ServerConfig("web", url=url, timeout=20))
+        with pytest.raises(ChatcliError) as caught:
+            await server.start()
+        return str(caught.value), peak_memory() - before
+    finally:
+        await runner.cleanup()
+
+
+@needs_sdk
+def test_an_endless_json_answer_is_cut_off(small_limit: int) -> None:
+    """No Content-Length: the body is counted as it streams in, and dropped at the limit."""
+    from aiohttp import web
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            await response.write(b'{"jsonrpc": "2.0", "id": 0, "result": {"x": "')
+            for _ in range(64):
+                await response.write(b"x" * MIB)
+        return response
+
+    message, grown = asyncio.run(_start_error_from(endless))
+    assert message == "MCP server web: the server sent a message over chatcli's limit of 1 MiB"
+    assert grown < 16 * MIB, f"reading grew memory by {grown / MIB:.0f} MiB"
+
+
+@needs_sdk
+def test_a_compressed_json_answer_is_refused() -> None:
+    """Gzip could inflate past any limit once decoded, so chatcli asks for none and refuses
+    a body compressed anyway."""
+    from aiohttp import web
+
+    async def gzipped(request: web.Request) -> web.Response:
+        assert request.headers["Accept-Encoding"] == "identity"
+        answer = b'{"jsonrpc": "2.0", "id": 0, "result": {}}'
+        headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        return web.Response(body=gzip.compress(answer), headers=headers)
+
+    message, _ = asyncio.run(_start_error_from(gzipped))
+    assert message == (
+        "MCP server web: the server sent a compressed message (gzip), which chatcli does not accept"
+    )
 
 
 # --- failing to connect: one line naming the server

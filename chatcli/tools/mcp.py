@@ -14,6 +14,12 @@ task, while chatcli calls tools from whatever task is answering the question. So
 connection belongs to one background task (:meth:`McpServer._own`) that opens it, reports
 that it is ready, waits to be told to close, and closes it; calls from other tasks only send
 requests over it, which the SDK allows from any task.
+
+What a server sends is read within :data:`MAX_MESSAGE` bytes a message, whatever the server
+does. The SDK's stdio transport buffers a line however long it gets, so chatcli runs a command
+with its own (:func:`_stdio`, the SDK's spawning and shutdown with a bounded reader); over
+HTTP the SDK reads a JSON answer whole, so chatcli gives it a client whose answers are cut off
+past the limit (:func:`_http_client`), and an event stream is bounded an event at a time.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
-from contextlib import AsyncExitStack
+import sys
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Final, TextIO, cast
 
@@ -33,8 +40,14 @@ from chatcli.errors import ChatcliError, ConfigError, check_url, one_line
 from chatcli.tools import NAME_PATTERN, ToolError, ToolResult, bounded
 
 if TYPE_CHECKING:
+    import datetime
+
     import anyio
+    import httpx2
+    from anyio.abc import ByteReceiveStream, Process
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
     from mcp import ClientSession
+    from mcp.shared.message import SessionMessage
     from mcp_types import CallToolResult
     from mcp_types import Tool as RemoteTool
 
@@ -52,11 +65,28 @@ MAX_TOOLS: Final = 1000
 #: The longest tool description passed on; the rest is cut (it costs tokens every turn).
 MAX_DESCRIPTION: Final = 1024
 #: How long :meth:`McpServer.close` waits for the connection to end before cancelling it. The
-#: SDK's own stdio shutdown gives the server about 6.5 s at most (stdin closed, SIGTERM, SIGKILL).
+#: stdio shutdown (the SDK's sequence) gives the server about 6.5 s at most: stdin closed, then
+#: SIGTERM after :data:`EXIT_GRACE`, then SIGKILL after as long again.
 CLOSE_TIMEOUT: Final = 10.0
-#: The largest server-sent event read over HTTP. The SDK's default (1 MiB) fails a call whose
-#: result is merely big instead of letting :func:`bounded` cut it; this still bounds memory.
-MAX_SSE_EVENT: Final = 16 * 1024 * 1024
+#: The largest message read from a server, in bytes: a line of a command's output, the body of
+#: an HTTP answer, one server-sent event. More fails the call (or the connection, over stdio)
+#: with a message naming the limit, instead of taking memory without end. Results are cut to
+#: ``MAX_RESULT`` characters for the model anyway; this is room for results that are merely
+#: big (the SDK's own 1 MiB for an event would fail them), not a size anyone should send.
+MAX_MESSAGE: Final = 16 * 1024 * 1024
+#: Seconds a command's server has to exit once its stdin is closed, then again after SIGTERM
+#: (the SDK's stdio transport waits as long).
+EXIT_GRACE: Final = 2.0
+#: Seconds the writer has to send what it accepted before stdin is closed (as the SDK).
+FLUSH_TIMEOUT: Final = 0.5
+#: What chatcli's refusals of a message say (:func:`_too_large`, :func:`_http_client`), to
+#: find them again inside the SDK's error answer that carries them.
+_REFUSAL: Final = re.compile(
+    r"the server sent a (?:message over chatcli's limit of [\d,]+ (?:MiB|bytes)"
+    r"|compressed message \([^()]*\), which chatcli does not accept)"
+)
+#: httpx2's refusal of an event over ``max_sse_event_size`` (:data:`MAX_MESSAGE`).
+_EVENT_REFUSAL: Final = re.compile(r"Server-sent event exceeded the (\d+) byte limit")
 
 NO_SDK: Final = "MCP servers need the MCP SDK: pip install 'chatcli-shell[mcp]'"
 
@@ -201,11 +231,15 @@ class McpTool:
 class McpServer:
     """A connection to one MCP server, and its tools once :meth:`start` has connected.
 
-    A server run by a command writes its stderr to ``errlog`` (a real file: the SDK hands it to
+    A server run by a command writes its stderr to ``errlog`` (a real file: it is handed to
     the process), or to nowhere: never to the terminal, where it would mix with the answer
     (and could carry escape sequences). It gets only the variables the SDK passes on (``HOME``,
     ``LOGNAME``, ``PATH``, ``SHELL``, ``TERM``, ``USER``) plus ``env`` and then its config's
     ``env``: not chatcli's whole environment, which holds API keys.
+
+    A message over :data:`MAX_MESSAGE` bytes fails: over HTTP the call it answers (a
+    :class:`ToolError`; the connection goes on), over stdio the whole connection, as there is
+    no telling which call an unread line answers and the server is likely to go on writing.
     """
 
     def __init__(
@@ -297,6 +331,8 @@ class McpServer:
                 ) from None
             if exc.code == CONNECTION_CLOSED and exc.message == "Connection closed":
                 raise ToolError(self._error(self._failure or self._closed())) from None
+            if too_large := _refusal(exc.message):
+                raise ToolError(self._error(f"{remote_name}: {too_large}")) from None
             raise ToolError(
                 self._error(f"{remote_name}: {exc.message} (error {exc.code})")
             ) from None
@@ -329,18 +365,24 @@ class McpServer:
                     self._session = session
                     self._ready.set()
                     await self._closing.wait()
-            if scope.cancelled_caught and not self._ready.is_set():
+            if scope.cancelled_caught and not self._ready.is_set() and self._failure is None:
                 why = f"no answer within {self.config.timeout:g} s"
                 if self._garbage:
                     why += f"; it does not speak MCP (it wrote: {self._garbage})"
                 self._failure = why
         except Exception as exc:
             log.debug("MCP server %s failed", self.name, exc_info=exc)
-            why = self._why(_first_leaf(exc))
-            self._failure = f"the connection broke: {why}" if self._ready.is_set() else why
+            if self._failure is None:  # else the transport said why already (_broke)
+                self._broke(self._why(_first_leaf(exc)))
         finally:
             self._session = None
             self._ready.set()
+
+    def _broke(self, why: str) -> None:
+        """Records why the connection failed. The stdio transport calls this before it ends
+        the connection, so that a call waiting on it says why, not only that it closed."""
+        if self._failure is None:
+            self._failure = f"the connection broke: {why}" if self._ready.is_set() else why
 
     async def _connect(self, stack: AsyncExitStack) -> ClientSession:
         from mcp import ClientSession
@@ -349,35 +391,35 @@ class McpServer:
         if config.url is not None:
             from mcp.client.streamable_http import streamable_http_client
 
+            client = await stack.enter_async_context(_http_client(MAX_MESSAGE))
             read, write = await stack.enter_async_context(
-                streamable_http_client(config.url, max_sse_event_size=MAX_SSE_EVENT)
+                streamable_http_client(
+                    config.url, http_client=client, max_sse_event_size=MAX_MESSAGE
+                )
             )
-        else:
-            from mcp.client.stdio import (
-                DEFAULT_INHERITED_ENV_VARS,
-                StdioServerParameters,
-                stdio_client,
+            return await stack.enter_async_context(
+                ClientSession(read, write, message_handler=self._on_message)
             )
+        from mcp.client.stdio import DEFAULT_INHERITED_ENV_VARS, get_default_environment
 
-            assert config.command is not None
-            # The few variables the SDK would pass on, but from the environment chatcli was
-            # given (``env``), then the config's own.
-            inherited = {
-                key: value
-                for key, value in self._env.items()
-                if key in DEFAULT_INHERITED_ENV_VARS and not value.startswith("()")
-            }
-            params = StdioServerParameters(
-                command=config.command, args=list(config.args), env={**inherited, **config.env}
-            )
-            errlog: TextIO
-            if self._errlog is None:
-                errlog = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
-            else:
-                errlog = cast(TextIO, self._errlog)
-            read, write = await stack.enter_async_context(stdio_client(params, errlog=errlog))
+        assert config.command is not None
+        # The few variables the SDK would pass on, but from the environment chatcli was given
+        # (``env``), then the config's own; over what the SDK's stdio_client would start from.
+        inherited = {
+            key: value
+            for key, value in self._env.items()
+            if key in DEFAULT_INHERITED_ENV_VARS and not value.startswith("()")
+        }
+        env = get_default_environment() | inherited | dict(config.env)
+        errlog: TextIO
+        if self._errlog is None:
+            errlog = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
+        else:
+            errlog = cast(TextIO, self._errlog)
+        stdio = _stdio(config.command, config.args, env, errlog, MAX_MESSAGE, self._broke)
+        read_stream, write_stream = await stack.enter_async_context(stdio)
         return await stack.enter_async_context(
-            ClientSession(read, write, message_handler=self._on_message)
+            ClientSession(read_stream, write_stream, message_handler=self._on_message)
         )
 
     async def _on_message(self, message: Any) -> None:
@@ -430,6 +472,8 @@ class McpServer:
         if isinstance(exc, OSError) and config.command is not None:
             return f"cannot run {config.command}: {exc.strerror or exc}"
         if isinstance(exc, MCPError):
+            if too_large := _refusal(exc.message):
+                return too_large
             if exc.code == CONNECTION_CLOSED:
                 why = "the connection closed before the server was ready"
                 if config.command is not None:
@@ -483,6 +527,308 @@ def _decoded_size(data: str) -> int:
     """The bytes that base64 ``data`` holds, without decoding it."""
     length = len(data.strip().rstrip("="))
     return length * 3 // 4
+
+
+class MessageTooLarge(Exception):
+    """A server sent a message over the limit (:data:`MAX_MESSAGE`) on its stdout."""
+
+
+def _refusal(message: str) -> str | None:
+    """chatcli's refusal of a message, said as :func:`_too_large` says it, when the SDK's
+    error ``message`` carries one (it wraps them as a parse error, or a broken event stream)."""
+    if found := _REFUSAL.search(message):
+        return found.group()
+    if found := _EVENT_REFUSAL.search(message):
+        return _too_large(int(found.group(1)))
+    return None
+
+
+def _too_large(limit: int) -> str:
+    mib = 1024 * 1024
+    size = f"{limit // mib} MiB" if limit % mib == 0 else f"{limit:,} bytes"
+    return f"the server sent a message over chatcli's limit of {size}"
+
+
+@asynccontextmanager
+async def _stdio(
+    command: str,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    errlog: TextIO,
+    limit: int,
+    broke: Callable[[str], None],
+) -> AsyncGenerator[
+    tuple[
+        MemoryObjectReceiveStream[SessionMessage | Exception],
+        MemoryObjectSendStream[SessionMessage],
+    ]
+]:
+    """Runs ``command`` and talks MCP over its stdin and stdout, a JSON-RPC message a line: the
+    SDK's ``stdio_client`` (the same process group, the same shutdown), but reading at most
+    ``limit`` bytes a line. The SDK's grows a string until a newline comes, however long (and
+    copies it for every chunk): a server printing a gigabyte without one took a gigabyte.
+
+    A longer line fails the connection: ``broke`` is told why, the connection is cancelled and
+    :class:`MessageTooLarge` raised from it; the rest of the server's output is read and
+    dropped until it is stopped. A line that is not MCP is passed on as the error parsing it,
+    as the SDK does (:meth:`McpServer._on_message` notes it)."""
+    import anyio
+    import anyio.lowlevel
+    from mcp.shared.message import SessionMessage
+    from mcp_types import jsonrpc_message_adapter
+
+    def parse(line: bytearray) -> SessionMessage | Exception:
+        try:
+            # Strict UTF-8, as the SDK's default; undecodable output is a line that is not MCP.
+            message = jsonrpc_message_adapter.validate_json(line.decode(), by_name=False)
+        except ValueError as exc:  # pydantic's ValidationError, UnicodeDecodeError
+            log.debug("a line from %s is not a JSON-RPC message", command, exc_info=exc)
+            return exc
+        return SessionMessage(message)
+
+    process = await _spawn(command, args, env, errlog)
+    # The process runs: no awaits until the task group is entered, or a cancellation in
+    # between would leave it running.
+    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
+    writer_done = anyio.Event()
+    shutting_down = False
+    stdin, stdout = process.stdin, process.stdout
+    assert stdin is not None and stdout is not None
+
+    async def deliver() -> None:
+        """Reads lines and passes them on; returns at the end of the output or when the
+        session is gone. Linear in what is read: each byte is searched once."""
+        buffer = bytearray()
+        while True:
+            try:
+                chunk = await stdout.receive()
+            except anyio.EndOfStream:
+                return
+            searched = len(buffer)  # no newline before this
+            buffer += chunk
+            start, too_long = 0, False
+            while (end := buffer.find(b"\n", searched)) != -1:
+                if end - start > limit:
+                    too_long = True
+                    break
+                try:
+                    # One line at a time: nothing more is read while a delivery waits.
+                    await read_writer.send(parse(buffer[start:end]))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return  # the session is gone
+                start = searched = end + 1
+            del buffer[:start]
+            if not too_long and len(buffer) <= limit:
+                continue
+            why = _too_large(limit)
+            broke(why)
+            task_group.cancel_scope.cancel()
+            raise MessageTooLarge(why)
+
+    async def read() -> None:
+        try:
+            async with read_writer:
+                try:
+                    await deliver()
+                finally:
+                    # A server blocked writing to a full pipe cannot see its stdin close.
+                    await _drain(stdout)
+        except anyio.ClosedResourceError:
+            pass  # the shutdown closed stdout under the read
+        except (anyio.BrokenResourceError, ConnectionError):
+            if not shutting_down:
+                log.debug("reading the output of %s failed", command, exc_info=True)
+
+    async def write() -> None:
+        try:
+            async with write_reader:
+                async for session_message in write_reader:
+                    text = session_message.message.model_dump_json(
+                        by_alias=True, exclude_unset=True
+                    )
+                    await stdin.send((text + "\n").encode())
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            # The server may still run: end the session's input, or a request would wait
+            # for an answer that cannot come.
+            await read_writer.aclose()
+        finally:
+            writer_done.set()
+
+    async def shutdown() -> None:
+        read_stream.close()  # a delivery waiting on the session ends: the reader drains
+        write_stream.close()
+        with anyio.move_on_after(FLUSH_TIMEOUT):
+            await writer_done.wait()
+        await _stop(process)
+        for stream in (read_stream, write_stream, read_writer, write_reader):
+            await stream.aclose()
+        await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(read)
+        task_group.start_soon(write)
+        try:
+            yield read_stream, write_stream
+        finally:
+            shutting_down = True
+            # Every wait in it is bounded, and it must run even when the caller is cancelled,
+            # or the process would be left running.
+            with anyio.CancelScope(shield=True):
+                await shutdown()
+            task_group.cancel_scope.cancel()
+
+
+async def _spawn(
+    command: str, args: Sequence[str], env: Mapping[str, str], errlog: TextIO
+) -> Process:
+    """Starts the server in a process group of its own (a Job Object on Windows, by the SDK's
+    helper), so that stopping it stops what it started too."""
+    import anyio
+
+    if sys.platform == "win32":  # pragma: no cover
+        from mcp.os.win32.utilities import create_windows_process, get_windows_executable_command
+
+        executable = get_windows_executable_command(command)
+        return await create_windows_process(executable, list(args), dict(env), errlog)  # type: ignore[return-value]
+    return await anyio.open_process(
+        [command, *args], env=dict(env), stderr=errlog, start_new_session=True
+    )
+
+
+async def _drain(stdout: ByteReceiveStream) -> None:
+    """Reads and drops what the server still writes, until its output ends or is closed."""
+    import anyio
+
+    with (
+        anyio.CancelScope(shield=True),
+        suppress(anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError),
+    ):
+        while True:
+            await stdout.receive()
+
+
+async def _stop(process: Process) -> None:
+    """The SDK's shutdown of a stdio server (the one MCP's spec describes): close its stdin,
+    give it :data:`EXIT_GRACE` seconds to exit, then SIGTERM its process group and SIGKILL it
+    after as long again."""
+    import anyio
+
+    closing = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+    assert process.stdin is not None and process.stdout is not None
+    with suppress(*closing):
+        await process.stdin.aclose()
+    if not await _exited(process, EXIT_GRACE):
+        if sys.platform == "win32":  # pragma: no cover
+            from mcp.os.win32.utilities import terminate_windows_process_tree
+
+            await terminate_windows_process_tree(process)
+        else:
+            from mcp.os.posix.utilities import terminate_posix_process_tree
+
+            await terminate_posix_process_tree(process, EXIT_GRACE)
+        if not await _exited(process, EXIT_GRACE):
+            log.warning("MCP server process %d survived SIGKILL; leaving it", process.pid)
+    if sys.platform == "win32":  # pragma: no cover
+        from mcp.os.win32.utilities import close_process_job
+
+        close_process_job(process)
+    # A child that outlived the server may hold its stdout open: the reader must end anyway.
+    with suppress(*closing):
+        await process.stdout.aclose()
+    # asyncio's transport for the process stays open (and warns when collected) while such a
+    # child holds a pipe; nothing public reaches it (the SDK closes it the same way).
+    transport = getattr(getattr(process, "_process", None), "_transport", None)
+    close = getattr(transport, "close", None)
+    if callable(close):
+        with suppress(PermissionError):
+            close()
+
+
+async def _exited(process: Process, timeout: float) -> bool:
+    """Whether the process exits within ``timeout`` seconds. It polls: ``process.wait()``
+    would wait for the pipes too, which a child the server started may hold open."""
+    import anyio
+
+    with anyio.move_on_after(timeout):
+        while process.returncode is None:
+            await anyio.sleep(0.01)
+        return True
+    return False
+
+
+def _http_client(limit: int) -> httpx2.AsyncClient:
+    """The SDK's HTTP client for MCP (its timeouts; proxies from the environment), but the body
+    of an answer is cut off past ``limit`` bytes: the SDK reads a JSON answer whole, however
+    big. An event stream (a GET or POST answered ``text/event-stream``) is exempt: it may last
+    and carry any number of events, and the SDK bounds each event (``max_sse_event_size``).
+
+    Bytes are counted as the body streams in, so a compressed body could still inflate
+    without bound when the SDK reads it whole: the client asks for none
+    (``Accept-Encoding: identity``), and a body compressed anyway is refused.
+
+    Going past the limit raises :class:`httpx2.StreamError`, which the SDK turns into an error
+    answer to that one request (it does so for a body it cannot read), so the connection goes
+    on. The cut-off is a response hook, not a wrapping transport: passing a transport would
+    turn off the proxies the environment names."""
+    import httpx2
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    class BoundedBody(httpx2.AsyncByteStream):
+        def __init__(self, stream: httpx2.AsyncByteStream, refusal: str | None) -> None:
+            self._stream = stream
+            self._refusal = refusal
+
+        @property
+        def elapsed(self) -> datetime.timedelta | None:
+            """The stream's own (a response reads its ``elapsed`` from its stream)."""
+            return cast("datetime.timedelta | None", getattr(self._stream, "elapsed", None))
+
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            if self._refusal is not None:
+                raise httpx2.StreamError(self._refusal)
+            chunks = self._stream.__aiter__()
+            received = 0
+            try:
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if received > limit:
+                        raise httpx2.StreamError(_too_large(limit))
+                    yield chunk
+            finally:
+                if isinstance(chunks, AsyncGenerator):
+                    await chunks.aclose()
+
+        async def aclose(self) -> None:
+            await self._stream.aclose()
+
+    async def bound(response: httpx2.Response) -> None:
+        headers = response.headers
+        kind = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if (
+            kind == "text/event-stream"
+            and response.request.method in ("GET", "POST")
+            and response.is_success
+        ):
+            return
+        refusal = None
+        codings = {c.strip() for c in headers.get("content-encoding", "").lower().split(",")}
+        if codings - {"", "identity"}:
+            coding = ", ".join(sorted(codings - {"", "identity"}))
+            refusal = (
+                f"the server sent a compressed message ({coding}), which chatcli does not accept"
+            )
+        length = headers.get("content-length", "").strip()
+        if length.isdigit() and int(length) > limit:
+            refusal = _too_large(limit)
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        response.stream = BoundedBody(response.stream, refusal)
+
+    client = create_mcp_http_client(headers={"Accept-Encoding": "identity"})
+    hooks = client.event_hooks
+    hooks["response"] = [*hooks.get("response", []), bound]
+    client.event_hooks = hooks
+    return client
 
 
 def _import_sdk() -> None:

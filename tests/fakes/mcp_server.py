@@ -1,8 +1,9 @@
 """A real MCP server for the MCP client's tests, written with the SDK itself so the client is
 tested against what servers in the wild run, not against our reading of the protocol.
 
-Run as ``python tests/fakes/mcp_server.py stdio`` (messages on stdin/stdout) or
-``python tests/fakes/mcp_server.py http`` (streamable HTTP on 127.0.0.1). Over HTTP it binds
+Run as ``python tests/fakes/mcp_server.py stdio`` (messages on stdin/stdout),
+``python tests/fakes/mcp_server.py http`` (streamable HTTP on 127.0.0.1, answers as event
+streams) or ``... http-json`` (the same, answers as plain JSON bodies). Over HTTP it binds
 port 0 itself and prints ``READY <port>`` once the socket listens, so a test learns the port
 without guessing a free one (a race) or polling. It writes a line to stderr at start: the tests
 check that line lands in the client's error log, never on the terminal.
@@ -86,13 +87,30 @@ def crash() -> str:
     os._exit(1)
 
 
+@server.tool()
+def flood(megabytes: int) -> str:
+    """Writes that many MiB to stdout with no newline, then answers: over stdio, one endless
+    line before the answer (a broken or hostile server). Over HTTP nobody reads stdout."""
+    # The SDK's stdio server moves its wire off fd 1 (so that a stray print cannot break it)
+    # and keeps it in a private claim: write where its messages go.
+    from mcp.server import stdio
+
+    claim = stdio._claims.get(1)
+    fd = claim.private_fd if claim is not None and claim.private_fd is not None else 1
+    block = b"x" * (1024 * 1024)
+    with os.fdopen(fd, "wb", closefd=False) as wire:
+        for _ in range(megabytes):
+            wire.write(block)
+    return "flooded"
+
+
 @server.tool(name="files.read")
 def files_read(path: str) -> str:
     """A name with a dot, which MCP allows and model APIs do not."""
     return f"read {path}"
 
 
-def serve_http() -> None:
+def serve_http(*, json_response: bool = False) -> None:
     import uvicorn
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -100,7 +118,8 @@ def serve_http() -> None:
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(server.streamable_http_app(), log_level="warning", lifespan="on")
+    app = server.streamable_http_app(json_response=json_response)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
     # The socket listens already, so a client that connects now waits in its backlog.
     print(f"READY {port}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])
@@ -113,10 +132,10 @@ def main() -> None:
     sys.stderr.flush()
     if transport == "stdio":
         server.run("stdio")
-    elif transport == "http":
-        serve_http()
+    elif transport in ("http", "http-json"):
+        serve_http(json_response=transport == "http-json")
     else:
-        sys.exit(f"unknown transport {transport!r}: use stdio or http")
+        sys.exit(f"unknown transport {transport!r}: use stdio, http or http-json")
 
 
 if __name__ == "__main__":
