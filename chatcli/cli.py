@@ -601,13 +601,14 @@ def providers(
             _check_providers(ctx, registry, provider, timeout, json_out)
             return
         from chatcli.chat import default_provider_name
+        from chatcli.providers import site_offline
 
         default_name = (default_provider_name(settings) or "").strip().lower()
         rows = []
         for name in registry.names():
             row = registry.create(name).describe()
             row["default"] = row["name"] == default_name
-            row["site_offline"] = _site_offline(row["url"])
+            row["site_offline"] = site_offline(row["url"])
             rows.append(row)
         if json_out:
             ctx.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -629,23 +630,6 @@ def providers(
             )
         if left_out:
             console.print(f"(left out to fit: {', '.join(left_out).lower()}; --json has them)")
-
-
-#: The hosts of the web services chatcli grew out of: all five sites are offline today (README,
-#: "Web chat services"). Their providers stay, for compatibility and for mirrors.
-OFFLINE_SITES: Final = frozenset(
-    {"gptalk.net", "chatgptt.me", "opchatgpts.net", "chat-shared2.zhile.io", "chat-gpt.org"}
-)
-
-
-def _site_offline(url: str) -> bool:
-    from urllib.parse import urlsplit
-
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return False
-    return host in OFFLINE_SITES
 
 
 def _working_label(row: dict[str, Any]) -> str:

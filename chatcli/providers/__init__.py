@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from chatcli.errors import ConfigError
+from chatcli.errors import ConfigError, check_url
 from chatcli.providers.base import (
     AsyncGeneratorProvider,
     AsyncProvider,
@@ -146,6 +146,14 @@ class Registry:
                     registry._entries[name] = type(
                         base.__name__, (base,), {"default_model": str(table["model"])}
                     )
+                if "base_url" in table:  # a web service's mirror (what --base-url does)
+                    base = registry.get(name)
+                    if base.kind == "offline":
+                        raise ConfigError(f"providers.{name}.base_url: it runs in-process")
+                    url = check_url(
+                        str(table["base_url"]), what=f"providers.{name}.base_url", error=ConfigError
+                    )
+                    registry._entries[name] = type(base.__name__, (base,), {"url": url})
                 # other settings of a built-in web provider are read where it is used
             elif kind is None:
                 raise ConfigError(
@@ -195,3 +203,20 @@ class Registry:
 def get_provider(name: str) -> type[BaseProvider]:
     """A built-in provider class by name (the Python API's shortcut)."""
     return Registry.builtin().get(name)
+
+
+#: The hosts of the web services chatcli grew out of: all five sites are offline today (README,
+#: "Web chat services"). Their providers stay, for compatibility and for mirrors.
+OFFLINE_SITES: Final[frozenset[str]] = frozenset(
+    {"gptalk.net", "chatgptt.me", "opchatgpts.net", "chat-shared2.zhile.io", "chat-gpt.org"}
+)
+
+
+def site_offline(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    return host in OFFLINE_SITES
