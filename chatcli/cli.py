@@ -40,6 +40,7 @@ from chatcli.errors import (
     check_url,
     redact_credentials,
 )
+from chatcli.serve_cli import serve
 from chatcli.sessions_cli import sessions_app
 from chatcli.templates_cli import templates_app
 from chatcli.tools_cli import tools_app
@@ -1136,6 +1137,7 @@ def paths(json_out: JsonOpt = False) -> None:
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(templates_app, name="templates")
 app.add_typer(tools_app, name="tools")
+app.command("serve")(serve)
 
 # -- cookies ------------------------------------------------------------------------------------
 

@@ -92,6 +92,8 @@ class TurnRequest:
     retries: int = 2
     #: Providers to try, in order, when this one fails before any text.
     fallback: tuple[str, ...] = ()
+    #: The model each fallback uses (by provider name); without one, its default.
+    fallback_models: Mapping[str, str] = field(default_factory=dict)
     #: Tools the model may call (see :mod:`chatcli.tools`; the turn's toolbox runs them).
     tools: tuple[ToolSpec, ...] = ()
     #: ``none``: answer without calling tools (the last round of a question).
@@ -166,6 +168,7 @@ async def run_turn(
     notice: Callable[[str], None] | None = None,
     on_event: Callable[[Event], None] | None = None,
     toolbox: Toolbox | None = None,
+    keep_calls: bool = False,
 ) -> Turn:
     """Run one turn. Raises the provider's error (or ``CancelledError``) after recording it.
 
@@ -180,12 +183,16 @@ async def run_turn(
     and the model is asked again with the results, up to ``toolbox.max_rounds`` rounds; the
     last one asks it to answer without tools.
 
+    With ``keep_calls`` (and no toolbox), the tools of ``request.tools`` are offered and the
+    calls the model makes end the turn, kept on ``turn.calls`` for the caller to answer
+    (``chatcli serve`` hands them to its client).
+
     Pass ``turn`` to keep a handle on the partial answer from outside (e.g. for Ctrl-C);
     ``on_event`` sees every event of the attempt that answers (the Python API streams them).
     """
     turn = turn or Turn(provider=request.provider)
     notice = notice or (lambda text: None)
-    if toolbox is None or not toolbox:
+    if (toolbox is None or not toolbox) and not keep_calls:
         request = replace(request, tools=())
     rendering = False
     try:
@@ -193,7 +200,7 @@ async def run_turn(
             renderer.start()
             rendering = True
             await _run_chain(request, registry, renderer, turn, notice, on_event)
-            if not turn.calls:
+            if not turn.calls or (keep_calls and toolbox is None):
                 break
             if toolbox is None or request.tool_choice == "none":
                 raise ProtocolError(
@@ -304,7 +311,7 @@ async def _run_chain(
         )
         # Picked once per provider (a service without a chosen model is asked for its list);
         # a retry after a failed pick picks again.
-        model = request.model if index == 0 else None
+        model = request.model if index == 0 else request.fallback_models.get(name)
         turn.model = ""
         attempt = 0
         while True:

@@ -56,7 +56,8 @@ def bash_complete(line: str, env: dict[str, str]) -> list[str]:
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
 def test_bash_completes_commands_options_and_live_names(isolated: Isolated) -> None:
     env = isolated.env
-    assert bash_complete("chatcli se", env) == ["sessions"]
+    assert bash_complete("chatcli se", env) == ["serve", "sessions"]
+    assert bash_complete("chatcli ses", env) == ["sessions"]
     assert "--no-stream" in bash_complete("chatcli ask --no", env)
     assert bash_complete("chatcli ask -p ol", env) == ["ollama"]
     assert bash_complete("chatcli ask -p chatgptt -m gpt-4o", env) == ["gpt-4o", "gpt-4o-mini"]

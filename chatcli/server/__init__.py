@@ -1,0 +1,1183 @@
+"""``chatcli serve``: every provider behind one OpenAI-compatible endpoint, and a chat page.
+
+Routes (aiohttp's server):
+
+- ``POST /v1/chat/completions``: the OpenAI request (``model`` is ``PROVIDER/MODEL``, a bare
+  model of the default provider, or a fallback chain ``a/m1,b,c/m3``); streamed as
+  ``chat.completion.chunk`` events or answered whole, with ``usage``. The answer comes from
+  :func:`chatcli.turn.run_turn`: the same retries, fallback, cookies and limits as ``ask``.
+- ``GET /v1/models``: every usable provider's models, as ``PROVIDER/MODEL``.
+- ``GET /health``: ``{"status": "ok"}``.
+- ``GET /``: the chat page (``page/``: static files, no build step, no external assets).
+
+Safety: loopback unless told otherwise, and then only with a token (``Authorization: Bearer``),
+checked on every API request in constant time. Without a token, requests must name a loopback
+``Host`` (a web page cannot reach the server by DNS rebinding), and a request from another
+web origin is refused unless ``--cors-origin`` allows it (a page cannot spend the user's
+credits). A request's body is read within :data:`MAX_BODY` bytes, an answer within
+:data:`MAX_ANSWER` characters; streamed events are written as they come, with the socket's
+back-pressure, so a slow reader holds the upstream back instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import contextvars
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
+
+from aiohttp import web
+
+from chatcli import __version__
+from chatcli.core import (
+    ChatMessage,
+    Event,
+    ImagePart,
+    Part,
+    ReasoningDelta,
+    Role,
+    TextDelta,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+    Usage,
+)
+from chatcli.errors import (
+    ChatcliError,
+    MissingAuthError,
+    ProviderError,
+    ProviderTimeoutError,
+    ResponseStatusError,
+    UsageError,
+    one_line,
+)
+from chatcli.providers import Registry, site_offline
+from chatcli.render import NullRenderer
+from chatcli.render.sanitize import sanitize
+from chatcli.turn import Turn, TurnRequest, preflight, run_turn
+
+if TYPE_CHECKING:
+    from chatcli.config import Settings
+    from chatcli.store import Stores
+
+log = logging.getLogger("chatcli.server")
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8808
+#: The largest request body read (images come inline, base64-encoded).
+MAX_BODY: Final = 32 * 1024 * 1024
+#: The longest answer kept for one request, in characters; past it the answer is cut and says so.
+MAX_ANSWER: Final = 8 * 1024 * 1024
+#: The most messages one request may carry.
+MAX_MESSAGES: Final = 10_000
+#: Seconds the model list is kept before providers are asked again.
+MODELS_TTL: Final = 30.0
+#: Seconds a provider has to list its models for ``/v1/models``.
+MODELS_TIMEOUT: Final = 5.0
+#: Seconds open requests get to finish when the server stops, before they are cut.
+SHUTDOWN_GRACE: Final = 5.0
+#: How answers end, as the OpenAI protocol says it.
+FINISH: Final[Mapping[str, str]] = {
+    "stop": "stop",
+    "length": "length",
+    "context": "length",
+    "content_filter": "content_filter",
+    "repetition": "stop",
+    "tool_calls": "tool_calls",
+}
+#: Request fields passed to the provider as options (``-o``) when it takes them, else left
+#: out (named in the ``X-Chatcli-Ignored`` header of the answer).
+OPTION_FIELDS: Final = (
+    "max_tokens",
+    "max_completion_tokens",
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "logit_bias",
+    "reasoning_effort",
+    "parallel_tool_calls",
+    "user",
+)
+#: Request fields that change nothing here (accepted, not passed on).
+NO_EFFECT: Final = frozenset({"stream_options", "logprobs", "top_logprobs", "store", "metadata"})
+PAGE_FILES: Final[Mapping[str, str]] = {
+    "/": "index.html",
+    "/chat.js": "chat.js",
+    "/chat.css": "chat.css",
+}
+_CONTENT_TYPES: Final = {
+    "html": "text/html; charset=utf-8",
+    "js": "text/javascript; charset=utf-8",
+    "css": "text/css; charset=utf-8",
+}
+#: The page runs only its own script and style, and talks only to this server.
+PAGE_POLICY: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost"})
+
+
+class ApiError(Exception):
+    """An answer in the OpenAI error shape: ``{"error": {message, type, param, code}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body(), status=self.status)
+
+
+def api_error_from(exc: BaseException) -> ApiError:
+    """The answer for a failure of the turn (or of its preflight)."""
+    message = one_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, MissingAuthError):
+        return ApiError(502, message, kind="upstream_error", code="upstream_auth")
+    if isinstance(exc, ResponseStatusError):
+        if exc.status == 429:
+            return ApiError(429, message, kind="rate_limit_error", code="upstream_rate_limit")
+        if exc.status == 404:  # (most often a model the service does not have)
+            return ApiError(404, message, kind="upstream_error", code="upstream_not_found")
+        return ApiError(502, message, kind="upstream_error", code=f"upstream_{exc.status}")
+    if isinstance(exc, ProviderTimeoutError):
+        return ApiError(504, message, kind="upstream_error", code="upstream_timeout")
+    if isinstance(exc, ProviderError):
+        return ApiError(502, message, kind="upstream_error", code="upstream_failed")
+    if isinstance(exc, UsageError):
+        return ApiError(400, message)
+    if isinstance(exc, ChatcliError):
+        return ApiError(500, message, kind="server_error")
+    return ApiError(500, "internal error (see the server's log)", kind="server_error")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    #: Required on every API request when set (``Authorization: Bearer TOKEN``).
+    token: str | None = None
+    #: Web origins (``https://app.example``) whose pages may call the API.
+    cors_origins: tuple[str, ...] = ()
+    #: Record each exchange as a session.
+    save: bool = False
+    #: Seconds an upstream request may take (``None``: the configured timeout).
+    timeout: float | None = None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps the server on this machine."""
+    name = host.strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """One chat request as it is answered: what the log line and ``--save`` need."""
+
+    model: str = "-"
+    status: int = 0
+    first: float | None = None
+    turn: Turn | None = None
+
+
+@dataclass(slots=True)
+class _Thread:
+    """A conversation recorded by ``--save``: its session and the id of its last message."""
+
+    session_id: str
+    head: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A chat request, checked and turned into chatcli's terms."""
+
+    turn: TurnRequest
+    stream: bool
+    include_usage: bool
+    ignored: tuple[str, ...]
+    #: The client's tools: calls go back to it (they are not run here).
+    client_tools: bool
+    label: str
+
+
+#: The request being answered (the middleware sets it; the handler fills it in for the log).
+_EXCHANGE: Final[contextvars.ContextVar[_Exchange]] = contextvars.ContextVar("exchange")
+
+
+class Server:
+    """The application and what it shares between requests (the registry, the model list,
+    the streams open, the sessions recorded)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        options: ServeOptions,
+        *,
+        say: Callable[[str], None],
+        default_provider: str | None,
+    ) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.options = options
+        self.registry = Registry.from_settings(settings, stores)
+        self.default_provider = default_provider
+        self._say = say
+        self._models: tuple[float, list[dict[str, Any]]] | None = None
+        self._models_lock = asyncio.Lock()
+        #: Set when the server stops: open streams end with an error event, new requests 503.
+        self.stopping = asyncio.Event()
+        self._open: set[asyncio.Queue[Event | BaseException | None]] = set()
+        self._threads: dict[str, _Thread] = {}
+        self._page: dict[str, bytes] = {}
+        self.active = 0
+
+    # -- the application -------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model:.+}", self.model)
+        app.router.add_get("/health", self.health)
+        for path in PAGE_FILES:
+            app.router.add_get(path, self.page)
+        return app
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Any]
+    ) -> web.StreamResponse:
+        started = time.monotonic()
+        exchange = _Exchange()
+        _EXCHANGE.set(exchange)
+        origin = request.headers.get("Origin")
+        allowed_origin = origin is not None and origin in self.options.cors_origins
+        response: web.StreamResponse
+        self.active += 1
+        try:
+            response = await self._checked(request, handler, origin, allowed_origin)
+        except ApiError as exc:
+            response = exc.response()
+        except web.HTTPException as exc:
+            response = ApiError(
+                exc.status, exc.reason, code="not_found" if exc.status == 404 else None
+            ).response()
+        except asyncio.CancelledError:
+            exchange.status = exchange.status or 499  # the client went away
+            self._log(request, exchange, started)
+            raise
+        except Exception as exc:
+            log.error("%s %s failed", request.method, request.path, exc_info=exc)
+            response = api_error_from(exc).response()
+        finally:
+            self.active -= 1
+        if allowed_origin and not response.prepared:
+            response.headers["Access-Control-Allow-Origin"] = origin or ""
+            response.headers["Vary"] = "Origin"
+        exchange.status = exchange.status or response.status
+        self._log(request, exchange, started)
+        return response
+
+    async def _checked(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Any],
+        origin: str | None,
+        allowed_origin: bool,
+    ) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return self._preflight(request, allowed_origin)
+        token = self.options.token
+        if token is None and not self._loopback_host(request.host):
+            # A name that is not this machine's: a page using DNS rebinding, or a proxy.
+            raise ApiError(403, "the Host header must name this machine", kind="forbidden")
+        if origin is not None and not allowed_origin and origin != self._own_origin(request):
+            raise ApiError(
+                403,
+                "requests from other web pages are refused (chatcli serve --cors-origin "
+                "ORIGIN allows one)",
+                kind="forbidden",
+            )
+        if token is not None and request.path.startswith("/v1/"):
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode(), token.encode()
+            ):
+                raise ApiError(
+                    401,
+                    "a valid token is needed: Authorization: Bearer TOKEN "
+                    "(chatcli serve printed it when it started)",
+                    kind="invalid_request_error",
+                    code="invalid_api_key",
+                )
+        if self.stopping.is_set():
+            raise ApiError(503, "the server is shutting down", kind="server_error")
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    def _preflight(self, request: web.Request, allowed: bool) -> web.StreamResponse:
+        if not allowed:
+            raise ApiError(403, "this origin is not allowed (--cors-origin)", kind="forbidden")
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": request.headers.get("Origin", ""),
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            },
+        )
+
+    def _loopback_host(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if name.startswith("["):
+            name = name[1 : name.find("]")] if "]" in name else name
+        return is_loopback(name)
+
+    @staticmethod
+    def _own_origin(request: web.Request) -> str:
+        return f"{request.scheme}://{request.host}"
+
+    def _log(self, request: web.Request, exchange: _Exchange, started: float) -> None:
+        """One line a request: method, path, model, status, time to first token, total."""
+        total = time.monotonic() - started
+        first = f"{exchange.first - started:.2f}s" if exchange.first is not None else "-"
+        turn = exchange.turn
+        model = (
+            f"{turn.provider}/{turn.model}" if turn is not None and turn.model else exchange.model
+        )
+        model = model[:120]
+        line = (
+            f"{request.method} {request.path[:200]} {model} {exchange.status} {first} {total:.2f}s"
+        )
+        self._say(sanitize(one_line(line)))
+
+    # -- routes ----------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "version": __version__})
+
+    async def page(self, request: web.Request) -> web.Response:
+        name = PAGE_FILES[request.path]
+        body = self._page.get(name)
+        if body is None:
+            body = self._page[name] = (
+                resources.files("chatcli.server").joinpath("page", name).read_bytes()
+            )
+        return web.Response(
+            body=body,
+            headers={
+                "Content-Type": _CONTENT_TYPES[name.rsplit(".", 1)[1]],
+                "Content-Security-Policy": PAGE_POLICY,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "no-cache",
+            },
+        )
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": await self.model_list()})
+
+    async def model(self, request: web.Request) -> web.Response:
+        wanted = request.match_info["model"]
+        for entry in await self.model_list():
+            if entry["id"] == wanted:
+                return web.json_response(entry)
+        raise ApiError(404, f"no model {wanted!r} here", param="model", code="model_not_found")
+
+    async def model_list(self) -> list[dict[str, Any]]:
+        """Every model of the providers that can answer now (a key set, a runtime there),
+        ``PROVIDER/MODEL``, the default first; kept for :data:`MODELS_TTL` seconds."""
+        async with self._models_lock:
+            now = time.monotonic()
+            if self._models is not None and now - self._models[0] < MODELS_TTL:
+                return self._models[1]
+            names = self.registry.names()
+            found = await asyncio.gather(*(self._provider_models(name) for name in names))
+            entries: list[dict[str, Any]] = []
+            for name, models in zip(names, found, strict=True):
+                for model in models:
+                    entries.append(
+                        {"id": f"{name}/{model}", "object": "model", "created": 0, "owned_by": name}
+                    )
+            default = self._default_model_id()
+            entries.sort(key=lambda e: e["id"] != default)  # stable: the default first
+            self._models = (now, entries)
+            return entries
+
+    def _default_model_id(self) -> str | None:
+        if self.default_provider is None:
+            return None
+        try:
+            cls = self.registry.get(self.default_provider)
+        except ChatcliError:
+            return None
+        model = (
+            self.settings.model
+            if not self.settings.provider or (self.settings.provider.strip().lower() == cls.name)
+            else None
+        )
+        model = model or cls.default_model
+        return f"{cls.name}/{model}" if model else None
+
+    async def _provider_models(self, name: str) -> list[str]:
+        try:
+            provider = self.registry.create(name)
+            provider.preflight()  # no key, no runtime: it cannot answer, so it lists nothing
+            if site_offline(provider.root):
+                return []  # a seed service whose site is gone (a mirror's URL lists it)
+            async with asyncio.timeout(MODELS_TIMEOUT):
+                models = await provider.list_models()
+        except (ChatcliError, TimeoutError, OSError) as exc:
+            log.debug("%s lists no models: %s", name, exc)
+            return []
+        return [m for m in dict.fromkeys(models) if isinstance(m, str) and m][:1000]
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        exchange = _EXCHANGE.get()
+        kind = request.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        if kind != "application/json":
+            raise ApiError(415, "send the request as JSON (Content-Type: application/json)")
+        try:
+            body = await request.json(loads=json.loads)
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, f"the request is over {MAX_BODY // (1024 * 1024)} MiB") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the body is not JSON: {one_line(str(exc))[:200]}") from None
+        parsed = self.parse(body)
+        exchange.model = parsed.label
+        try:
+            await asyncio.to_thread(preflight, parsed.turn, self.registry)
+        except ChatcliError as exc:
+            raise api_error_from(exc) from None
+        turn = Turn(provider=parsed.turn.provider)
+        exchange.turn = turn
+        if parsed.stream:
+            return await self._stream(request, parsed, turn, exchange)
+        return await self._whole(request, parsed, turn, exchange)
+
+    # -- the request -----------------------------------------------------------------------
+
+    def parse(self, body: Any) -> _Parsed:
+        """The request as chatcli's :class:`TurnRequest`; a clear :class:`ApiError` (400,
+        404) for what is wrong with it."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        chain = self._chain(body.get("model"))
+        provider, model = chain[0]
+        messages = _messages(body.get("messages"))
+        n = body.get("n", 1)
+        if n not in (1, None):
+            raise ApiError(400, "n must be 1 (one answer a request)", param="n")
+        temperature = body.get("temperature")
+        if temperature is not None and (
+            isinstance(temperature, bool) or not isinstance(temperature, int | float)
+        ):
+            raise ApiError(400, "temperature must be a number", param="temperature")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ApiError(400, "stream must be true or false", param="stream")
+        stream_options = body.get("stream_options") or {}
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage")
+        tools = _tools(body.get("tools"))
+        choice = body.get("tool_choice")
+        tool_choice: Literal["auto", "none"] = "none" if choice == "none" else "auto"
+        cls = self.registry.get(provider)
+        if tools and not cls.supports_tools:
+            raise ApiError(
+                400,
+                f"{cls.name} cannot call tools; an OpenAI-compatible provider or anthropic can",
+                param="tools",
+            )
+        options: dict[str, Any] = {}
+        ignored: list[str] = []
+        fields = list(OPTION_FIELDS)
+        if choice not in (None, "auto", "none"):
+            fields.append("tool_choice")  # required, or a function: the provider's to honour
+        for key in fields:
+            if body.get(key) is None:
+                continue
+            value = body[key]
+            if key == "max_completion_tokens" and cls.name != "openai":
+                key = "max_tokens"  # (most servers know only the older name)
+            try:
+                options.update(cls.check_options({key: value}))
+            except UsageError:
+                if key == "tool_choice":
+                    raise ApiError(
+                        400, f"{cls.name} takes only tool_choice auto or none", param="tool_choice"
+                    ) from None
+                ignored.append(key)
+        for key in body:
+            known = {"model", "messages", "n", "temperature", "stream", "tools", "tool_choice"}
+            if key not in known and key not in OPTION_FIELDS and key not in NO_EFFECT:
+                ignored.append(key)
+        request = TurnRequest(
+            provider=cls.name,
+            messages=messages,
+            model=model,
+            temperature=float(temperature) if temperature is not None else None,
+            options=options,
+            stream=True,
+            timeout=self.options.timeout
+            if self.options.timeout is not None
+            else self.settings.timeout,
+            retries=self.settings.retries if self.settings.retries is not None else 2,
+            fallback=tuple(name for name, _ in chain[1:]),
+            fallback_models={name: m for name, m in chain[1:] if m},
+            tools=tools,
+            tool_choice=tool_choice,
+        )
+        label = ",".join(f"{name}/{m}" if m else name for name, m in chain)
+        return _Parsed(
+            turn=request,
+            stream=stream,
+            include_usage=bool(include_usage),
+            ignored=tuple(sorted(set(ignored))),
+            client_tools=bool(tools),
+            label=label,
+        )
+
+    def _chain(self, given: Any) -> list[tuple[str, str | None]]:
+        """``model`` as (provider, model) pairs: ``PROVIDER/MODEL`` or ``PROVIDER`` (its
+        default model), a bare model of the default provider, several joined by commas (the
+        later ones fall back). Without any, the configured fallback follows the first."""
+        if given is None or given == "":
+            given = self.default_provider or ""
+        if not isinstance(given, str) or not given.strip():
+            raise ApiError(400, "model is required (PROVIDER/MODEL)", param="model")
+        chain: list[tuple[str, str | None]] = []
+        for item in given.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            head, _, rest = item.partition("/")
+            if head.lower() in self.registry:
+                name = self.registry.get(head.lower()).name
+                chain.append((name, rest or None))
+            elif self.default_provider is not None and not chain:
+                chain.append((self.registry.get(self.default_provider).name, item))
+            else:
+                raise ApiError(
+                    404,
+                    f"no provider {head[:80]!r} here: give PROVIDER/MODEL (GET /v1/models "
+                    "lists them)",
+                    param="model",
+                    code="model_not_found",
+                )
+        if not chain:
+            raise ApiError(400, "model is required (PROVIDER/MODEL)", param="model")
+        if len(chain) == 1:
+            first = chain[0][0]
+            for name in self.settings.fallback:
+                if name in self.registry and self.registry.get(name).name != first:
+                    chain.append((self.registry.get(name).name, None))
+        names = [name for name, _ in chain]
+        if len(set(names)) != len(names):
+            raise ApiError(400, "a provider appears twice in the chain", param="model")
+        return chain
+
+    # -- answering -------------------------------------------------------------------------
+
+    def _start(
+        self, parsed: _Parsed, turn: Turn, queue: asyncio.Queue[Event | BaseException | None]
+    ) -> asyncio.Task[Turn]:
+        size = 0
+
+        def on_event(event: Event) -> None:
+            nonlocal size
+            if isinstance(event, TextDelta | ReasoningDelta):
+                size += len(event.text)
+                if size > MAX_ANSWER:
+                    raise _TooLong(
+                        f"the answer passed the server's limit of {MAX_ANSWER:,} characters"
+                    )
+            elif isinstance(event, ToolCallDelta) and not parsed.client_tools:
+                return
+            queue.put_nowait(event)
+
+        async def answer() -> Turn:
+            try:
+                return await run_turn(
+                    parsed.turn,
+                    self.registry,
+                    NullRenderer(),
+                    turn=turn,
+                    notice=lambda line: log.info("%s", line),
+                    on_event=on_event,
+                    keep_calls=parsed.client_tools,
+                )
+            finally:
+                if self.options.save:
+                    self._record(parsed, turn)
+
+        task = asyncio.ensure_future(answer())
+        task.add_done_callback(lambda t: queue.put_nowait(None))
+        return task
+
+    async def _whole(
+        self, request: web.Request, parsed: _Parsed, turn: Turn, exchange: _Exchange
+    ) -> web.StreamResponse:
+        queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+        task = self._start(parsed, turn, queue)
+        self._open.add(queue)
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):  # the server stops
+                    task.cancel()
+                    raise ApiError(503, "the server is shutting down", kind="server_error")
+                if exchange.first is None and isinstance(item, TextDelta | ToolCallDelta):
+                    exchange.first = time.monotonic()
+            try:
+                task.result()
+            except Exception as exc:
+                raise api_error_from(exc) from None
+        finally:
+            self._open.discard(queue)
+            await _cancel(task)
+        message: dict[str, Any] = {"role": "assistant", "content": turn.text, "refusal": None}
+        if turn.reasoning:
+            message["reasoning_content"] = turn.reasoning
+        if turn.calls:
+            message["tool_calls"] = [_call_json(call) for call in turn.calls]
+            message["content"] = turn.text or None
+        body = {
+            "id": _completion_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": f"{turn.provider}/{turn.model}",
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": FINISH.get(turn.finish_reason or "stop", "stop"),
+                }
+            ],
+            "usage": _usage(parsed.turn, turn),
+        }
+        return web.json_response(body, headers=_ignored_header(parsed))
+
+    async def _stream(
+        self, request: web.Request, parsed: _Parsed, turn: Turn, exchange: _Exchange
+    ) -> web.StreamResponse:
+        queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+        task = self._start(parsed, turn, queue)
+        self._open.add(queue)
+        try:
+            # The first event decides: a failure before any answers with an HTTP error.
+            first = await queue.get()
+            if first is None:
+                try:
+                    task.result()
+                except Exception as exc:
+                    raise api_error_from(exc) from None
+            if isinstance(first, BaseException):
+                task.cancel()
+                raise ApiError(503, "the server is shutting down", kind="server_error")
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream; charset=utf-8",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                    **_ignored_header(parsed),
+                }
+            )
+            origin = request.headers.get("Origin")
+            if origin is not None and origin in self.options.cors_origins:
+                response.headers["Access-Control-Allow-Origin"] = origin
+                response.headers["Vary"] = "Origin"
+            await response.prepare(request)
+            exchange.status = 200
+            chunks = _Chunks(_completion_id(), int(time.time()), f"{turn.provider}/{turn.model}")
+            out = [chunks.role()]
+            items: list[Event | BaseException | None] = [first]
+            while True:
+                while not queue.empty():  # what came meanwhile goes in the same write
+                    items.append(queue.get_nowait())
+                ended = False
+                for item in items:
+                    if item is None or isinstance(item, BaseException):
+                        ended = True
+                        break
+                    if exchange.first is None and isinstance(item, TextDelta | ToolCallDelta):
+                        exchange.first = time.monotonic()
+                    piece = chunks.event(item)
+                    if piece:
+                        out.append(piece)
+                if out:
+                    await response.write("".join(out).encode())
+                    out.clear()
+                if ended:
+                    break
+                items = [await queue.get()]
+            if isinstance(item, BaseException):
+                task.cancel()
+                await _cancel(task)
+                error = ApiError(503, "the server stopped; the answer is cut", kind="server_error")
+                await response.write(_data(error.body()))
+                exchange.status = 503
+                return response
+            try:
+                task.result()
+            except Exception as exc:
+                # Cut after some text: the stream says so, in the shape clients look for.
+                error = api_error_from(exc)
+                await response.write(_data(error.body()))
+                exchange.status = error.status
+                return response
+            tail = [chunks.finish(turn)]
+            if parsed.include_usage:
+                tail.append(chunks.usage(_usage(parsed.turn, turn)))
+            tail.append("data: [DONE]\n\n")
+            await response.write("".join(tail).encode())
+            await response.write_eof()
+            return response
+        except (ConnectionResetError, ConnectionError):
+            exchange.status = 499  # the client went away: the upstream request is cancelled
+            raise asyncio.CancelledError from None
+        finally:
+            self._open.discard(queue)
+            await _cancel(task)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def _record(self, parsed: _Parsed, turn: Turn) -> None:
+        """Keep the exchange as a session: a request that continues one recorded before (its
+        messages are that conversation so far) adds to that session, else a new one starts."""
+        from chatcli.errors import StorageError
+
+        if not turn.began:
+            return
+        messages = [m for m in parsed.turn.messages if m.role in ("user", "assistant")]
+        if not messages or messages[-1].role != "user":
+            return
+        system = next((m.content for m in parsed.turn.messages if m.role == "system"), None)
+        sessions = self.stores.sessions
+        status: Any = "interrupted" if turn.status == "pending" else turn.status
+        try:
+            thread = self._threads.pop(_digest(system, messages[:-1]), None)
+            if thread is None or not sessions.exists(thread.session_id):
+                session = sessions.create(system=system, provider=turn.provider, model=turn.model)
+                head: int | None = None
+                question: int | None = None
+                for message in messages[:-1]:
+                    if message.role == "user":
+                        question = head = sessions.add_message(
+                            session.id, "user", _stored_text(message)
+                        )
+                    else:
+                        head = sessions.add_message(
+                            session.id, "assistant", _stored_text(message), reply_to=question
+                        )
+                session_id = session.id
+            else:
+                session_id, head = thread.session_id, thread.head
+            question = sessions.add_message(session_id, "user", _stored_text(messages[-1]))
+            answer = sessions.add_message(
+                session_id,
+                "assistant",
+                turn.text,
+                provider=turn.provider,
+                model=turn.model or None,
+                status=status,
+                duration=turn.duration,
+                error=turn.error,
+                reply_to=question,
+                reasoning=turn.reasoning or None,
+                input_tokens=turn.usage.input_tokens if turn.usage else None,
+                output_tokens=turn.usage.output_tokens if turn.usage else None,
+                usage_estimated=turn.usage.estimated if turn.usage else False,
+                first_token=turn.first_piece_at - turn.started if turn.first_piece_at else None,
+            )
+            del head
+            answered = [*messages, ChatMessage.text("assistant", turn.text)]
+            self._threads[_digest(system, answered)] = _Thread(session_id, answer)
+            while len(self._threads) > 10_000:  # (the oldest forgotten first)
+                self._threads.pop(next(iter(self._threads)))
+        except (StorageError, UsageError) as exc:
+            log.warning("could not save the exchange: %s", exc)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Open requests end: a stream with an error event, a whole answer with 503."""
+        self.stopping.set()
+        for queue in list(self._open):
+            queue.put_nowait(_Stopping())
+
+
+class _Stopping(Exception):
+    """Put in a request's queue when the server stops."""
+
+
+class _TooLong(ProviderError):
+    """The answer passed :data:`MAX_ANSWER`."""
+
+
+class _Chunks:
+    """``chat.completion.chunk`` events, written as text: the part around the delta is made
+    once, so a piece of text costs one ``json.dumps`` of itself."""
+
+    def __init__(self, ident: str, created: int, model: str) -> None:
+        head = json.dumps(
+            {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model},
+            separators=(",", ":"),
+        )
+        self._head = head[:-1] + ',"system_fingerprint":null,"choices":[{"index":0,"delta":'
+        self._tail = ',"logprobs":null,"finish_reason":null}]}\n\n'
+        self._base = head[:-1]
+        self._calls: dict[int, str] = {}
+
+    def _chunk(self, delta: str) -> str:
+        return "data: " + self._head + delta + self._tail
+
+    def role(self) -> str:
+        return self._chunk('{"role":"assistant","content":""}')
+
+    def event(self, event: Event) -> str:
+        if isinstance(event, TextDelta):
+            return self._chunk('{"content":' + _dumps(event.text) + "}") if event.text else ""
+        if isinstance(event, ReasoningDelta):
+            if not event.text:
+                return ""
+            return self._chunk('{"reasoning_content":' + _dumps(event.text) + "}")
+        if isinstance(event, ToolCallDelta):
+            call: dict[str, Any] = {"index": event.index}
+            if event.index not in self._calls:
+                self._calls[event.index] = event.id or f"call_{secrets.token_hex(8)}"
+                call["id"] = self._calls[event.index]
+                call["type"] = "function"
+                call["function"] = {"name": event.name or "", "arguments": event.arguments}
+            else:
+                function: dict[str, str] = {"arguments": event.arguments}
+                if event.name:
+                    function["name"] = event.name
+                call["function"] = function
+            return self._chunk(_dumps({"tool_calls": [call]}))
+        return ""
+
+    def finish(self, turn: Turn) -> str:
+        reason = FINISH.get(turn.finish_reason or "stop", "stop")
+        return (
+            "data: "
+            + self._head
+            + '{},"logprobs":null,"finish_reason":'
+            + _dumps(reason)
+            + "}]}\n\n"
+        )
+
+    def usage(self, usage: dict[str, Any]) -> str:
+        return "data: " + self._base + ',"choices":[],"usage":' + _dumps(usage) + "}\n\n"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _data(body: Any) -> bytes:
+    return ("data: " + _dumps(body) + "\n\n").encode()
+
+
+def _completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def _ignored_header(parsed: _Parsed) -> dict[str, str]:
+    return {"X-Chatcli-Ignored": ", ".join(parsed.ignored)} if parsed.ignored else {}
+
+
+def _call_json(call: ToolCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
+def _usage(request: TurnRequest, turn: Turn) -> dict[str, Any]:
+    """The turn's token counts, as the service gave them; else estimated (four bytes a
+    token) and marked ``estimated``."""
+    usage = turn.usage
+    if usage is None or usage.input_tokens is None or usage.output_tokens is None:
+        sent = sum(len(m.content.encode("utf-8", "surrogatepass")) for m in request.messages)
+        got = len(turn.text.encode("utf-8", "surrogatepass"))
+        usage = Usage(
+            usage.input_tokens if usage and usage.input_tokens is not None else -(-sent // 4),
+            usage.output_tokens if usage and usage.output_tokens is not None else -(-got // 4),
+            estimated=True,
+        )
+    assert usage.input_tokens is not None and usage.output_tokens is not None
+    body: dict[str, Any] = {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+    if usage.estimated:
+        body["estimated"] = True
+    return body
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        task.cancel()
+    # Its outcome was read already, or does not matter now.
+    with contextlib.suppress(BaseException):
+        await task
+
+
+def _digest(system: str | None, messages: Sequence[ChatMessage]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(system).encode())
+    for message in messages:
+        h.update(json.dumps([message.role, _stored_text(message)]).encode())
+    return h.hexdigest()
+
+
+def _stored_text(message: ChatMessage) -> str:
+    from chatcli.images import with_notes
+
+    return with_notes(message.content, message.images) if message.images else message.content
+
+
+# -- the request's parts -------------------------------------------------------------------------
+
+_ROLES: Final = ("system", "developer", "user", "assistant", "tool")
+
+
+def _messages(given: Any) -> tuple[ChatMessage, ...]:
+    if not isinstance(given, list) or not given:
+        raise ApiError(400, "messages must be a non-empty list", param="messages")
+    if len(given) > MAX_MESSAGES:
+        raise ApiError(400, f"more than {MAX_MESSAGES:,} messages", param="messages")
+    out: list[ChatMessage] = []
+    for index, message in enumerate(given):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise ApiError(400, f"{where} must be an object", param=where)
+        role = message.get("role")
+        if role not in _ROLES:
+            raise ApiError(
+                400, f"{where}.role must be one of {', '.join(_ROLES)}", param=f"{where}.role"
+            )
+        if role == "developer":
+            role = "system"
+        parts = _parts(message.get("content"), where, images=role == "user")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise ApiError(400, f"{where}.tool_call_id is required", param=where)
+            out.append(ChatMessage.tool_result(call_id, "".join(_texts(parts))))
+            continue
+        calls: tuple[ToolCall, ...] = ()
+        if role == "assistant" and message.get("tool_calls"):
+            calls = _calls(message["tool_calls"], where)
+        out.append(ChatMessage(cast(Role, role), parts, tool_calls=calls))
+    if out[-1].role not in ("user", "tool"):
+        raise ApiError(400, "the last message must be the user's (or a tool result)")
+    return tuple(out)
+
+
+def _texts(parts: Sequence[Part]) -> list[str]:
+    return [p.text for p in parts if isinstance(p, TextPart)]
+
+
+def _parts(content: Any, where: str, *, images: bool) -> tuple[Part, ...]:
+    if content is None:
+        return (TextPart(""),)
+    if isinstance(content, str):
+        return (TextPart(content),)
+    if not isinstance(content, list):
+        raise ApiError(400, f"{where}.content must be text or a list of parts", param=where)
+    parts: list[Part] = []
+    for number, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            parts.append(TextPart(part["text"]))
+        elif kind == "image_url" and images:
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise ApiError(400, f"{where}.content[{number}].image_url.url is required")
+            parts.append(_image(url, f"{where}.content[{number}]"))
+        else:
+            raise ApiError(
+                400,
+                f"{where}.content[{number}]: only text"
+                + (" and image_url" if images else "")
+                + " parts are taken here",
+                param=where,
+            )
+    images_first = [p for p in parts if isinstance(p, ImagePart)]
+    text = "".join(_texts(parts))
+    return (*images_first, TextPart(text))
+
+
+def _image(url: str, where: str) -> ImagePart:
+    from chatcli.images import sniff
+
+    if url.startswith(("http://", "https://")):
+        return ImagePart.from_url(url)
+    if not url.startswith("data:") or "," not in url:
+        raise ApiError(400, f"{where}: an image is a data: URL or an http(s) address")
+    header, _, payload = url.partition(",")
+    if not header.endswith(";base64"):
+        raise ApiError(400, f"{where}: a data: URL image must be base64")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where}: the image's base64 is malformed") from None
+    kind = sniff(data)
+    if kind is None:
+        raise ApiError(400, f"{where}: not a PNG, JPEG, WebP or GIF image")
+    return ImagePart(data, kind, name="image")
+
+
+def _tools(given: Any) -> tuple[ToolSpec, ...]:
+    if given is None or given == []:
+        return ()
+    if not isinstance(given, list):
+        raise ApiError(400, "tools must be a list", param="tools")
+    specs: list[ToolSpec] = []
+    for index, tool in enumerate(given):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(function, dict)
+        ):
+            raise ApiError(400, f"tools[{index}] must be a function tool", param="tools")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, f"tools[{index}].function.name is required", param="tools")
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(parameters, dict):
+            raise ApiError(400, f"tools[{index}].function.parameters must be an object")
+        description = function.get("description") or ""
+        specs.append(ToolSpec(name, str(description), parameters))
+    return tuple(specs)
+
+
+def _calls(given: Any, where: str) -> tuple[ToolCall, ...]:
+    if not isinstance(given, list):
+        raise ApiError(400, f"{where}.tool_calls must be a list", param=where)
+    calls: list[ToolCall] = []
+    for call in given:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(call.get("id"), str):
+            raise ApiError(400, f"{where}.tool_calls: each needs an id and a function")
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments)
+        calls.append(ToolCall(call["id"], str(function.get("name", "")), arguments))
+    return tuple(calls)
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Running:
+    """A server started by :func:`start`: where it listens, and how to stop it."""
+
+    server: Server
+    runner: web.AppRunner
+    urls: list[str] = field(default_factory=list)
+    #: Set to end the wait for open requests at once (a second Ctrl-C).
+    hurry: bool = False
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
+        """Stop taking requests, end the open ones (streams with an error event), close."""
+        self.server.stop()
+        deadline = time.monotonic() + grace
+        while self.server.active and time.monotonic() < deadline and not self.hurry:
+            await asyncio.sleep(0.05)
+        await self.runner.cleanup()
+
+
+async def start(server: Server) -> Running:
+    """Listen on the server's host and port (``0``: a free one)."""
+    runner = web.AppRunner(
+        server.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, server.options.host, server.options.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise UsageError(
+            f"cannot listen on {server.options.host}:{server.options.port}: {exc.strerror or exc}"
+        ) from None
+    running = Running(server, runner)
+    for sock in getattr(site._server, "sockets", None) or []:  # (the bound port)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        running.urls.append(f"http://{shown}:{port}/")
+    return running
+
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "ApiError",
+    "Running",
+    "ServeOptions",
+    "Server",
+    "is_loopback",
+    "start",
+]
