@@ -673,3 +673,24 @@ def test_without_save_nothing_is_kept(server: ServeThread, isolated: Isolated) -
         model="ollama/m", messages=[{"role": "user", "content": "Hi"}]
     )
     assert list_sessions(home=isolated.chatcli_home, env={}) == []
+
+
+def test_an_answer_over_the_limit_is_cut_and_says_so(
+    fake: FakeOpenAI, server: ServeThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import chatcli.server
+
+    monkeypatch.setattr(chatcli.server, "MAX_ANSWER", 100)
+    fake.pieces = ["0123456789"] * 50
+    got: list[str] = []
+    with pytest.raises(openai.APIError, match="passed the server's limit of 100 characters"):
+        for chunk in client(server).chat.completions.create(
+            model="ollama/m", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            got.append(chunk.choices[0].delta.content or "")
+    assert 0 < len("".join(got)) <= 100
+    with pytest.raises(openai.APIStatusError, match="server's limit") as whole:
+        client(server).chat.completions.create(
+            model="ollama/m", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert whole.value.status_code == 502
