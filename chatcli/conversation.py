@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from chatcli.core import ChatMessage, Event, ImagePart, Message, ToolSpec
+from chatcli.core import ChatMessage, ImagePart, Message, ToolSpec
 from chatcli.errors import ChatcliError, StorageError, UsageError
 from chatcli.files import Item
 from chatcli.providers import Registry
@@ -27,7 +27,7 @@ from chatcli.store.sessions import (
 )
 from chatcli.templates import Applied, Template, Templates
 from chatcli.tools import ToolRound, rounds_from_json, rounds_json
-from chatcli.turn import Turn, TurnRequest, preflight, run_turn
+from chatcli.turn import OnEvent, Turn, TurnRequest, preflight, run_turn
 
 if TYPE_CHECKING:
     from chatcli.branches import Branch
@@ -437,7 +437,7 @@ class Conversation:
         renderer: Renderer,
         *,
         turn: Turn | None = None,
-        on_event: Callable[[Event], None] | None = None,
+        on_event: OnEvent | None = None,
         images: Sequence[ImagePart] = (),
         context: Sequence[Item] = (),
     ) -> Turn:
@@ -493,7 +493,7 @@ class Conversation:
         renderer: Renderer,
         *,
         turn: Turn | None = None,
-        on_event: Callable[[Event], None] | None = None,
+        on_event: OnEvent | None = None,
     ) -> Turn:
         """Ask the last question again. The old answer stays in the session as a branch of
         its own (``/branches``), and in view until a new one arrives."""
@@ -583,7 +583,7 @@ class Conversation:
         request: TurnRequest,
         renderer: Renderer,
         turn: Turn | None,
-        on_event: Callable[[Event], None] | None,
+        on_event: OnEvent | None,
         *,
         retried: bool = False,
     ) -> Turn:

@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -72,6 +72,10 @@ CUT: Final[Mapping[str, str]] = {
 }
 
 
+#: What sees a turn's events as they come (:func:`run_turn`'s ``on_event``).
+OnEvent = Callable[[Event], Awaitable[None] | None]
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TurnRequest:
     """Everything needed to ask for one answer, settled before the turn starts."""
@@ -125,6 +129,9 @@ class Turn:
     calls: list[ToolCall] = field(default_factory=list)
     #: Where the last round's text starts in :attr:`text` (the answer after the tools).
     final_from: int = 0
+    #: Pieces of thinking and of tool calls handed to ``on_event`` (a caller that streams
+    #: them has shown them: the turn is never retried after one).
+    emitted: int = 0
 
     @property
     def began(self) -> bool:
@@ -166,7 +173,7 @@ async def run_turn(
     *,
     turn: Turn | None = None,
     notice: Callable[[str], None] | None = None,
-    on_event: Callable[[Event], None] | None = None,
+    on_event: OnEvent | None = None,
     toolbox: Toolbox | None = None,
     keep_calls: bool = False,
 ) -> Turn:
@@ -188,7 +195,10 @@ async def run_turn(
     (``chatcli serve`` hands them to its client).
 
     Pass ``turn`` to keep a handle on the partial answer from outside (e.g. for Ctrl-C);
-    ``on_event`` sees every event of the attempt that answers (the Python API streams them).
+    ``on_event`` sees every event of the attempt that answers (the Python API streams them);
+    when it returns an awaitable, the stream waits for it (back-pressure: ``chatcli serve``
+    reads no faster than its client). Once it has seen a piece of thinking or of a tool call,
+    nothing is retried, as once text was shown.
     """
     turn = turn or Turn(provider=request.provider)
     notice = notice or (lambda text: None)
@@ -288,12 +298,13 @@ async def _run_chain(
     renderer: Renderer,
     turn: Turn,
     notice: Callable[[str], None],
-    on_event: Callable[[Event], None] | None,
+    on_event: OnEvent | None,
 ) -> None:
     chain = [request.provider, *request.fallback]
     if request.tools:  # a fallback that cannot call tools would answer without them, unseen
         chain = [request.provider, *(n for n in request.fallback if _calls_tools(registry, n))]
     shown = len(turn.pieces)  # (text of earlier tool rounds: this round has shown nothing)
+    emitted, reasoned = turn.emitted, len(turn.reasoning_pieces)
     failures: list[ProviderError] = []
     for index, name in enumerate(chain):
         # The model and URL were chosen for the first provider; the others use their own.
@@ -324,8 +335,9 @@ async def _run_chain(
             except ProviderError as exc:
                 if exc.provider is None:
                     exc.provider = provider.name
-                if len(turn.pieces) > shown:
+                if len(turn.pieces) > shown or turn.emitted > emitted:
                     raise  # text was shown: never retried silently
+                del turn.reasoning_pieces[reasoned:]  # (a failed attempt's thinking)
                 delay = backoff(attempt, getattr(exc, "retry_after", None))
                 if exc.retryable and attempt < request.retries and delay is not None:
                     attempt += 1
@@ -368,7 +380,7 @@ async def _attempt(
     options: Mapping[str, Any],
     renderer: Renderer,
     turn: Turn,
-    on_event: Callable[[Event], None] | None,
+    on_event: OnEvent | None,
 ) -> None:
     model = await provider.pick_model(model)
     turn.model = model
@@ -397,7 +409,13 @@ async def _attempt(
             elif isinstance(event, ReasoningDelta):
                 event = ReasoningDelta(thought(event.text))
             if on_event is not None:
-                on_event(event)
+                if isinstance(event, ToolCallDelta) or (
+                    isinstance(event, ReasoningDelta) and event.text
+                ):
+                    turn.emitted += 1
+                pending = on_event(event)
+                if pending is not None:
+                    await pending
             if isinstance(event, TextDelta):
                 if not event.text:
                     continue
