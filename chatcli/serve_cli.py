@@ -63,6 +63,7 @@ def serve(
     """
     ctx = AppContext.current()
     setup_logging(ctx, verbose)
+    _log_aiohttp(ctx, verbose or ctx.debug)
     with boundary(ctx, verbose=verbose):
         import secrets
 
@@ -130,3 +131,27 @@ def serve(
             say(ctx, "stopped")
 
         run_async(main())
+
+
+def _log_aiohttp(ctx: AppContext, verbose: bool) -> None:
+    """aiohttp's own complaints (a malformed request, a handler that failed) on stderr as one
+    line each, as chatcli's; tracebacks only with -v. A port scanner's garbage makes one
+    short line, not a page."""
+    import logging
+
+    from chatcli.clikit import StderrHandler
+
+    class OneLine(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and not verbose:
+                error = record.exc_info[1]
+                record.msg = f"{record.getMessage()}: {error!r}"[:300]
+                record.args, record.exc_info, record.exc_text = (), None, None
+            return True
+
+    handler = StderrHandler(ctx, debug=verbose)
+    handler.addFilter(OneLine())
+    aiohttp_log = logging.getLogger("aiohttp")
+    aiohttp_log.handlers[:] = [handler]
+    aiohttp_log.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    aiohttp_log.propagate = False

@@ -238,9 +238,11 @@ def test_a_bare_model_goes_to_the_default_provider(fake: FakeOpenAI, server: Ser
 def test_errors_are_openai_error_objects(fake: FakeOpenAI, server: ServeThread) -> None:
     ask = client(server).chat.completions
     with pytest.raises(openai.NotFoundError) as missing:
-        # (a first name that is no provider's is a model of the default provider: m/x)
-        ask.create(model="ollama/m,nosuch/x", messages=[{"role": "user", "content": "hi"}])
+        # (not the default provider's: a mistyped name must not go there unasked)
+        ask.create(model="nosuch/x", messages=[{"role": "user", "content": "hi"}])
     assert missing.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        ask.create(model="ollama/m,nosuch", messages=[{"role": "user", "content": "hi"}])
     assert "nosuch" in missing.value.message
     with pytest.raises(openai.BadRequestError) as empty:
         ask.create(model="ollama/m", messages=[])
@@ -423,6 +425,14 @@ def test_pages_of_other_origins_are_refused_unless_allowed(
         )  # fmt: skip
         assert status == 204 and headers["Access-Control-Allow-Origin"] == "https://app.example"
         assert "Authorization" in headers["Access-Control-Allow-Headers"]
+        # The official browser client sends headers of its own: they are allowed too.
+        status, _, headers = raw(
+            thread, "OPTIONS", "/v1/chat/completions",
+            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization,x-stainless-os,bad header"},
+        )  # fmt: skip
+        allowed = headers["Access-Control-Allow-Headers"]
+        assert "x-stainless-os" in allowed and "bad header" not in allowed
         status, _, _ = raw(
             thread, "OPTIONS", "/v1/chat/completions", headers={"Origin": "https://evil.example"}
         )
@@ -433,6 +443,7 @@ def test_pages_of_other_origins_are_refused_unless_allowed(
         )  # fmt: skip
         assert status == 200 and body["choices"][0]["message"]["content"] == "Hello, world!"
         assert headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert "X-Chatcli-Ignored" in headers["Access-Control-Expose-Headers"]
         # A form post (no JSON content type, so no CORS preflight) is refused.
         status, _, _ = raw(thread, "POST", "/v1/chat/completions", data=json.dumps(question))
         assert status == 415
@@ -468,7 +479,7 @@ def test_hostile_model_names_reach_the_log_sanitized(server: ServeThread) -> Non
         json={"model": "\x1b]52;c;aGk=\x07evil\x1b[2J/x",
               "messages": [{"role": "user", "content": "hi"}]},
     )  # fmt: skip
-    assert status == 200
+    assert status == 404
     line = server.lines[-1]
     assert "\x1b" not in line and "\x07" not in line and "evil" in line
 
@@ -693,3 +704,117 @@ def test_an_answer_over_the_limit_is_cut_and_says_so(
             model="ollama/m", messages=[{"role": "user", "content": "hi"}]
         )
     assert whole.value.status_code == 502
+
+
+def test_save_makes_a_branch_when_asked_again_and_keeps_tool_conversations(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    from chatcli.api import list_sessions
+    from chatcli.store import Stores as Kept
+
+    configure(isolated, fake)
+    thread = served(isolated, save=True)
+    try:
+        ask = client(thread).chat.completions
+        start: Any = [{"role": "user", "content": "Hi"}]
+        ask.create(model="ollama/m", messages=start)
+        follow: Any = [*start, {"role": "assistant", "content": "Hello, world!"},
+                       {"role": "user", "content": "More?"}]  # fmt: skip
+        fake.pieces = ["One."]
+        ask.create(model="ollama/m", messages=follow)
+        fake.pieces = ["Two."]  # the same question again (a retry): a branch
+        ask.create(model="ollama/m", messages=follow)
+        # A tool conversation: the calls are the client's; the answer after them is kept.
+        fake.pieces, fake.finish_reason = [], "tool_calls"
+        fake.tool_call_chunks = [[{"index": 0, "id": "c1", "type": "function",
+                                   "function": {"name": "f", "arguments": "{}"}}]]  # fmt: skip
+        tools: Any = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+        asked: Any = [{"role": "user", "content": "Use f"}]
+        ask.create(model="ollama/m", messages=asked, tools=tools)
+        fake.pieces, fake.finish_reason, fake.tool_call_chunks = ["f says 1."], "stop", []
+        asked += [
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "1"},
+        ]  # fmt: skip
+        ask.create(model="ollama/m", messages=asked, tools=tools)
+        fake.pieces = ["Sure."]
+        asked += [{"role": "assistant", "content": "f says 1."}, {"role": "user", "content": "Ok"}]
+        ask.create(model="ollama/m", messages=asked, tools=tools)
+    finally:
+        thread.stop()
+    first, second = sorted(
+        list_sessions(home=isolated.chatcli_home, env={}), key=lambda s: s.created_at
+    )
+    store = Kept.for_settings(
+        Paths.from_env(isolated.env), load_settings(Paths.from_env(isolated.env), isolated.env)
+    ).sessions
+    every = store.messages(first.id, every_branch=True)
+    assert [m.content for m in every] == ["Hi", "Hello, world!", "More?", "One.", "More?", "Two."]
+    active = store.messages(first.id)
+    assert [m.content for m in active] == ["Hi", "Hello, world!", "More?", "Two."]
+    assert [m.content for m in store.messages(second.id)] == ["Use f", "f says 1.", "Ok", "Sure."]
+
+
+def test_nothing_is_retried_once_thinking_was_streamed(
+    fake: FakeOpenAI, isolated: Isolated
+) -> None:
+    async def think_then_drop(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        delta = {"reasoning_content": "Thinking once. "}
+        chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+        await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await asyncio.sleep(0.1)
+        assert request.transport is not None
+        request.transport.abort()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", think_then_drop)
+    with AppServer(app) as upstream:
+        isolated.write_config(
+            f'retries = 2\n[providers.vllm]\nbase_url = "{upstream.url}/v1"\n'
+            f'[providers.ollama]\nbase_url = "{fake.base_url}"\n'
+        )
+        thread = served(isolated)
+        try:
+            thought: list[str] = []
+            with pytest.raises(openai.APIError):
+                for chunk in client(thread).chat.completions.create(
+                    model="vllm/m,ollama/m", messages=[{"role": "user", "content": "hi"}],
+                    stream=True,
+                ):  # fmt: skip
+                    thought.append(getattr(chunk.choices[0].delta, "reasoning_content", "") or "")
+        finally:
+            thread.stop()
+    assert "".join(thought) == "Thinking once. "  # not twice, nor followed by another's answer
+    assert fake.requests == []
+
+
+def test_a_client_that_stops_reading_holds_the_upstream_back(
+    echo: tuple[Echo, ServeThread],
+) -> None:
+    from chatcli.server import BACKLOG
+
+    upstream, thread = echo
+    upstream.delay = 0
+    question = " ".join(f"w{i}" for i in range(300_000))
+
+    async def read_then_pause() -> list[int]:
+        async with aiohttp.ClientSession() as session:
+            body = {"model": "ollama/m", "stream": True,
+                    "messages": [{"role": "user", "content": question}]}  # fmt: skip
+            async with session.post(f"{thread.api}/chat/completions", json=body) as response:
+                await response.content.readline()
+                backlogs = []
+                for _ in range(10):  # not reading: the server must wait, not pile up
+                    await asyncio.sleep(0.2)
+                    assert thread.server is not None
+                    backlogs.append(max((len(c._items) for c in thread.server._open), default=0))
+                return backlogs
+
+    backlogs = asyncio.run(read_then_pause())
+    assert max(backlogs) <= BACKLOG
+    assert upstream.served == 0  # it was held back, and then cut when the client left

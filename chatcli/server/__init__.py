@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import contextvars
 import hashlib
@@ -31,6 +32,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,6 +60,7 @@ from chatcli.core import (
 from chatcli.errors import (
     ChatcliError,
     MissingAuthError,
+    ModelNotSupportedError,
     ProviderError,
     ProviderTimeoutError,
     ResponseStatusError,
@@ -83,6 +86,10 @@ MAX_BODY: Final = 32 * 1024 * 1024
 MAX_ANSWER: Final = 8 * 1024 * 1024
 #: The most messages one request may carry.
 MAX_MESSAGES: Final = 10_000
+#: Conversations ``--save`` remembers, to add to their sessions.
+MAX_THREADS: Final = 10_000
+#: Events of an answer that may wait for a slow client before the upstream read waits too.
+BACKLOG: Final = 256
 #: Seconds the model list is kept before providers are asked again.
 MODELS_TTL: Final = 30.0
 #: Seconds a provider has to list its models for ``/v1/models``.
@@ -131,6 +138,7 @@ PAGE_POLICY: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+_HEADER_NAME: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}")
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.", "ip6-localhost"})
 
 
@@ -172,14 +180,20 @@ def api_error_from(exc: BaseException) -> ApiError:
     message = one_line(str(exc)) or type(exc).__name__
     if isinstance(exc, ApiError):
         return exc
+    # Statuses a client retries (429, 5xx) only for what may pass when tried again.
     if isinstance(exc, MissingAuthError):
-        return ApiError(502, message, kind="upstream_error", code="upstream_auth")
+        return ApiError(400, message, kind="upstream_error", code="upstream_auth")
+    if isinstance(exc, ModelNotSupportedError):
+        return ApiError(404, message, param="model", code="model_not_found")
     if isinstance(exc, ResponseStatusError):
+        code = f"upstream_{exc.status}"
         if exc.status == 429:
-            return ApiError(429, message, kind="rate_limit_error", code="upstream_rate_limit")
+            return ApiError(429, message, kind="rate_limit_error", code=code)
         if exc.status == 404:  # (most often a model the service does not have)
-            return ApiError(404, message, kind="upstream_error", code="upstream_not_found")
-        return ApiError(502, message, kind="upstream_error", code=f"upstream_{exc.status}")
+            return ApiError(404, message, kind="upstream_error", code=code)
+        if 400 <= exc.status < 500 and exc.status not in (408, 409):
+            return ApiError(400, message, kind="upstream_error", code=code)  # (it would again)
+        return ApiError(502, message, kind="upstream_error", code=code)
     if isinstance(exc, ProviderTimeoutError):
         return ApiError(504, message, kind="upstream_error", code="upstream_timeout")
     if isinstance(exc, ProviderError):
@@ -274,7 +288,9 @@ class Server:
         self._models_lock = asyncio.Lock()
         #: Set when the server stops: open streams end with an error event, new requests 503.
         self.stopping = asyncio.Event()
-        self._open: set[asyncio.Queue[Event | BaseException | None]] = set()
+        self._open: set[_Channel] = set()
+        #: ``--save`` writes here, one at a time, off the event loop (SQLite blocks).
+        self._saver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chatcli-save")
         self._threads: dict[str, _Thread] = {}
         self._page: dict[str, bytes] = {}
         self.active = 0
@@ -311,17 +327,17 @@ class Server:
                 exc.status, exc.reason, code="not_found" if exc.status == 404 else None
             ).response()
         except asyncio.CancelledError:
-            exchange.status = exchange.status or 499  # the client went away
+            exchange.status = 499  # the client went away (or the server stops)
             self._log(request, exchange, started)
             raise
         except Exception as exc:
-            log.error("%s %s failed", request.method, request.path, exc_info=exc)
+            log.error("%s %s failed: %r (a bug; -v shows where)", request.method, request.path, exc)
+            log.debug("the failure", exc_info=exc)
             response = api_error_from(exc).response()
         finally:
             self.active -= 1
-        if allowed_origin and not response.prepared:
-            response.headers["Access-Control-Allow-Origin"] = origin or ""
-            response.headers["Vary"] = "Origin"
+        if allowed_origin and origin is not None and not response.prepared:
+            response.headers.update(_cors(origin))
         exchange.status = exchange.status or response.status
         self._log(request, exchange, started)
         return response
@@ -367,14 +383,19 @@ class Server:
     def _preflight(self, request: web.Request, allowed: bool) -> web.StreamResponse:
         if not allowed:
             raise ApiError(403, "this origin is not allowed (--cors-origin)", kind="forbidden")
+        # The headers the page asks to send (the official clients send several of their own):
+        # any, for an origin the user allows, as long as they are header names.
+        asked = request.headers.get("Access-Control-Request-Headers", "")
+        names = [n.strip() for n in asked.split(",") if _HEADER_NAME.fullmatch(n.strip())]
         return web.Response(
             status=204,
             headers={
-                "Access-Control-Allow-Origin": request.headers.get("Origin", ""),
+                **_cors(request.headers.get("Origin", "")),
                 "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Allow-Headers": ", ".join(
+                    dict.fromkeys(["Authorization", "Content-Type", *names[:50]])
+                ),
                 "Access-Control-Max-Age": "600",
-                "Vary": "Origin",
             },
         )
 
@@ -494,6 +515,8 @@ class Server:
             raise ApiError(413, f"the request is over {MAX_BODY // (1024 * 1024)} MiB") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"the body is not JSON: {one_line(str(exc))[:200]}") from None
+        if isinstance(body, dict) and isinstance(body.get("model"), str):
+            exchange.model = body["model"][:120]  # (for the log, even when it is refused)
         parsed = self.parse(body)
         exchange.model = parsed.label
         try:
@@ -517,14 +540,14 @@ class Server:
         provider, model = chain[0]
         messages = _messages(body.get("messages"))
         n = body.get("n", 1)
-        if n not in (1, None):
+        if n is not None and (isinstance(n, bool) or n != 1):
             raise ApiError(400, "n must be 1 (one answer a request)", param="n")
         temperature = body.get("temperature")
         if temperature is not None and (
             isinstance(temperature, bool) or not isinstance(temperature, int | float)
         ):
             raise ApiError(400, "temperature must be a number", param="temperature")
-        stream = body.get("stream", False)
+        stream = body.get("stream") or False
         if not isinstance(stream, bool):
             raise ApiError(400, "stream must be true or false", param="stream")
         stream_options = body.get("stream_options") or {}
@@ -605,13 +628,16 @@ class Server:
             if head.lower() in self.registry:
                 name = self.registry.get(head.lower()).name
                 chain.append((name, rest or None))
-            elif self.default_provider is not None and not chain:
+            elif self.default_provider is not None and not chain and "/" not in item:
+                # A bare model; with a slash it would be a provider's name mistyped, which
+                # must not send the question to the default provider unasked.
                 chain.append((self.registry.get(self.default_provider).name, item))
             else:
                 raise ApiError(
                     404,
                     f"no provider {head[:80]!r} here: give PROVIDER/MODEL (GET /v1/models "
-                    "lists them)",
+                    "lists them; a model whose name has a slash goes after its provider's, "
+                    "openrouter/meta-llama/...)",
                     param="model",
                     code="model_not_found",
                 )
@@ -629,22 +655,23 @@ class Server:
 
     # -- answering -------------------------------------------------------------------------
 
-    def _start(
-        self, parsed: _Parsed, turn: Turn, queue: asyncio.Queue[Event | BaseException | None]
-    ) -> asyncio.Task[Turn]:
+    def _start(self, parsed: _Parsed, turn: Turn, channel: _Channel) -> asyncio.Task[Turn]:
+        """The turn, as a task whose events go into ``channel`` (waiting while it is full)."""
         size = 0
 
-        def on_event(event: Event) -> None:
+        async def on_event(event: Event) -> None:
             nonlocal size
             if isinstance(event, TextDelta | ReasoningDelta):
                 size += len(event.text)
-                if size > MAX_ANSWER:
-                    raise _TooLong(
-                        f"the answer passed the server's limit of {MAX_ANSWER:,} characters"
-                    )
-            elif isinstance(event, ToolCallDelta) and not parsed.client_tools:
-                return
-            queue.put_nowait(event)
+            elif isinstance(event, ToolCallDelta):
+                if not parsed.client_tools:
+                    return
+                size += len(event.arguments) + len(event.name or "")
+            else:
+                return  # (usage and the end are read off the turn)
+            if size > MAX_ANSWER:
+                raise _TooLong(f"the answer passed the server's limit of {MAX_ANSWER:,} characters")
+            await channel.put(event)
 
         async def answer() -> Turn:
             try:
@@ -659,34 +686,35 @@ class Server:
                 )
             finally:
                 if self.options.save:
-                    self._record(parsed, turn)
+                    loop = asyncio.get_running_loop()
+                    saving = loop.run_in_executor(self._saver, self._record, parsed, turn)
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.shield(saving)
 
         task = asyncio.ensure_future(answer())
-        task.add_done_callback(lambda t: queue.put_nowait(None))
+        task.add_done_callback(lambda _: channel.close())
+        self._open.add(channel)
+        if self.stopping.is_set():  # (it stopped while this request was read)
+            channel.close(stopping=True)
         return task
 
     async def _whole(
         self, request: web.Request, parsed: _Parsed, turn: Turn, exchange: _Exchange
     ) -> web.StreamResponse:
-        queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
-        task = self._start(parsed, turn, queue)
-        self._open.add(queue)
+        channel = _Channel()
+        task = self._start(parsed, turn, channel)
         try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):  # the server stops
-                    task.cancel()
-                    raise ApiError(503, "the server is shutting down", kind="server_error")
-                if exchange.first is None and isinstance(item, TextDelta | ToolCallDelta):
+            while await channel.take():
+                if exchange.first is None:
                     exchange.first = time.monotonic()
+            if channel.cut():
+                raise ApiError(503, "the server is shutting down", kind="server_error")
             try:
                 task.result()
             except Exception as exc:
                 raise api_error_from(exc) from None
         finally:
-            self._open.discard(queue)
+            self._open.discard(channel)
             await _cancel(task)
         message: dict[str, Any] = {"role": "assistant", "content": turn.text, "refusal": None}
         if turn.reasoning:
@@ -710,63 +738,45 @@ class Server:
             ],
             "usage": _usage(parsed.turn, turn),
         }
-        return web.json_response(body, headers=_ignored_header(parsed))
+        return web.json_response(body, headers=self._headers(request, parsed))
 
     async def _stream(
         self, request: web.Request, parsed: _Parsed, turn: Turn, exchange: _Exchange
     ) -> web.StreamResponse:
-        queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
-        task = self._start(parsed, turn, queue)
-        self._open.add(queue)
+        channel = _Channel()
+        task = self._start(parsed, turn, channel)
         try:
-            # The first event decides: a failure before any answers with an HTTP error.
-            first = await queue.get()
-            if first is None:
+            # The first piece decides: a failure before any is an HTTP error status (nothing
+            # is retried after a piece, so what is streamed is the answer's).
+            events = await channel.take()
+            if channel.cut():
+                raise ApiError(503, "the server is shutting down", kind="server_error")
+            if not events:
                 try:
                     task.result()
                 except Exception as exc:
                     raise api_error_from(exc) from None
-            if isinstance(first, BaseException):
-                task.cancel()
-                raise ApiError(503, "the server is shutting down", kind="server_error")
             response = web.StreamResponse(
                 headers={
                     "Content-Type": "text/event-stream; charset=utf-8",
                     "Cache-Control": "no-cache",
                     "X-Accel-Buffering": "no",
-                    **_ignored_header(parsed),
+                    **self._headers(request, parsed),
                 }
             )
-            origin = request.headers.get("Origin")
-            if origin is not None and origin in self.options.cors_origins:
-                response.headers["Access-Control-Allow-Origin"] = origin
-                response.headers["Vary"] = "Origin"
             await response.prepare(request)
             exchange.status = 200
             chunks = _Chunks(_completion_id(), int(time.time()), f"{turn.provider}/{turn.model}")
             out = [chunks.role()]
-            items: list[Event | BaseException | None] = [first]
-            while True:
-                while not queue.empty():  # what came meanwhile goes in the same write
-                    items.append(queue.get_nowait())
-                ended = False
-                for item in items:
-                    if item is None or isinstance(item, BaseException):
-                        ended = True
-                        break
-                    if exchange.first is None and isinstance(item, TextDelta | ToolCallDelta):
-                        exchange.first = time.monotonic()
-                    piece = chunks.event(item)
-                    if piece:
-                        out.append(piece)
-                if out:
-                    await response.write("".join(out).encode())
-                    out.clear()
-                if ended:
-                    break
-                items = [await queue.get()]
-            if isinstance(item, BaseException):
-                task.cancel()
+            while events:
+                if exchange.first is None:
+                    exchange.first = time.monotonic()
+                # What came meanwhile goes in one write; the write waits for the client.
+                out.extend(chunks.event(event) for event in events)
+                await response.write("".join(out).encode())
+                out.clear()
+                events = await channel.take()
+            if channel.cut():
                 await _cancel(task)
                 error = ApiError(503, "the server stopped; the answer is cut", kind="server_error")
                 await response.write(_data(error.body()))
@@ -780,89 +790,149 @@ class Server:
                 await response.write(_data(error.body()))
                 exchange.status = error.status
                 return response
-            tail = [chunks.finish(turn)]
+            tail = [*out, chunks.finish(turn)]
             if parsed.include_usage:
                 tail.append(chunks.usage(_usage(parsed.turn, turn)))
             tail.append("data: [DONE]\n\n")
             await response.write("".join(tail).encode())
             await response.write_eof()
             return response
-        except (ConnectionResetError, ConnectionError):
+        except ConnectionError:
             exchange.status = 499  # the client went away: the upstream request is cancelled
             raise asyncio.CancelledError from None
         finally:
-            self._open.discard(queue)
+            self._open.discard(channel)
             await _cancel(task)
+
+    def _headers(self, request: web.Request, parsed: _Parsed) -> dict[str, str]:
+        headers = _ignored_header(parsed)
+        origin = request.headers.get("Origin")
+        if origin is not None and origin in self.options.cors_origins:
+            headers.update(_cors(origin))
+        return headers
 
     # -- sessions --------------------------------------------------------------------------
 
     def _record(self, parsed: _Parsed, turn: Turn) -> None:
-        """Keep the exchange as a session: a request that continues one recorded before (its
-        messages are that conversation so far) adds to that session, else a new one starts."""
+        """Keep the exchange in a session (``--save``; run on the saver thread, one at a time).
+
+        The conversation is its user messages and the assistant's text (a tool round's calls
+        and results are the client's business; an answer's text around them is one answer).
+        A request that goes on from an exchange kept before (the same messages, the same
+        system prompt) adds to that session: after that answer, so that asking again from an
+        earlier point (a retry, an edited question) makes a branch, as ``/retry`` does. Else
+        the messages so far start a new session."""
         from chatcli.errors import StorageError
 
-        if not turn.began:
+        if not turn.text.strip():
+            return  # nothing answered (a failure before any text, or tool calls only)
+        view = _conversation(parsed.turn.messages)
+        asked = [index for index, (role, _) in enumerate(view) if role == "user"]
+        if not asked:
             return
-        messages = [m for m in parsed.turn.messages if m.role in ("user", "assistant")]
-        if not messages or messages[-1].role != "user":
-            return
+        prior, question = view[: asked[-1]], view[asked[-1]][1]
+        # Text the assistant wrote in this answer's earlier tool rounds, then the last.
+        answer = "\n\n".join([*(text for _, text in view[asked[-1] + 1 :]), turn.text])
         system = next((m.content for m in parsed.turn.messages if m.role == "system"), None)
         sessions = self.stores.sessions
         status: Any = "interrupted" if turn.status == "pending" else turn.status
         try:
-            thread = self._threads.pop(_digest(system, messages[:-1]), None)
-            if thread is None or not sessions.exists(thread.session_id):
-                session = sessions.create(system=system, provider=turn.provider, model=turn.model)
-                head: int | None = None
-                question: int | None = None
-                for message in messages[:-1]:
-                    if message.role == "user":
-                        question = head = sessions.add_message(
-                            session.id, "user", _stored_text(message)
-                        )
-                    else:
-                        head = sessions.add_message(
-                            session.id, "assistant", _stored_text(message), reply_to=question
-                        )
-                session_id = session.id
+            thread = self._threads.pop(_digest(system, prior), None)
+            if thread is not None and sessions.exists(thread.session_id):
+                self._threads[_digest(system, prior)] = thread  # (kept: it may be asked again)
+                session_id, after = thread.session_id, thread.head
             else:
-                session_id, head = thread.session_id, thread.head
-            question = sessions.add_message(session_id, "user", _stored_text(messages[-1]))
-            answer = sessions.add_message(
+                session = sessions.create(system=system, provider=turn.provider, model=turn.model)
+                session_id, after = session.id, None
+                last_question: int | None = None
+                for role, text in prior:
+                    if role == "user":
+                        after = last_question = sessions.add_message(session_id, "user", text)
+                    else:
+                        after = sessions.add_message(
+                            session_id, "assistant", text, reply_to=last_question
+                        )
+            question_id = sessions.add_message(
+                session_id, "user", question, after=after if after is not None else "head"
+            )
+            answer_id = sessions.add_message(
                 session_id,
                 "assistant",
-                turn.text,
+                answer,
                 provider=turn.provider,
                 model=turn.model or None,
                 status=status,
                 duration=turn.duration,
                 error=turn.error,
-                reply_to=question,
+                reply_to=question_id,
                 reasoning=turn.reasoning or None,
                 input_tokens=turn.usage.input_tokens if turn.usage else None,
                 output_tokens=turn.usage.output_tokens if turn.usage else None,
                 usage_estimated=turn.usage.estimated if turn.usage else False,
                 first_token=turn.first_piece_at - turn.started if turn.first_piece_at else None,
             )
-            del head
-            answered = [*messages, ChatMessage.text("assistant", turn.text)]
-            self._threads[_digest(system, answered)] = _Thread(session_id, answer)
-            while len(self._threads) > 10_000:  # (the oldest forgotten first)
+            answered = [*prior, ("user", question), ("assistant", answer)]
+            self._threads[_digest(system, answered)] = _Thread(session_id, answer_id)
+            while len(self._threads) > MAX_THREADS:  # (the least recently used go first)
                 self._threads.pop(next(iter(self._threads)))
         except (StorageError, UsageError) as exc:
             log.warning("could not save the exchange: %s", exc)
 
     # -- stopping --------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Once stopped: the sessions being saved are written."""
+        self._saver.shutdown(wait=True)
+
     def stop(self) -> None:
         """Open requests end: a stream with an error event, a whole answer with 503."""
         self.stopping.set()
-        for queue in list(self._open):
-            queue.put_nowait(_Stopping())
+        for channel in list(self._open):
+            channel.close(stopping=True)
 
 
-class _Stopping(Exception):
-    """Put in a request's queue when the server stops."""
+class _Channel:
+    """A turn's events on their way to the response: at most :data:`BACKLOG` wait, and the
+    turn waits while that many do (so a slow client slows the upstream read instead of
+    filling memory). The reader takes all that wait at once, to write them together."""
+
+    def __init__(self) -> None:
+        self._items: list[Event] = []
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.closed = False
+        #: Closed because the server stops (not because the turn ended).
+        self.stopping = False
+
+    async def put(self, event: Event) -> None:
+        while len(self._items) >= BACKLOG and not self.closed:
+            self._writable.clear()
+            await self._writable.wait()
+        if not self.closed:
+            self._items.append(event)
+            self._readable.set()
+
+    def close(self, *, stopping: bool = False) -> None:
+        if not self.closed:
+            self.closed, self.stopping = True, stopping
+        self._readable.set()
+        self._writable.set()
+
+    def cut(self) -> bool:
+        """Whether it was closed because the server stops."""
+        return self.stopping
+
+    async def take(self) -> list[Event]:
+        """What waits (at least one event), or ``[]`` once closed and empty."""
+        while not self._items and not self.closed:
+            self._readable.clear()
+            await self._readable.wait()
+        if self.stopping:
+            return []
+        items, self._items = self._items, []
+        self._writable.set()
+        return items
 
 
 class _TooLong(ProviderError):
@@ -925,6 +995,15 @@ class _Chunks:
         return "data: " + self._base + ',"choices":[],"usage":' + _dumps(usage) + "}\n\n"
 
 
+def _cors(origin: str) -> dict[str, str]:
+    """The headers that let a page of ``origin`` (one ``--cors-origin`` allows) read an answer."""
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Expose-Headers": "X-Chatcli-Ignored",
+        "Vary": "Origin",
+    }
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -980,12 +1059,23 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
         await task
 
 
-def _digest(system: str | None, messages: Sequence[ChatMessage]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps(system).encode())
+def _digest(system: str | None, conversation: Sequence[tuple[str, str]]) -> str:
+    return hashlib.sha256(json.dumps([system, conversation]).encode()).hexdigest()
+
+
+def _conversation(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+    """A request's messages as ``--save`` keeps them: (role, text) of the user's and of the
+    assistant's text, an answer's pieces between tool rounds joined."""
+    out: list[tuple[str, str]] = []
     for message in messages:
-        h.update(json.dumps([message.role, _stored_text(message)]).encode())
-    return h.hexdigest()
+        if message.role == "user":
+            out.append(("user", _stored_text(message)))
+        elif message.role == "assistant" and message.content.strip():
+            if out and out[-1][0] == "assistant":
+                out[-1] = ("assistant", out[-1][1] + "\n\n" + message.content)
+            else:
+                out.append(("assistant", message.content))
+    return out
 
 
 def _stored_text(message: ChatMessage) -> str:
@@ -1063,7 +1153,7 @@ def _parts(content: Any, where: str, *, images: bool) -> tuple[Part, ...]:
                 param=where,
             )
     images_first = [p for p in parts if isinstance(p, ImagePart)]
-    text = "".join(_texts(parts))
+    text = "\n".join(_texts(parts))
     return (*images_first, TextPart(text))
 
 
@@ -1147,6 +1237,7 @@ class Running:
         while self.server.active and time.monotonic() < deadline and not self.hurry:
             await asyncio.sleep(0.05)
         await self.runner.cleanup()
+        self.server.close()
 
 
 async def start(server: Server) -> Running:
