@@ -65,6 +65,7 @@ def serve(
     setup_logging(ctx, verbose)
     _log_aiohttp(ctx, verbose or ctx.debug)
     with boundary(ctx, verbose=verbose):
+        import re
         import secrets
 
         from chatcli.chat import default_provider_name
@@ -73,7 +74,8 @@ def serve(
 
         origins = tuple(o.rstrip("/") for o in cors_origins or ())
         for origin in origins:
-            if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            # An origin is a scheme and a host (app://obsidian.md, chrome-extension://ID too).
+            if not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s?#]+", origin):
                 raise UsageError(
                     f"--cors-origin {origin!r}: give a scheme and host, like https://app.example"
                 )

@@ -147,6 +147,8 @@ def test_bad_flags_are_one_line_errors(isolated: Isolated) -> None:
     result = run_binary(["serve", "--cors-origin", "app.example"], isolated)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "--cors-origin", "https://app.example")
+    result = run_binary(["serve", "--cors-origin", "https://app.example/path"], isolated)
+    assert result.returncode == 2
     result = run_binary(["serve", "--token", "short"], isolated)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "--token", "at least 8")
