@@ -367,3 +367,195 @@ def test_the_markdown_renderer(isolated: Isolated, fake: FakeOpenAI) -> None:
         )
         assert rendered == RENDERED
         assert browser.problems == []
+
+
+def test_the_heading_renderer(isolated: Isolated, fake: FakeOpenAI) -> None:
+    """Closing #s come off a heading; a line full of spaces takes no time to look at."""
+    headings = {
+        "# Title ##": "<h1>Title</h1>",
+        "## C#": "<h2>C#</h2>",
+        "### a #b#  ": "<h3>a #b#</h3>",
+        "# spaced" + " " * 50_000 + "out": "<h1>spaced" + " " * 50_000 + "out</h1>",
+    }
+    with chatcli_serve(isolated, fake) as url, Chromium() as browser:
+        browser.navigate(url)
+        rendered = browser.evaluate(
+            f"Object.fromEntries(Object.keys({json.dumps(headings)}).map((source) => {{"
+            " const box = document.createElement('div');"
+            " box.append(renderMarkdown(source)); return [source, box.innerHTML]; }))"
+        )
+        assert rendered == headings
+        assert browser.problems == []
+
+
+def deep_list(depth: int) -> str:
+    """A list nested ``depth`` deep, an item on each level."""
+    return "".join(f"{'  ' * level}- item {level}\n" for level in range(depth))
+
+
+#: Hostile answers, and the text each shows once its ``*``, ``>``, ``-`` and blanks are out.
+DEEP = {
+    "quote": (">" * 20_000 + " x", "x"),
+    "list": (deep_list(2000), "".join(f"item{level}" for level in range(2000))),
+    "emphasis": ("**a " * 5000, "a" * 5000),
+    "nested emphasis": ("*" * 30_000 + "a" + "*" * 30_000, "a"),
+}
+
+
+def test_deep_nesting_leaves_the_page_usable(isolated: Isolated, fake: FakeOpenAI) -> None:
+    """Nesting deep enough to overflow a recursive renderer's stack is cut off at a depth
+    (deeper, it shows as text); the answer ends, the page is usable again."""
+    with chatcli_serve(isolated, fake) as url, Chromium() as browser:
+        browser.navigate(url)
+        for count, (name, (answer, shown)) in enumerate(DEEP.items(), start=1):
+            # In pieces (some 30), so the page renders it part made too.
+            size = max(1000, len(answer) // 30)
+            fake.pieces = [answer[start : start + size] for start in range(0, len(answer), size)]
+            fake.delay = 0.01
+            ask(browser, f"Nest a {name}")
+            browser.wait_for(
+                f"document.querySelectorAll('.message.assistant').length === {count}"
+                " && document.body.dataset.state === 'idle'",
+                timeout=30,
+            )
+            text = str(last_answer(browser, "answer.querySelector('.body').textContent"))
+            assert re.sub(r"[\s*>-]", "", text) == shown, name
+            assert last_answer(browser, "answer.querySelector('.status').hidden") is True, name
+            depth = last_answer(
+                browser,
+                "Math.max(0, ...[...answer.querySelectorAll('.body *')].map((node) => {"
+                " let depth = 0; for (; node && !node.matches('.body'); node = node.parentNode)"
+                " depth += node.matches('blockquote, ul, ol, strong, em');"
+                " return depth; }))",
+            )
+            assert isinstance(depth, int) and 1 <= depth <= 20, (name, depth)
+            assert browser.evaluate("document.getElementById('send').disabled") is False
+            assert browser.evaluate("document.getElementById('stop').hidden") is True
+        assert browser.problems == []
+
+
+def long_answer(lines: int) -> str:
+    """``lines`` lines of Markdown of every kind."""
+    out = []
+    for n in range(lines):
+        kind = n % 30
+        if kind == 0:
+            out.append(f"## Part {n}")
+        elif kind in (1, 2, 3):
+            out.append(f"Line {n} of a paragraph, with **bold** and `code` and *more*.")
+        elif kind == 4:
+            out.append("")
+        elif kind in (5, 6, 7):
+            out.append(f"- item {n}" if kind != 7 else f"  - nested item {n}")
+        elif kind == 8:
+            out.append(f"> quoted line {n}")
+        elif kind == 9:
+            out.append("```python")
+        elif kind in (10, 11):
+            out.append(f"print({n})")
+        elif kind == 12:
+            out.append("```")
+        elif kind == 13:
+            out.append(f"1. first {n}")
+        elif kind == 14:
+            out.append(f"2. second {n}")
+        else:
+            out.append(f"Line {n}: [a link](https://example.com/{n}) and plain words.")
+    return "\n".join(out) + "\n"
+
+
+def test_a_long_answer_streams_in_good_time(isolated: Isolated, fake: FakeOpenAI) -> None:
+    """A long answer, a line a piece: the page keeps up (loose bound: a whole re-render each
+    frame would take far longer), and what it shows is the whole answer rendered."""
+    answer = long_answer(3000)
+    fake.pieces = answer.splitlines(keepends=True)
+    fake.delay = 0.001
+    with chatcli_serve(isolated, fake) as url, Chromium() as browser:
+        browser.navigate(url)
+        ask(browser, "Talk at length")
+        started = time.monotonic()
+        browser.wait_for(
+            "document.querySelectorAll('.message.assistant').length === 1"
+            " && document.body.dataset.state === 'idle'",
+            timeout=60,
+        )
+        assert time.monotonic() - started < 20
+        assert last_answer(browser, "answer.querySelector('.status').hidden") is True
+        text = str(last_answer(browser, "answer.querySelector('.body').textContent"))
+        assert "Line 2999:" in text and "nested item 2977" in text
+        # Rendered bit by bit as it came, it is what rendering it whole makes.
+        assert last_answer(
+            browser,
+            "(() => { const box = document.createElement('div');"
+            f" box.append(renderMarkdown({json.dumps(answer)}));"
+            " return box.innerHTML === answer.querySelector('.body').innerHTML; })()",
+        )
+        assert browser.problems == []
+
+
+#: Markdown cut anywhere by the stream: each block kind, lazy lines, loose lists, CRLF.
+GROWING = (
+    "# Head #\n\nA paragraph\nwith a lazy line\n---\nafter the rule\n\n"
+    "- one\n- two\n  indented\n\n  still two\n\n- three\nlazy\n> quote\n> more\n"
+    "continued\n\n1. a\n2) b\n3. c\n\n```js\nlet x = 1;\n\n```\n~~~\nno lang\n"
+    "> ```\n> in a quote\n\n***\n**bold\nline** *em* `code`\r\nCRLF line\r\n\r\n"
+    "  - indented start\n    - deeper\n        code-ish\n\n#not heading\n\n- \n-\n"
+)
+
+
+def test_the_streaming_view_matches_a_whole_render(isolated: Isolated, fake: FakeOpenAI) -> None:
+    """The view that renders an answer as it grows builds again only what may still change:
+    after every character, it shows what rendering the text so far whole shows."""
+    with chatcli_serve(isolated, fake) as url, Chromium() as browser:
+        browser.navigate(url)
+        mismatches = browser.evaluate(
+            f"(() => {{ const source = {json.dumps(GROWING)};"
+            " const box = document.createElement('div'), view = markdownView(box);"
+            " const bad = [];"
+            " for (let n = 0; n <= source.length; n++) {"
+            "  view(source.slice(0, n));"
+            "  const whole = document.createElement('div');"
+            "  whole.append(renderMarkdown(source.slice(0, n)));"
+            "  if (whole.innerHTML !== box.innerHTML) bad.push(n); }"
+            " return bad; })()"
+        )
+        assert mismatches == []
+        assert browser.problems == []
+
+
+def test_a_render_that_fails_leaves_the_page_usable(isolated: Isolated, fake: FakeOpenAI) -> None:
+    """Should rendering an answer throw, the answer shows as text, its status says so, and the
+    page is ready for the next question."""
+    fake.pieces = ["Some **text**\n", "on two lines <b>"]
+    with chatcli_serve(isolated, fake) as url, Chromium() as browser:
+        browser.navigate(url)
+        browser.evaluate(
+            "window.realRenderBlocks = renderBlocks;"
+            " window.renderBlocks = () => { throw new RangeError('too deep'); }"
+        )
+        ask(browser, "Break it")
+        browser.wait_for(
+            "document.querySelectorAll('.message.assistant').length === 1"
+            " && document.body.dataset.state === 'idle'"
+        )
+        assert last_answer(browser, "answer.querySelector('.status').textContent") == (
+            "could not render this answer; shown as text"
+        )
+        assert last_answer(browser, "answer.querySelector('.status').hidden") is False
+        assert last_answer(browser, "answer.querySelector('.body').textContent") == (
+            "Some **text**\non two lines <b>"
+        )
+        assert last_answer(browser, "answer.querySelectorAll('.body strong, .body b').length") == 0
+        assert browser.evaluate("document.getElementById('send').disabled") is False
+        assert browser.evaluate("document.getElementById('stop').hidden") is True
+
+        browser.evaluate("window.renderBlocks = window.realRenderBlocks")
+        fake.pieces = ["Fine **again**."]
+        ask(browser, "Again")
+        browser.wait_for(
+            "document.querySelectorAll('.message.assistant').length === 2"
+            " && document.body.dataset.state === 'idle'"
+        )
+        assert last_answer(browser, "answer.querySelector('.body strong').textContent") == "again"
+        assert last_answer(browser, "answer.querySelector('.status').hidden") is True
+        assert browser.problems == []

@@ -167,14 +167,41 @@ async function send() {
   let content = "", reasoning = "";
   let finish = null; // the finish_reason, once the last chunk gives it
   let problem = ""; // how the answer went wrong, for its status line
+  const view = markdownView(answer.body);
+  let unrendered = false; // the Markdown renderer failed: the answer shows as plain text
   let framePending = false;
+  let renderedAt = 0, renderCost = 0; // when the last render ended, and how long it took (ms)
   const render = () => {
     framePending = false;
+    const started = performance.now();
     const wasNearBottom = nearBottom();
-    answer.body.replaceChildren(renderMarkdown(content));
+    if (!unrendered) {
+      try {
+        view(content);
+      } catch {
+        unrendered = true; // e.g. a RangeError: not tried again for this answer
+      }
+    }
+    if (unrendered) { // the raw text, as one Text node, its line breaks kept
+      const raw = element("p", "unrendered", content);
+      raw.style.whiteSpace = "pre-wrap";
+      answer.body.replaceChildren(raw);
+    }
     answer.thinkingText.textContent = reasoning;
     answer.thinking.hidden = !reasoning;
     keepScrolled(wasNearBottom);
+    renderedAt = performance.now();
+    renderCost = renderedAt - started;
+  };
+  // Re-render at most once per animation frame, however fast the pieces come, and while renders
+  // are slow (a long answer) at most one part of the time in four, so the page stays responsive.
+  const scheduleRender = () => {
+    if (framePending) return;
+    framePending = true;
+    const frame = () => requestAnimationFrame(() => framePending && render());
+    const wait = renderedAt + 3 * renderCost - performance.now();
+    if (wait > 0) setTimeout(frame, wait);
+    else frame();
   };
 
   controller = new AbortController();
@@ -201,11 +228,7 @@ async function send() {
       const thought = delta.reasoning_content ?? delta.reasoning;
       if (typeof thought === "string") reasoning += thought;
       if (choice.finish_reason) finish = choice.finish_reason;
-      // Re-render at most once per animation frame, however fast the pieces come.
-      if (!framePending) {
-        framePending = true;
-        requestAnimationFrame(() => framePending && render());
-      }
+      scheduleRender();
       return true;
     });
     if (!problem && !finish) problem = "the answer ended early: the stream closed unfinished";
@@ -216,14 +239,21 @@ async function send() {
   }
   if (!problem && finish === "length") problem = "cut at the token limit";
   else if (!problem && finish !== "stop") problem = `ended: ${finish}`;
-  const wasNearBottom = nearBottom();
-  render();
-  answer.status.textContent = problem;
-  answer.status.hidden = !problem;
-  keepScrolled(wasNearBottom);
-  if (content) turns.push({ role: "assistant", content }); // kept even when cut short
-  setState("idle");
-  ui.input.focus();
+  try {
+    render();
+  } finally {
+    // Whatever happened above, the page is usable again: Send works, the status says it all.
+    const wasNearBottom = nearBottom();
+    if (unrendered) {
+      problem = ["could not render this answer; shown as text", problem].filter(Boolean).join("; ");
+    }
+    answer.status.textContent = problem;
+    answer.status.hidden = !problem;
+    keepScrolled(wasNearBottom);
+    if (content) turns.push({ role: "assistant", content }); // kept even when cut short
+    setState("idle");
+    ui.input.focus();
+  }
 }
 
 const stop = () => controller?.abort();
@@ -239,7 +269,7 @@ function newChat() {
 // -- Markdown, to DOM nodes (never HTML) -------------------------------------------------------
 
 const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)/;
-const HEADING = /^ {0,3}(#{1,6})\s+(.*?)(\s+#+)?\s*$/;
+const HEADING = /^ {0,3}(#{1,6})\s+([^]*)$/; // its closing #s are taken off by headingText
 const RULE = /^ {0,3}([-*_])(\s*\1){2,}\s*$/;
 const QUOTE = /^ {0,3}> ?/;
 const ITEM = /^ {0,3}([-*+]|\d{1,9}[.)])\s+(.*)$/;
@@ -247,18 +277,54 @@ const BLANK = /^\s*$/;
 const indentOf = (line) => line.length - line.trimStart().length;
 const startsBlock = (line) => [FENCE, HEADING, RULE, QUOTE, ITEM].some((re) => re.test(line));
 
+// How deep block quotes and lists nest, and emphasis and links inside each other: what is
+// deeper shows as plain text. This bounds the renderer's recursion whatever the model writes.
+const MAX_BLOCK_DEPTH = 20;
+const MAX_INLINE_DEPTH = 20;
+
 // Markdown source -> a DocumentFragment: paragraphs, headings, fenced code, lists, block
 // quotes, rules. A fence not closed yet (mid-stream) shows as code up to where the text ends.
 function renderMarkdown(source) {
   const fragment = document.createDocumentFragment();
-  renderBlocks(source.split(/\r?\n/), fragment);
+  renderBlocks(source.split(/\r?\n/), fragment, 0);
   return fragment;
 }
 
-function renderBlocks(lines, parent) {
+// Renders Markdown that grows at its end (a streamed answer) into `box`, once per call with
+// the source so far. A top-level block depends only on its own lines and the first line of
+// the block after it; so once the block after it starts on a complete line (not the last,
+// which may still grow) it is final and stays as it is: each call builds only the rest.
+function markdownView(box) {
+  let doneChars = 0; // the source before this is rendered for good
+  let tail = []; // the nodes rendered from the rest, built again on each call
+  return (source) => {
+    const lines = source.slice(doneChars).split(/\r?\n/);
+    const fragment = document.createDocumentFragment();
+    const blocks = []; // [first line, nodes before it in the fragment] of each top-level block
+    renderBlocks(lines, fragment, 0, blocks);
+    // The last block starting on a complete line: those before it are final.
+    let last = blocks.length - 1;
+    while (last >= 0 && blocks[last][0] >= lines.length - 1) last--;
+    const [finalLines, finalNodes] = last >= 0 ? blocks[last] : [0, 0];
+    for (const node of tail) node.remove();
+    tail = [...fragment.childNodes].slice(finalNodes);
+    box.append(fragment);
+    for (let i = 0; i < finalLines; i++) { // past each final line and its line break
+      doneChars += lines[i].length;
+      doneChars += source[doneChars] === "\r" ? 2 : 1;
+    }
+  };
+}
+
+// Lines of Markdown -> nodes appended to parent. `depth` is how deep in block quotes and list
+// items they are; `blocks`, when given, gets [first line, nodes before it in parent] for each
+// block (one node each).
+function renderBlocks(lines, parent, depth, blocks) {
+  if (depth >= MAX_BLOCK_DEPTH) return plainLines(lines, parent);
   let i = 0, match;
   while (i < lines.length) {
     const line = lines[i];
+    if (blocks && !BLANK.test(line)) blocks.push([i, parent.childNodes.length]);
     if (BLANK.test(line)) {
       i++;
     } else if ((match = FENCE.exec(line))) {
@@ -269,7 +335,7 @@ function renderBlocks(lines, parent) {
       i++; // the closing fence
       parent.append(codeBlock(code.join("\n"), match[2]));
     } else if ((match = HEADING.exec(line))) {
-      renderInline(match[2], parent.appendChild(element(`h${match[1].length}`)));
+      renderInline(headingText(match[2]), parent.appendChild(element(`h${match[1].length}`)));
       i++;
     } else if (RULE.test(line)) {
       parent.append(element("hr"));
@@ -277,9 +343,9 @@ function renderBlocks(lines, parent) {
     } else if (QUOTE.test(line)) {
       const inner = [];
       for (; i < lines.length && QUOTE.test(lines[i]); i++) inner.push(lines[i].replace(QUOTE, ""));
-      renderBlocks(inner, parent.appendChild(element("blockquote")));
+      renderBlocks(inner, parent.appendChild(element("blockquote")), depth + 1);
     } else if (ITEM.test(line)) {
-      i = renderList(lines, i, parent);
+      i = renderList(lines, i, parent, depth);
     } else {
       // A paragraph: lines up to a blank line or another block; its line breaks are kept.
       const paragraph = parent.appendChild(element("p"));
@@ -292,9 +358,29 @@ function renderBlocks(lines, parent) {
   }
 }
 
+// The heading's text: without trailing spaces, nor closing #s that follow a space. (Not a
+// regular expression: /(\s+#+)?\s*$/ after a lazy match takes time growing with the square
+// of the length of a line full of spaces.)
+function headingText(text) {
+  text = text.trimEnd();
+  let cut = text.length;
+  while (cut > 0 && text[cut - 1] === "#") cut--;
+  return cut < text.length && cut > 0 && /\s/.test(text[cut - 1])
+    ? text.slice(0, cut).trimEnd() : text;
+}
+
+// Lines too deep to render as Markdown: their text as it is, one line break each.
+function plainLines(lines, parent) {
+  const paragraph = parent.appendChild(element("p"));
+  lines.forEach((line, i) => {
+    if (i) paragraph.append(element("br"));
+    paragraph.append(line);
+  });
+}
+
 // The list starting at lines[start]. An item's indented lines (nested lists too) render as
 // blocks inside it. Returns the index of the first line after the list.
-function renderList(lines, start, parent) {
+function renderList(lines, start, parent, depth) {
   const ordered = /\d/.test(ITEM.exec(lines[start])[1]);
   const list = parent.appendChild(element(ordered ? "ol" : "ul"));
   const number = parseInt(ITEM.exec(lines[start])[1], 10);
@@ -317,10 +403,13 @@ function renderList(lines, start, parent) {
       }
     }
     const item = list.appendChild(element("li"));
-    renderBlocks(body, item);
-    // A tight item holds its first paragraph's text directly, not in a <p>.
-    if (item.firstElementChild?.tagName === "P") {
-      item.firstElementChild.replaceWith(...item.firstElementChild.childNodes);
+    renderBlocks(body, item, depth + 1);
+    // A tight item holds its first paragraph's text directly, not in a <p>. (Moved a node at a
+    // time: spread into arguments, a long paragraph's nodes would overflow the stack.)
+    const first = item.firstElementChild;
+    if (first?.tagName === "P") {
+      while (first.firstChild) item.insertBefore(first.firstChild, first);
+      first.remove();
     }
     while (i < lines.length && BLANK.test(lines[i])) i++;
   }
@@ -359,10 +448,18 @@ const matchAt = (re, text, i) => ((re.lastIndex = i), re.exec(text));
 
 // Inline Markdown -> nodes appended to parent: `code`, **bold**, *italic*, [text](url) for
 // http(s) URLs only, and backslash escapes. Everything else is text, character for character.
-function renderInline(text, parent) {
+// `depth` is how many spans (emphasis, links) this text is inside; deeper, it is plain text.
+function renderInline(text, parent, depth = 0) {
+  if (depth >= MAX_INLINE_DEPTH) {
+    parent.append(text);
+    return;
+  }
   let plain = "";
   const flush = () => { if (plain) parent.append(plain); plain = ""; }; // a Text node
-  const wrap = (tag, inner) => { flush(); renderInline(inner, parent.appendChild(element(tag))); };
+  const wrap = (tag, inner) => {
+    flush();
+    renderInline(inner, parent.appendChild(element(tag)), depth + 1);
+  };
   // `_` emphasis only at word edges: snake_case_names stay as written.
   const atWordEdges = (i, match) => text[i] === "*" ||
     !/\w/.test(text[i - 1] || "") && !/\w/.test(text[i + match[0].length] || "");
@@ -376,6 +473,7 @@ function renderInline(text, parent) {
     if (!found) unclosed.add(kind + opener[0]);
     return found;
   };
+  const lastLinkMiddle = text.lastIndexOf("]("); // no link starts after it
   let i = 0, m;
   while (i < text.length) {
     if ((m = matchAt(INLINE.text, text, i))) {
@@ -389,13 +487,13 @@ function renderInline(text, parent) {
       wrap("strong", m[2]);
     } else if ((m = span("em", i)) && atWordEdges(i, m)) {
       wrap("em", m[2]);
-    } else if ((m = matchAt(INLINE.link, text, i)) && safeUrl(m[2])) {
+    } else if (i < lastLinkMiddle && (m = matchAt(INLINE.link, text, i)) && safeUrl(m[2])) {
       flush();
       const link = parent.appendChild(element("a"));
       link.href = safeUrl(m[2]);
       link.rel = "noopener noreferrer";
       link.target = "_blank";
-      renderInline(m[1] || link.href, link);
+      renderInline(m[1] || link.href, link, depth + 1);
     } else {
       m = [text[i]]; // a lone special character, or a link to anything but http(s): as text
       plain += m[0];
