@@ -131,12 +131,21 @@ class ProviderTimeoutError(ProviderConnectionError):
 
 
 class ResponseStatusError(ProviderError):
-    """The server answered with an HTTP error status."""
+    """The server answered with an HTTP error status. ``retry_after``: the wait in seconds its
+    ``Retry-After`` asked for (429 and 503 carry one), when it gave one."""
 
-    def __init__(self, message: str, *, status: int, provider: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        provider: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, provider=provider)
         self.status = status
         self.retryable = status in (408, 409, 429) or status >= 500
+        self.retry_after = retry_after
 
 
 class AuthenticationError(ResponseStatusError):
@@ -154,8 +163,7 @@ class RateLimitError(ResponseStatusError):
         retry_after: float | None = None,
         provider: str | None = None,
     ) -> None:
-        super().__init__(message, status=status, provider=provider)
-        self.retry_after = retry_after
+        super().__init__(message, status=status, provider=provider, retry_after=retry_after)
 
 
 class BlockedError(ResponseStatusError):

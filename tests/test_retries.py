@@ -80,6 +80,17 @@ def test_retry_after_is_honoured_and_shown(fake: FakeOpenAI, isolated: Isolated)
     assert "rate limited" in result.stderr and "retrying in 1.0 s (1/1)" in result.stderr
 
 
+def test_a_503_with_retry_after_waits_as_asked(fake: FakeOpenAI, isolated: Isolated) -> None:
+    fake.mode, fake.status, fake.body = "status", 503, '{"error": {"message": "warming up"}}'
+    fake.headers = {"Retry-After": "1"}
+    started = time.monotonic()
+    result = run(ask(fake, "--retries", "1", "hi"), isolated)
+    assert result.returncode == 1 and chat_requests(fake) == 2
+    assert time.monotonic() - started >= 1.0
+    assert "HTTP 503" in result.stderr and "the server asks to wait 1 s" in result.stderr
+    assert "retrying in 1.0 s (1/1)" in result.stderr
+
+
 def test_a_retry_after_beyond_the_limit_is_not_waited_for(
     fake: FakeOpenAI, isolated: Isolated
 ) -> None:

@@ -508,6 +508,16 @@ async def check_status(
             status=status,
             provider=provider,
         )
+    if status == 503:  # unavailable for now: a Retry-After says how long (RFC 9110)
+        header = response.headers.get("Retry-After")
+        asked = retry_after_asked(header)
+        wait = f"; the server asks to wait {format_wait(asked)}" if asked else ""
+        raise ResponseStatusError(
+            f"{reason} from {url}: {what}{wait}",
+            status=status,
+            provider=provider,
+            retry_after=parse_retry_after(header),
+        )
     raise ResponseStatusError(f"{reason} from {url}: {what}", status=status, provider=provider)
 
 
