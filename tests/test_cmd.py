@@ -589,6 +589,7 @@ def test_explain_asks_the_model_shows_the_answer_and_asks_again(
         while terminal.text().count(MENU) < 2 and time.monotonic() < deadline:
             terminal.pump()
         assert terminal.text().count(MENU) == 2, terminal.text()
+        terminal.wait_prompt()  # (a key typed before would be dropped, as type-ahead is)
         terminal.type("q")
         assert terminal.wait_exit() == 0
     finally:
