@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -62,8 +63,9 @@ def serve(
     on stderr; Ctrl-C stops it, cutting open answers with an error event.
     """
     ctx = AppContext.current()
-    setup_logging(ctx, verbose)
+    handler = setup_logging(ctx, verbose)
     _log_aiohttp(ctx, verbose or ctx.debug)
+    handler.addFilter(_NotForTheServer())
     with boundary(ctx, verbose=verbose):
         import re
         import secrets
@@ -139,7 +141,6 @@ def _log_aiohttp(ctx: AppContext, verbose: bool) -> None:
     """aiohttp's own complaints (a malformed request, a handler that failed) on stderr as one
     line each, as chatcli's; tracebacks only with -v. A port scanner's garbage makes one
     short line, not a page."""
-    import logging
 
     from chatcli.clikit import StderrHandler
 
@@ -157,3 +158,16 @@ def _log_aiohttp(ctx: AppContext, verbose: bool) -> None:
     aiohttp_log.handlers[:] = [handler]
     aiohttp_log.setLevel(logging.DEBUG if verbose else logging.WARNING)
     aiohttp_log.propagate = False
+
+
+class _NotForTheServer(logging.Filter):
+    """Drops the line ``ask`` gives about a cut answer (advice for the command line); the
+    request's own log line says how it ended."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from chatcli.turn import CUT
+
+        args = record.args
+        if record.name == "chatcli.turn" and isinstance(args, tuple) and len(args) == 2:
+            return args[1] not in CUT.values()
+        return True

@@ -160,3 +160,14 @@ def test_a_port_in_use_is_one_line(fake: FakeOpenAI, isolated: Isolated) -> None
         result = run_binary(["serve", "--port", str(served.port)], isolated)
     assert result.returncode == 2
     assert_one_line_error(result.stderr, f"cannot listen on 127.0.0.1:{served.port}")
+
+
+def test_a_cut_answer_is_said_in_its_log_line(fake: FakeOpenAI, isolated: Isolated) -> None:
+    configure(isolated, fake)
+    fake.finish_reason = "length"
+    with serve(isolated) as served:
+        status, body = served.request("/v1/chat/completions", QUESTION)
+        assert status == 200 and json.loads(body)["choices"][0]["finish_reason"] == "length"
+        line = served.read_line()
+    assert re.search(r"POST /v1/chat/completions ollama/m 200 \S+ \S+ length$", line.strip())
+    assert "max_tokens" not in "".join(served.stderr)  # (the command line's advice)

@@ -410,7 +410,8 @@ class Server:
         return f"{request.scheme}://{request.host}"
 
     def _log(self, request: web.Request, exchange: _Exchange, started: float) -> None:
-        """One line a request: method, path, model, status, time to first token, total."""
+        """One line a request: method, path, model, status, time to first token, total, and
+        how the answer ended when it is not whole (``length``, ``interrupted: why``)."""
         total = time.monotonic() - started
         first = f"{exchange.first - started:.2f}s" if exchange.first is not None else "-"
         turn = exchange.turn
@@ -421,6 +422,10 @@ class Server:
         line = (
             f"{request.method} {request.path[:200]} {model} {exchange.status} {first} {total:.2f}s"
         )
+        if turn is not None and turn.status not in ("pending", "complete"):
+            line += f" {turn.status}"  # cut (length, ...), interrupted, error
+            if turn.error:
+                line += f": {turn.error[:300]}"
         self._say(sanitize(one_line(line)))
 
     # -- routes ----------------------------------------------------------------------------
