@@ -215,9 +215,14 @@ def test_a_fallback_chain_answers_from_the_next_provider(
     fake.mode, fake.status, fake.body = "status", 500, '{"error": {"message": "down"}}'
     thread = served(isolated)
     try:
-        done = client(thread).chat.completions.create(
-            model="ollama/m,gptalk/gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}]
+        raw_answer = client(thread).chat.completions.with_raw_response.create(
+            model="ollama/m,gptalk/gpt-3.5-turbo",
+            messages=[{"role": "user", "content": "hi"}],
+            top_p=0.5,
         )
+        # ollama would have taken top_p; gptalk, which answered, did not get it: it says so.
+        assert raw_answer.headers["X-Chatcli-Ignored"] == "top_p"
+        done = raw_answer.parse()
         assert done.choices[0].message.content == "Hello from GPTalk!"
         assert done.model == "gptalk/gpt-3.5-turbo"
         assert len(fake.requests) == 1

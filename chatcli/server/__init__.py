@@ -743,7 +743,7 @@ class Server:
             ],
             "usage": _usage(parsed.turn, turn),
         }
-        return web.json_response(body, headers=self._headers(request, parsed))
+        return web.json_response(body, headers=self._headers(request, parsed, turn))
 
     async def _stream(
         self, request: web.Request, parsed: _Parsed, turn: Turn, exchange: _Exchange
@@ -766,7 +766,7 @@ class Server:
                     "Content-Type": "text/event-stream; charset=utf-8",
                     "Cache-Control": "no-cache",
                     "X-Accel-Buffering": "no",
-                    **self._headers(request, parsed),
+                    **self._headers(request, parsed, turn),
                 }
             )
             await response.prepare(request)
@@ -809,8 +809,18 @@ class Server:
             self._open.discard(channel)
             await _cancel(task)
 
-    def _headers(self, request: web.Request, parsed: _Parsed) -> dict[str, str]:
-        headers = _ignored_header(parsed)
+    def _headers(self, request: web.Request, parsed: _Parsed, turn: Turn) -> dict[str, str]:
+        """The answer's headers: the fields the provider that answers did not get (a
+        fallback leaves out the options it does not take), and CORS's."""
+        ignored = set(parsed.ignored)
+        if turn.provider != parsed.turn.provider and turn.provider in self.registry:
+            taker = self.registry.get(turn.provider)
+            for key, value in parsed.turn.options.items():
+                try:
+                    taker.check_options({key: value})
+                except UsageError:
+                    ignored.add(key)
+        headers = {"X-Chatcli-Ignored": ", ".join(sorted(ignored))} if ignored else {}
         origin = request.headers.get("Origin")
         if origin is not None and origin in self.options.cors_origins:
             headers.update(_cors(origin))
@@ -1019,10 +1029,6 @@ def _data(body: Any) -> bytes:
 
 def _completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
-
-
-def _ignored_header(parsed: _Parsed) -> dict[str, str]:
-    return {"X-Chatcli-Ignored": ", ".join(parsed.ignored)} if parsed.ignored else {}
 
 
 def _call_json(call: ToolCall) -> dict[str, Any]:
