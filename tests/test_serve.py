@@ -693,9 +693,9 @@ def test_without_save_nothing_is_kept(server: ServeThread, isolated: Isolated) -
 def test_an_answer_over_the_limit_is_cut_and_says_so(
     fake: FakeOpenAI, server: ServeThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import chatcli.server
+    import chatcli.server.app
 
-    monkeypatch.setattr(chatcli.server, "MAX_ANSWER", 100)
+    monkeypatch.setattr(chatcli.server.app, "MAX_ANSWER", 100)
     fake.pieces = ["0123456789"] * 50
     got: list[str] = []
     with pytest.raises(openai.APIError, match="passed the server's limit of 100 characters"):
