@@ -98,6 +98,10 @@ class TurnRequest:
     fallback: tuple[str, ...] = ()
     #: The model each fallback uses (by provider name); without one, its default.
     fallback_models: Mapping[str, str] = field(default_factory=dict)
+    #: Each provider of the chain, the first too, gets the options it takes and goes without
+    #: the others (``chatcli serve``, whose clients send fields not every provider knows);
+    #: otherwise an option the first does not take is an error.
+    loose_options: bool = False
     #: Tools the model may call (see :mod:`chatcli.tools`; the turn's toolbox runs them).
     tools: tuple[ToolSpec, ...] = ()
     #: ``none``: answer without calling tools (the last round of a question).
@@ -317,7 +321,7 @@ async def _run_chain(
         )
         options = (
             provider.check_options(request.options)
-            if index == 0
+            if index == 0 and not request.loose_options
             else _options_taken(provider, request.options)
         )
         # Picked once per provider (a service without a chosen model is asked for its list);
@@ -506,7 +510,7 @@ def preflight(request: TurnRequest, registry: Registry) -> None:
         except ChatcliError as exc:
             first = first or exc
             continue
-        if index == 0:
+        if index == 0 and not request.loose_options:
             options = provider.check_options(request.options)  # raised, never fallen back on
         else:
             options = _options_taken(provider, request.options)

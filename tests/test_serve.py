@@ -224,8 +224,16 @@ def test_a_fallback_chain_answers_from_the_next_provider(
         assert raw_answer.headers["X-Chatcli-Ignored"] == "top_p"
         done = raw_answer.parse()
         assert done.choices[0].message.content == "Hello from GPTalk!"
+        assert len(fake.requests) == 1  # (ollama failed once, and was not asked again)
+        # The other way round: what the first would not take still reaches the fallback.
+        fake.mode, gptalk.mode = "ok", "cloudflare"
+        raw_answer = client(thread).chat.completions.with_raw_response.create(
+            model="gptalk,ollama/m", messages=[{"role": "user", "content": "hi"}], top_p=0.5
+        )
+        assert raw_answer.parse().choices[0].message.content == "Hello, world!"
+        assert "X-Chatcli-Ignored" not in raw_answer.headers
+        assert fake.requests[-1].body["top_p"] == 0.5
         assert done.model == "gptalk/gpt-3.5-turbo"
-        assert len(fake.requests) == 1
     finally:
         thread.stop()
 

@@ -147,6 +147,7 @@ class _Parsed:
     turn: TurnRequest
     stream: bool
     include_usage: bool
+    #: Fields that are no option of any provider (the options are judged by each provider).
     ignored: tuple[str, ...]
     #: The client's tools: calls go back to it (they are not run here).
     client_tools: bool
@@ -469,14 +470,16 @@ class Server:
             value = body[key]
             if key == "max_completion_tokens" and cls.name != "openai":
                 key = "max_tokens"  # (most servers know only the older name)
-            try:
-                options.update(cls.check_options({key: value}))
-            except UsageError:
-                if key == "tool_choice":
+            if key == "tool_choice":
+                try:
+                    cls.check_options({key: value})
+                except UsageError:
                     raise ApiError(
                         400, f"{cls.name} takes only tool_choice auto or none", param="tool_choice"
                     ) from None
-                ignored.append(key)
+            # Each provider of the chain takes what it can (loose_options); the answer's
+            # X-Chatcli-Ignored names what the one that answered did not get.
+            options[key] = value
         for key in body:
             known = {"model", "messages", "n", "temperature", "stream", "tools", "tool_choice"}
             if key not in known and key not in OPTION_FIELDS and key not in NO_EFFECT:
@@ -494,6 +497,7 @@ class Server:
             retries=self.settings.retries if self.settings.retries is not None else 2,
             fallback=tuple(name for name, _ in chain[1:]),
             fallback_models={name: m for name, m in chain[1:] if m},
+            loose_options=True,
             tools=tools,
             tool_choice=tool_choice,
         )
@@ -701,7 +705,7 @@ class Server:
         """The answer's headers: the fields the provider that answers did not get (a
         fallback leaves out the options it does not take), and CORS's."""
         ignored = set(parsed.ignored)
-        if turn.provider != parsed.turn.provider and turn.provider in self.registry:
+        if turn.provider in self.registry:
             taker = self.registry.get(turn.provider)
             for key, value in parsed.turn.options.items():
                 try:
