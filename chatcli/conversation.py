@@ -52,11 +52,11 @@ class _Entry:
     #: For an answer: the question it answers (stored as its ``reply_to``).
     question: _Entry | None = None
     #: For an answer: what the model thought (kept apart, never sent back), its token counts
-    #: (``estimated``: chatcli's count, the service gave none) and seconds to its first piece.
+    #: (``usage_estimated``: chatcli's count, the service gave none) and seconds to its first piece.
     reasoning: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
-    estimated: bool = False
+    usage_estimated: bool = False
     first_token: float | None = None
     #: For a question asked with images in this process: them (a session keeps only notes).
     images: tuple[ImagePart, ...] = ()
@@ -241,7 +241,7 @@ class Conversation:
                 reasoning=m.reasoning,
                 input_tokens=m.input_tokens,
                 output_tokens=m.output_tokens,
-                estimated=m.usage_estimated,
+                usage_estimated=m.usage_estimated,
                 first_token=m.first_token,
                 context=m.context,
             )
@@ -610,22 +610,11 @@ class Conversation:
                     _Entry(
                         "assistant",
                         turn.text,
-                        provider=turn.provider,
-                        model=turn.model or None,
-                        status="interrupted" if turn.status == "pending" else turn.status,
-                        duration=turn.duration,
-                        error=turn.error,
                         question=question,
-                        reasoning=turn.reasoning or None,
-                        input_tokens=turn.usage.input_tokens if turn.usage else None,
-                        output_tokens=turn.usage.output_tokens if turn.usage else None,
-                        estimated=turn.usage.estimated if turn.usage else False,
-                        first_token=(
-                            turn.first_piece_at - turn.started if turn.first_piece_at else None
-                        ),
                         retried=retried,
                         rounds=tuple(turn.rounds),
                         final_from=turn.final_from,
+                        **turn.stored(),
                     )
                 )
                 self._save_pending()
@@ -665,7 +654,7 @@ class Conversation:
                     reasoning=entry.reasoning,
                     input_tokens=entry.input_tokens,
                     output_tokens=entry.output_tokens,
-                    usage_estimated=entry.estimated,
+                    usage_estimated=entry.usage_estimated,
                     first_token=entry.first_token,
                     context=entry.context,
                     after=entry.after,

@@ -137,6 +137,24 @@ class Turn:
     #: them has shown them: the turn is never retried after one).
     emitted: int = 0
 
+    def stored(self) -> dict[str, Any]:
+        """What the sessions database keeps of the answer besides its text (the keywords of
+        ``SessionStore.add_message``): who answered, how it ended, its thinking, tokens and
+        timing. An answer still pending is stored as interrupted."""
+        usage = self.usage
+        return {
+            "provider": self.provider,
+            "model": self.model or None,
+            "status": "interrupted" if self.status == "pending" else self.status,
+            "duration": self.duration,
+            "error": self.error,
+            "reasoning": self.reasoning or None,
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "usage_estimated": usage.estimated if usage else False,
+            "first_token": self.first_piece_at - self.started if self.first_piece_at else None,
+        }
+
     @property
     def began(self) -> bool:
         """Something of the answer exists: text was shown, or tools were called."""
@@ -319,11 +337,7 @@ async def _run_chain(
             proxy=request.proxy,
             timeout=request.timeout,
         )
-        options = (
-            provider.check_options(request.options)
-            if index == 0 and not request.loose_options
-            else _options_taken(provider, request.options)
-        )
+        options = _options_for(provider, request, first=index == 0)
         # Picked once per provider (a service without a chosen model is asked for its list);
         # a retry after a failed pick picks again.
         model = request.model if index == 0 else request.fallback_models.get(name)
@@ -364,6 +378,14 @@ def _calls_tools(registry: Registry, name: str) -> bool:
         return registry.get(name).capabilities().tools
     except ChatcliError:
         return True  # an unknown name: creating it says so, as without tools
+
+
+def _options_for(provider: BaseProvider, request: TurnRequest, *, first: bool) -> dict[str, Any]:
+    """The options a provider of the chain is sent: for the first, those asked for, one it
+    does not take being an error (unless ``loose_options``); for the others, those they take."""
+    if first and not request.loose_options:
+        return provider.check_options(request.options)
+    return _options_taken(provider, request.options)
 
 
 def _options_taken(provider: BaseProvider, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -510,10 +532,7 @@ def preflight(request: TurnRequest, registry: Registry) -> None:
         except ChatcliError as exc:
             first = first or exc
             continue
-        if index == 0 and not request.loose_options:
-            options = provider.check_options(request.options)  # raised, never fallen back on
-        else:
-            options = _options_taken(provider, request.options)
+        options = _options_for(provider, request, first=index == 0)  # (raised: no fallback)
         try:
             provider.preflight()
             if index == 0 and request.model:

@@ -11,10 +11,11 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from chatcli.core import (
     ChatMessage,
+    without_tools,
 )
 from chatcli.errors import (
     UsageError,
@@ -81,11 +82,11 @@ class Recorder:
         answer = "\n\n".join([*(text for _, text in view[asked[-1] + 1 :]), turn.text])
         system = next((m.content for m in messages if m.role == "system"), None)
         sessions = self.stores.sessions
-        status: Any = "interrupted" if turn.status == "pending" else turn.status
         try:
-            thread = self._threads.pop(_digest(system, prior), None)
+            key = _digest(system, prior)
+            thread = self._threads.pop(key, None)
             if thread is not None and sessions.exists(thread.session_id):
-                self._threads[_digest(system, prior)] = thread  # (kept: it may be asked again)
+                self._threads[key] = thread  # (kept, the most recent: it may be asked again)
                 session_id, after = thread.session_id, thread.head
             else:
                 session = sessions.create(system=system, provider=turn.provider, model=turn.model)
@@ -102,20 +103,7 @@ class Recorder:
                 session_id, "user", question, after=after if after is not None else "head"
             )
             answer_id = sessions.add_message(
-                session_id,
-                "assistant",
-                answer,
-                provider=turn.provider,
-                model=turn.model or None,
-                status=status,
-                duration=turn.duration,
-                error=turn.error,
-                reply_to=question_id,
-                reasoning=turn.reasoning or None,
-                input_tokens=turn.usage.input_tokens if turn.usage else None,
-                output_tokens=turn.usage.output_tokens if turn.usage else None,
-                usage_estimated=turn.usage.estimated if turn.usage else False,
-                first_token=turn.first_piece_at - turn.started if turn.first_piece_at else None,
+                session_id, "assistant", answer, reply_to=question_id, **turn.stored()
             )
             answered = [*prior, ("user", question), ("assistant", answer)]
             self._threads[_digest(system, answered)] = _Thread(session_id, answer_id)
@@ -131,17 +119,13 @@ def _digest(system: str | None, conversation: Sequence[tuple[str, str]]) -> str:
 
 def _conversation(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
     """A request's messages as ``--save`` keeps them: (role, text) of the user's and of the
-    assistant's text, an answer's pieces between tool rounds joined."""
-    out: list[tuple[str, str]] = []
-    for message in messages:
-        if message.role == "user":
-            out.append(("user", _stored_text(message)))
-        elif message.role == "assistant" and message.content.strip():
-            if out and out[-1][0] == "assistant":
-                out[-1] = ("assistant", out[-1][1] + "\n\n" + message.content)
-            else:
-                out.append(("assistant", message.content))
-    return out
+    assistant's text, an answer's text around its tool rounds as one (:func:`without_tools`,
+    as a provider without tools is sent it)."""
+    return [
+        (message.role, _stored_text(message))
+        for message in without_tools(messages)
+        if message.role == "user" or (message.role == "assistant" and message.content.strip())
+    ]
 
 
 def _stored_text(message: ChatMessage) -> str:
