@@ -484,12 +484,14 @@ async def check_status(
             provider=provider,
         )
     what = describe_error_body(body, content_type)
-    if status == 429:
+    wait, retry_after = "", None
+    if status in (429, 503):  # how long to wait may come with either (RFC 9110)
         header = response.headers.get("Retry-After")
         asked = retry_after_asked(header)
         # Said as the server asked (an hour is an hour), though the wait honoured is capped.
         wait = f"; the server asks to wait {format_wait(asked)}" if asked else ""
         retry_after = parse_retry_after(header)
+    if status == 429:
         raise RateLimitError(
             f"rate limited ({reason}): {what}{wait}",
             status=status,
@@ -508,17 +510,12 @@ async def check_status(
             status=status,
             provider=provider,
         )
-    if status == 503:  # unavailable for now: a Retry-After says how long (RFC 9110)
-        header = response.headers.get("Retry-After")
-        asked = retry_after_asked(header)
-        wait = f"; the server asks to wait {format_wait(asked)}" if asked else ""
-        raise ResponseStatusError(
-            f"{reason} from {url}: {what}{wait}",
-            status=status,
-            provider=provider,
-            retry_after=parse_retry_after(header),
-        )
-    raise ResponseStatusError(f"{reason} from {url}: {what}", status=status, provider=provider)
+    raise ResponseStatusError(
+        f"{reason} from {url}: {what}{wait}",
+        status=status,
+        provider=provider,
+        retry_after=retry_after,
+    )
 
 
 def _payload_hint(body: str, status: int) -> str:
