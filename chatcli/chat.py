@@ -177,10 +177,7 @@ def conversation_from(
     if model is None and session is not None and session.provider == provider_cls.name:
         model = session.model
     if model is None:
-        # The top-level default model belongs to the default provider.
-        default_provider = (settings.provider or "").strip().lower()
-        if default_provider in ("", provider_cls.name):
-            model = settings.model
+        model = settings.model_for(provider_cls.name)
 
     defaults = TurnRequest(
         provider=provider_cls.name,

@@ -211,6 +211,12 @@ class Settings:
     #: ``[tools]`` and ``[mcp.servers.*]``, checked.
     tools: ToolSettings = field(default_factory=lambda: _no_tools())
 
+    def model_for(self, provider: str) -> str | None:
+        """The configured ``model`` when it is ``provider``'s: the top-level default model
+        belongs to the default provider (or to any, when none is configured)."""
+        default_provider = (self.provider or "").strip().lower()
+        return self.model if default_provider in ("", provider) else None
+
 
 def _no_tools() -> ToolSettings:
     return ToolSettings()
