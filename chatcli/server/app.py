@@ -86,6 +86,12 @@ OPTION_FIELDS: Final = (
 )
 #: Request fields that change nothing here (accepted, not passed on).
 NO_EFFECT: Final = frozenset({"stream_options", "logprobs", "top_logprobs", "store", "metadata"})
+#: Every field a request may carry that is not named in ``X-Chatcli-Ignored``.
+_TAKEN_FIELDS: Final = frozenset(
+    {"model", "messages", "n", "temperature", "stream", "tools", "tool_choice"}
+    | set(OPTION_FIELDS)
+    | NO_EFFECT
+)
 PAGE_FILES: Final[Mapping[str, str]] = {
     "/": "index.html",
     "/chat.js": "chat.js",
@@ -380,12 +386,7 @@ class Server:
             cls = self.registry.get(self.default_provider)
         except ChatcliError:
             return None
-        model = (
-            self.settings.model
-            if not self.settings.provider or (self.settings.provider.strip().lower() == cls.name)
-            else None
-        )
-        model = model or cls.default_model
+        model = self.settings.model_for(cls.name) or cls.default_model
         return f"{cls.name}/{model}" if model else None
 
     async def _provider_models(self, name: str) -> list[str]:
@@ -460,7 +461,6 @@ class Server:
                 param="tools",
             )
         options: dict[str, Any] = {}
-        ignored: list[str] = []
         fields = list(OPTION_FIELDS)
         if choice not in (None, "auto", "none"):
             fields.append("tool_choice")  # required, or a function: the provider's to honour
@@ -480,10 +480,7 @@ class Server:
             # Each provider of the chain takes what it can (loose_options); the answer's
             # X-Chatcli-Ignored names what the one that answered did not get.
             options[key] = value
-        for key in body:
-            known = {"model", "messages", "n", "temperature", "stream", "tools", "tool_choice"}
-            if key not in known and key not in OPTION_FIELDS and key not in NO_EFFECT:
-                ignored.append(key)
+        ignored = [key for key in body if key not in _TAKEN_FIELDS]
         request = TurnRequest(
             provider=cls.name,
             messages=messages,
