@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from chatcli.clikit import TimeoutOpt, boundary, run_async, say, setup_logging
+from chatcli.clikit import TimeoutOpt, VerboseOpt, boundary, run_async, say, setup_logging
 from chatcli.context import AppContext
 from chatcli.errors import UsageError
 
@@ -54,7 +54,7 @@ def serve(
         typer.Option("--save", help="Keep each conversation as a session (chatcli sessions)."),
     ] = False,
     timeout: TimeoutOpt = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log details.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve every provider as one OpenAI-compatible API, with a chat page at /.
 

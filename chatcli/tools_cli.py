@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from chatcli.clikit import JsonOpt, boundary, complete_mcp, run_async, setup_logging
+from chatcli.clikit import JsonOpt, VerboseOpt, boundary, complete_mcp, run_async, setup_logging
 from chatcli.context import AppContext
 from chatcli.errors import EXIT_ERROR, ChatcliError
 
@@ -34,7 +34,7 @@ def list_tools(
         ),
     ] = None,
     json_out: JsonOpt = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log details.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """List the tools: name, what it does, and whether it asks before it runs."""
     from chatcli.tools.builtin import BUILTIN, builtin_tools
