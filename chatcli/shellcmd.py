@@ -819,25 +819,11 @@ def read_key(fd: int) -> str:
     """One key from the terminal ``fd``, without waiting for Enter: a menu letter (lower
     case), ``"quit"`` for Esc, Ctrl-D or end of input; other keys are passed over. Ctrl-C is
     :class:`KeyboardInterrupt`, as everywhere."""
-    import termios
+    from chatcli.render.terminal import keys_one_at_a_time
 
-    from chatcli.render.terminal import SuspendGuard
-
-    saved = termios.tcgetattr(fd)
-    mode = termios.tcgetattr(fd)
-    mode[3] &= ~(termios.ICANON | termios.ECHO)  # keys one at a time, unechoed; ISIG kept
-    mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
-    mode[6][termios.VQUIT] = b"\0"  # Ctrl-\ would kill chatcli before it restores the terminal
-    # TCSAFLUSH: keys typed before the question was shown (an r while the model answered,
-    # or while an explanation streamed) are dropped, never taken for the answer.
-    termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
-    # Ctrl-Z: the shell gets its terminal back as it was; fg reads keys one at a time again.
-    guard = SuspendGuard(
-        lambda: termios.tcsetattr(fd, termios.TCSANOW, saved),
-        lambda: termios.tcsetattr(fd, termios.TCSAFLUSH, mode),
-    )
-    guard.install()
-    try:
+    # Keys typed before the question was shown (an r while the model answered, or while an
+    # explanation streamed) are dropped, never taken for the answer.
+    with keys_one_at_a_time(fd, quit_key=False):
         while True:
             data = os.read(fd, 64)
             if not data or data == b"\x04" or data == b"\x1b":
@@ -846,9 +832,6 @@ def read_key(fd: int) -> str:
             if len(data) == 1 and key in KEYS:
                 return key
             # Anything else (Enter, an arrow key's sequence, a paste) is not an answer.
-    finally:
-        guard.remove()
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def run_command(argv: Sequence[str], env: Mapping[str, str], stdin: int | None = None) -> int:

@@ -2,11 +2,14 @@
 
 :class:`SuspendGuard` restores the terminal when the user stops chatcli with Ctrl-Z and sets it
 up again on ``fg``; :class:`QuietTerminal` switches off the echo of keys typed while chatcli
-writes. :func:`call_later` schedules a redraw or flush on the running event loop, if any.
+writes. :func:`keys_one_at_a_time` sets it up for a one-key question (a menu, consent).
+:func:`call_later` schedules a redraw or flush on the running event loop, if any.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -57,6 +60,34 @@ class SuspendGuard:
             if self._installed:
                 signal.signal(signal.SIGTSTP, self._handle)
             self._after()
+
+
+@contextmanager
+def keys_one_at_a_time(fd: int, *, quit_key: bool = True) -> Iterator[None]:
+    """The terminal ``fd`` set to read a question's key: one at a time, unechoed. Keys typed
+    before the question was shown are dropped (TCSAFLUSH: never taken for the answer); Ctrl-C
+    still interrupts (ISIG kept); Ctrl-Z gives the shell the terminal as it was, and ``fg``
+    sets it up again. Left as it was found. ``quit_key=False`` turns Ctrl-\\ off (it would
+    kill chatcli before it restores the terminal)."""
+    import termios
+
+    saved = termios.tcgetattr(fd)
+    mode = termios.tcgetattr(fd)
+    mode[3] &= ~(termios.ICANON | termios.ECHO)
+    mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
+    if not quit_key:
+        mode[6][termios.VQUIT] = b"\0"
+    termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
+    guard = SuspendGuard(
+        lambda: termios.tcsetattr(fd, termios.TCSANOW, saved),
+        lambda: termios.tcsetattr(fd, termios.TCSAFLUSH, mode),
+    )
+    guard.install()
+    try:
+        yield
+    finally:
+        guard.remove()
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 class QuietTerminal:

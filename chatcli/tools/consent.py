@@ -76,24 +76,11 @@ class TerminalConsent:
 async def read_answer(fd: int) -> Answer:
     """One of y, n, a from the terminal ``fd``, keys read one at a time and not echoed; other
     keys are passed over. The terminal is left as it was found."""
-    import termios
+    from chatcli.render.terminal import keys_one_at_a_time
 
-    from chatcli.render.terminal import SuspendGuard
-
-    saved = termios.tcgetattr(fd)
-    mode = termios.tcgetattr(fd)
-    mode[3] &= ~(termios.ICANON | termios.ECHO)  # ISIG kept: Ctrl-C stops the answer
-    mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
-    # TCSAFLUSH: a key typed while the model answered is not taken for consent.
-    termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
-    # Ctrl-Z: the shell gets the terminal as it was; after fg keys come one at a time again.
-    guard = SuspendGuard(
-        lambda: termios.tcsetattr(fd, termios.TCSANOW, saved),
-        lambda: termios.tcsetattr(fd, termios.TCSAFLUSH, mode),
-    )
-    guard.install()
     loop = asyncio.get_running_loop()
-    try:
+    # A key typed while the model answered is not taken for consent.
+    with keys_one_at_a_time(fd):
         while True:
             ready: asyncio.Future[None] = loop.create_future()
             loop.add_reader(fd, _wake, ready)
@@ -107,9 +94,6 @@ async def read_answer(fd: int) -> Answer:
             answer = KEYS.get(data.lower()) if len(data) == 1 else None
             if answer is not None:
                 return answer
-    finally:
-        guard.remove()
-        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def _wake(ready: asyncio.Future[None]) -> None:
