@@ -100,6 +100,15 @@ def ask(browser: Chromium, question: str) -> None:
     browser.evaluate("document.getElementById('send').click()")
 
 
+def wait_answered(browser: Chromium, count: int, timeout: float = 15) -> None:
+    """Until ``count`` answers are on the page and it is idle again (the last one ended)."""
+    browser.wait_for(
+        f"document.querySelectorAll('.message.assistant').length === {count}"
+        " && document.body.dataset.state === 'idle'",
+        timeout=timeout,
+    )
+
+
 def last_answer(browser: Chromium, what: str) -> object:
     """``what`` (an expression of ``answer``) for the last assistant message."""
     return browser.evaluate(
@@ -136,10 +145,7 @@ def test_the_page_streams_a_markdown_answer(
         assert options[0][1], "the first model is not the one selected"
 
         ask(browser, "Show me Markdown")
-        browser.wait_for(
-            "document.querySelectorAll('.message.assistant').length === 1"
-            " && document.body.dataset.state === 'idle'"
-        )
+        wait_answered(browser, 1)
         assert last_answer(browser, "answer.querySelector('.body strong').textContent") == "bold"
         assert last_answer(browser, "answer.querySelector('.body code').textContent") == "code"
         assert last_answer(browser, "answer.querySelector('.body h1').textContent") == "Title"
@@ -173,10 +179,7 @@ def test_the_page_streams_a_markdown_answer(
             "document.getElementById('input').dispatchEvent("
             "new KeyboardEvent('keydown', {key: 'Enter', bubbles: true, cancelable: true}))"
         )
-        browser.wait_for(
-            "document.querySelectorAll('.message.assistant').length === 2"
-            " && document.body.dataset.state === 'idle'"
-        )
+        wait_answered(browser, 2)
         chat = [r.body for r in fake.requests if r.path.endswith("/chat/completions")]
         assert [m["role"] for m in chat[-1]["messages"]] == ["user", "assistant", "user"]
         assert chat[-1]["messages"][1]["content"] == "".join(MARKDOWN)
@@ -215,10 +218,7 @@ def test_model_text_cannot_run_script(isolated: Isolated, fake: FakeOpenAI) -> N
     with chatcli_serve(isolated, fake) as url, Chromium() as browser:
         browser.navigate(url)
         ask(browser, "Be hostile")
-        browser.wait_for(
-            "document.querySelectorAll('.message.assistant').length === 1"
-            " && document.body.dataset.state === 'idle'"
-        )
+        wait_answered(browser, 1)
         time.sleep(0.3)  # room for an onerror that would fire
         # Hover over everything, for any onmouseover.
         browser.evaluate(
@@ -274,10 +274,7 @@ def test_the_token(isolated: Isolated, fake: FakeOpenAI) -> None:
             # From the address printed: it works, and the token leaves the address bar.
             browser.navigate(f"{url}#token=secret-t")
             ask(browser, "hello")
-            browser.wait_for(
-                "document.querySelectorAll('.message.assistant').length === 1"
-                " && document.body.dataset.state === 'idle'"
-            )
+            wait_answered(browser, 1)
             body = last_answer(browser, "answer.querySelector('.body').textContent")
             assert body == "Authorized."
             assert browser.evaluate("location.href") == url
@@ -296,10 +293,7 @@ def test_the_token(isolated: Isolated, fake: FakeOpenAI) -> None:
             )
             browser.wait_for("document.getElementById('token-form').hidden")
             ask(browser, "hello")
-            browser.wait_for(
-                "document.querySelectorAll('.message.assistant').length === 1"
-                " && document.body.dataset.state === 'idle'"
-            )
+            wait_answered(browser, 1)
             body = last_answer(browser, "answer.querySelector('.body').textContent")
             assert body == "Authorized."
             # The one refusal, before the token was given, is the only thing logged.
@@ -316,10 +310,7 @@ def test_the_status_line_says_how_an_answer_ended(isolated: Isolated, fake: Fake
                 setattr(fake, key, value)
             ask(browser, "go on")
             count = len(statuses) + 1
-            browser.wait_for(
-                f"document.querySelectorAll('.message.assistant').length === {count}"
-                " && document.body.dataset.state === 'idle'"
-            )
+            wait_answered(browser, count)
             statuses.append(last_answer(browser, "answer.querySelector('.status').textContent"))
             # What came before the end is shown all the same.
             body = last_answer(browser, "answer.querySelector('.body').textContent")
@@ -413,11 +404,7 @@ def test_deep_nesting_leaves_the_page_usable(isolated: Isolated, fake: FakeOpenA
             fake.pieces = [answer[start : start + size] for start in range(0, len(answer), size)]
             fake.delay = 0.01
             ask(browser, f"Nest a {name}")
-            browser.wait_for(
-                f"document.querySelectorAll('.message.assistant').length === {count}"
-                " && document.body.dataset.state === 'idle'",
-                timeout=30,
-            )
+            wait_answered(browser, count, timeout=30)
             text = str(last_answer(browser, "answer.querySelector('.body').textContent"))
             assert re.sub(r"[\s*>-]", "", text) == shown, name
             assert last_answer(browser, "answer.querySelector('.status').hidden") is True, name
@@ -474,11 +461,7 @@ def test_a_long_answer_streams_in_good_time(isolated: Isolated, fake: FakeOpenAI
         browser.navigate(url)
         ask(browser, "Talk at length")
         started = time.monotonic()
-        browser.wait_for(
-            "document.querySelectorAll('.message.assistant').length === 1"
-            " && document.body.dataset.state === 'idle'",
-            timeout=60,
-        )
+        wait_answered(browser, 1, timeout=60)
         assert time.monotonic() - started < 20
         assert last_answer(browser, "answer.querySelector('.status').hidden") is True
         text = str(last_answer(browser, "answer.querySelector('.body').textContent"))
@@ -534,10 +517,7 @@ def test_a_render_that_fails_leaves_the_page_usable(isolated: Isolated, fake: Fa
             " window.renderBlocks = () => { throw new RangeError('too deep'); }"
         )
         ask(browser, "Break it")
-        browser.wait_for(
-            "document.querySelectorAll('.message.assistant').length === 1"
-            " && document.body.dataset.state === 'idle'"
-        )
+        wait_answered(browser, 1)
         assert last_answer(browser, "answer.querySelector('.status').textContent") == (
             "could not render this answer; shown as text"
         )
@@ -552,10 +532,7 @@ def test_a_render_that_fails_leaves_the_page_usable(isolated: Isolated, fake: Fa
         browser.evaluate("window.renderBlocks = window.realRenderBlocks")
         fake.pieces = ["Fine **again**."]
         ask(browser, "Again")
-        browser.wait_for(
-            "document.querySelectorAll('.message.assistant').length === 2"
-            " && document.body.dataset.state === 'idle'"
-        )
+        wait_answered(browser, 2)
         assert last_answer(browser, "answer.querySelector('.body strong').textContent") == "again"
         assert last_answer(browser, "answer.querySelector('.status').hidden") is True
         assert browser.problems == []
