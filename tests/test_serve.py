@@ -167,75 +167,66 @@ def test_a_cut_answer_says_length(fake: FakeOpenAI, server: ServeThread) -> None
     assert done.choices[0].finish_reason == "length"
 
 
-def test_models_lists_every_usable_provider_prefixed(
-    fake: FakeOpenAI, gptalk: FakeGPTalk, isolated: Isolated
-) -> None:
+@pytest.fixture
+def with_gptalk(fake: FakeOpenAI, gptalk: FakeGPTalk, isolated: Isolated) -> Iterator[ServeThread]:
+    """The server with ollama at the fake and gptalk at its strict fake."""
     configure(isolated, fake, f'[providers.gptalk]\nbase_url = "{gptalk.base_url}"\n')
     thread = served(isolated)
-    try:
-        listed = client(thread).models.list()
-        ids = [m.id for m in listed.data]
-        assert {"ollama/fake-large", "ollama/fake-small", "gptalk/gpt-3.5-turbo"} <= set(ids)
-        # The seed sites that are gone are not offered; a key-less API service neither.
-        assert not any(i.startswith(("chatgptt/", "openai/", "anthropic/")) for i in ids)
-        assert all(m.owned_by == m.id.split("/")[0] for m in listed.data)
-        one = client(thread).models.retrieve("ollama/fake-small")
-        assert one.id == "ollama/fake-small"
-        with pytest.raises(openai.NotFoundError):
-            client(thread).models.retrieve("ollama/none")
-    finally:
-        thread.stop()
+    yield thread
+    thread.stop()
+
+
+def test_models_lists_every_usable_provider_prefixed(with_gptalk: ServeThread) -> None:
+    thread = with_gptalk
+    listed = client(thread).models.list()
+    ids = [m.id for m in listed.data]
+    assert {"ollama/fake-large", "ollama/fake-small", "gptalk/gpt-3.5-turbo"} <= set(ids)
+    # The seed sites that are gone are not offered; a key-less API service neither.
+    assert not any(i.startswith(("chatgptt/", "openai/", "anthropic/")) for i in ids)
+    assert all(m.owned_by == m.id.split("/")[0] for m in listed.data)
+    one = client(thread).models.retrieve("ollama/fake-small")
+    assert one.id == "ollama/fake-small"
+    with pytest.raises(openai.NotFoundError):
+        client(thread).models.retrieve("ollama/none")
 
 
 def test_a_seed_provider_through_the_official_client(
-    fake: FakeOpenAI, gptalk: FakeGPTalk, isolated: Isolated
+    gptalk: FakeGPTalk, with_gptalk: ServeThread
 ) -> None:
-    configure(isolated, fake, f'[providers.gptalk]\nbase_url = "{gptalk.base_url}"\n')
-    thread = served(isolated)
-    try:
-        ask = client(thread).chat.completions
-        whole = ask.create(
-            model="gptalk/gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}]
-        )
-        assert whole.choices[0].message.content == "Hello from GPTalk!"
-        assert whole.model == "gptalk/gpt-3.5-turbo"
-        streamed = ask.create(
-            model="gptalk", messages=[{"role": "user", "content": "hi"}], stream=True
-        )
-        assert "".join(c.choices[0].delta.content or "" for c in streamed) == "Hello from GPTalk!"
-        assert gptalk.logins == 1  # its login state is kept between requests, as in ask
-    finally:
-        thread.stop()
+    thread = with_gptalk
+    ask = client(thread).chat.completions
+    whole = ask.create(model="gptalk/gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}])
+    assert whole.choices[0].message.content == "Hello from GPTalk!"
+    assert whole.model == "gptalk/gpt-3.5-turbo"
+    streamed = ask.create(model="gptalk", messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == "Hello from GPTalk!"
+    assert gptalk.logins == 1  # its login state is kept between requests, as in ask
 
 
 def test_a_fallback_chain_answers_from_the_next_provider(
-    fake: FakeOpenAI, gptalk: FakeGPTalk, isolated: Isolated
+    fake: FakeOpenAI, gptalk: FakeGPTalk, with_gptalk: ServeThread
 ) -> None:
-    configure(isolated, fake, f'[providers.gptalk]\nbase_url = "{gptalk.base_url}"\n')
     fake.mode, fake.status, fake.body = "status", 500, '{"error": {"message": "down"}}'
-    thread = served(isolated)
-    try:
-        raw_answer = client(thread).chat.completions.with_raw_response.create(
-            model="ollama/m,gptalk/gpt-3.5-turbo",
-            messages=[{"role": "user", "content": "hi"}],
-            top_p=0.5,
-        )
-        # ollama would have taken top_p; gptalk, which answered, did not get it: it says so.
-        assert raw_answer.headers["X-Chatcli-Ignored"] == "top_p"
-        done = raw_answer.parse()
-        assert done.choices[0].message.content == "Hello from GPTalk!"
-        assert len(fake.requests) == 1  # (ollama failed once, and was not asked again)
-        # The other way round: what the first would not take still reaches the fallback.
-        fake.mode, gptalk.mode = "ok", "cloudflare"
-        raw_answer = client(thread).chat.completions.with_raw_response.create(
-            model="gptalk,ollama/m", messages=[{"role": "user", "content": "hi"}], top_p=0.5
-        )
-        assert raw_answer.parse().choices[0].message.content == "Hello, world!"
-        assert "X-Chatcli-Ignored" not in raw_answer.headers
-        assert fake.requests[-1].body["top_p"] == 0.5
-        assert done.model == "gptalk/gpt-3.5-turbo"
-    finally:
-        thread.stop()
+    thread = with_gptalk
+    raw_answer = client(thread).chat.completions.with_raw_response.create(
+        model="ollama/m,gptalk/gpt-3.5-turbo",
+        messages=[{"role": "user", "content": "hi"}],
+        top_p=0.5,
+    )
+    # ollama would have taken top_p; gptalk, which answered, did not get it: it says so.
+    assert raw_answer.headers["X-Chatcli-Ignored"] == "top_p"
+    done = raw_answer.parse()
+    assert done.choices[0].message.content == "Hello from GPTalk!"
+    assert len(fake.requests) == 1  # (ollama failed once, and was not asked again)
+    # The other way round: what the first would not take still reaches the fallback.
+    fake.mode, gptalk.mode = "ok", "cloudflare"
+    raw_answer = client(thread).chat.completions.with_raw_response.create(
+        model="gptalk,ollama/m", messages=[{"role": "user", "content": "hi"}], top_p=0.5
+    )
+    assert raw_answer.parse().choices[0].message.content == "Hello, world!"
+    assert "X-Chatcli-Ignored" not in raw_answer.headers
+    assert fake.requests[-1].body["top_p"] == 0.5
+    assert done.model == "gptalk/gpt-3.5-turbo"
 
 
 def test_a_bare_model_goes_to_the_default_provider(fake: FakeOpenAI, server: ServeThread) -> None:
