@@ -251,6 +251,11 @@ def test_errors_are_openai_error_objects(fake: FakeOpenAI, server: ServeThread) 
     with pytest.raises(openai.BadRequestError) as empty:
         ask.create(model="ollama/m", messages=[])
     assert empty.value.param == "messages"
+    for absurd in (1e308, -1):
+        with pytest.raises(openai.BadRequestError, match="from 0 to 2"):
+            ask.create(
+                model="ollama/m", messages=[{"role": "user", "content": "hi"}], temperature=absurd
+            )
     with pytest.raises(openai.BadRequestError, match="n must be 1"):
         ask.create(model="ollama/m", messages=[{"role": "user", "content": "hi"}], n=2)
     with pytest.raises(openai.BadRequestError, match="cannot call tools"):
@@ -454,6 +459,17 @@ def test_pages_of_other_origins_are_refused_unless_allowed(
         assert len(fake.requests) == 1
     finally:
         thread.stop()
+
+
+def test_a_temperature_that_is_no_number_is_refused(server: ServeThread) -> None:
+    question = {"model": "ollama/m", "messages": [{"role": "user", "content": "hi"}]}
+    for absurd in ("NaN", "Infinity", "true", '"hot"'):
+        body = json.dumps(question)[:-1] + f', "temperature": {absurd}}}'
+        status, answer, _ = raw(
+            server, "POST", "/v1/chat/completions", data=body,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        assert status == 400 and answer["error"]["param"] == "temperature", absurd
 
 
 def test_requests_are_bounded(server: ServeThread) -> None:

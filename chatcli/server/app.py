@@ -442,9 +442,11 @@ class Server:
             raise ApiError(400, "n must be 1 (one answer a request)", param="n")
         temperature = body.get("temperature")
         if temperature is not None and (
-            isinstance(temperature, bool) or not isinstance(temperature, int | float)
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not 0 <= temperature <= 2  # (as --temperature, and as OpenAI's own API)
         ):
-            raise ApiError(400, "temperature must be a number", param="temperature")
+            raise ApiError(400, "temperature must be a number from 0 to 2", param="temperature")
         stream = body.get("stream") or False
         if not isinstance(stream, bool):
             raise ApiError(400, "stream must be true or false", param="stream")
